@@ -1,0 +1,142 @@
+"""The wire contract: pydantic models for every event a trainer may write (SPEC section 3)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeAlias
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_ENTRY_BYTES = 256 * 1024  # a whole stream entry; far above any valid event
+MAX_TEXT = 16 * 1024  # error texts (a traceback fits)
+
+JobId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+ModelName = Annotated[str, StringConstraints(max_length=512)]
+NonNegInt = Annotated[int, Field(ge=0)]
+NonNegNumber = Annotated[float, Field(ge=0)]
+
+
+class _Event(BaseModel):
+    """Keys common to every event. Types are strict JSON types; NaN and infinities are refused."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
+
+    job_id: JobId
+    model_name: ModelName | None = None
+    ts: NonNegNumber | None = None
+    event_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+
+
+class JobStarted(_Event):
+    type: Literal["job_started"]
+    total_epochs: Annotated[int, Field(ge=1)] | None = None
+    name: Annotated[str, StringConstraints(max_length=512)] | None = None
+    config: dict[str, Any] | None = None
+    gpu_count: NonNegInt | None = None
+
+    @field_validator("config")
+    @classmethod
+    def _config_size(cls, config: dict[str, Any] | None) -> dict[str, Any] | None:
+        if config is not None:
+            try:
+                size = len(orjson.dumps(config))
+            except (TypeError, orjson.JSONEncodeError) as e:
+                raise ValueError(f"config is not JSON: {e}") from None
+            if size > MAX_CONFIG_BYTES:
+                raise ValueError(f"config is {size} bytes as JSON, at most {MAX_CONFIG_BYTES}")
+        return config
+
+
+class Metrics(_Event):
+    type: Literal["metrics"]
+    epoch: NonNegNumber | None = None
+    step: NonNegInt | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> Metrics:
+        if self.loss is None and self.eval_loss is None:
+            raise ValueError("a metrics event needs loss or eval_loss")
+        return self
+
+
+class Checkpoint(_Event):
+    type: Literal["checkpoint"]
+    path: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    epoch: NonNegNumber | None = None
+    step: NonNegInt | None = None
+    eval_loss: float | None = None
+
+
+class JobFinished(_Event):
+    type: Literal["job_finished"]
+    status: Literal["completed", "failed", "cancelled"]
+    error: Annotated[str, StringConstraints(max_length=MAX_TEXT)] | None = None
+    final_loss: float | None = None
+    final_eval_loss: float | None = None
+
+
+class JobArchived(_Event):
+    type: Literal["job_archived"]
+
+
+class JobRestored(_Event):
+    type: Literal["job_restored"]
+
+
+Event: TypeAlias = Annotated[
+    JobStarted | Metrics | Checkpoint | JobFinished | JobArchived | JobRestored,
+    Field(discriminator="type"),
+]
+EVENT_TYPES = ("job_started", "metrics", "checkpoint", "job_finished", "job_archived", "job_restored")
+
+event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+class BadEvent(ValueError):
+    """An entry that must not be applied; ``reason`` is one line for ``<prefix>dead``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def describe(error: ValidationError) -> str:
+    """One line naming the first offending field, e.g. ``metrics.loss: Input should be ...``."""
+    first = error.errors(include_url=False)[0]
+    loc = ".".join(str(part) for part in first["loc"])
+    msg = first["msg"].replace("\n", " ")
+    more = error.error_count() - 1
+    suffix = f" (and {more} more)" if more else ""
+    return f"{loc}: {msg}{suffix}" if loc else f"{msg}{suffix}"
+
+
+def parse_event(data: bytes | str) -> Event:
+    """Validate one raw JSON event; raises :class:`BadEvent` with a one-line reason."""
+    if len(data) > MAX_ENTRY_BYTES:
+        raise BadEvent(f"event is {len(data)} bytes, at most {MAX_ENTRY_BYTES}")
+    try:
+        return event_adapter.validate_json(data)
+    except ValidationError as e:
+        raise BadEvent(describe(e)) from None
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of one event (what ``monitor schema`` prints)."""
+    schema = event_adapter.json_schema()
+    schema["title"] = "Training monitor event"
+    schema["description"] = (
+        "One entry of the <prefix>events stream (field `data`), or one item of POST /api/events."
+    )
+    return schema

@@ -1,0 +1,86 @@
+"""Every Redis key and stream name, built from the prefix, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+GROUP = "workers"  # the consumer group every worker reads <prefix>events with
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Redis names for one deployment, all under ``prefix`` (default ``monitor:``)."""
+
+    prefix: str = "monitor:"
+
+    # Streams.
+    @property
+    def events(self) -> str:
+        """What trainers write: one field ``data`` with a JSON event."""
+        return f"{self.prefix}events"
+
+    @property
+    def updates(self) -> str:
+        """Changed job views, one entry per worker commit; entry ids are the versions."""
+        return f"{self.prefix}updates"
+
+    @property
+    def dead(self) -> str:
+        """Refused entries with fields ``id``, ``data`` and ``reason``."""
+        return f"{self.prefix}dead"
+
+    # Committed state (written by the worker only, in one transaction per batch).
+    @property
+    def jobs(self) -> str:
+        """Hash: job id -> public job state (JSON, without config)."""
+        return f"{self.prefix}jobs"
+
+    @property
+    def folds(self) -> str:
+        """Hash: job id -> the worker's private fold state for that job (JSON)."""
+        return f"{self.prefix}folds"
+
+    @property
+    def configs(self) -> str:
+        """Hash: job id -> the ``config`` object of its ``job_started`` (JSON)."""
+        return f"{self.prefix}configs"
+
+    @property
+    def models(self) -> str:
+        """Hash: model field (see :func:`model_field`) -> model summary (JSON)."""
+        return f"{self.prefix}models"
+
+    def group(self, model_name: str | None) -> str:
+        """Set of the job ids whose model is ``model_name``."""
+        return f"{self.prefix}group:{model_field(model_name)}"
+
+    def metrics(self, job_id: str) -> str:
+        """List of a job's metric points (JSON), in arrival order."""
+        return f"{self.prefix}metrics:{job_id}"
+
+    @property
+    def applied(self) -> str:
+        """The id of the last events entry whose effects are committed."""
+        return f"{self.prefix}worker:applied"
+
+    @property
+    def lease(self) -> str:
+        """Which worker may apply events (a token with a time to live)."""
+        return f"{self.prefix}worker:lease"
+
+    @property
+    def stats(self) -> str:
+        """Hash of counters: ``applied``, ``dead``, ``commits``."""
+        return f"{self.prefix}stats"
+
+    @property
+    def pattern(self) -> str:
+        """A SCAN pattern matching every key of this prefix (for tests and reset)."""
+        return f"{self.prefix}*"
+
+
+def model_field(model_name: str | None) -> str:
+    """The hash field or key part for a model: its JSON, so ``null`` and ``"null"`` differ."""
+    return orjson.dumps(model_name).decode()

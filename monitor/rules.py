@@ -1,0 +1,511 @@
+"""Pure folds of SPEC sections 4 to 6: job state, best run per model, delta, tier, clean name.
+
+No I/O and no clock: every function takes state and an event (with its stream position and
+time) and returns the new state and what changed. The worker wraps this with Redis; the
+tests drive it directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from sortedcontainers import SortedList
+
+from monitor.events import (
+    Checkpoint,
+    Event,
+    JobArchived,
+    JobFinished,
+    JobRestored,
+    JobStarted,
+    Metrics,
+)
+
+UNKNOWN_MODEL = "Unknown Model"
+RUNNING = "running"
+
+Pos = tuple[int, int]
+"""A stream entry id ``<ms>-<seq>`` as numbers: the order events were written in."""
+
+ObsKey = tuple[bool, int, bool, float, int, int]
+"""Order of observations: (has step, step, has epoch, epoch, ms, seq); a missing part is lowest."""
+
+RankKey = tuple[float, float, str]
+"""A candidate's place in its group: (best_eval_loss, created_at, job_id); smallest is best."""
+
+
+def parse_pos(entry_id: str | bytes) -> Pos:
+    """``"1700000000000-3"`` -> ``(1700000000000, 3)``."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def obs_key(step: int | None, epoch: float | None, pos: Pos) -> ObsKey:
+    return (step is not None, step or 0, epoch is not None, float(epoch or 0.0), pos[0], pos[1])
+
+
+# --- Section 6: the clean model name -------------------------------------------------------
+
+
+def model_display(model_name: str | None) -> str:
+    """The clean name a person reads: ``.../huggingface_models/Qwen-Qwen3-1.7B/...`` -> ``Qwen/Qwen3-1.7B``."""
+    if model_name is None:
+        return UNKNOWN_MODEL
+    marker = "huggingface_models/"
+    if marker in model_name:
+        segment = model_name.split(marker, 1)[1].split("/", 1)[0]
+        return segment.replace("-", "/", 1)
+    if "/" in model_name:
+        parts = [p for p in model_name.split("/") if p]
+        return "/".join(parts[-2:])
+    return model_name
+
+
+# --- Section 5: delta and tier ---------------------------------------------------------------
+
+
+def delta_pct(best_eval_loss: float, best: float) -> float | None:
+    """How much worse than the group's best, in percent; None when the best is 0."""
+    if best == 0:
+        return None
+    return (best_eval_loss - best) / abs(best) * 100
+
+
+def shown(delta: float) -> Decimal:
+    """``delta`` rounded to one decimal exactly as the page shows it (JS ``toFixed(1)``)."""
+    return Decimal(delta).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+
+
+def tier(delta: float | None) -> str | None:
+    """Colour of a delta, decided on the shown value so colour and text always agree."""
+    if delta is None:
+        return None
+    value = shown(delta)
+    if value > 25:
+        return "red"
+    if value > 10:
+        return "orange"
+    if value > 5:
+        return "yellow"
+    return None
+
+
+# --- Event ids already applied ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SeenIds:
+    """The event ids applied to one job, exactly, and compact for ``<run>:<n>`` ids.
+
+    Ids of the SDK's form (a run uid, a colon, a counter from 1) are kept as a watermark per
+    run plus the few numbers above it; any other id is kept as it is.
+    """
+
+    runs: dict[str, list[Any]] = field(default_factory=dict)  # uid -> [watermark, [above]]
+    other: set[str] = field(default_factory=set)
+
+    def add(self, event_id: str) -> bool:
+        """Record ``event_id``; False if it was already there."""
+        uid, colon, number = event_id.rpartition(":")
+        if not colon or not number.isdigit() or not number.isascii() or number[0] == "0":
+            if event_id in self.other:
+                return False
+            self.other.add(event_id)
+            return True
+        n = int(number)
+        run = self.runs.setdefault(uid, [0, []])
+        mark, above = run[0], run[1]
+        if n <= mark or n in above:
+            return False
+        if n != mark + 1:
+            above.append(n)
+            return True
+        mark = n
+        if above:
+            rest = set(above)
+            while mark + 1 in rest:
+                mark += 1
+                rest.remove(mark)
+            run[1] = sorted(rest)
+        run[0] = mark
+        return True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"runs": self.runs, "other": sorted(self.other)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SeenIds:
+        return cls({uid: [mark, list(above)] for uid, (mark, above) in data["runs"].items()},
+                   set(data["other"]))
+
+
+# --- Section 4: one job ----------------------------------------------------------------------
+
+PUBLIC_FIELDS = (
+    "id", "model_name", "model_display", "name", "status", "archived", "loss", "eval_loss",
+    "best_eval_loss", "best_epoch", "best_step", "best_checkpoint_path", "final_loss",
+    "final_eval_loss", "total_epochs", "created_at", "updated_at", "finished_at", "gpu_count",
+    "error",
+)
+
+
+@dataclass(slots=True)
+class Ckpt:
+    step: int | None
+    epoch: float | None
+    path: str
+    eval_loss: float | None
+
+
+@dataclass(slots=True)
+class JobState:
+    """Everything the worker keeps for one job: the public fields and what the fold needs."""
+
+    id: str
+    created_at: float
+    updated_at: float
+    model_name: str | None = None
+    name: str | None = None
+    status: str = RUNNING
+    archived: bool = False
+    loss: float | None = None
+    eval_loss: float | None = None
+    best_eval_loss: float | None = None
+    best_epoch: float | None = None
+    best_step: int | None = None
+    best_checkpoint_path: str | None = None
+    total_epochs: int | None = None
+    finished_at: float | None = None
+    gpu_count: int | None = None
+    error: str | None = None
+    # Private to the fold.
+    loss_key: ObsKey | None = None
+    eval_key: ObsKey | None = None
+    best_key: ObsKey | None = None
+    given_final_loss: float | None = None
+    given_final_eval_loss: float | None = None
+    ckpts: list[Ckpt] = field(default_factory=list)
+    seen: SeenIds = field(default_factory=SeenIds)
+    points: int = 0  # length of the stored metric history; kept by the worker, not the fold
+
+    @property
+    def finished(self) -> bool:
+        return self.status != RUNNING
+
+    @property
+    def final_loss(self) -> float | None:
+        if not self.finished:
+            return None
+        return self.given_final_loss if self.given_final_loss is not None else self.loss
+
+    @property
+    def final_eval_loss(self) -> float | None:
+        if not self.finished:
+            return None
+        given = self.given_final_eval_loss
+        return given if given is not None else self.eval_loss
+
+    @property
+    def is_candidate(self) -> bool:
+        """May this job be its group's best run (SPEC 5)?"""
+        return not self.archived and self.best_eval_loss is not None
+
+    @property
+    def rank_key(self) -> RankKey | None:
+        if not self.is_candidate:
+            return None
+        assert self.best_eval_loss is not None
+        return (self.best_eval_loss, self.created_at, self.id)
+
+    def public(self) -> dict[str, Any]:
+        """The job state of SPEC section 4 (without ``config``), as stored for readers."""
+        out = {name: getattr(self, name) for name in PUBLIC_FIELDS if name != "model_display"}
+        out["model_display"] = model_display(self.model_name)
+        return out
+
+    def private(self) -> dict[str, Any]:
+        """What the fold needs beyond :meth:`public` to go on after a restart."""
+        return {
+            "loss_key": self.loss_key,
+            "eval_key": self.eval_key,
+            "best_key": self.best_key,
+            "given_final_loss": self.given_final_loss,
+            "given_final_eval_loss": self.given_final_eval_loss,
+            "ckpts": [[c.step, c.epoch, c.path, c.eval_loss] for c in self.ckpts],
+            "seen": self.seen.to_json(),
+            "points": self.points,
+        }
+
+    @classmethod
+    def restore(cls, public: dict[str, Any], private: dict[str, Any]) -> JobState:
+        """The inverse of :meth:`public` and :meth:`private`."""
+        fields = {k: v for k, v in public.items() if k in _STORED_PUBLIC}
+        return cls(
+            **fields,
+            loss_key=_key(private["loss_key"]),
+            eval_key=_key(private["eval_key"]),
+            best_key=_key(private["best_key"]),
+            given_final_loss=private["given_final_loss"],
+            given_final_eval_loss=private["given_final_eval_loss"],
+            ckpts=[Ckpt(*c) for c in private["ckpts"]],
+            seen=SeenIds.from_json(private["seen"]),
+            points=private["points"],
+        )
+
+
+_DERIVED = {"model_display", "final_loss", "final_eval_loss"}
+_STORED_PUBLIC = set(PUBLIC_FIELDS) - _DERIVED
+
+
+def _key(value: list[Any] | None) -> ObsKey | None:
+    if value is None:
+        return None
+    has_step, step, has_epoch, epoch, ms, seq = value
+    return (has_step, step, has_epoch, float(epoch), ms, seq)
+
+
+def _matches(ckpt: Ckpt, step: int | None, epoch: float | None) -> bool:
+    """Was ``ckpt`` taken where (step, epoch) was observed? Same step if both carry one, else same epoch."""
+    if ckpt.step is not None and step is not None:
+        return ckpt.step == step
+    return ckpt.epoch is not None and epoch is not None and ckpt.epoch == epoch
+
+
+def best_checkpoint(job: JobState) -> str | None:
+    """The checkpoint kept where the best eval loss was observed (SPEC 4).
+
+    Among the checkpoints taken there, one that itself carried the best eval loss wins;
+    otherwise the first one written.
+    """
+    if job.best_key is None:
+        return None
+    matching = [c for c in job.ckpts if _matches(c, job.best_step, job.best_epoch)]
+    for ckpt in matching:
+        if ckpt.eval_loss == job.best_eval_loss:
+            return ckpt.path
+    return matching[0].path if matching else None
+
+
+def _observe_eval(job: JobState, value: float, key: ObsKey, step: int | None,
+                  epoch: float | None) -> None:
+    if job.eval_key is None or key > job.eval_key:
+        job.eval_loss, job.eval_key = value, key
+    best = job.best_eval_loss
+    if best is None or value < best or (value == best and job.best_key is not None and key < job.best_key):
+        job.best_eval_loss, job.best_key = value, key
+        job.best_step, job.best_epoch = step, epoch
+
+
+def new_job(job_id: str, ts: float) -> JobState:
+    """A job as its first event creates it."""
+    return JobState(id=job_id, created_at=ts, updated_at=ts)
+
+
+@dataclass(frozen=True, slots=True)
+class JobChange:
+    """What applying one event to one job did."""
+
+    applied: bool  # False for a duplicate event_id
+    point: dict[str, Any] | None = None  # a metric history point to append
+    config: dict[str, Any] | None = None  # a new config to store
+
+
+DUPLICATE = JobChange(applied=False)
+
+
+def apply_to_job(job: JobState, event: Event, pos: Pos, ts: float) -> JobChange:
+    """Fold one event into ``job`` (in place): the rules of SPEC section 4."""
+    if event.event_id is not None and not job.seen.add(event.event_id):
+        return DUPLICATE
+    if job.model_name is None and event.model_name is not None:
+        job.model_name = event.model_name
+    job.created_at = min(job.created_at, ts)
+    job.updated_at = max(job.updated_at, ts)
+
+    if isinstance(event, Metrics):
+        key = obs_key(event.step, event.epoch, pos)
+        if event.loss is not None and (job.loss_key is None or key > job.loss_key):
+            job.loss, job.loss_key = event.loss, key
+        if event.eval_loss is not None:
+            _observe_eval(job, event.eval_loss, key, event.step, event.epoch)
+            job.best_checkpoint_path = best_checkpoint(job)
+        point = {"step": event.step, "epoch": event.epoch, "loss": event.loss,
+                 "eval_loss": event.eval_loss, "ts": ts}
+        return JobChange(applied=True, point=point)
+    if isinstance(event, Checkpoint):
+        job.ckpts.append(Ckpt(event.step, event.epoch, event.path, event.eval_loss))
+        if event.eval_loss is not None:
+            _observe_eval(job, event.eval_loss, obs_key(event.step, event.epoch, pos),
+                          event.step, event.epoch)
+        job.best_checkpoint_path = best_checkpoint(job)
+    elif isinstance(event, JobStarted):
+        # A restarted trainer restates its run: the latest job_started wins, field by field.
+        if event.total_epochs is not None:
+            job.total_epochs = event.total_epochs
+        if event.name is not None:
+            job.name = event.name
+        if event.gpu_count is not None:
+            job.gpu_count = event.gpu_count
+        return JobChange(applied=True, config=event.config)
+    elif isinstance(event, JobFinished):
+        if not job.finished:  # the first job_finished in stream order decides
+            job.status = event.status
+            job.finished_at = ts
+            job.error = event.error
+            job.given_final_loss = event.final_loss
+            job.given_final_eval_loss = event.final_eval_loss
+    elif isinstance(event, JobArchived):
+        job.archived = True
+    elif isinstance(event, JobRestored):
+        job.archived = False
+    return JobChange(applied=True)
+
+
+# --- Section 5: per-model groups -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Group:
+    """The jobs of one ``model_name`` and their ranking by best eval loss."""
+
+    model_name: str | None
+    members: set[str] = field(default_factory=set)
+    ranking: SortedList = field(default_factory=SortedList)  # RankKeys of the candidates
+    archived: int = 0
+
+    @property
+    def best(self) -> RankKey | None:
+        return self.ranking[0] if self.ranking else None
+
+    def summary(self) -> dict[str, Any]:
+        """One row of ``GET /api/models``."""
+        best = self.best
+        return {
+            "model_name": self.model_name,
+            "model_display": model_display(self.model_name),
+            "job_count": len(self.members) - self.archived,
+            "archived_count": self.archived,
+            "best_job_id": best[2] if best else None,
+            "best_eval_loss": best[0] if best else None,
+        }
+
+    def add(self, job: JobState) -> None:
+        self.members.add(job.id)
+        self.archived += job.archived
+        if (key := job.rank_key) is not None:
+            self.ranking.add(key)
+
+    def remove(self, job_id: str, archived: bool, key: RankKey | None) -> None:
+        self.members.discard(job_id)
+        self.archived -= archived
+        if key is not None:
+            self.ranking.remove(key)
+
+
+def job_view(public: dict[str, Any], best: tuple[str, float] | None) -> dict[str, Any]:
+    """A job view (SPEC 7): the public state plus ``is_best``, ``delta_pct`` and ``tier``.
+
+    ``best`` is the group's best run as (job id, best eval loss), or None.
+    """
+    view = dict(public)
+    is_best = best is not None and best[0] == public["id"]
+    delta = None
+    candidate = not public["archived"] and public["best_eval_loss"] is not None
+    if best is not None and candidate and not is_best:
+        delta = delta_pct(public["best_eval_loss"], best[1])
+    view["is_best"] = is_best
+    view["delta_pct"] = delta
+    view["tier"] = tier(delta)
+    return view
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one event changed on the board."""
+
+    job: JobChange
+    jobs: frozenset[str] = frozenset()  # jobs whose view changed
+    models: frozenset[str | None] = frozenset()  # model groups whose summary changed
+
+
+@dataclass
+class Board:
+    """Every job and model group, folded incrementally: the whole state of SPEC 4 and 5.
+
+    One event costs work in proportion to what it changes: a new best in a group of n jobs
+    changes n views, a new non-best loss changes one.
+    """
+
+    jobs: dict[str, JobState] = field(default_factory=dict)
+    groups: dict[str | None, Group] = field(default_factory=dict)
+
+    def group(self, model_name: str | None) -> Group:
+        group = self.groups.get(model_name)
+        if group is None:
+            group = self.groups[model_name] = Group(model_name)
+        return group
+
+    def load(self, jobs: Iterable[JobState]) -> None:
+        """Put jobs restored from storage on the board (their groups must be complete)."""
+        for job in jobs:
+            self.jobs[job.id] = job
+            self.group(job.model_name).add(job)
+
+    def apply(self, event: Event, pos: Pos, ts: float) -> Change:
+        """Fold one event; ``ts`` is the event's time (its ``ts``, else the entry's time)."""
+        job = self.jobs.get(event.job_id)
+        created = job is None
+        if job is None:
+            job = self.jobs[event.job_id] = new_job(event.job_id, ts)
+        before_model, before_archived, before_key = job.model_name, job.archived, job.rank_key
+
+        change = apply_to_job(job, event, pos, ts)
+        if not change.applied:
+            return Change(change)
+
+        changed_jobs = {job.id}
+        changed_models: set[str | None] = set()
+        group = self.group(job.model_name)
+        if created:
+            group_best = group.best
+            changed_models.add(job.model_name)
+        else:
+            old = self.groups[before_model]
+            old_best = old.best
+            group_best = old_best if old is group else group.best
+            old.remove(job.id, before_archived, before_key)
+            if old is not group:
+                if not old.members:
+                    del self.groups[before_model]
+                changed_models.update((before_model, job.model_name))
+                self._best_moved(old, old_best, changed_jobs, changed_models)
+            elif before_archived != job.archived:
+                changed_models.add(job.model_name)
+        group.add(job)
+        self._best_moved(group, group_best, changed_jobs, changed_models)
+        return Change(change, frozenset(changed_jobs), frozenset(changed_models))
+
+    def _best_moved(self, group: Group, before: RankKey | None, jobs: set[str],
+                    models: set[str | None]) -> None:
+        """When a group's best run or its value changed, every candidate's delta moved."""
+        after = group.best
+        if _best_id_value(before) == _best_id_value(after):
+            return
+        models.add(group.model_name)
+        jobs.update(key[2] for key in group.ranking)
+        if before is not None:
+            jobs.add(before[2])
+
+    def view(self, job_id: str) -> dict[str, Any]:
+        """The current job view of one job."""
+        job = self.jobs[job_id]
+        best = self.groups[job.model_name].best
+        return job_view(job.public(), (best[2], best[0]) if best else None)
+
+
+def _best_id_value(key: RankKey | None) -> tuple[str, float] | None:
+    return None if key is None else (key[2], key[0])

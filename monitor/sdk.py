@@ -1,0 +1,442 @@
+"""Trainer SDK (SPEC section 13): ``start_run`` / ``Run``, buffered and batched, never blocks training.
+
+``Run.log`` only builds a dict and appends it to an in-memory deque; a daemon thread per run
+sends the deque to ``<prefix>events`` in pipelined batches and retries while Redis is away.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import numbers
+import os
+import re
+import secrets
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from monitor.events import MAX_CONFIG_BYTES, MAX_TEXT
+from monitor.keys import Keys
+
+__all__ = ["Run", "RunStats", "Status", "start_run"]
+
+logger = logging.getLogger("monitor.sdk")
+
+Status = Literal["completed", "failed", "cancelled"]
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_PREFIX = "monitor:"
+BATCH_SIZE = 500
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 2.0
+DROP_WARNING_INTERVAL = 10.0
+_JOB_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_STATUSES = ("completed", "failed", "cancelled")
+_MAX_NAME = 512
+
+
+@dataclass(frozen=True, slots=True)
+class RunStats:
+    """Event counts of one run: ``pending`` were enqueued but are not (yet) on the stream."""
+
+    enqueued: int
+    sent: int
+    dropped: int
+    pending: int
+
+
+def start_run(
+    model_name: str | None = None,
+    *,
+    job_id: str | None = None,
+    total_epochs: int | None = None,
+    name: str | None = None,
+    config: dict[str, Any] | None = None,
+    gpu_count: int | None = None,
+    redis_url: str | None = None,
+    prefix: str | None = None,
+    buffer_size: int = 100_000,
+    flush_timeout: float = 10.0,
+) -> Run:
+    """Start a run and enqueue its ``job_started``; use it as a context manager.
+
+    ``redis_url`` and ``prefix`` default to ``MONITOR_REDIS_URL`` / ``MONITOR_PREFIX``, read now.
+    """
+    url = redis_url or os.environ.get("MONITOR_REDIS_URL") or DEFAULT_REDIS_URL
+    if prefix is None:
+        prefix = os.environ.get("MONITOR_PREFIX", DEFAULT_PREFIX)
+    uid = secrets.token_hex(6)
+    if job_id is None:
+        job_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uid[:6]}"
+    elif not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        raise ValueError(f"job_id must be 1-128 characters of A-Za-z0-9._:- , got {job_id!r}")
+    started: dict[str, Any] = {"type": "job_started"}
+    if model_name is not None and not isinstance(model_name, str):
+        raise TypeError(f"model_name must be a str or None, got {type(model_name).__name__}")
+    if model_name is not None and len(model_name) > _MAX_NAME:
+        raise ValueError(f"model_name is {len(model_name)} characters, at most {_MAX_NAME}")
+    if total_epochs is not None:
+        started["total_epochs"] = _count("total_epochs", total_epochs, minimum=1)
+    if name is not None:
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {type(name).__name__}")
+        if len(name) > _MAX_NAME:
+            raise ValueError(f"name is {len(name)} characters, at most {_MAX_NAME}")
+        started["name"] = name
+    if config is not None:
+        started["config"] = _config_snapshot(config)
+    if gpu_count is not None:
+        started["gpu_count"] = _count("gpu_count", gpu_count, minimum=0)
+    if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
+        raise ValueError(f"buffer_size must be an int >= 1, got {buffer_size!r}")
+    if not flush_timeout >= 0:
+        raise ValueError(f"flush_timeout must be >= 0 seconds, got {flush_timeout!r}")
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=2.0, socket_timeout=5.0, retry=Retry(NoBackoff(), 0)
+    )
+    run = Run(
+        client, Keys(prefix).events, job_id=job_id, model_name=model_name, uid=uid,
+        url=_redacted(url), buffer_size=buffer_size, flush_timeout=float(flush_timeout),
+    )
+    run._enqueue(started, droppable=False)
+    return run
+
+
+class Run:
+    """One training run: enqueue events cheaply; a daemon thread sends them to Redis."""
+
+    def __init__(
+        self, client: redis.Redis, stream: str, *, job_id: str, model_name: str | None,
+        uid: str, url: str, buffer_size: int, flush_timeout: float,
+    ) -> None:
+        self.job_id = job_id
+        self.model_name = model_name
+        self.flush_timeout = flush_timeout
+        self._client = client
+        self._stream = stream
+        self._uid = uid
+        self._url = url
+        self._buffer_size = buffer_size
+        self._queue: deque[dict[str, Any]] = deque()
+        self._lock = threading.Lock()  # orders seq numbers with deque order; guards counters
+        self._enqueued = 0
+        self._dropped = 0
+        self._sent = 0  # written by the sender thread only, under _sent_cond
+        self._sent_cond = threading.Condition()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._finished = False
+        self._closed = False
+        self._warned_nonfinite = False
+        self._drops_unreported = 0
+        self._last_drop_warning = -math.inf
+        self._thread = threading.Thread(
+            target=self._send_loop, name=f"monitor-sdk-{job_id}", daemon=True
+        )
+        self._thread.start()
+        _open_runs.add(self)
+
+    # The training side: cheap, never touches the network.
+
+    def log(
+        self, *, epoch: float | None = None, step: int | None = None,
+        loss: float | None = None, eval_loss: float | None = None,
+    ) -> None:
+        """Enqueue a ``metrics`` event; needs ``loss`` or ``eval_loss``. Never blocks or waits."""
+        if loss is None and eval_loss is None:
+            raise ValueError("log() needs loss or eval_loss")
+        event: dict[str, Any] = {"type": "metrics"}
+        if epoch is not None:
+            event["epoch"] = _epoch(epoch)
+        if step is not None:
+            event["step"] = _count("step", step, minimum=0)
+        finite = False
+        if loss is not None and (value := self._loss("loss", loss)) is not None:
+            event["loss"] = value
+            finite = True
+        if eval_loss is not None and (value := self._loss("eval_loss", eval_loss)) is not None:
+            event["eval_loss"] = value
+            finite = True
+        if finite:
+            self._enqueue(event, droppable=True)
+        else:
+            with self._lock:
+                self._dropped += 1
+
+    def checkpoint(
+        self, path: str | os.PathLike[str], *, epoch: float | None = None,
+        step: int | None = None, eval_loss: float | None = None,
+    ) -> None:
+        """Enqueue a ``checkpoint`` event for a saved checkpoint at ``path``."""
+        path = os.fspath(path)
+        if not isinstance(path, str):
+            raise TypeError(f"checkpoint path must be a str, got {type(path).__name__}")
+        if not 1 <= len(path) <= 1024:
+            raise ValueError(f"checkpoint path must be 1-1024 characters, got {len(path)}")
+        event: dict[str, Any] = {"type": "checkpoint", "path": path}
+        if epoch is not None:
+            event["epoch"] = _epoch(epoch)
+        if step is not None:
+            event["step"] = _count("step", step, minimum=0)
+        if eval_loss is not None and (value := self._loss("eval_loss", eval_loss)) is not None:
+            event["eval_loss"] = value
+        self._enqueue(event, droppable=True)
+
+    def finish(
+        self, status: Status = "completed", *, error: str | None = None,
+        final_loss: float | None = None, final_eval_loss: float | None = None,
+    ) -> None:
+        """Enqueue ``job_finished``; only the first call sends, later ones do nothing."""
+        if status not in _STATUSES:
+            raise ValueError(f"status must be one of {', '.join(_STATUSES)}, got {status!r}")
+        if error is not None and not isinstance(error, str):
+            raise TypeError(f"error must be a str or None, got {type(error).__name__}")
+        event: dict[str, Any] = {"type": "job_finished", "status": status}
+        if error is not None:
+            event["error"] = error[:MAX_TEXT]
+        if final_loss is not None and (value := self._loss("final_loss", final_loss)) is not None:
+            event["final_loss"] = value
+        if final_eval_loss is not None:
+            if (value := self._loss("final_eval_loss", final_eval_loss)) is not None:
+                event["final_eval_loss"] = value
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+        self._enqueue(event, droppable=False)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event enqueued so far is on the stream; ``None``: ``flush_timeout``."""
+        target = self._enqueued
+        with self._sent_cond:
+            return self._sent_cond.wait_for(
+                lambda: self._sent >= target,
+                self.flush_timeout if timeout is None else timeout,
+            )
+
+    def close(self) -> None:
+        """Finish (completed) if not finished, flush for up to ``flush_timeout``, stop the sender.
+
+        Never raises and never waits much past ``flush_timeout``; warns if events were lost.
+        """
+        if self._closed:
+            return
+        self.finish()
+        self.flush()
+        with self._lock:
+            self._closed = True
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=0.5)  # it may be stuck in a connect; it is a daemon
+        _open_runs.discard(self)
+        if self._drops_unreported:
+            logger.warning(
+                "monitor: run %s dropped %d more event(s) because its buffer was full",
+                self.job_id, self._drops_unreported,
+            )
+        lost = self._enqueued - self._sent
+        if lost:
+            logger.warning(
+                "monitor: %d event(s) of run %s could not be sent to Redis at %s within %.1fs "
+                "and are lost", lost, self.job_id, self._url, self.flush_timeout,
+            )
+
+    @property
+    def stats(self) -> RunStats:
+        """A snapshot of the event counts."""
+        with self._lock:
+            enqueued, dropped, sent = self._enqueued, self._dropped, self._sent
+        return RunStats(enqueued=enqueued, sent=sent, dropped=dropped, pending=enqueued - sent)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        status, error = _outcome(exc)
+        self.finish(status, error=error)
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Run(job_id={self.job_id!r}, model_name={self.model_name!r})"
+
+    # Internals.
+
+    def _loss(self, field: str, value: object) -> float | None:
+        """``value`` as a float; None (and a warning, once per run) when it is NaN or infinite."""
+        number = value if type(value) is float else _real(field, value)
+        if math.isfinite(number):
+            return number
+        if not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            logger.warning(
+                "monitor: run %s logged %s=%r; non-finite values are not sent "
+                "(this warning is shown once per run)", self.job_id, field, number,
+            )
+        return None
+
+    def _enqueue(self, event: dict[str, Any], *, droppable: bool) -> None:
+        event["job_id"] = self.job_id
+        event["model_name"] = self.model_name
+        event["ts"] = time.time()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"run {self.job_id} is closed; nothing more can be logged")
+            if droppable and self._enqueued - self._sent >= self._buffer_size:
+                self._dropped += 1
+                self._drops_unreported += 1
+                now = time.monotonic()
+                if now - self._last_drop_warning < DROP_WARNING_INTERVAL:
+                    return
+                self._last_drop_warning = now
+                count, self._drops_unreported = self._drops_unreported, 0
+            else:
+                self._enqueued += 1
+                event["event_id"] = f"{self._uid}:{self._enqueued}"
+                self._queue.append(event)
+                count = 0
+        if count:
+            logger.warning(
+                "monitor: buffer of run %s is full (%d events waiting for Redis at %s); "
+                "dropped %d event(s), %d in all so far",
+                self.job_id, self._buffer_size, self._url, count, self._dropped,
+            )
+        elif not self._wake.is_set():
+            self._wake.set()
+
+    def _send_loop(self) -> None:
+        """The sender thread: drain the deque in batches, retry a failed batch with backoff."""
+        batch: list[bytes] = []
+        backoff = BACKOFF_MIN
+        reachable = True
+        try:
+            while True:
+                if not batch:
+                    self._wake.clear()  # before looking, so an append after this wakes us
+                    while self._queue and len(batch) < BATCH_SIZE:
+                        batch.append(orjson.dumps(self._queue.popleft()))
+                if not batch:
+                    if self._stop.is_set():
+                        return
+                    self._wake.wait()
+                    continue
+                try:
+                    self._send(batch)
+                except redis.RedisError as e:
+                    if reachable:
+                        reachable = False
+                        logger.warning(
+                            "monitor: Redis at %s is unreachable (%s); buffering the events of "
+                            "run %s and retrying", self._url, e, self.job_id,
+                        )
+                    if self._stop.wait(backoff):
+                        return
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                with self._sent_cond:
+                    self._sent += len(batch)
+                    self._sent_cond.notify_all()
+                batch = []
+                backoff = BACKOFF_MIN
+                if not reachable:
+                    reachable = True
+                    logger.info("monitor: Redis at %s is reachable again (run %s)",
+                                self._url, self.job_id)
+                if self._stop.is_set() and not self._queue:
+                    return
+        finally:
+            self._client.close()
+
+    def _send(self, batch: list[bytes]) -> None:
+        # A failed batch is sent again whole; its event_ids make the repeats harmless.
+        pipe = self._client.pipeline(transaction=False)
+        for data in batch:
+            pipe.xadd(self._stream, {"data": data})
+        pipe.execute()
+
+
+def _outcome(exc: BaseException | None) -> tuple[Status, str | None]:
+    """The status and error text a run ends with when ``exc`` (or nothing) ended it."""
+    if exc is None:
+        return "completed", None
+    if isinstance(exc, KeyboardInterrupt):
+        return "cancelled", None
+    if isinstance(exc, SystemExit) and exc.code in (0, None):
+        return "completed", None
+    text = str(exc)
+    error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return "failed", error[:MAX_TEXT]
+
+
+def _real(field: str, value: object) -> float:
+    """A real number as a float; TypeError for anything else, bool included."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{field} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _epoch(value: object) -> float | int:
+    number = value if type(value) is int else _real("epoch", value)
+    if not number >= 0 or not math.isfinite(number):
+        raise ValueError(f"epoch must be a finite number >= 0, got {value!r}")
+    return number
+
+
+def _count(field: str, value: object, *, minimum: int) -> int:
+    if type(value) is not int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{field} must be an int, got {type(value).__name__}")
+        value = int(value)
+    if value < minimum:
+        raise ValueError(f"{field} must be >= {minimum}, got {value}")
+    return value
+
+
+def _config_snapshot(config: object) -> dict[str, Any]:
+    """A JSON copy of ``config`` (later changes to it are not sent), checked against the limit."""
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    try:
+        data = orjson.dumps(config, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError as e:
+        raise ValueError(f"config is not JSON-serializable: {e}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ValueError(f"config is {len(data)} bytes as JSON, at most {MAX_CONFIG_BYTES}")
+    snapshot: dict[str, Any] = orjson.loads(data)
+    return snapshot
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password, for log lines."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else "***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+_open_runs: set[Run] = set()
+
+
+@atexit.register
+def _close_open_runs() -> None:
+    """At interpreter exit, finish and flush the runs nobody closed (failed if the program was)."""
+    status, error = _outcome(getattr(sys, "last_value", None))
+    for run in list(_open_runs):
+        run.finish(status, error=error)
+        run.close()

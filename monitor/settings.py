@@ -1,0 +1,202 @@
+"""Settings for each process, from command-line flags and ``MONITOR_*`` environment variables.
+
+A frozen settings object is built once per process and handed to constructors; nothing reads
+the environment at import time. A flag beats a variable, a variable beats the default. An
+unknown ``MONITOR_*`` variable or a malformed value is an error that names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, get_type_hints
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "MONITOR_"
+
+
+class SettingsError(ValueError):
+    """A setting is unknown or malformed; the message names it."""
+
+
+def _setting(default: Any, help: str, check: Callable[[Any], str | None] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "check": check})
+
+
+def check_redis_url(url: str) -> str | None:
+    """Why ``url`` is not a Redis URL, or None when it is one."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        return f"not a valid URL ({e})"
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return "must start with redis://, rediss:// or unix://"
+    if parts.scheme != "unix" and not parts.hostname:
+        return "has no host (e.g. redis://127.0.0.1:6379/0)"
+    if parts.scheme == "unix" and not parts.path:
+        return "has no socket path"
+    if port is not None and not 0 < port < 65536:
+        return f"port {port} is out of range"
+    db = parts.path.strip("/")
+    if parts.scheme != "unix" and db and not db.isdigit():
+        return f"database {db!r} is not a number"
+    return None
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _level(value: str) -> str | None:
+    names = ("DEBUG", "INFO", "WARNING", "ERROR")
+    return None if value.upper() in names else f"must be one of {', '.join(names)}"
+
+
+def _prefix(value: str) -> str | None:
+    return None if value and not any(c.isspace() for c in value) else "must be non-empty, no spaces"
+
+
+@dataclass(frozen=True)
+class CommonSettings:
+    """What every process needs."""
+
+    redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis to use", check_redis_url)
+    prefix: str = _setting("monitor:", "prefix of every Redis key", _prefix)
+    log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR", _level)
+
+
+@dataclass(frozen=True)
+class WorkerSettings(CommonSettings):
+    """``monitor worker``: the stream consumer."""
+
+    batch_size: int = _setting(1000, "events read and committed per batch", _positive)
+    lease_ttl: float = _setting(3.0, "seconds a dead worker keeps the lease; a standby "
+                                     "takes over after it", _positive)
+    block: float = _setting(0.5, "seconds an idle worker waits for new events per poll",
+                            _positive)
+    updates_keep: int = _setting(10_000, "updates kept for WebSocket resume (approximate)",
+                                 _positive)
+    dead_keep: int = _setting(10_000, "refused entries kept in <prefix>dead (approximate)",
+                              _positive)
+
+
+@dataclass(frozen=True)
+class DemoSettings(CommonSettings):
+    """``monitor demo``: simulated trainers."""
+
+    runs_per_model: int = _setting(3, "runs per simulated model", _positive)
+    epochs: int = _setting(5, "epochs per run", _positive)
+    steps_per_epoch: int = _setting(20, "training steps per epoch", _positive)
+    step_seconds: float = _setting(0.2, "wall-clock seconds per training step (0: flat out)",
+                                   _non_negative)
+    seed: int | None = _setting(None, "random seed (same seed, same curves)")
+    loop: bool = _setting(False, "keep starting new runs until stopped")
+
+
+SETTINGS_CLASSES: tuple[type[CommonSettings], ...] = (WorkerSettings, DemoSettings)
+S = TypeVar("S", bound=CommonSettings)
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def known_env_names() -> set[str]:
+    """Every ``MONITOR_*`` variable some process understands."""
+    names = {env_name(f.name) for cls in SETTINGS_CLASSES for f in dataclasses.fields(cls)}
+    return names | EXTRA_ENV
+
+
+# Read by processes outside this module's classes (the trainer SDK reads these two itself).
+EXTRA_ENV: set[str] = {"MONITOR_REDIS_URL", "MONITOR_PREFIX"}
+
+
+def check_environ(environ: Mapping[str, str]) -> None:
+    """Refuse ``MONITOR_*`` variables no process understands (a typo must not pass silently)."""
+    known = known_env_names()
+    unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+    if unknown:
+        raise SettingsError(
+            f"unknown setting {unknown[0]} (known: {', '.join(sorted(known))})"
+        )
+
+
+def _parse(text: str, kind: Any, where: str) -> Any:
+    """Turn one string from the environment or a flag into a value of ``kind``."""
+    if kind in (int, int | None):
+        try:
+            return int(text)
+        except ValueError:
+            raise SettingsError(f"{where}: expected an integer, got {text!r}") from None
+    if kind in (float, float | None):
+        try:
+            value = float(text)
+        except ValueError:
+            raise SettingsError(f"{where}: expected a number, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise SettingsError(f"{where}: expected a finite number, got {text!r}")
+        return value
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"{where}: expected true or false, got {text!r}")
+    return text
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type[CommonSettings]) -> None:
+    """One flag per setting of ``cls``, with its variable and default in the help."""
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        help_text = f"{f.metadata['help']} [env {env_name(f.name)}, default {f.default!r}]"
+        if hints[f.name] is bool:
+            parser.add_argument(flag_name(f.name), dest=f.name, action="store_const",
+                                const="true", default=None, help=help_text)
+        else:
+            parser.add_argument(flag_name(f.name), dest=f.name, default=None, metavar="VALUE",
+                                help=help_text)
+
+
+def load(cls: type[S], flags: Mapping[str, Any] | None = None,
+         environ: Mapping[str, str] | None = None) -> S:
+    """Build settings of ``cls`` from ``flags`` (strings or None) over ``environ`` over defaults."""
+    flags = flags or {}
+    environ = environ if environ is not None else {}
+    check_environ(environ)
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        raw, where = flags.get(f.name), flag_name(f.name)
+        if raw is None and env_name(f.name) in environ:
+            raw, where = environ[env_name(f.name)], env_name(f.name)
+        if raw is None:
+            continue
+        value = _parse(str(raw), hints[f.name], where)
+        check = f.metadata["check"]
+        problem = check(value) if check is not None and value is not None else None
+        if problem:
+            raise SettingsError(f"{where}={raw!r}: {problem}")
+        values[f.name] = value
+    return cls(**values)
+
+
+def configure_logging(settings: CommonSettings) -> None:
+    """One line per record on stderr, at the configured level."""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

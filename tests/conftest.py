@@ -1,0 +1,118 @@
+"""Shared fixtures: a real Redis (one key prefix per test, cleaned up) and helpers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from monitor.keys import Keys
+
+# The Redis the tests use; .ci/run sets it when 127.0.0.1:6379 does not answer.
+# Deliberately not a MONITOR_* name: subprocesses under test refuse unknown MONITOR_* settings.
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def delete_prefix(client: redis.Redis, prefix: str) -> None:
+    """Remove every key under ``prefix``."""
+    batch = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    for i in range(0, len(batch), 500):
+        client.delete(*batch[i : i + 500])
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as e:  # pragma: no cover - environment problem
+        pytest.fail(f"no Redis at {REDIS_URL} (set TEST_REDIS_URL): {e}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    """A synchronous client (bytes responses) on the test Redis."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def keys(r: redis.Redis) -> Iterator[Keys]:
+    """A fresh key prefix for this test; every key under it is deleted afterwards."""
+    prefix = f"test:{uuid.uuid4().hex[:12]}:"
+    yield Keys(prefix)
+    delete_prefix(r, prefix)
+
+
+class RedisServer:
+    """A redis-server child process of the test's own, on a free port, that can stop and start."""
+
+    def __init__(self, port: int, directory: Path) -> None:
+        self.port = port
+        self.directory = directory
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:  # pragma: no cover - .ci/run installs it
+            pytest.fail("redis-server is not on PATH")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis(port=self.port, socket_timeout=0.5).ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture
+def redis_server_factory() -> Iterator[Callable[[], RedisServer]]:
+    """Make private redis-server processes (not started); all are stopped after the test."""
+    servers: list[RedisServer] = []
+    tmp = tempfile.TemporaryDirectory(prefix="monitor-test-redis-")
+
+    def make() -> RedisServer:
+        server = RedisServer(free_port(), Path(tmp.name))
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+    tmp.cleanup()

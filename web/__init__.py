@@ -1,0 +1,1 @@
+"""The FastAPI gateway (REST and /ws) and the static page (built in a later issue)."""

@@ -1,0 +1,1 @@
+"""The stream consumer: read a batch, fold it with the rules, commit, then acknowledge."""

@@ -1,0 +1,180 @@
+"""One batch of stream entries, folded into the board and turned into one commit. Pure: no I/O.
+
+The worker reads entries, :func:`decode` validates them, the worker loads the jobs and groups
+they touch, :func:`fold` applies them, and :func:`build_commit` says what to write in one
+Redis transaction: job and model state, metric points, the changed views for
+``<prefix>updates``, refused entries for ``<prefix>dead``, and the id of the last entry.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from monitor import history
+from monitor.events import BadEvent, Event, parse_event
+from monitor.keys import Keys, model_field
+from monitor.rules import Board, Pos, parse_pos
+
+log = logging.getLogger("monitor.worker")
+
+DEAD_DATA_BYTES = 4096
+
+Entry = tuple[str, dict[bytes, bytes] | None]
+"""A stream entry as read: its id and fields (None when it was deleted from the stream)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """One entry after validation: an event to apply, or the reason it is refused."""
+
+    entry_id: str
+    pos: Pos
+    event: Event | None
+    raw: bytes
+    reason: str | None = None
+
+    @property
+    def ts(self) -> float:
+        """The event's time: its ``ts``, else the stream entry's time."""
+        assert self.event is not None
+        return self.event.ts if self.event.ts is not None else self.pos[0] / 1000
+
+
+def decode(entries: list[Entry]) -> list[Decoded]:
+    """Validate each entry; a bad one is kept with its reason (it goes to ``<prefix>dead``)."""
+    out = []
+    for entry_id, fields in entries:
+        pos = parse_pos(entry_id)
+        raw = (fields or {}).get(b"data")
+        if raw is None:
+            reason = "entry has no data field" if fields else "entry was deleted from the stream"
+            out.append(Decoded(entry_id, pos, None, b"", reason))
+            continue
+        try:
+            out.append(Decoded(entry_id, pos, parse_event(raw), raw))
+        except BadEvent as e:
+            out.append(Decoded(entry_id, pos, None, raw, e.reason))
+    return out
+
+
+@dataclass
+class Folded:
+    """What a batch did to the board."""
+
+    last_id: str
+    jobs: set[str] = field(default_factory=set)  # jobs whose state changed (store them)
+    views: dict[str, None] = field(default_factory=dict)  # jobs whose view changed, in order
+    models: set[str | None] = field(default_factory=set)
+    points: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    moved: dict[str, tuple[str | None, bool]] = field(default_factory=dict)  # id -> (model, stored)
+    dead: list[Decoded] = field(default_factory=list)
+    applied: int = 0
+    duplicates: int = 0
+
+
+def refuse(folded: Folded, item: Decoded, reason: str) -> None:
+    """The one way an entry is refused: logged with context, then dead-lettered."""
+    log.warning("refused entry %s: %s", item.entry_id, reason)
+    folded.dead.append(Decoded(item.entry_id, item.pos, None, item.raw, reason))
+
+
+def fold(board: Board, items: list[Decoded]) -> Folded:
+    """Apply ``items`` in order. The board holds every stored job the items touch."""
+    folded = Folded(last_id=items[-1].entry_id)
+    for item in items:
+        if item.event is None:
+            refuse(folded, item, item.reason or "invalid")
+            continue
+        event = item.event
+        before = board.jobs.get(event.job_id)
+        if event.job_id not in folded.moved:  # first touch in this batch: as stored
+            folded.moved[event.job_id] = (before.model_name if before else None,
+                                          before is not None)
+        try:
+            change = board.apply(event, item.pos, item.ts)
+        except Exception as e:  # a bug in the rules must not stop the stream
+            log.exception("could not apply entry %s", item.entry_id)
+            refuse(folded, item, f"internal error: {type(e).__name__}: {e}")
+            continue
+        if not change.job.applied:
+            folded.duplicates += 1
+            continue
+        folded.applied += 1
+        folded.jobs.add(event.job_id)
+        folded.views.update(dict.fromkeys(change.jobs))
+        folded.models.update(change.models)
+        if change.job.point is not None:
+            folded.points.setdefault(event.job_id, []).append(change.job.point)
+        if change.job.config is not None:
+            folded.configs[event.job_id] = change.job.config
+    return folded
+
+
+def rewrites(board: Board, folded: Folded) -> list[str]:
+    """Jobs whose stored history must be read because this batch will thin it."""
+    return [job_id for job_id, new in folded.points.items()
+            if history.needs_rewrite(board.jobs[job_id].points, len(new))]
+
+
+@dataclass
+class Commit:
+    """Everything one batch writes, in one transaction."""
+
+    applied: str
+    jobs: dict[str, bytes] = field(default_factory=dict)
+    folds: dict[str, bytes] = field(default_factory=dict)
+    configs: dict[str, bytes] = field(default_factory=dict)
+    models: dict[str, bytes] = field(default_factory=dict)
+    models_gone: list[str] = field(default_factory=list)
+    group_add: dict[str, list[str]] = field(default_factory=dict)
+    group_remove: dict[str, list[str]] = field(default_factory=dict)
+    append: dict[str, list[bytes]] = field(default_factory=dict)
+    replace: dict[str, list[bytes]] = field(default_factory=dict)
+    update: bytes | None = None
+    dead: list[dict[str, bytes | str]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def build_commit(board: Board, folded: Folded, keys: Keys,
+                 histories: dict[str, list[dict[str, Any]]]) -> Commit:
+    """The writes for ``folded``; ``histories`` holds the stored points of :func:`rewrites`."""
+    commit = Commit(applied=folded.last_id)
+    for job_id in folded.jobs:
+        job = board.jobs[job_id]
+        new_points = folded.points.get(job_id, [])
+        if job_id in histories:
+            points = history.extend(histories[job_id], new_points)
+            commit.replace[keys.metrics(job_id)] = [orjson.dumps(p) for p in points]
+            job.points = len(points)
+        elif new_points:
+            commit.append[keys.metrics(job_id)] = [orjson.dumps(p) for p in new_points]
+            job.points += len(new_points)
+        commit.jobs[job_id] = orjson.dumps(job.public())
+        commit.folds[job_id] = orjson.dumps(job.private())
+        before_model, stored = folded.moved[job_id]
+        if not stored or before_model != job.model_name:
+            commit.group_add.setdefault(keys.group(job.model_name), []).append(job_id)
+            if stored:
+                commit.group_remove.setdefault(keys.group(before_model), []).append(job_id)
+    for job_id, config in folded.configs.items():
+        commit.configs[job_id] = orjson.dumps(config)
+    for model in folded.models:
+        group = board.groups.get(model)
+        if group is None:
+            commit.models_gone.append(model_field(model))
+        else:
+            commit.models[model_field(model)] = orjson.dumps(group.summary())
+    if folded.views:
+        views = [board.view(job_id) for job_id in folded.views]
+        commit.update = orjson.dumps({"jobs": views})
+    for item in folded.dead:
+        commit.dead.append({"id": item.entry_id, "data": item.raw[:DEAD_DATA_BYTES],
+                            "reason": item.reason or "invalid"})
+    commit.counts = {"applied": folded.applied, "duplicates": folded.duplicates,
+                     "dead": len(folded.dead)}
+    return commit

@@ -1,0 +1,200 @@
+"""The worker loop: hold the lease, read a batch, fold it, commit, then acknowledge.
+
+Crash safety comes from the order of things. A batch's effects and the id of its last entry
+are committed in one transaction, and only then are its entries acknowledged. After a crash
+the next holder of the lease re-reads every unacknowledged entry: those at or before the
+committed id are acknowledged without being applied again, the rest are applied. So each
+entry is applied exactly once, whenever the process dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from monitor.events import Event
+from monitor.keys import Keys
+from monitor.rules import Board, parse_pos
+from monitor.settings import WorkerSettings
+from worker.batch import Entry, build_commit, decode, fold, rewrites
+from worker.lease import Lease
+from worker.store import LeaseLost, Store
+
+log = logging.getLogger("monitor.worker")
+
+RETRY_MAX = 5.0  # seconds between attempts while Redis is away
+PROGRESS_EVERY = 10.0  # seconds between progress lines
+
+
+class Worker:
+    """One worker process's loop; several may run, one applies events at a time."""
+
+    def __init__(self, settings: WorkerSettings, redis: Redis | None = None) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.prefix)
+        self.redis = redis if redis is not None else Redis.from_url(settings.redis_url)
+        self.name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.store = Store(self.redis, self.keys, self.name)
+        self.lease = Lease(self.redis, self.keys.lease, settings.lease_ttl, self.name)
+        self.applied_total = 0
+        self._progress = (time.monotonic(), 0)
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget everything cached; the next step re-reads the committed state."""
+        self.board = Board()
+        self.loaded_groups: set[str | None] = set()
+        self.applied = "0-0"
+        self.last_seen = "0-0"
+        self.generation = -1  # != lease.generation: recover before reading new entries
+
+    @property
+    def leading(self) -> bool:
+        return self.generation == self.lease.generation and self.generation > 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Apply events until ``stop`` is set; survives Redis going away and coming back."""
+        delay = 0.1
+        ready = False
+        try:
+            while not stop.is_set():
+                try:
+                    if not ready:
+                        await self.store.ensure_group()
+                        ready = True
+                    await self.step(stop)
+                    delay = 0.1
+                except LeaseLost as e:
+                    log.warning("stopped applying: %s", e)
+                    self.lease.forget()
+                    self._reset()
+                except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                    log.warning("Redis unreachable (%s); retrying in %.1fs", e, delay)
+                    self.lease.forget()
+                    self._reset()
+                    await _sleep(stop, delay)
+                    delay = min(delay * 2, RETRY_MAX)
+        finally:
+            await self._release()
+
+    async def _release(self) -> None:
+        try:
+            await self.lease.release()
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            pass  # it runs out by itself after lease_ttl
+        await self.redis.aclose()
+
+    async def step(self, stop: asyncio.Event | None = None) -> None:
+        """One turn: take or keep the lease, then apply one batch or wait for one."""
+        if not await self.lease.hold():
+            if self.generation != -1:
+                log.info("another worker holds the lease; standing by")
+                self._reset()
+            await _sleep(stop, min(0.25, self.settings.lease_ttl / 4))
+            return
+        if self.generation != self.lease.generation:
+            await self._recover()
+        entries = await self.store.read(self.lease.token, ">", self.settings.batch_size)
+        if entries:
+            await self._process(entries)
+            return
+        seen = await self.store.wait(self.last_seen, int(self.settings.block * 1000))
+        if seen is not None and parse_pos(seen) > parse_pos(self.last_seen):
+            self.last_seen = seen
+
+    async def _recover(self) -> None:
+        """After taking the lease: adopt unacknowledged entries and finish them first."""
+        self._reset()
+        self.applied = await self.store.applied()
+        self.last_seen = self.applied
+        await self.store.adopt_pending()
+        cursor = "0"
+        while entries := await self.store.read(self.lease.token, cursor,
+                                               self.settings.batch_size):
+            await self._process(entries)
+            cursor = entries[-1][0]
+        self.generation = self.lease.generation
+        log.info("worker %s is applying events (committed up to %s)", self.name, self.applied)
+
+    async def _process(self, entries: list[Entry]) -> None:
+        """Apply the entries not yet committed, commit, acknowledge all, trim the stream."""
+        done = parse_pos(self.applied)
+        fresh = [entry for entry in entries if parse_pos(entry[0]) > done]
+        if fresh:
+            items = decode(fresh)
+            await self._load([item.event for item in items if item.event is not None])
+            folded = fold(self.board, items)
+            to_read = rewrites(self.board, folded)
+            histories = await self.store.histories(to_read) if to_read else {}
+            commit = build_commit(self.board, folded, self.keys, histories)
+            await self.store.commit(commit, self.lease.token, self.applied,
+                                    updates_keep=self.settings.updates_keep,
+                                    dead_keep=self.settings.dead_keep)
+            self.applied = commit.applied
+            self.applied_total += folded.applied
+            self._log_progress()
+        # Acknowledge only now: an entry acknowledged before its commit could be lost.
+        await self.store.ack([entry_id for entry_id, _ in entries])
+        last = entries[-1][0]
+        if parse_pos(last) > parse_pos(self.last_seen):
+            self.last_seen = last
+        await self.store.trim(self.applied)
+
+    async def _load(self, events: list[Event]) -> None:
+        """Bring every stored job and whole model group these events touch onto the board."""
+        board = self.board
+        unknown = list({e.job_id for e in events if e.job_id not in board.jobs})
+        staged = await self.store.load_jobs(unknown)
+        models: set[str | None] = set()
+        for event in events:
+            job = board.jobs.get(event.job_id) or staged.get(event.job_id)
+            if job is not None and job.model_name is not None:
+                models.add(job.model_name)
+            else:  # may still be named by this very event
+                models.add(None)
+                if event.model_name is not None:
+                    models.add(event.model_name)
+        needed = [m for m in models if m not in self.loaded_groups]
+        if not needed:
+            return
+        members = await self.store.group_members(needed)
+        missing = [job_id for ids in members.values() for job_id in ids
+                   if job_id not in staged and job_id not in board.jobs]
+        staged.update(await self.store.load_jobs(missing))
+        for model in needed:
+            board.load(staged[job_id] for job_id in members[model] if job_id in staged)
+            self.loaded_groups.add(model)
+
+    def _log_progress(self) -> None:
+        since, count = self._progress
+        now = time.monotonic()
+        if now - since >= PROGRESS_EVERY:
+            n = self.applied_total - count
+            log.info("applied %d events in %.0fs (%.0f/s)", n, now - since, n / (now - since))
+            self._progress = (now, self.applied_total)
+
+
+async def _sleep(stop: asyncio.Event | None, seconds: float) -> None:
+    """Sleep, waking early when ``stop`` is set."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+async def run_worker(settings: WorkerSettings, stop: asyncio.Event) -> None:
+    """Run one worker until ``stop`` is set (what ``monitor worker`` does)."""
+    worker = Worker(settings)
+    log.info("worker %s on %s, prefix %r", worker.name, settings.redis_url, settings.prefix)
+    await worker.run(stop)
