@@ -1,4 +1,4 @@
-"""Simulated trainers (``monitor demo``): realistic fine-tuning runs, written through the SDK only."""
+"""Simulated trainers (``monitor demo``): realistic fine-tuning runs, written through the SDK."""
 
 from __future__ import annotations
 
@@ -45,6 +45,9 @@ class DemoOptions:
         for field in ("runs_per_model", "epochs", "steps_per_epoch"):
             if getattr(self, field) < 1:
                 raise ValueError(f"demo {field} must be >= 1, got {getattr(self, field)}")
+        if self.runs_per_model > len(LEARNING_RATES) * len(LORA_RANKS):
+            raise ValueError(f"demo runs_per_model must be at most "
+                             f"{len(LEARNING_RATES) * len(LORA_RANKS)}, got {self.runs_per_model}")
         if not self.step_seconds >= 0:
             raise ValueError(f"demo step_seconds must be >= 0, got {self.step_seconds}")
 
@@ -54,7 +57,7 @@ class CurveSpec:
     """The shape of one run's losses."""
 
     start: float  # training loss before the first step
-    floor: float  # what training loss decays towards
+    best_eval: float  # the lowest eval loss of the run, before noise
     decay: float  # e-foldings of (loss - floor) over the whole run
     gap: float  # eval loss above training loss, relative
     overfit: float  # 0: none; about 1: eval loss climbs again in the last half
@@ -72,11 +75,19 @@ def loss_curve(spec: CurveSpec, epochs: int, steps_per_epoch: int, seed: int) ->
     rng = random.Random(seed)
     total = epochs * steps_per_epoch
 
-    def mean(t: float) -> float:
-        return spec.floor + (spec.start - spec.floor) * math.exp(-spec.decay * t)
-
     def rise(t: float) -> float:  # memorising: eval climbs late while training keeps falling
         return spec.overfit * max(0.0, t - 0.5) ** 2
+
+    # The floor is chosen so that the lowest eval loss over the epochs is exactly best_eval:
+    # each epoch's eval is increasing in the floor, so the answer is the largest per-epoch one.
+    floor = max(
+        (spec.best_eval / (1 + spec.gap + rise(t)) - spec.start * math.exp(-spec.decay * t))
+        / (1 - math.exp(-spec.decay * t))
+        for t in (epoch / epochs for epoch in range(1, epochs + 1))
+    )
+
+    def mean(t: float) -> float:
+        return floor + (spec.start - floor) * math.exp(-spec.decay * t)
 
     loss = tuple(
         round(max(mean(t) * (1 - rise(t) / 2) * (1 + rng.gauss(0, spec.noise)), 0.01), 4)
@@ -122,7 +133,7 @@ def plan_runs(options: DemoOptions, rng: random.Random) -> list[RunPlan]:
                 not_best.append(len(plans))
             gap = rng.uniform(0.03, 0.1)
             curve = CurveSpec(
-                start=rng.uniform(2.0, 3.0), floor=best * quality / (1 + gap),
+                start=rng.uniform(2.0, 3.0), best_eval=best * quality,
                 decay=rng.uniform(4.0, 7.0), gap=gap, noise=rng.uniform(0.03, 0.06),
                 overfit=rng.uniform(0.9, 1.6) if rng.random() < 0.35 else 0.0,
             )
@@ -155,7 +166,7 @@ def plan_runs(options: DemoOptions, rng: random.Random) -> list[RunPlan]:
 
 
 def run_demo(options: DemoOptions, stop: threading.Event | None = None) -> int:
-    """Run simulated trainers until done (or forever with ``loop``) or ``stop``; returns runs finished."""
+    """Run simulated trainers until done (with ``loop``: until ``stop``); returns runs finished."""
     stop = stop if stop is not None else threading.Event()
     seed = options.seed if options.seed is not None else random.randrange(2**32)
     finished = round_no = 0
@@ -173,7 +184,11 @@ def _run_round(plans: list[RunPlan], options: DemoOptions, stop: threading.Event
     with ThreadPoolExecutor(len(plans), thread_name_prefix="monitor-demo") as pool:
         runs = [pool.submit(_train, plan, options, stop, i * stagger)
                 for i, plan in enumerate(plans)]
-        return sum(run.result() for run in runs)
+        try:
+            return sum(run.result() for run in runs)
+        except BaseException:
+            stop.set()  # e.g. Ctrl-C here: end the runs (as cancelled) so the pool can shut down
+            raise
 
 
 def _train(plan: RunPlan, options: DemoOptions, stop: threading.Event, delay: float) -> bool:

@@ -1,4 +1,4 @@
-"""Trainer SDK (SPEC section 13): ``start_run`` / ``Run``, buffered and batched, never blocks training.
+"""Trainer SDK (SPEC section 13): ``start_run`` / ``Run``; buffered, batched, never blocks training.
 
 ``Run.log`` only builds a dict and appends it to an in-memory deque; a daemon thread per run
 sends the deque to ``<prefix>events`` in pipelined batches and retries while Redis is away.
@@ -19,7 +19,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -42,7 +42,7 @@ BATCH_SIZE = 500
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 DROP_WARNING_INTERVAL = 10.0
-_JOB_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_JOB_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _STATUSES = ("completed", "failed", "cancelled")
 _MAX_NAME = 512
 
@@ -80,7 +80,7 @@ def start_run(
     uid = secrets.token_hex(6)
     if job_id is None:
         job_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uid[:6]}"
-    elif not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+    elif not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         raise ValueError(f"job_id must be 1-128 characters of A-Za-z0-9._:- , got {job_id!r}")
     started: dict[str, Any] = {"type": "job_started"}
     if model_name is not None and not isinstance(model_name, str):
@@ -115,7 +115,7 @@ def start_run(
 
 
 class Run:
-    """One training run: enqueue events cheaply; a daemon thread sends them to Redis."""
+    """One training run (made by :func:`start_run`): enqueues events; a daemon thread sends them."""
 
     def __init__(
         self, client: redis.Redis, stream: str, *, job_id: str, model_name: str | None,
@@ -208,9 +208,10 @@ class Run:
             event["error"] = error[:MAX_TEXT]
         if final_loss is not None and (value := self._loss("final_loss", final_loss)) is not None:
             event["final_loss"] = value
-        if final_eval_loss is not None:
-            if (value := self._loss("final_eval_loss", final_eval_loss)) is not None:
-                event["final_eval_loss"] = value
+        if final_eval_loss is not None and (
+            (value := self._loss("final_eval_loss", final_eval_loss)) is not None
+        ):
+            event["final_eval_loss"] = value
         with self._lock:
             if self._finished:
                 return
@@ -260,7 +261,7 @@ class Run:
             enqueued, dropped, sent = self._enqueued, self._dropped, self._sent
         return RunStats(enqueued=enqueued, sent=sent, dropped=dropped, pending=enqueued - sent)
 
-    def __enter__(self) -> Run:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -340,7 +341,7 @@ class Run:
                     if reachable:
                         reachable = False
                         logger.warning(
-                            "monitor: Redis at %s is unreachable (%s); buffering the events of "
+                            "monitor: cannot send to Redis at %s (%s); buffering the events of "
                             "run %s and retrying", self._url, e, self.job_id,
                         )
                     if self._stop.wait(backoff):
@@ -354,7 +355,7 @@ class Run:
                 backoff = BACKOFF_MIN
                 if not reachable:
                     reachable = True
-                    logger.info("monitor: Redis at %s is reachable again (run %s)",
+                    logger.info("monitor: sending to Redis at %s again (run %s)",
                                 self._url, self.job_id)
                 if self._stop.is_set() and not self._queue:
                     return

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -100,10 +102,12 @@ def test_stream_holds_exactly_what_was_logged_in_order(
 def test_block_that_raises_sends_failed_with_the_error_and_propagates(
     r: redis.Redis, keys: Keys, redis_url: str
 ) -> None:
-    with pytest.raises(RuntimeError, match="CUDA out of memory"):
-        with start_run(MODEL, job_id="job-1", redis_url=redis_url, prefix=keys.prefix) as run:
-            run.log(step=1, loss=2.0)
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    with (
+        pytest.raises(RuntimeError, match="CUDA out of memory"),
+        start_run(MODEL, job_id="job-1", redis_url=redis_url, prefix=keys.prefix) as run,
+    ):
+        run.log(step=1, loss=2.0)
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
     assert bodies(read_events(r, keys))[-1] == {
         "type": "job_finished", "status": "failed",
         "error": "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB", **COMMON,
@@ -113,18 +117,22 @@ def test_block_that_raises_sends_failed_with_the_error_and_propagates(
 def test_long_error_text_is_cut_to_the_contract_limit(
     r: redis.Redis, keys: Keys, redis_url: str
 ) -> None:
-    with pytest.raises(ValueError):
-        with start_run(MODEL, job_id="job-1", redis_url=redis_url, prefix=keys.prefix):
-            raise ValueError("x" * 20_000)
+    with (
+        pytest.raises(ValueError),
+        start_run(MODEL, job_id="job-1", redis_url=redis_url, prefix=keys.prefix),
+    ):
+        raise ValueError("x" * 20_000)
     error = read_events(r, keys)[-1]["error"]
     assert error == ("ValueError: " + "x" * 20_000)[:MAX_TEXT]
     assert len(error) == MAX_TEXT
 
 
 def test_keyboard_interrupt_sends_cancelled(r: redis.Redis, keys: Keys, redis_url: str) -> None:
-    with pytest.raises(KeyboardInterrupt):
-        with start_run(MODEL, job_id="job-1", redis_url=redis_url, prefix=keys.prefix):
-            raise KeyboardInterrupt
+    with (
+        pytest.raises(KeyboardInterrupt),
+        start_run(MODEL, job_id="job-1", redis_url=redis_url, prefix=keys.prefix),
+    ):
+        raise KeyboardInterrupt
     assert bodies(read_events(r, keys))[-1] == {
         "type": "job_finished", "status": "cancelled", **COMMON,
     }
@@ -201,6 +209,7 @@ def test_bad_log_arguments_raise_at_once(
         ({"job_id": "has space"}, ValueError, "job_id"),
         ({"job_id": "x" * 129}, ValueError, "job_id"),
         ({"job_id": ""}, ValueError, "job_id"),
+        ({"job_id": "job\n"}, ValueError, "job_id"),
         ({"total_epochs": 0}, ValueError, "total_epochs"),
         ({"total_epochs": 2.0}, TypeError, "total_epochs"),
         ({"gpu_count": -1}, ValueError, "gpu_count"),
@@ -262,13 +271,13 @@ def test_redis_down_log_is_instant_and_buffered_events_arrive_in_order_when_it_i
         run.log(step=step, loss=1.0 + step)
     assert time.perf_counter() - start < 0.5
     time.sleep(0.2)
-    assert any("unreachable" in m and "job-1" in m for m in messages(caplog, logging.WARNING))
+    assert any("cannot send" in m and "job-1" in m for m in messages(caplog, logging.WARNING))
     assert not run.flush(0.1)
     assert run.stats.pending == 1_001
 
     server.start()
     assert run.flush(10)
-    assert any("reachable again" in m for m in messages(caplog, logging.INFO))
+    assert any("again" in m for m in messages(caplog, logging.INFO))
     client = redis.Redis.from_url(server.url)
     try:
         events = read_events(client, keys)
@@ -321,3 +330,28 @@ def test_close_with_redis_down_gives_up_after_flush_timeout_and_says_what_was_lo
     lost = [m for m in messages(caplog, logging.WARNING) if "lost" in m]
     assert len(lost) == 1 and "7 event(s) of run job-1" in lost[0]
     assert run.stats == RunStats(enqueued=7, sent=0, dropped=0, pending=7)
+
+
+@pytest.mark.parametrize(
+    ("ending", "expected"),
+    [
+        ("pass", {"status": "completed"}),
+        ("raise ValueError('boom')", {"status": "failed", "error": "ValueError: boom"}),
+    ],
+)
+def test_a_run_left_open_is_finished_and_flushed_at_exit(
+    r: redis.Redis, keys: Keys, redis_url: str, ending: str, expected: dict[str, Any]
+) -> None:
+    script = (
+        "from monitor.sdk import start_run\n"
+        f"run = start_run('m', job_id='job-1', redis_url={redis_url!r}, prefix={keys.prefix!r})\n"
+        "run.log(step=1, loss=0.5)\n"
+        f"{ending}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, timeout=30
+    )
+    assert done.returncode == (0 if expected["status"] == "completed" else 1)
+    events = bodies(read_events(r, keys))
+    assert [e["type"] for e in events] == ["job_started", "metrics", "job_finished"]
+    assert events[-1] == {"type": "job_finished", "job_id": "job-1", "model_name": "m", **expected}

@@ -1,0 +1,400 @@
+"""Worker throughput: pre-fill the stream, run ``monitor worker`` alone, time it until all is applied.
+
+    .venv/bin/python -m bench.worker_throughput [--events N] [--quick] [--py-spy PREFIX]
+
+Two rows: the events over 1,000 jobs and over 100,000 jobs (10,000 with ``--quick``), 50
+models each. The stream is filled with pipelined ``XADD`` before the worker starts (not
+timed); then the real worker process runs and the stats hash is polled every 50 ms until
+``applied + dead + duplicates`` reaches the number of events. A second table gives the cost
+of ``Run.log`` in the trainer and of ``parse_event`` in the worker, for context.
+
+Every key is written under a fresh ``bench:<random>:`` prefix and deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from bench.common import (
+    cpu_seconds,
+    delete_prefix,
+    machine_line,
+    median,
+    peak_rss_mb,
+    redis_url,
+    table,
+    unique_prefix,
+    used_memory_mb,
+)
+from bench.workload import Workload, generate
+from monitor.events import parse_event
+from monitor.keys import Keys
+from monitor.sdk import start_run
+
+PREFILL_CHUNK = 5_000  # XADDs per pipeline round trip
+POLL = 0.05  # seconds between looks at the stats hash
+STOP_GRACE = 10.0  # seconds the worker gets to exit after SIGTERM
+BAR_EVENTS_PER_S, GOAL_EVENTS_PER_S = 20_000, 50_000
+BAR_RATIO = 1.5
+GOAL_LOG_US = 20.0
+
+
+@dataclass
+class RowResult:
+    workload: Workload
+    mix: Counter[str]
+    prefill_s: float
+    seconds: float  # worker start to all applied
+    steady_s: float  # first commit to all applied
+    cpu_s: float  # worker user + system CPU until all applied
+    peak_rss_mb: float
+    mem_before_mb: float
+    mem_filled_mb: float
+    mem_done_mb: float
+    counts: dict[str, int]
+    jobs_stored: int
+    log_path: Path
+    first_batch: int = 0  # entries applied at the first commit seen (not in the steady rate)
+
+    @property
+    def events(self) -> int:
+        return self.workload.events
+
+    @property
+    def us_per_event(self) -> float:
+        return self.seconds / self.events * 1e6
+
+    @property
+    def steady_us_per_event(self) -> float:
+        return self.steady_s / max(1, self.events - self.first_batch) * 1e6
+
+
+# --- Worker rows -------------------------------------------------------------------------------
+
+
+def prefill(client: redis.Redis, stream: str, events: Iterable[dict[str, Any]]) -> Counter[str]:
+    """XADD every event (field ``data``, JSON) in pipelined chunks; returns the type mix."""
+    mix: Counter[str] = Counter()
+    pipe = client.pipeline(transaction=False)
+    queued = 0
+    for event in events:
+        mix[event["type"]] += 1
+        pipe.xadd(stream, {"data": orjson.dumps(event)})
+        queued += 1
+        if queued == PREFILL_CHUNK:
+            pipe.execute()
+            queued = 0
+    if queued:
+        pipe.execute()
+    return mix
+
+
+def monitor_command() -> list[str]:
+    """The ``monitor`` console script next to this interpreter, else ``python -m monitor.cli``."""
+    script = Path(sys.executable).with_name("monitor")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "monitor.cli"]
+
+
+def worker_env() -> dict[str, str]:
+    """Our environment without ``MONITOR_*`` settings: the worker runs with flags and defaults."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within :data:`STOP_GRACE` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        print(f"warning: worker {proc.pid} ignored SIGTERM for {STOP_GRACE:.0f}s; killing it",
+              file=sys.stderr)
+        proc.kill()
+        proc.wait()
+
+
+def _counts(client: redis.Redis, keys: Keys) -> dict[str, int]:
+    values = client.hmget(keys.stats, ["applied", "dead", "duplicates"])
+    return {name: int(v or 0) for name, v in zip(("applied", "dead", "duplicates"), values)}
+
+
+def run_row(client: redis.Redis, url: str, workload: Workload, prefix: str, *,
+            log_dir: Path, batch_size: int | None, timeout: float,
+            py_spy: str | None) -> RowResult:
+    """Fill, run the worker until everything is applied, measure, stop it; keys stay for cleanup."""
+    keys = Keys(prefix)
+    mem_before = used_memory_mb(client)
+    t0 = time.perf_counter()
+    mix = prefill(client, keys.events, generate(workload))
+    prefill_s = time.perf_counter() - t0
+    mem_filled = used_memory_mb(client)
+
+    log_path = log_dir / f"worker-{workload.jobs}-jobs.log"
+    cmd = monitor_command() + ["worker", "--redis-url", url, "--prefix", prefix]
+    if batch_size is not None:
+        cmd += ["--batch-size", str(batch_size)]
+    spy: subprocess.Popen[bytes] | None = None
+    with open(log_path, "wb") as log_file:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=worker_env())
+        try:
+            if py_spy is not None:
+                spy = subprocess.Popen(
+                    [str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+                     str(proc.pid), "--rate", "250", "--format", "raw", "--nonblocking",
+                     "-o", f"{py_spy}-{workload.jobs}-jobs.txt"],
+                    stdout=subprocess.DEVNULL, stderr=log_file)
+            first: float | None = None
+            first_batch = 0
+            while True:
+                counts = _counts(client, keys)
+                now = time.perf_counter()
+                if first is None and counts["applied"] > 0:
+                    first, first_batch = now, counts["applied"]
+                if sum(counts.values()) >= workload.events:
+                    break
+                if proc.poll() is not None:
+                    raise RuntimeError(f"worker exited with {proc.returncode} after "
+                                       f"{counts} of {workload.events}; see {log_path}")
+                if now - start > timeout:
+                    raise RuntimeError(f"worker did not finish in {timeout:.0f}s "
+                                       f"({counts} of {workload.events}); see {log_path}")
+                time.sleep(POLL)
+            done = now
+            rss = peak_rss_mb(proc.pid)
+            cpu = cpu_seconds(proc.pid)
+        finally:
+            stop_process(proc)
+            if spy is not None:
+                try:
+                    spy.wait(30)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    spy.wait()
+    mem_done = used_memory_mb(client)
+    assert first is not None
+    result = RowResult(
+        workload=workload, mix=mix, prefill_s=prefill_s, seconds=done - start,
+        steady_s=done - first, cpu_s=cpu, peak_rss_mb=rss, mem_before_mb=mem_before,
+        mem_filled_mb=mem_filled, mem_done_mb=mem_done, counts=counts,
+        jobs_stored=int(client.hlen(keys.jobs)), log_path=log_path,
+    )
+    result.first_batch = first_batch
+    return result
+
+
+# --- Trainer side and parsing ------------------------------------------------------------------
+
+
+def bench_log(url: str, prefix: str, rounds: int, calls: int, *,
+              with_eval: bool) -> tuple[list[float], int]:
+    """µs per ``Run.log`` call for each round (sender thread running), and events dropped."""
+    client = redis.Redis.from_url(url)
+    stream = Keys(prefix).events
+    run = start_run(model_name="bench/Model-7B", total_epochs=3, redis_url=url, prefix=prefix,
+                    buffer_size=rounds * calls + 10, flush_timeout=120.0)
+    losses = [2.0 - i / 1024 for i in range(1024)]
+    per_call = []
+    try:
+        for _ in range(rounds):
+            log = run.log
+            if with_eval:
+                t0 = time.perf_counter()
+                for i in range(calls):
+                    log(epoch=1.25, step=i, loss=losses[i & 1023], eval_loss=losses[i & 511])
+                elapsed = time.perf_counter() - t0
+            else:
+                t0 = time.perf_counter()
+                for i in range(calls):
+                    log(epoch=1.25, step=i, loss=losses[i & 1023])
+                elapsed = time.perf_counter() - t0
+            per_call.append(elapsed / calls * 1e6)
+            if not run.flush(120.0):
+                raise RuntimeError("the SDK could not send its events within 120 s")
+            client.delete(stream)  # keep Redis small between rounds; not timed
+    finally:
+        run.close()
+        client.close()
+    return per_call, run.stats.dropped
+
+
+def bench_calls(func: Any, samples: list[bytes], rounds: int) -> list[float]:
+    """µs per ``func(sample)`` call over all samples, for each round."""
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for data in samples:
+            func(data)
+        out.append((time.perf_counter() - t0) / len(samples) * 1e6)
+    return out
+
+
+def parse_samples(count: int) -> dict[str, list[bytes]]:
+    """Raw events of each type from the 1,000-job workload, as the worker reads them."""
+    by_type: dict[str, list[bytes]] = {}
+    mixed: list[bytes] = []
+    for event in generate(Workload(events=max(count, 20_000), jobs=1000, models=50, seed=7)):
+        data = orjson.dumps(event)
+        by_type.setdefault(event["type"], []).append(data)
+        if len(mixed) < count:
+            mixed.append(data)
+    out = {"workload mix": mixed, "metrics": by_type["metrics"][:count]}
+    out["job_started"] = (by_type["job_started"] * (count // len(by_type["job_started"]) + 1))[:count]
+    return out
+
+
+# --- Report ------------------------------------------------------------------------------------
+
+
+def _n(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _f(value: float, digits: int = 1) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def worker_table(rows: list[RowResult]) -> str:
+    headers = ["jobs", "models", "events", "seconds", "events/s", "µs/event",
+               "seconds from 1st commit", "events/s from 1st commit", "worker CPU µs/event",
+               "worker peak RSS MB", "Redis MB before → filled → done"]
+    body = []
+    for r in rows:
+        steady_rate = (r.events - r.first_batch) / r.steady_s if r.steady_s else float("nan")
+        body.append([
+            _n(r.workload.jobs), _n(r.workload.models), _n(r.events), _f(r.seconds, 2),
+            _n(r.events / r.seconds), _f(r.us_per_event), _f(r.steady_s, 2), _n(steady_rate),
+            _f(r.cpu_s / r.events * 1e6), _f(r.peak_rss_mb),
+            f"{_f(r.mem_before_mb)} → {_f(r.mem_filled_mb)} → {_f(r.mem_done_mb)}",
+        ])
+    return table(headers, body)
+
+
+def verdicts(rows: list[RowResult]) -> list[str]:
+    small, big = rows[0], rows[-1]
+    ratio = big.us_per_event / small.us_per_event
+    steady = big.steady_us_per_event / small.steady_us_per_event
+    cpu = (big.cpu_s / big.events) / (small.cpu_s / small.events)
+    worst = min(r.events / r.seconds for r in rows)
+    lines = [
+        f"µs/event ratio ({_n(big.workload.jobs)} jobs / {_n(small.workload.jobs)} jobs): "
+        f"**{ratio:.2f}** (bar ≤ {BAR_RATIO}: {'met' if ratio <= BAR_RATIO else 'NOT met'}); "
+        f"from 1st commit {steady:.2f}; worker CPU per event {cpu:.2f}",
+        f"Slowest row: {_n(worst)} events/s (bar ≥ {_n(BAR_EVENTS_PER_S)}: "
+        f"{'met' if worst >= BAR_EVENTS_PER_S else 'NOT met'}; goal {_n(GOAL_EVENTS_PER_S)}: "
+        f"{'met' if worst >= GOAL_EVENTS_PER_S else 'not met'})",
+    ]
+    for r in rows:
+        mix = ", ".join(f"{t} {_n(n)}" for t, n in sorted(r.mix.items(), key=lambda x: -x[1]))
+        lines.append(f"{_n(r.workload.jobs)} jobs: mix {mix}; pre-fill {r.prefill_s:.1f}s "
+                     f"(not timed); applied {_n(r.counts['applied'])}, dead "
+                     f"{_n(r.counts['dead'])}, duplicates {_n(r.counts['duplicates'])}; "
+                     f"{_n(r.jobs_stored)} jobs stored; log {r.log_path}")
+    for r in rows:
+        if r.counts["applied"] != r.events or r.jobs_stored != r.workload.jobs:
+            lines.append(f"WARNING: {_n(r.workload.jobs)}-job row did not apply everything "
+                         f"cleanly: {r.counts}, {r.jobs_stored} jobs stored")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.worker_throughput",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=None,
+                        help="events per row (default 200,000; 20,000 with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="20,000 events, 10,000 jobs in the big row, fewer SDK rounds")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="passed to the worker (default: the worker's own)")
+    parser.add_argument("--timeout", type=float, default=900.0,
+                        help="seconds a row may take before it is abandoned")
+    parser.add_argument("--py-spy", metavar="PREFIX", default=None,
+                        help="also record the worker with py-spy (raw format) to "
+                             "PREFIX-<jobs>-jobs.txt; the timings then include its overhead")
+    parser.add_argument("--skip-sdk", action="store_true", help="only the worker table")
+    args = parser.parse_args(argv)
+
+    events = args.events or (20_000 if args.quick else 200_000)
+    big_jobs = 10_000 if args.quick else 100_000
+    rounds, calls = (3, 20_000) if args.quick else (7, 100_000)
+    url = redis_url()
+    client = redis.Redis.from_url(url)
+    prefixes: list[str] = []
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-worker-"))
+    try:
+        print("## Worker throughput\n")
+        print(machine_line(client) + "\n")
+        batch = args.batch_size if args.batch_size is not None else "default (1000)"
+        print(f"`monitor worker` as its own process (batch size {batch}), on a stream pre-filled "
+              f"before it starts; timed from process start until applied + dead + duplicates "
+              f"= events (polled every {POLL * 1000:.0f} ms).\n")
+        rows = []
+        for jobs in (1000, big_jobs):
+            prefix = unique_prefix(f"{jobs}j")
+            prefixes.append(prefix)
+            workload = Workload(events=events, jobs=jobs, models=50)
+            try:
+                rows.append(run_row(client, url, workload, prefix, log_dir=log_dir,
+                                    batch_size=args.batch_size, timeout=args.timeout,
+                                    py_spy=args.py_spy))
+            finally:
+                delete_prefix(client, prefix)
+        print(worker_table(rows) + "\n")
+        for line in verdicts(rows):
+            print(f"- {line}")
+        print()
+
+        if not args.skip_sdk:
+            print("## Trainer and parsing cost\n")
+            body = []
+            log_medians = []
+            for with_eval in (False, True):
+                prefix = unique_prefix("sdk")
+                prefixes.append(prefix)
+                try:
+                    us, dropped = bench_log(url, prefix, rounds, calls, with_eval=with_eval)
+                finally:
+                    delete_prefix(client, prefix)
+                log_medians.append(median(us))
+                what = "run.log(epoch, step, loss" + (", eval_loss)" if with_eval else ")")
+                body.append([what, _f(median(us), 2), _f(min(us), 2), _f(max(us), 2),
+                             f"{rounds} × {_n(calls)}",
+                             f"real Redis, sender thread running; {dropped} dropped"])
+            samples = parse_samples(calls if not args.quick else 20_000)
+            for name, data in samples.items():
+                us = bench_calls(parse_event, data, rounds)
+                body.append([f"parse_event ({name})", _f(median(us), 2), _f(min(us), 2),
+                             _f(max(us), 2), f"{rounds} × {_n(len(data))}",
+                             f"{sum(map(len, data)) / len(data):.0f} bytes on average"])
+            us = bench_calls(orjson.loads, samples["metrics"], rounds)
+            body.append(["orjson.loads (metrics), a floor", _f(median(us), 2), _f(min(us), 2),
+                         _f(max(us), 2), f"{rounds} × {_n(len(samples['metrics']))}", ""])
+            print(table(["call", "µs/call (median)", "min", "max", "rounds × calls", "notes"],
+                        body, align=["l", "r", "r", "r", "r", "l"]) + "\n")
+            log_us = max(log_medians)
+            print(f"- run.log goal < {GOAL_LOG_US:.0f} µs/call: "
+                  f"{'met' if log_us < GOAL_LOG_US else 'NOT met'} (slower variant {log_us:.2f})")
+        return 0
+    finally:
+        for prefix in prefixes:
+            delete_prefix(client, prefix)
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

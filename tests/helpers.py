@@ -1,0 +1,31 @@
+"""Helpers for building events and folding them in tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monitor.events import Event, event_adapter
+from monitor.rules import Board, Pos
+
+
+def ev(type: str, job_id: str = "a", **fields: Any) -> Event:
+    """A validated event, e.g. ``ev("metrics", "a", eval_loss=0.3)``."""
+    return event_adapter.validate_python({"type": type, "job_id": job_id, **fields})
+
+
+def pos_of(i: int) -> Pos:
+    """The stream position of the i-th event of a test (one per millisecond from 1,000 s)."""
+    return (1_000_000 + i, 0)
+
+
+def ts_of(event: Event, pos: Pos) -> float:
+    return event.ts if event.ts is not None else pos[0] / 1000
+
+
+def fold(events: list[Event]) -> Board:
+    """A board after applying ``events`` in order."""
+    board = Board()
+    for i, event in enumerate(events):
+        pos = pos_of(i)
+        board.apply(event, pos, ts_of(event, pos))
+    return board

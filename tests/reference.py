@@ -1,0 +1,125 @@
+"""A from-scratch recomputation of SPEC sections 4 and 5, written independently of the
+incremental fold in ``monitor.rules``: for each job it reads all its events at once and takes
+minima and maxima directly. Tests compare the two."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monitor.events import Checkpoint, Event, JobArchived, JobFinished, JobRestored, JobStarted, Metrics
+from monitor.rules import Pos, delta_pct, model_display, tier
+
+
+def _key(step: int | None, epoch: float | None, pos: Pos) -> tuple[Any, ...]:
+    return (step is not None, step or 0, epoch is not None, float(epoch or 0), pos)
+
+
+def reference_views(stream: list[tuple[Pos, float, Event]]) -> dict[str, dict[str, Any]]:
+    """Every job's view from the whole stream of (position, time, event), in stream order."""
+    per_job: dict[str, list[tuple[Pos, float, Event]]] = {}
+    for pos, ts, event in sorted(stream, key=lambda x: x[0]):
+        per_job.setdefault(event.job_id, []).append((pos, ts, event))
+    states = {job_id: _job(job_id, _dedup(events)) for job_id, events in per_job.items()}
+
+    best: dict[str | None, tuple[float, float, str]] = {}
+    for s in states.values():
+        if not s["archived"] and s["best_eval_loss"] is not None:
+            key = (s["best_eval_loss"], s["created_at"], s["id"])
+            if s["model_name"] not in best or key < best[s["model_name"]]:
+                best[s["model_name"]] = key
+    views = {}
+    for job_id, s in states.items():
+        group_best = best.get(s["model_name"])
+        is_best = group_best is not None and group_best[2] == job_id
+        candidate = not s["archived"] and s["best_eval_loss"] is not None
+        delta = (delta_pct(s["best_eval_loss"], group_best[0])
+                 if group_best is not None and candidate and not is_best else None)
+        views[job_id] = {**s, "is_best": is_best, "delta_pct": delta, "tier": tier(delta)}
+    return views
+
+
+def _dedup(events: list[tuple[Pos, float, Event]]) -> list[tuple[Pos, float, Event]]:
+    seen: set[str] = set()
+    out = []
+    for item in events:
+        event_id = item[2].event_id
+        if event_id is not None:
+            if event_id in seen:
+                continue
+            seen.add(event_id)
+        out.append(item)
+    return out
+
+
+def _job(job_id: str, events: list[tuple[Pos, float, Event]]) -> dict[str, Any]:
+    named = [e.model_name for _, _, e in events if e.model_name is not None]
+    model = named[0] if named else None
+    finishes = [(ts, e) for _, ts, e in events if isinstance(e, JobFinished)]
+    first_finish = finishes[0] if finishes else None
+    marks = [isinstance(e, JobArchived) for _, _, e in events
+             if isinstance(e, JobArchived | JobRestored)]
+    losses = [(_key(e.step, e.epoch, p), e.loss) for p, _, e in events
+              if isinstance(e, Metrics) and e.loss is not None]
+    observations = [(e.eval_loss, _key(e.step, e.epoch, p), e.step, e.epoch) for p, _, e in events
+                    if isinstance(e, Metrics | Checkpoint) and e.eval_loss is not None]
+    latest_loss = max(losses)[1] if losses else None
+    latest_eval = max(observations, key=lambda o: o[1])[0] if observations else None
+    best = min(observations, key=lambda o: (o[0], o[1])) if observations else None
+
+    path = None
+    if best is not None:
+        def matches(c: Checkpoint) -> bool:
+            if c.step is not None and best[2] is not None:
+                return c.step == best[2]
+            return c.epoch is not None and best[3] is not None and c.epoch == best[3]
+        ckpts = [e for _, _, e in events if isinstance(e, Checkpoint) and matches(e)]
+        carried = [c for c in ckpts if c.eval_loss == best[0]]
+        path = (carried or ckpts or [None])[0]
+        path = path.path if path is not None else None
+
+    def started_field(name: str) -> Any:
+        given = [getattr(e, name) for _, _, e in events
+                 if isinstance(e, JobStarted) and getattr(e, name) is not None]
+        return given[-1] if given else None
+
+    finished = first_finish is not None
+    finish = first_finish[1] if first_finish else None
+    assert finish is None or isinstance(finish, JobFinished)
+    return {
+        "id": job_id,
+        "model_name": model,
+        "model_display": model_display(model),
+        "name": started_field("name"),
+        "status": finish.status if finish else "running",
+        "archived": marks[-1] if marks else False,
+        "loss": latest_loss,
+        "eval_loss": latest_eval,
+        "best_eval_loss": best[0] if best else None,
+        "best_epoch": best[3] if best else None,
+        "best_step": best[2] if best else None,
+        "best_checkpoint_path": path,
+        "final_loss": (finish.final_loss if finish and finish.final_loss is not None
+                       else latest_loss) if finished else None,
+        "final_eval_loss": (finish.final_eval_loss if finish and finish.final_eval_loss is not None
+                            else latest_eval) if finished else None,
+        "total_epochs": started_field("total_epochs"),
+        "created_at": min(ts for _, ts, _ in events),
+        "updated_at": max(ts for _, ts, _ in events),
+        "finished_at": first_finish[0] if first_finish else None,
+        "gpu_count": started_field("gpu_count"),
+        "error": finish.error if finish else None,
+    }
+
+
+def reference_models(views: dict[str, dict[str, Any]]) -> dict[str | None, dict[str, Any]]:
+    """``GET /api/models`` rows from the reference views."""
+    out: dict[str | None, dict[str, Any]] = {}
+    for v in views.values():
+        row = out.setdefault(v["model_name"], {
+            "model_name": v["model_name"], "model_display": v["model_display"],
+            "job_count": 0, "archived_count": 0, "best_job_id": None, "best_eval_loss": None,
+        })
+        row["archived_count" if v["archived"] else "job_count"] += 1
+        if v["is_best"]:
+            row["best_job_id"], row["best_eval_loss"] = v["id"], v["best_eval_loss"]
+    return out

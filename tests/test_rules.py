@@ -1,0 +1,304 @@
+"""The rules of SPEC sections 4 to 6, one table row per rule and edge case."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from monitor.events import Event
+from monitor.rules import Board, SeenIds, delta_pct, model_display, shown, tier
+from tests.helpers import ev, fold, pos_of, ts_of
+
+Q = "Qwen/Qwen2.5-7B-Instruct"
+
+
+# --- Section 6: clean model names ------------------------------------------------------------
+
+@pytest.mark.parametrize(("model_name", "display"), [
+    ("/data/huggingface_models/Qwen-Qwen3-1.7B/snapshots/x", "Qwen/Qwen3-1.7B"),
+    ("huggingface_models/Qwen-Qwen3-1.7B", "Qwen/Qwen3-1.7B"),
+    ("/srv/huggingface_models/gpt2/snapshots/abc", "gpt2"),  # no hyphen: the segment as is
+    ("/srv/huggingface_models/meta-llama-Llama-3.2-3B", "meta/llama-Llama-3.2-3B"),  # first hyphen
+    ("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct"),
+    ("/models/org/Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-7B"),
+    ("/models/org/Qwen/Qwen2.5-7B/", "Qwen/Qwen2.5-7B"),  # empty segments do not count
+    ("/gpt2", "gpt2"),
+    ("gpt2", "gpt2"),
+    ("", ""),
+    (None, "Unknown Model"),
+])
+def test_model_display(model_name: str | None, display: str) -> None:
+    assert model_display(model_name) == display
+
+
+# --- Section 5: delta and tier ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "best", "expected"), [
+    (0.3456, 0.2345, 47.377398720682315),  # the original design's example
+    (0.2701, 0.2345, 15.181236673773995),
+    (0.2345, 0.2345, 0.0),
+    (-1.0, -2.0, 50.0),  # |best|: a negative loss still gives a positive delta
+    (0.3, 0.0, None),  # best 0: no delta
+])
+def test_delta_pct(value: float, best: float, expected: float | None) -> None:
+    assert delta_pct(value, best) == expected
+
+
+@pytest.mark.parametrize(("delta", "shown_text", "expected_tier"), [
+    (47.377398720682315, "47.4", "red"),  # the original's "47.3%" was a rounding slip
+    (15.181236673773995, "15.2", "orange"),
+    (25.1, "25.1", "red"),
+    (25.06, "25.1", "red"),  # shown as 25.1, so red
+    (25.04, "25.0", "orange"),
+    (25.0, "25.0", "orange"),
+    (10.06, "10.1", "orange"),
+    (10.0, "10.0", "yellow"),
+    (10.04, "10.0", "yellow"),
+    (5.06, "5.1", "yellow"),
+    (5.05, "5.0", None),  # 5.05 is 5.04999... in binary; JS toFixed(1) shows 5.0 too
+    (5.0, "5.0", None),
+    (4.99, "5.0", None),
+    (0.0, "0.0", None),
+    (None, None, None),
+])
+def test_tier_follows_the_shown_value(delta: float | None, shown_text: str | None,
+                                      expected_tier: str | None) -> None:
+    if delta is not None:
+        assert str(shown(delta)) == shown_text
+    assert tier(delta) == expected_tier
+
+
+# --- Sections 4 and 5 on whole event sequences ------------------------------------------------
+
+def started(job: str, model: str | None = Q, ts: float | None = None, **kw: Any) -> Event:
+    fields: dict[str, Any] = {"model_name": model, **kw}
+    if ts is not None:
+        fields["ts"] = ts
+    return ev("job_started", job, **fields)
+
+
+def evals(job: str, value: float, **kw: Any) -> Event:
+    return ev("metrics", job, eval_loss=value, **kw)
+
+
+CASES: list[tuple[str, list[Event], dict[str, dict[str, Any]]]] = [
+    ("single job in its group is best",
+     [started("a"), evals("a", 0.5)],
+     {"a": {"is_best": True, "delta_pct": None, "tier": None, "best_eval_loss": 0.5}}),
+    ("no job with a loss: no trophy",
+     [started("a"), started("b"), ev("metrics", "a", loss=0.9), ev("metrics", "b", loss=0.8)],
+     {"a": {"is_best": False, "best_eval_loss": None, "delta_pct": None, "loss": 0.9},
+      "b": {"is_best": False, "best_eval_loss": None, "delta_pct": None}}),
+    ("tie on best eval loss: first created wins",
+     [started("b", ts=20.0), started("a", ts=30.0), evals("a", 0.3), evals("b", 0.3)],
+     {"b": {"is_best": True}, "a": {"is_best": False, "delta_pct": 0.0, "tier": None}}),
+    ("tie on best eval loss and creation time: smaller job id wins",
+     [started("b", ts=20.0), started("a", ts=20.0), evals("b", 0.3, ts=21.0),
+      evals("a", 0.3, ts=21.0)],
+     {"a": {"is_best": True}, "b": {"is_best": False, "delta_pct": 0.0}}),
+    ("a failed job with the best checkpoint is best",
+     [started("a"), evals("a", 0.2), ev("job_finished", "a", status="failed", error="OOM"),
+      started("b"), evals("b", 0.3), ev("job_finished", "b", status="completed")],
+     {"a": {"is_best": True, "status": "failed", "error": "OOM"},
+      "b": {"is_best": False, "delta_pct": pytest.approx(50.0), "tier": "red"}}),
+    ("a running job competes",
+     [started("a"), evals("a", 0.2), started("b"), evals("b", 0.21),
+      ev("job_finished", "b", status="completed")],
+     {"a": {"is_best": True, "status": "running"},
+      "b": {"delta_pct": pytest.approx(5.0), "tier": None}}),
+    ("the original design's worked example",
+     [started("a"), evals("a", 0.2345), started("b"), evals("b", 0.3456), started("c"),
+      evals("c", 0.2701)],
+     {"a": {"is_best": True, "delta_pct": None},
+      "b": {"delta_pct": 47.377398720682315, "tier": "red"},
+      "c": {"delta_pct": 15.181236673773995, "tier": "orange"}}),
+    ("archiving the best: the next one becomes best, every delta changes",
+     [started("a"), evals("a", 0.2), started("b"), evals("b", 0.25), started("c"),
+      evals("c", 0.3), ev("job_archived", "a")],
+     {"a": {"is_best": False, "archived": True, "delta_pct": None, "tier": None},
+      "b": {"is_best": True, "delta_pct": None},
+      "c": {"delta_pct": pytest.approx(20.0), "tier": "orange"}}),
+    ("restoring it makes it best again",
+     [started("a"), evals("a", 0.2), started("b"), evals("b", 0.25), started("c"),
+      evals("c", 0.3), ev("job_archived", "a"), ev("job_restored", "a")],
+     {"a": {"is_best": True, "archived": False},
+      "b": {"delta_pct": pytest.approx(25.0), "tier": "orange"},
+      "c": {"delta_pct": pytest.approx(50.0), "tier": "red"}}),
+    ("best eval loss of 0: no deltas",
+     [started("a"), evals("a", 0.0), started("b"), evals("b", 0.3)],
+     {"a": {"is_best": True}, "b": {"is_best": False, "delta_pct": None, "tier": None}}),
+    ("groups are exact model names; null is its own group",
+     [started("a", "Qwen/Qwen2.5-7B"), evals("a", 0.5), started("b"), evals("b", 0.9),
+      ev("metrics", "c", eval_loss=0.7), ev("metrics", "d", eval_loss=0.1)],
+     {"a": {"is_best": True}, "b": {"is_best": True},
+      "c": {"model_name": None, "model_display": "Unknown Model", "is_best": False,
+            "delta_pct": pytest.approx(600.0)},
+      "d": {"is_best": True}}),
+    ("events before job_started create the job",
+     [ev("metrics", "a", step=10, loss=0.7, eval_loss=0.8),
+      ev("checkpoint", "a", path="checkpoint-10", step=10),
+      started("a", total_epochs=3, name="lr=1e-4", gpu_count=2)],
+     {"a": {"status": "running", "model_name": Q, "total_epochs": 3, "name": "lr=1e-4",
+            "gpu_count": 2, "loss": 0.7, "best_eval_loss": 0.8,
+            "best_checkpoint_path": "checkpoint-10"}}),
+    ("a duplicated event_id is applied once",
+     [started("a"), ev("metrics", "a", loss=0.5, step=1, event_id="u:1"),
+      ev("job_archived", "a", event_id="x"), ev("job_restored", "a", event_id="y"),
+      ev("job_archived", "a", event_id="x")],  # a replay of the archive: ignored
+     {"a": {"archived": False, "loss": 0.5}}),
+    ("event_ids are per job",
+     [started("a"), started("b"), ev("job_archived", "a", event_id="x"),
+      ev("job_archived", "b", event_id="x")],
+     {"a": {"archived": True}, "b": {"archived": True}}),
+    ("out-of-order steps: latest is the highest step",
+     [started("a"), ev("metrics", "a", step=20, loss=0.5, eval_loss=0.6),
+      ev("metrics", "a", step=10, loss=0.9, eval_loss=0.95)],
+     {"a": {"loss": 0.5, "eval_loss": 0.6, "best_eval_loss": 0.6, "best_step": 20}}),
+    ("a missing step counts lower than any step",
+     [started("a"), ev("metrics", "a", step=5, loss=0.5),
+      ev("metrics", "a", loss=0.1, epoch=9.0)],
+     {"a": {"loss": 0.5}}),
+    ("same step: the higher epoch, then the later entry, is latest",
+     [started("a"), ev("metrics", "a", step=5, epoch=2.0, loss=0.3),
+      ev("metrics", "a", step=5, epoch=1.0, loss=0.4), ev("metrics", "b", loss=0.9),
+      ev("metrics", "b", loss=0.8)],
+     {"a": {"loss": 0.3}, "b": {"loss": 0.8}}),
+    ("equal best eval losses: the observation with the smallest key",
+     [started("a"), evals("a", 0.3, step=10, epoch=2.0), evals("a", 0.3, step=5, epoch=1.0)],
+     {"a": {"best_step": 5, "best_epoch": 1.0, "eval_loss": 0.3}}),
+    ("a checkpoint's eval_loss is an eval observation",
+     [started("a"), evals("a", 0.5, step=100),
+      ev("checkpoint", "a", path="checkpoint-200", step=200, eval_loss=0.4)],
+     {"a": {"best_eval_loss": 0.4, "eval_loss": 0.4, "best_step": 200,
+            "best_checkpoint_path": "checkpoint-200"}}),
+    ("best checkpoint: same step",
+     [started("a"), ev("checkpoint", "a", path="checkpoint-100", step=100, epoch=1.0),
+      evals("a", 0.4, step=200, epoch=2.0),
+      ev("checkpoint", "a", path="checkpoint-200", step=200, epoch=2.0),
+      evals("a", 0.5, step=300, epoch=3.0),
+      ev("checkpoint", "a", path="checkpoint-300", step=300, epoch=3.0)],
+     {"a": {"best_checkpoint_path": "checkpoint-200", "best_epoch": 2.0, "best_step": 200}}),
+    ("best checkpoint: same epoch when a step is missing",
+     [started("a"), evals("a", 0.4, epoch=2.0), ev("checkpoint", "a", path="ckpt-e2", epoch=2.0,
+                                                   step=999)],
+     {"a": {"best_checkpoint_path": "ckpt-e2"}}),
+    ("best checkpoint: a step on both sides must match",
+     [started("a"), evals("a", 0.4, epoch=2.0, step=10),
+      ev("checkpoint", "a", path="other", epoch=2.0, step=11)],
+     {"a": {"best_checkpoint_path": None}}),
+    ("best checkpoint: the checkpoint that carried the best eval loss wins",
+     [started("a"), evals("a", 0.4, step=100),
+      ev("checkpoint", "a", path="first", step=100),
+      ev("checkpoint", "a", path="carried", step=100, eval_loss=0.4)],
+     {"a": {"best_checkpoint_path": "carried", "best_eval_loss": 0.4}}),
+    ("best checkpoint: none taken there",
+     [started("a"), evals("a", 0.4, step=100)],
+     {"a": {"best_checkpoint_path": None}}),
+    ("status: the first job_finished decides",
+     [started("a"), ev("job_finished", "a", status="failed", error="boom", ts=50.0),
+      ev("job_finished", "a", status="completed", ts=60.0)],
+     {"a": {"status": "failed", "error": "boom", "finished_at": 50.0}}),
+    ("final losses are null while running",
+     [started("a"), ev("metrics", "a", loss=0.5, eval_loss=0.6)],
+     {"a": {"final_loss": None, "final_eval_loss": None}}),
+    ("final losses: the job_finished values, else the latest",
+     [started("a"), ev("metrics", "a", step=1, loss=0.5, eval_loss=0.6),
+      ev("job_finished", "a", status="completed", final_loss=0.45)],
+     {"a": {"final_loss": 0.45, "final_eval_loss": 0.6}}),
+    ("a metric after the finish still updates the final losses",
+     [started("a"), ev("metrics", "a", step=1, loss=0.5),
+      ev("job_finished", "a", status="completed"), ev("metrics", "a", step=2, loss=0.4)],
+     {"a": {"final_loss": 0.4, "loss": 0.4, "status": "completed"}}),
+    ("the model is fixed by the first event that names one",
+     [ev("metrics", "a", loss=1.0), started("a", "first/model"),
+      ev("metrics", "a", model_name="second/model", loss=0.9)],
+     {"a": {"model_name": "first/model", "model_display": "first/model"}}),
+    ("the latest job_started restates the run",
+     [started("a", total_epochs=3, name="x"), started("a", total_epochs=5)],
+     {"a": {"total_epochs": 5, "name": "x"}}),
+    ("created_at is the earliest event time, updated_at the latest",
+     [ev("metrics", "a", loss=1.0, ts=50.0), started("a", ts=40.0),
+      ev("metrics", "a", loss=0.9, ts=45.0)],
+     {"a": {"created_at": 40.0, "updated_at": 50.0}}),
+]
+
+
+@pytest.mark.parametrize(("events", "expected"), [(c[1], c[2]) for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_job_views(events: list[Event], expected: dict[str, dict[str, Any]]) -> None:
+    board = fold(events)
+    for job_id, fields in expected.items():
+        view = board.view(job_id)
+        assert {k: view[k] for k in fields} == fields, job_id
+
+
+def test_model_summaries() -> None:
+    board = fold([started("a"), evals("a", 0.3), started("b"), evals("b", 0.2),
+                  started("c"), ev("job_archived", "b"), ev("metrics", "d", loss=1.0)])
+    assert board.groups[Q].summary() == {
+        "model_name": Q, "model_display": Q, "job_count": 2, "archived_count": 1,
+        "best_job_id": "a", "best_eval_loss": 0.3,
+    }
+    assert board.groups[None].summary() == {
+        "model_name": None, "model_display": "Unknown Model", "job_count": 1,
+        "archived_count": 0, "best_job_id": None, "best_eval_loss": None,
+    }
+
+
+def _apply(board: Board, event: Event, i: int) -> set[str]:
+    pos = pos_of(i)
+    return set(board.apply(event, pos, ts_of(event, pos)).jobs)
+
+
+def test_a_new_non_best_loss_changes_one_view() -> None:
+    events = [started(j) for j in "abcde"] + [evals(j, 0.2 + i / 10) for i, j in enumerate("abcde")]
+    board = fold(events)
+    assert _apply(board, evals("e", 0.55), 100) == {"e"}
+    assert _apply(board, ev("metrics", "c", loss=0.1), 101) == {"c"}
+
+
+def test_a_new_best_changes_every_view_of_its_group() -> None:
+    events = [started(j) for j in "abcde"] + [evals(j, 0.2 + i / 10) for i, j in enumerate("abcde")]
+    events += [started("z", "other/model"), evals("z", 0.9)]
+    board = fold(events)
+    assert _apply(board, evals("d", 0.1), 100) == set("abcde")  # not z: another group
+    assert _apply(board, evals("d", 0.05), 101) == set("abcde")  # same best, new value
+
+
+def test_a_job_named_later_moves_out_of_the_unknown_group() -> None:
+    board = fold([ev("metrics", "a", eval_loss=0.1), ev("metrics", "b", eval_loss=0.2),
+                  started("c"), evals("c", 0.3)])
+    assert _apply(board, ev("metrics", "a", model_name=Q, loss=1.0), 100) == {"a", "b", "c"}
+    assert board.view("b")["is_best"] is True
+    assert board.view("a")["is_best"] is True
+    assert board.view("c")["tier"] == "red"
+    assert set(board.groups[None].members) == {"b"}
+
+
+def test_a_duplicate_changes_nothing() -> None:
+    board = fold([started("a"), ev("metrics", "a", loss=0.5, event_id="r:1")])
+    change = board.apply(ev("metrics", "a", loss=0.1, event_id="r:1"), pos_of(9), 9.0)
+    assert not change.job.applied and not change.jobs
+    assert board.view("a")["loss"] == 0.5
+
+
+@pytest.mark.parametrize(("ids", "duplicates"), [
+    (["r:1", "r:2", "r:3", "r:2"], [False, False, False, True]),
+    (["r:3", "r:1", "r:2", "r:3", "r:1"], [False, False, False, True, True]),
+    (["r:01", "r:1", "r:01"], [False, False, True]),  # "01" is not "1"
+    (["r:0", "r:0", "x", "x", "a:b:1", "a:b:1", "a:c:1"], [False, True, False, True, False,
+                                                            True, False]),
+])
+def test_seen_ids_are_exact(ids: list[str], duplicates: list[bool]) -> None:
+    seen = SeenIds()
+    assert [not seen.add(i) for i in ids] == duplicates
+    again = SeenIds.from_json(seen.to_json())
+    assert all(not again.add(i) for i in ids)
+
+
+def test_seen_ids_stay_compact_for_sdk_ids() -> None:
+    seen = SeenIds()
+    for n in [*range(1, 5000), 5001, 5000]:
+        seen.add(f"run:{n}")
+    assert seen.to_json() == {"runs": {"run": [5001, []]}, "other": []}

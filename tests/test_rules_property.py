@@ -1,0 +1,99 @@
+"""Property: the incremental fold equals a from-scratch recomputation, whatever the order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from monitor.events import Event, event_adapter
+from monitor.rules import Board
+from tests.helpers import pos_of, ts_of
+from tests.reference import reference_models, reference_views
+
+JOBS = ["a", "b", "c", "d"]
+MODELS = [None, None, None, "org/m1", "/x/huggingface_models/Org-m2/snap"]  # None often: jobs named late move groups
+LOSSES = [0.0, 0.1, 0.2, 0.21, 0.25, 0.3, 1.5]  # few values, so ties are common
+STEPS = [None, 0, 1, 5, 10]
+EPOCHS = [None, 0.0, 1.0, 1.5]
+
+common = {
+    "job_id": st.sampled_from(JOBS),
+    "model_name": st.sampled_from(MODELS),
+    "ts": st.one_of(st.none(), st.sampled_from([1.0, 2.0, 3.0, 4.0])),
+    "event_id": st.one_of(st.none(), st.sampled_from(["u:1", "u:2", "u:3", "v:1", "free"])),
+}
+optional_loss = st.one_of(st.none(), st.sampled_from(LOSSES))
+
+event_dicts = st.one_of(
+    st.fixed_dictionaries({"type": st.just("job_started"), **common},
+                          optional={"total_epochs": st.integers(1, 5),
+                                    "name": st.sampled_from(["x", "y"]),
+                                    "gpu_count": st.integers(0, 2)}),
+    st.fixed_dictionaries({"type": st.just("metrics"), **common,
+                           "loss": optional_loss, "eval_loss": st.sampled_from(LOSSES),
+                           "step": st.sampled_from(STEPS), "epoch": st.sampled_from(EPOCHS)}),
+    st.fixed_dictionaries({"type": st.just("metrics"), **common, "loss": st.sampled_from(LOSSES),
+                           "step": st.sampled_from(STEPS)}),
+    st.fixed_dictionaries({"type": st.just("checkpoint"), **common,
+                           "path": st.sampled_from(["ck-1", "ck-2", "ck-3"]),
+                           "step": st.sampled_from(STEPS), "epoch": st.sampled_from(EPOCHS),
+                           "eval_loss": optional_loss}),
+    st.fixed_dictionaries({"type": st.just("job_finished"), **common,
+                           "status": st.sampled_from(["completed", "failed", "cancelled"]),
+                           "final_loss": optional_loss}),
+    st.fixed_dictionaries({"type": st.sampled_from(["job_archived", "job_restored"]), **common}),
+)
+
+
+def _clean(d: dict[str, Any]) -> Event:
+    return event_adapter.validate_python({k: v for k, v in d.items() if v is not None})
+
+
+@st.composite
+def deliveries(draw: st.DrawFn) -> list[Event]:
+    """Events as a trainer wrote them, then delivered shuffled and with re-sent copies."""
+    events = [_clean(d) for d in draw(st.lists(event_dicts, min_size=1, max_size=30))]
+    copies = draw(st.lists(st.sampled_from(range(len(events))), max_size=6))
+    delivered = events + [events[i] for i in copies]
+    return draw(st.permutations(delivered))
+
+
+@settings(max_examples=500, deadline=None)
+@given(deliveries())
+def test_incremental_equals_from_scratch_after_every_event(events: list[Event]) -> None:
+    board = Board()
+    stream = []
+    views: dict[str, dict[str, Any]] = {}
+    for i, event in enumerate(events):
+        pos = pos_of(i)
+        stream.append((pos, ts_of(event, pos), event))
+        change = board.apply(event, pos, ts_of(event, pos))
+
+        expected = reference_views(stream)
+        actual = {job_id: board.view(job_id) for job_id in board.jobs}
+        assert actual == expected
+        # Every view that changed is in the change set (what the worker pushes).
+        moved = {j for j, v in actual.items() if views.get(j) != v}
+        assert moved <= set(change.jobs)
+        views = actual
+
+    models = {m: g.summary() for m, g in board.groups.items()}
+    assert models == reference_models(views)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(event_dicts, min_size=1, max_size=30), st.randoms())
+def test_best_eval_loss_does_not_depend_on_arrival_order(dicts: list[dict[str, Any]],
+                                                         random: Any) -> None:
+    # Without event ids: deduplication keeps whichever copy of an id comes first.
+    events = [_clean({**d, "event_id": None}) for d in dicts]
+    shuffled = list(events)
+    random.shuffle(shuffled)
+    first, second = Board(), Board()
+    for i, (x, y) in enumerate(zip(events, shuffled)):
+        first.apply(x, pos_of(i), 1.0)
+        second.apply(y, pos_of(i), 1.0)
+    assert {j: s.best_eval_loss for j, s in first.jobs.items()} == \
+        {j: s.best_eval_loss for j, s in second.jobs.items()}

@@ -1,0 +1,285 @@
+"""The worker on a real Redis: events in, committed job views, model rows and updates out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from monitor import history
+from monitor.keys import GROUP, Keys, model_field
+from monitor.sdk import start_run
+from monitor.settings import WorkerSettings
+from worker.consumer import Worker
+from worker.store import LeaseLost
+
+Q = "Qwen/Qwen2.5-7B-Instruct"
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def xadd(r: redis.Redis, keys: Keys, event: dict[str, Any] | bytes) -> str:
+    data = event if isinstance(event, bytes) else orjson.dumps(event)
+    return r.xadd(keys.events, {"data": data}).decode()
+
+
+def stored_jobs(r: redis.Redis, keys: Keys) -> dict[str, dict[str, Any]]:
+    return {k.decode(): orjson.loads(v) for k, v in r.hgetall(keys.jobs).items()}
+
+
+def updates(r: redis.Redis, keys: Keys) -> list[tuple[str, list[dict[str, Any]]]]:
+    return [(i.decode(), orjson.loads(f[b"data"])["jobs"]) for i, f in r.xrange(keys.updates)]
+
+
+Drain = Callable[[], Awaitable[None]]
+
+
+@pytest.fixture
+async def drain(redis_url: str, keys: Keys, r: redis.Redis) -> AsyncIterator[Drain]:
+    """Run a worker in this event loop; ``await drain()`` waits until every entry is applied."""
+    settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, batch_size=50,
+                              block=0.05)
+    worker = Worker(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+
+    async def wait() -> None:
+        last = r.xrevrange(keys.events, count=1)
+        target = last[0][0].decode() if last else "0-0"
+        for _ in range(400):
+            if task.done():
+                task.result()
+            applied = r.get(keys.applied)
+            if (applied.decode() if applied else "0-0") == target:
+                return
+            await asyncio.sleep(0.025)
+        raise AssertionError(f"worker did not apply up to {target}")
+
+    yield wait
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_raw_events_become_job_views_model_rows_and_one_update_per_commit(
+        r: redis.Redis, keys: Keys, drain: Drain) -> None:
+    xadd(r, keys, {"type": "job_started", "job_id": "a", "model_name": Q, "total_epochs": 12,
+                   "ts": 100.0, "config": {"lr": 2e-4}})
+    xadd(r, keys, {"type": "metrics", "job_id": "a", "step": 5, "epoch": 5, "loss": 0.2,
+                   "eval_loss": 0.2345, "ts": 101.0})
+    xadd(r, keys, {"type": "checkpoint", "job_id": "a", "path": "checkpoint-5", "step": 5,
+                   "epoch": 5, "ts": 101.5})
+    xadd(r, keys, {"type": "job_started", "job_id": "b", "model_name": Q, "total_epochs": 12,
+                   "ts": 102.0})
+    xadd(r, keys, {"type": "metrics", "job_id": "b", "step": 3, "epoch": 3,
+                   "eval_loss": 0.3456, "ts": 103.0})
+    await drain()
+
+    jobs = stored_jobs(r, keys)
+    assert jobs["a"] == {
+        "id": "a", "model_name": Q, "model_display": Q, "name": None, "status": "running",
+        "archived": False, "loss": 0.2, "eval_loss": 0.2345, "best_eval_loss": 0.2345,
+        "best_epoch": 5.0, "best_step": 5, "best_checkpoint_path": "checkpoint-5",
+        "final_loss": None, "final_eval_loss": None, "total_epochs": 12, "created_at": 100.0,
+        "updated_at": 101.5, "finished_at": None, "gpu_count": None, "error": None,
+    }
+    assert orjson.loads(r.hget(keys.configs, "a")) == {"lr": 2e-4}
+    assert orjson.loads(r.hget(keys.models, model_field(Q))) == {
+        "model_name": Q, "model_display": Q, "job_count": 2, "archived_count": 0,
+        "best_job_id": "a", "best_eval_loss": 0.2345,
+    }
+    last_views = {}
+    for _, views in updates(r, keys):
+        last_views.update({v["id"]: v for v in views})
+    assert last_views["b"]["delta_pct"] == pytest.approx(47.3774, abs=1e-4)
+    assert last_views["b"]["tier"] == "red"
+    assert last_views["a"]["is_best"] is True
+
+    # Archiving the best: one commit carries the new best and every moved delta.
+    xadd(r, keys, {"type": "job_archived", "job_id": "a"})
+    await drain()
+    version, views = updates(r, keys)[-1]
+    assert {v["id"]: (v["is_best"], v["archived"], v["delta_pct"]) for v in views} == {
+        "a": (False, True, None), "b": (True, False, None)}
+    assert r.xinfo_groups(keys.events)[0]["pending"] == 0
+
+
+async def test_a_malformed_entry_is_dead_lettered_and_its_neighbours_applied(
+        r: redis.Redis, keys: Keys, drain: Drain) -> None:
+    xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": 0.5})
+    bad = [
+        b"not json",
+        orjson.dumps({"type": "metrics", "job_id": "a", "loss": "0.5"}),
+        b'{"type": "metrics", "job_id": "a", "loss": NaN}',
+        orjson.dumps({"type": "telemetry", "job_id": "a"}),
+        orjson.dumps({"type": "metrics", "job_id": "bad id!", "loss": 1.0}),
+        orjson.dumps({"type": "job_started", "job_id": "a", "config": {"x": "y" * 70_000}}),
+    ]
+    bad_ids = [xadd(r, keys, b) for b in bad]
+    no_data = r.xadd(keys.events, {"other": "x"}).decode()
+    xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": 0.4, "step": 1})
+    await drain()
+
+    dead = [(f[b"id"].decode(), f[b"data"], f[b"reason"].decode())
+            for _, f in r.xrange(keys.dead)]
+    assert [d[0] for d in dead] == [*bad_ids, no_data]
+    assert dead[0][2].startswith("Invalid JSON")
+    assert dead[1][2] == "metrics.loss: Input should be a valid number"
+    assert dead[2][2] == "metrics.loss: Input should be a finite number"
+    assert "telemetry" in dead[3][2]
+    assert dead[4][2].startswith("metrics.job_id: String should match pattern")
+    assert dead[5][2] == ("job_started.config: Value error, config is 70008 bytes as JSON, "
+                          "at most 65536")
+    assert len(dead[5][1]) == 4096  # the raw data, cut
+    assert dead[6][2] == "entry has no data field"
+    assert stored_jobs(r, keys)["a"]["loss"] == 0.4
+    stats = {k.decode(): int(v) for k, v in r.hgetall(keys.stats).items()}
+    assert stats == {"applied": 2, "dead": 7}
+
+
+async def test_sdk_and_raw_publishers_give_the_same_views(
+        r: redis.Redis, keys: Keys, redis_url: str, drain: Drain) -> None:
+    with start_run(Q, job_id="sdk-run", total_epochs=2, redis_url=redis_url,
+                   prefix=keys.prefix) as run:
+        run.log(epoch=1, step=10, loss=0.9, eval_loss=0.8)
+        run.checkpoint("checkpoint-10", epoch=1, step=10)
+        run.log(epoch=2, step=20, loss=0.7, eval_loss=0.85)
+        run.checkpoint("checkpoint-20", epoch=2, step=20)
+    xadd(r, keys, {"type": "job_started", "job_id": "raw-run", "model_name": Q})
+    xadd(r, keys, {"type": "metrics", "job_id": "raw-run", "step": 10, "eval_loss": 0.88})
+    xadd(r, keys, {"type": "job_finished", "job_id": "raw-run", "status": "cancelled"})
+    await drain()
+
+    jobs = stored_jobs(r, keys)
+    sdk = jobs["sdk-run"]
+    assert (sdk["status"], sdk["best_eval_loss"], sdk["best_checkpoint_path"], sdk["loss"],
+            sdk["final_loss"], sdk["final_eval_loss"], sdk["total_epochs"]) == (
+        "completed", 0.8, "checkpoint-10", 0.7, 0.7, 0.85, 2)
+    assert jobs["raw-run"]["status"] == "cancelled"
+    views = {}
+    for _, batch in updates(r, keys):
+        views.update({v["id"]: v for v in batch})
+    assert views["sdk-run"]["is_best"] is True
+    assert views["raw-run"]["delta_pct"] == pytest.approx(10.0)
+    assert views["raw-run"]["tier"] == "yellow"
+    points = [orjson.loads(p) for p in r.lrange(keys.metrics("sdk-run"), 0, -1)]
+    assert [(p["step"], p["loss"], p["eval_loss"]) for p in points] == [
+        (10, 0.9, 0.8), (20, 0.7, 0.85)]
+
+
+async def test_metric_history_keeps_the_first_points_exactly_then_thins(
+        r: redis.Redis, keys: Keys, drain: Drain) -> None:
+    n = 2600
+    events = [{"type": "metrics", "job_id": "long", "step": i, "loss": 1.0 / (i + 1),
+               "eval_loss": 0.01 if i == 2201 else 0.5, "ts": 1.0} for i in range(n)]
+    with r.pipeline(transaction=False) as pipe:
+        for e in events:
+            pipe.xadd(keys.events, {"data": orjson.dumps(e)})
+        pipe.execute()
+    await drain()
+
+    stored = [orjson.loads(p) for p in r.lrange(keys.metrics("long"), 0, -1)]
+    points = [{"step": e["step"], "epoch": None, "loss": e["loss"], "eval_loss": e["eval_loss"],
+               "ts": 1.0} for e in events]
+    assert stored == history.extend([], points)  # the same however the worker batched them
+    steps = [p["step"] for p in stored]
+    assert steps[:1000] == list(range(1000))
+    assert steps[-1] == n - 1 and 2201 in steps
+    assert len(stored) < history.LIMIT
+    assert stored_jobs(r, keys)["long"]["best_step"] == 2201
+
+
+async def test_a_second_worker_stands_by_and_a_stale_one_cannot_commit(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, lease_ttl=5.0)
+    first, second = Worker(settings), Worker(settings)
+    try:
+        await first.store.ensure_group()
+        xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": 0.5})
+        await first.step()
+        assert first.leading
+        await second.step()
+        assert not second.leading  # standing by: the lease is taken
+
+        # The first worker stalls past its lease; the second takes over and applies.
+        r.delete(keys.lease)
+        await second.step()
+        assert second.leading
+        xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": 0.4})
+        await second.step()
+        assert stored_jobs(r, keys)["a"]["loss"] == 0.4
+
+        # The stale first worker can neither read nor commit any more.
+        first.lease._renewed = 10**9  # it still believes it holds the lease
+        with pytest.raises(LeaseLost):
+            await first.step()
+        assert r.xinfo_groups(keys.events)[0]["pending"] == 0
+    finally:
+        for w in (first, second):
+            await w.redis.aclose()
+
+
+async def test_entries_read_but_never_acknowledged_are_applied_once(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, lease_ttl=5.0)
+    crashed = Worker(settings)
+    await crashed.store.ensure_group()
+    for loss in (0.9, 0.8, 0.7):
+        xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": loss, "ts": 1.0})
+    # It read the entries and died before committing anything.
+    assert await crashed.lease.hold()
+    read = await crashed.store.read(crashed.lease.token, ">", 2)
+    assert len(read) == 2
+    await crashed.redis.aclose()
+    r.delete(keys.lease)
+
+    after = Worker(settings)
+    try:
+        for _ in range(3):
+            await after.step()
+        assert r.xinfo_groups(keys.events)[0]["pending"] == 0
+        assert [orjson.loads(p)["loss"] for p in r.lrange(keys.metrics("a"), 0, -1)] == \
+            [0.9, 0.8, 0.7]
+        consumers = r.xinfo_consumers(keys.events, GROUP)
+        assert [c["name"].decode() for c in consumers] == [after.name]
+    finally:
+        await after.redis.aclose()
+
+
+async def test_worker_waits_for_redis_and_carries_on(redis_server_factory: Any) -> None:
+    server = redis_server_factory()
+    keys = Keys("t:")
+    settings = WorkerSettings(redis_url=server.url, prefix=keys.prefix, block=0.05)
+    worker = Worker(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await asyncio.sleep(0.5)  # Redis is not there yet: the worker retries
+    assert not task.done()
+    server.start()
+    client = redis.Redis.from_url(server.url)
+    xadd(client, keys, {"type": "metrics", "job_id": "a", "loss": 0.5})
+    for _ in range(200):
+        if client.hget(keys.jobs, "a"):
+            break
+        await asyncio.sleep(0.05)
+    assert orjson.loads(client.hget(keys.jobs, "a"))["loss"] == 0.5
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    client.close()
+
+
+async def test_the_events_stream_is_trimmed_only_up_to_what_is_applied(
+        r: redis.Redis, keys: Keys, drain: Drain) -> None:
+    with r.pipeline(transaction=False) as pipe:
+        for i in range(3000):
+            pipe.xadd(keys.events, {"data": orjson.dumps({"type": "metrics", "job_id": "a",
+                                                          "loss": 1.0, "step": i})})
+        pipe.execute()
+    await drain()
+    assert r.xlen(keys.events) < 3000  # applied entries go
+    applied = r.get(keys.applied)
+    assert r.xrange(keys.events, min=applied, max=applied)  # never the last applied one
+
