@@ -283,3 +283,37 @@ async def test_the_events_stream_is_trimmed_only_up_to_what_is_applied(
     applied = r.get(keys.applied)
     assert r.xrange(keys.events, min=applied, max=applied)  # never the last applied one
 
+
+
+class Crash(Exception):
+    """Stands for the process dying at this exact point."""
+
+
+async def test_a_crash_between_commit_and_ack_applies_nothing_twice(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, lease_ttl=5.0)
+    crashed = Worker(settings)
+    await crashed.store.ensure_group()
+    for loss in (0.9, 0.8, 0.7):
+        xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": loss})
+
+    async def die(entry_ids: list[str]) -> None:
+        raise Crash
+
+    crashed.store.ack = die  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        await crashed.step()
+    await crashed.redis.aclose()
+    assert r.xinfo_groups(keys.events)[0]["pending"] == 3  # committed, never acknowledged
+    r.delete(keys.lease)
+
+    after = Worker(settings)
+    try:
+        await after.step()
+        assert r.xinfo_groups(keys.events)[0]["pending"] == 0
+        assert [orjson.loads(p)["loss"] for p in r.lrange(keys.metrics("a"), 0, -1)] == \
+            [0.9, 0.8, 0.7]
+        assert int(r.hget(keys.stats, "applied")) == 3
+        assert len(r.xrange(keys.updates)) == 1
+    finally:
+        await after.redis.aclose()
