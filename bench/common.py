@@ -42,6 +42,12 @@ def used_memory_mb(client: redis.Redis) -> float:
     return int(client.info("memory")["used_memory"]) / 1e6
 
 
+def redis_cpu_seconds(client: redis.Redis) -> float:
+    """CPU time the Redis server has used so far (user + system, all its threads)."""
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:

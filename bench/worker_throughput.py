@@ -38,6 +38,7 @@ from bench.common import (
     redis_url,
     table,
     unique_prefix,
+    redis_cpu_seconds,
     used_memory_mb,
 )
 from bench.workload import Workload, generate
@@ -61,6 +62,7 @@ class RowResult:
     seconds: float  # worker start to all applied
     steady_s: float  # first commit to all applied
     cpu_s: float  # worker user + system CPU until all applied
+    redis_cpu_s: float  # Redis server CPU over the same time (the whole server)
     peak_rss_mb: float
     mem_before_mb: float
     mem_filled_mb: float
@@ -143,8 +145,10 @@ def run_row(client: redis.Redis, url: str, workload: Workload, prefix: str, *,
     mix = prefill(client, keys.events, generate(workload))
     prefill_s = time.perf_counter() - t0
     mem_filled = used_memory_mb(client)
+    redis_cpu_start = redis_cpu_seconds(client)
 
-    log_path = log_dir / f"worker-{workload.jobs}-jobs.log"
+    run_name = f"{workload.jobs}-jobs-{prefix.split(':')[1]}"
+    log_path = log_dir / f"worker-{run_name}.log"
     cmd = monitor_command() + ["worker", "--redis-url", url, "--prefix", prefix]
     if batch_size is not None:
         cmd += ["--batch-size", str(batch_size)]
@@ -157,7 +161,7 @@ def run_row(client: redis.Redis, url: str, workload: Workload, prefix: str, *,
                 spy = subprocess.Popen(
                     [str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
                      str(proc.pid), "--rate", "250", "--format", "raw", "--nonblocking",
-                     "-o", f"{py_spy}-{workload.jobs}-jobs.txt"],
+                     "-o", f"{py_spy}-{run_name}.txt"],
                     stdout=subprocess.DEVNULL, stderr=log_file)
             first: float | None = None
             first_batch = 0
@@ -178,6 +182,7 @@ def run_row(client: redis.Redis, url: str, workload: Workload, prefix: str, *,
             done = now
             rss = peak_rss_mb(proc.pid)
             cpu = cpu_seconds(proc.pid)
+            redis_cpu = redis_cpu_seconds(client) - redis_cpu_start
         finally:
             stop_process(proc)
             if spy is not None:
@@ -190,7 +195,7 @@ def run_row(client: redis.Redis, url: str, workload: Workload, prefix: str, *,
     assert first is not None
     result = RowResult(
         workload=workload, mix=mix, prefill_s=prefill_s, seconds=done - start,
-        steady_s=done - first, cpu_s=cpu, peak_rss_mb=rss, mem_before_mb=mem_before,
+        steady_s=done - first, cpu_s=cpu, redis_cpu_s=redis_cpu, peak_rss_mb=rss, mem_before_mb=mem_before,
         mem_filled_mb=mem_filled, mem_done_mb=mem_done, counts=counts,
         jobs_stored=int(client.hlen(keys.jobs)), log_path=log_path,
     )
@@ -272,20 +277,25 @@ def _f(value: float, digits: int = 1) -> str:
 def worker_table(rows: list[RowResult]) -> str:
     headers = ["jobs", "models", "events", "seconds", "events/s", "µs/event",
                "seconds from 1st commit", "events/s from 1st commit", "worker CPU µs/event",
-               "worker peak RSS MB", "Redis MB before → filled → done"]
+               "Redis CPU µs/event", "worker peak RSS MB", "Redis MB before → filled → done"]
     body = []
     for r in rows:
         steady_rate = (r.events - r.first_batch) / r.steady_s if r.steady_s else float("nan")
         body.append([
             _n(r.workload.jobs), _n(r.workload.models), _n(r.events), _f(r.seconds, 2),
             _n(r.events / r.seconds), _f(r.us_per_event), _f(r.steady_s, 2), _n(steady_rate),
-            _f(r.cpu_s / r.events * 1e6), _f(r.peak_rss_mb),
+            _f(r.cpu_s / r.events * 1e6), _f(r.redis_cpu_s / r.events * 1e6), _f(r.peak_rss_mb),
             f"{_f(r.mem_before_mb)} → {_f(r.mem_filled_mb)} → {_f(r.mem_done_mb)}",
         ])
     return table(headers, body)
 
 
-def verdicts(rows: list[RowResult]) -> list[str]:
+def pick_median(runs: list[RowResult]) -> RowResult:
+    """The run with the median time (the lower middle one for an even count)."""
+    return sorted(runs, key=lambda r: r.seconds)[(len(runs) - 1) // 2]
+
+
+def verdicts(rows: list[RowResult], runs: list[list[RowResult]]) -> list[str]:
     small, big = rows[0], rows[-1]
     ratio = big.us_per_event / small.us_per_event
     steady = big.steady_us_per_event / small.steady_us_per_event
@@ -299,6 +309,11 @@ def verdicts(rows: list[RowResult]) -> list[str]:
         f"{'met' if worst >= BAR_EVENTS_PER_S else 'NOT met'}; goal {_n(GOAL_EVENTS_PER_S)}: "
         f"{'met' if worst >= GOAL_EVENTS_PER_S else 'not met'})",
     ]
+    for r, all_runs in zip(rows, runs):
+        if len(all_runs) > 1:
+            rates = ", ".join(_n(x.events / x.seconds) for x in all_runs)
+            lines.append(f"{_n(r.workload.jobs)} jobs: {len(all_runs)} runs, events/s {rates}; "
+                         f"the table shows the median run")
     for r in rows:
         mix = ", ".join(f"{t} {_n(n)}" for t, n in sorted(r.mix.items(), key=lambda x: -x[1]))
         lines.append(f"{_n(r.workload.jobs)} jobs: mix {mix}; pre-fill {r.prefill_s:.1f}s "
@@ -325,13 +340,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds a row may take before it is abandoned")
     parser.add_argument("--py-spy", metavar="PREFIX", default=None,
                         help="also record the worker with py-spy (raw format) to "
-                             "PREFIX-<jobs>-jobs.txt; the timings then include its overhead")
+                             "PREFIX-<jobs>-jobs-<run>.txt; the timings then include its overhead")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="runs per row, the median is shown (default 3; 1 with --quick)")
     parser.add_argument("--skip-sdk", action="store_true", help="only the worker table")
     args = parser.parse_args(argv)
 
     events = args.events or (20_000 if args.quick else 200_000)
     big_jobs = 10_000 if args.quick else 100_000
     rounds, calls = (3, 20_000) if args.quick else (7, 100_000)
+    repeat = args.repeat or (1 if args.quick else 3)
     url = redis_url()
     client = redis.Redis.from_url(url)
     prefixes: list[str] = []
@@ -343,19 +361,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"`monitor worker` as its own process (batch size {batch}), on a stream pre-filled "
               f"before it starts; timed from process start until applied + dead + duplicates "
               f"= events (polled every {POLL * 1000:.0f} ms).\n")
-        rows = []
+        runs: list[list[RowResult]] = []
         for jobs in (1000, big_jobs):
-            prefix = unique_prefix(f"{jobs}j")
-            prefixes.append(prefix)
             workload = Workload(events=events, jobs=jobs, models=50)
-            try:
-                rows.append(run_row(client, url, workload, prefix, log_dir=log_dir,
-                                    batch_size=args.batch_size, timeout=args.timeout,
-                                    py_spy=args.py_spy))
-            finally:
-                delete_prefix(client, prefix)
+            runs.append([])
+            for _ in range(repeat):
+                prefix = unique_prefix(f"{jobs}j")
+                prefixes.append(prefix)
+                try:
+                    runs[-1].append(run_row(client, url, workload, prefix, log_dir=log_dir,
+                                            batch_size=args.batch_size, timeout=args.timeout,
+                                            py_spy=args.py_spy))
+                finally:
+                    delete_prefix(client, prefix)
+        rows = [pick_median(row_runs) for row_runs in runs]
         print(worker_table(rows) + "\n")
-        for line in verdicts(rows):
+        for line in verdicts(rows, runs):
             print(f"- {line}")
         print()
 
