@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_type_hints
@@ -145,7 +146,7 @@ def _parse(text: str, kind: Any, where: str) -> Any:
             value = float(text)
         except ValueError:
             raise SettingsError(f"{where}: expected a number, got {text!r}") from None
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise SettingsError(f"{where}: expected a finite number, got {text!r}")
         return value
     if kind is bool:

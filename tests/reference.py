@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from monitor.events import Checkpoint, Event, JobArchived, JobFinished, JobRestored, JobStarted, Metrics
+from monitor.events import (
+    Checkpoint,
+    Event,
+    JobArchived,
+    JobFinished,
+    JobRestored,
+    JobStarted,
+    Metrics,
+)
 from monitor.rules import Pos, delta_pct, model_display, tier
 
 

@@ -18,7 +18,7 @@ import redis
 
 from monitor import history
 from monitor.events import BadEvent, Metrics, parse_event
-from monitor.keys import GROUP, Keys, model_field
+from monitor.keys import Keys, model_field
 from monitor.rules import parse_pos
 from tests.reference import reference_models, reference_views
 

@@ -101,7 +101,7 @@ async def test_raw_events_become_job_views_model_rows_and_one_update_per_commit(
     # Archiving the best: one commit carries the new best and every moved delta.
     xadd(r, keys, {"type": "job_archived", "job_id": "a"})
     await drain()
-    version, views = updates(r, keys)[-1]
+    _, views = updates(r, keys)[-1]
     assert {v["id"]: (v["is_best"], v["archived"], v["delta_pct"]) for v in views} == {
         "a": (False, True, None), "b": (True, False, None)}
     assert r.xinfo_groups(keys.events)[0]["pending"] == 0

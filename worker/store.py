@@ -63,7 +63,7 @@ class Store:
 
     async def wait(self, after: str, block_ms: int) -> str | None:
         """Block until an entry newer than ``after`` exists; its id, or None on time-out."""
-        reply = await self.redis.xread({self.keys.events: after}, count=1, block=block_ms)
+        reply: Any = await self.redis.xread({self.keys.events: after}, count=1, block=block_ms)
         if not reply:
             return None
         return _text(reply[0][1][-1][0])
@@ -131,7 +131,7 @@ class Store:
                     raise LeaseLost("lease expired or taken over before commit")
                 if (_text(applied) if applied is not None else "0-0") != expected:
                     raise LeaseLost(f"another worker committed past {expected}")
-                pipe.multi()
+                pipe.multi()  # type: ignore[no-untyped-call]
                 _queue_writes(pipe, k, commit, updates_keep=updates_keep, dead_keep=dead_keep)
                 replies = await pipe.execute()
             except WatchError:
