@@ -1,4 +1,4 @@
-"""Worker throughput: pre-fill the stream, run ``monitor worker`` alone, time it until all is applied.
+"""Worker throughput: pre-fill the stream, run ``monitor worker`` alone, time it until done.
 
     .venv/bin/python -m bench.worker_throughput [--events N] [--quick] [--py-spy PREFIX]
 
@@ -195,8 +195,8 @@ def run_row(client: redis.Redis, url: str, workload: Workload, prefix: str, *,
     assert first is not None
     result = RowResult(
         workload=workload, mix=mix, prefill_s=prefill_s, seconds=done - start,
-        steady_s=done - first, cpu_s=cpu, redis_cpu_s=redis_cpu, peak_rss_mb=rss, mem_before_mb=mem_before,
-        mem_filled_mb=mem_filled, mem_done_mb=mem_done, counts=counts,
+        steady_s=done - first, cpu_s=cpu, redis_cpu_s=redis_cpu, peak_rss_mb=rss,
+        mem_before_mb=mem_before, mem_filled_mb=mem_filled, mem_done_mb=mem_done, counts=counts,
         jobs_stored=int(client.hlen(keys.jobs)), log_path=log_path,
     )
     result.first_batch = first_batch
@@ -259,7 +259,8 @@ def parse_samples(count: int) -> dict[str, list[bytes]]:
         if len(mixed) < count:
             mixed.append(data)
     out = {"workload mix": mixed, "metrics": by_type["metrics"][:count]}
-    out["job_started"] = (by_type["job_started"] * (count // len(by_type["job_started"]) + 1))[:count]
+    started = by_type["job_started"]
+    out["job_started"] = (started * (count // len(started) + 1))[:count]
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
+from functools import lru_cache
 from typing import Any
 
 from sortedcontainers import SortedList
@@ -51,6 +52,7 @@ def obs_key(step: int | None, epoch: float | None, pos: Pos) -> ObsKey:
 # --- Section 6: the clean model name -------------------------------------------------------
 
 
+@lru_cache(maxsize=4096)
 def model_display(model_name: str | None) -> str:
     """The clean name a person reads: ``.../huggingface_models/Qwen-Qwen3-1.7B/...`` -> ``Qwen/Qwen3-1.7B``."""
     if model_name is None:
@@ -467,6 +469,10 @@ class Board:
         if not change.applied:
             return Change(change)
 
+        if (not created and job.model_name == before_model and job.archived == before_archived
+                and job.rank_key == before_key):
+            return Change(change, frozenset((job.id,)))  # its place in the group is unchanged
+
         changed_jobs = {job.id}
         changed_models: set[str | None] = set()
         group = self.group(job.model_name)
@@ -500,11 +506,11 @@ class Board:
         if before is not None:
             jobs.add(before[2])
 
-    def view(self, job_id: str) -> dict[str, Any]:
-        """The current job view of one job."""
+    def view(self, job_id: str, public: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The current job view of one job (``public``: its :meth:`JobState.public`, if at hand)."""
         job = self.jobs[job_id]
         best = self.groups[job.model_name].best
-        return job_view(job.public(), (best[2], best[0]) if best else None)
+        return job_view(public or job.public(), (best[2], best[0]) if best else None)
 
 
 def _best_id_value(key: RankKey | None) -> tuple[str, float] | None:

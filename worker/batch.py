@@ -144,6 +144,7 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
                  histories: dict[str, list[dict[str, Any]]]) -> Commit:
     """The writes for ``folded``; ``histories`` holds the stored points of :func:`rewrites`."""
     commit = Commit(applied=folded.last_id)
+    publics = {}
     for job_id in folded.jobs:
         job = board.jobs[job_id]
         new_points = folded.points.get(job_id, [])
@@ -154,7 +155,8 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
         elif new_points:
             commit.append[keys.metrics(job_id)] = [orjson.dumps(p) for p in new_points]
             job.points += len(new_points)
-        commit.jobs[job_id] = orjson.dumps(job.public())
+        public = publics[job_id] = job.public()
+        commit.jobs[job_id] = orjson.dumps(public)
         commit.folds[job_id] = orjson.dumps(job.private())
         before_model, stored = folded.moved[job_id]
         if not stored or before_model != job.model_name:
@@ -170,7 +172,7 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
         else:
             commit.models[model_field(model)] = orjson.dumps(group.summary())
     if folded.views:
-        views = [board.view(job_id) for job_id in folded.views]
+        views = [board.view(job_id, publics.get(job_id)) for job_id in folded.views]
         commit.update = orjson.dumps({"jobs": views})
     for item in folded.dead:
         commit.dead.append({"id": item.entry_id, "data": item.raw[:DEAD_DATA_BYTES],
