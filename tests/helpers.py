@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from monitor.events import Event, event_adapter
+import orjson
+import redis
+
+from monitor.events import Event, event_adapter, parse_event
+from monitor.keys import Keys
 from monitor.rules import Board, Pos
 
 
@@ -29,3 +33,12 @@ def fold(events: list[Event]) -> Board:
         pos = pos_of(i)
         board.apply(event, pos, ts_of(event, pos))
     return board
+
+
+def read_events(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    """Every event on the stream, each validated against the contract, as plain dicts."""
+    events = []
+    for _entry_id, fields in client.xrange(keys.events):
+        parse_event(fields[b"data"])
+        events.append(orjson.loads(fields[b"data"]))
+    return events

@@ -10,24 +10,15 @@ from collections import Counter, defaultdict
 from statistics import mean
 from typing import Any
 
-import orjson
 import pytest
 import redis
 
 from monitor.demo import MODELS, CurveSpec, DemoOptions, loss_curve, plan_runs, run_demo
-from monitor.events import parse_event
 from monitor.keys import Keys
+from tests.helpers import read_events
 
 PLAIN = CurveSpec(start=2.6, best_eval=0.55, decay=5.0, gap=0.06, overfit=0.0, noise=0.05)
 OVERFIT = CurveSpec(start=2.6, best_eval=0.55, decay=5.0, gap=0.06, overfit=1.4, noise=0.05)
-
-
-def read_events(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
-    events = []
-    for _entry_id, fields in client.xrange(keys.events):
-        parse_event(fields[b"data"])
-        events.append(orjson.loads(fields[b"data"]))
-    return events
 
 
 def test_training_loss_decays_from_about_2_to_3_with_noise() -> None:

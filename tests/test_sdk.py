@@ -11,27 +11,18 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import orjson
 import pytest
 import redis
 
-from monitor.events import MAX_TEXT, parse_event
+from monitor.events import MAX_TEXT
 from monitor.keys import Keys
 from monitor.sdk import Run, RunStats, start_run
 from tests.conftest import RedisServer
+from tests.helpers import read_events
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 COMMON = {"job_id": "job-1", "model_name": MODEL}
 SDK_LOGGER = "monitor.sdk"
-
-
-def read_events(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
-    """Every event on the stream, each validated against the contract, as plain dicts."""
-    events = []
-    for _entry_id, fields in client.xrange(keys.events):
-        parse_event(fields[b"data"])
-        events.append(orjson.loads(fields[b"data"]))
-    return events
 
 
 def bodies(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
