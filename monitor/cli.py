@@ -16,6 +16,7 @@ from monitor import __version__
 from monitor.settings import (
     CommonSettings,
     DemoSettings,
+    GatewaySettings,
     SettingsError,
     WorkerSettings,
     add_arguments,
@@ -46,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     add_arguments(worker, WorkerSettings)
     worker.set_defaults(handler=_worker, settings=WorkerSettings)
 
+    gateway = commands.add_parser(
+        "gateway", help="REST API and WebSocket push of the committed state",
+        description="Serve the REST API (OpenAPI at /docs), /ws (a snapshot, then every "
+                    "change as the worker commits it), /healthz and /metrics. Binds "
+                    "127.0.0.1 unless told otherwise.")
+    add_arguments(gateway, GatewaySettings)
+    gateway.set_defaults(handler=_gateway, settings=GatewaySettings)
+
     demo = commands.add_parser(
         "demo", help="simulated trainers publishing realistic runs through the SDK",
         description="Several models, several fine-tuning runs each, with noisy decreasing "
@@ -72,6 +81,17 @@ def _worker(settings: WorkerSettings) -> int:
         await run_worker(settings, stop)
 
     asyncio.run(main())
+    return 0
+
+
+def _gateway(settings: GatewaySettings) -> int:
+    import uvicorn
+
+    from web.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                ws_ping_interval=settings.ws_ping, ws_ping_timeout=settings.ws_ping,
+                log_level=settings.log_level.lower(), ws="websockets")
     return 0
 
 

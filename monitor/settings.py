@@ -89,6 +89,41 @@ class WorkerSettings(CommonSettings):
                               _positive)
 
 
+def _origins(value: str) -> str | None:
+    for origin in _split(value):
+        if origin != "*" and urlsplit(origin).scheme not in ("http", "https"):
+            return f"{origin!r} is not an origin like https://host:port"
+    return None
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value < 65536 else "must be a port number (0 picks a free one)"
+
+
+@dataclass(frozen=True)
+class GatewaySettings(CommonSettings):
+    """``monitor gateway``: REST API, WebSocket push and the page."""
+
+    host: str = _setting("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = _setting(8000, "port to listen on", _port)
+    token: str | None = _setting(None, "if set, every /api call and /ws must present it "
+                                       "(Authorization: Bearer, ?token= or the page's cookie)")
+    allowed_origins: str = _setting("", "comma-separated browser origins allowed on /ws "
+                                        "besides the server's own", _origins)
+    ws_queue: int = _setting(1000, "updates queued per WebSocket client before it is resynced",
+                             _positive)
+    ws_ping: float = _setting(20.0, "seconds between WebSocket pings; a client silent for "
+                                    "as long again is dropped", _positive)
+
+    @property
+    def origins(self) -> list[str]:
+        return _split(self.allowed_origins)
+
+
 @dataclass(frozen=True)
 class DemoSettings(CommonSettings):
     """``monitor demo``: simulated trainers."""
@@ -102,7 +137,8 @@ class DemoSettings(CommonSettings):
     loop: bool = _setting(False, "keep starting new runs until stopped")
 
 
-SETTINGS_CLASSES: tuple[type[CommonSettings], ...] = (WorkerSettings, DemoSettings)
+SETTINGS_CLASSES: tuple[type[CommonSettings], ...] = (WorkerSettings, GatewaySettings,
+                                                       DemoSettings)
 S = TypeVar("S", bound=CommonSettings)
 
 
@@ -115,13 +151,9 @@ def flag_name(name: str) -> str:
 
 
 def known_env_names() -> set[str]:
-    """Every ``MONITOR_*`` variable some process understands."""
+    """Every ``MONITOR_*`` variable some process understands (the SDK reads two of them)."""
     names = {env_name(f.name) for cls in SETTINGS_CLASSES for f in dataclasses.fields(cls)}
-    return names | EXTRA_ENV
-
-
-# Read by processes outside this module's classes (the trainer SDK reads these two itself).
-EXTRA_ENV: set[str] = {"MONITOR_REDIS_URL", "MONITOR_PREFIX"}
+    return names
 
 
 def check_environ(environ: Mapping[str, str]) -> None:
@@ -149,6 +181,8 @@ def _parse(text: str, kind: Any, where: str) -> Any:
         if not math.isfinite(value):
             raise SettingsError(f"{where}: expected a finite number, got {text!r}")
         return value
+    if kind == str | None:
+        return text or None  # an empty variable means "not set"
     if kind is bool:
         lowered = text.strip().lower()
         if lowered in ("1", "true", "yes", "on"):

@@ -1,0 +1,180 @@
+"""The REST API of SPEC section 8."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import ValidationError
+
+from monitor.events import event_adapter
+from web.compare import MAX_IDS, MIN_IDS, build_comparison, to_csv
+from web.errors import ApiError, validation_errors
+from web.gateway import Gateway
+from web.responses import JSON
+from web.schemas import Accepted, Comparison, Error, JobDetail, JobList, JobMetrics, ModelRow
+from web.security import token_ok
+
+MAX_EVENTS = 1000
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+def gateway(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw
+
+
+def require_token(request: Request) -> None:
+    if not token_ok(gateway(request).settings, request):
+        raise ApiError(401, "missing or wrong token (Authorization: Bearer <token>)",
+                       headers={"WWW-Authenticate": "Bearer"})
+
+
+GW = Annotated[Gateway, Depends(gateway)]
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description": "unknown job"}}
+router = APIRouter(prefix="/api", dependencies=[Depends(require_token)],
+                   responses={401: {"model": Error, "description": "missing or wrong token"},
+                              503: {"model": Error, "description": "Redis is unreachable"}})
+
+
+def unknown(job_id: str) -> ApiError:
+    return ApiError(404, f"unknown job {job_id!r}")
+
+
+@router.get("/jobs", response_model=JobList, summary="Every job, newest first")
+async def list_jobs(gw: GW, include_archived: bool = False) -> Response:
+    version, views = await gw.reader.snapshot()
+    if not include_archived:
+        views = [v for v in views if not v["archived"]]
+    return JSON({"version": version, "jobs": views})
+
+
+@router.get("/jobs/{job_id}", response_model=JobDetail, responses=NOT_FOUND,
+            summary="One job, with its config")
+async def get_job(job_id: str, gw: GW) -> Response:
+    view = await gw.reader.job(job_id)
+    if view is None:
+        raise unknown(job_id)
+    return JSON(view)
+
+
+@router.get("/jobs/{job_id}/metrics", response_model=JobMetrics, responses=NOT_FOUND,
+            summary="A job's metric history, in training order")
+async def get_metrics(job_id: str, gw: GW) -> Response:
+    if not await gw.reader.exists(job_id):
+        raise unknown(job_id)
+    return JSON({"job_id": job_id, "points": await gw.reader.metrics(job_id)})
+
+
+@router.get("/models", response_model=list[ModelRow], summary="Each model and its best run")
+async def list_models(gw: GW) -> Response:
+    return JSON(await gw.reader.models())
+
+
+def parse_ids(ids: str) -> list[str]:
+    wanted = [part.strip() for part in ids.split(",") if part.strip()]
+    problem = None
+    if not MIN_IDS <= len(wanted) <= MAX_IDS:
+        problem = f"give {MIN_IDS} to {MAX_IDS} job ids, got {len(wanted)}"
+    elif len(set(wanted)) != len(wanted):
+        problem = "each job id at most once"
+    if problem:
+        raise ApiError(422, f"query.ids: {problem}", [{"loc": ["query", "ids"], "msg": problem}])
+    return wanted
+
+
+@router.get("/compare", response_model=Comparison, responses=NOT_FOUND,
+            summary="Compare 2 to 5 runs; format=csv or json downloads it")
+async def compare(
+    gw: GW,
+    ids: Annotated[str, Query(description="2 to 5 job ids, comma-separated, in column order")],
+    format: Annotated[Literal["csv", "json"] | None,
+                      Query(description="download as a file")] = None,
+) -> Response:
+    wanted = parse_ids(ids)
+    views = await gw.reader.views(wanted)
+    missing = [job_id for job_id, view in zip(wanted, views) if view is None]
+    if missing:
+        raise unknown(missing[0])
+    comparison = build_comparison([v for v in views if v is not None])
+    if format is None:
+        return JSON(comparison)
+    name = f"comparison-{time.strftime('%Y%m%d-%H%M%S')}.{format}"
+    disposition = {"Content-Disposition": f'attachment; filename="{name}"'}
+    if format == "csv":
+        return Response(to_csv(comparison), media_type="text/csv; charset=utf-8",
+                        headers=disposition)
+    return Response(orjson.dumps(comparison, option=orjson.OPT_INDENT_2),
+                    media_type="application/json", headers=disposition)
+
+
+async def _mark(gw: Gateway, job_id: str, kind: str) -> Response:
+    if not await gw.reader.exists(job_id):
+        raise unknown(job_id)
+    event = {"type": kind, "job_id": job_id, "ts": time.time()}
+    await gw.redis.xadd(gw.keys.events, {"data": orjson.dumps(event)})
+    return JSON({"accepted": 1}, status_code=202)
+
+
+@router.post("/jobs/{job_id}/archive", status_code=202, response_model=Accepted,
+             responses=NOT_FOUND, summary="Archive a run (applied by the worker, pushed live)")
+async def archive(job_id: str, gw: GW) -> Response:
+    return await _mark(gw, job_id, "job_archived")
+
+
+@router.post("/jobs/{job_id}/restore", status_code=202, response_model=Accepted,
+             responses=NOT_FOUND, summary="Restore an archived run")
+async def restore(job_id: str, gw: GW) -> Response:
+    return await _mark(gw, job_id, "job_restored")
+
+
+def validate_events(body: Any) -> list[dict[str, Any]]:
+    """The events of a request body (one object or a list), each checked as the worker does;
+    all or nothing."""
+    many = isinstance(body, list)
+    items = body if many else [body]
+    if not many and not isinstance(body, dict):
+        raise ApiError(422, "body: send one event object or a list of events",
+                       [{"loc": ["body"], "msg": "not an object or a list"}])
+    if not 1 <= len(items) <= MAX_EVENTS:
+        msg = f"{len(items)} events; send 1 to {MAX_EVENTS}"
+        raise ApiError(422, f"body: {msg}", [{"loc": ["body"], "msg": msg}])
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            event_adapter.validate_python(item)
+        except ValidationError as e:
+            tag = item.get("type") if isinstance(item, dict) else None
+            where: list[Any] = ["body", index] if many else ["body"]
+            for error in e.errors(include_url=False):
+                loc = list(error["loc"])
+                if loc and loc[0] == tag:
+                    loc = loc[1:]  # the union's tag: the event type, not a field
+                errors.append({"loc": [*where, *loc], "msg": error["msg"]})
+    if errors:
+        detail, items_out = validation_errors(errors)
+        raise ApiError(422, detail, items_out)
+    return items
+
+
+@router.post("/events", status_code=202, response_model=Accepted,
+             responses={413: {"model": Error}, 422: {"model": Error}},
+             summary="Append one event or a list of up to 1,000 (all or nothing)")
+async def post_events(request: Request, gw: GW) -> Response:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, f"body is {len(raw)} bytes, at most {MAX_BODY_BYTES}")
+    try:
+        body = json.loads(raw)  # NaN and Infinity parse here and are refused by validation
+    except ValueError as e:
+        raise ApiError(422, f"body: invalid JSON: {e}", [{"loc": ["body"], "msg": str(e)}]) \
+            from None
+    events = validate_events(body)
+    async with gw.redis.pipeline(transaction=True) as pipe:
+        for event in events:
+            pipe.xadd(gw.keys.events, {"data": orjson.dumps(event)})
+        await pipe.execute()
+    return JSON({"accepted": len(events)}, status_code=202)

@@ -1,0 +1,88 @@
+"""The FastAPI gateway: REST (SPEC 8), ``/ws`` (SPEC 9), health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from prometheus_client import CONTENT_TYPE_LATEST
+from redis.asyncio import Redis
+
+from monitor import __version__
+from monitor.events import event_adapter
+from monitor.settings import GatewaySettings
+from web import api, errors, metrics
+from web.gateway import Gateway
+from web.responses import JSON
+from web.schemas import Error, Health
+from web.ws import websocket_endpoint
+
+DESCRIPTION = """\
+Live state of training runs: each model's best run (by best eval loss), how much worse the
+others are, comparisons and archiving. Trainers write events to the Redis stream (or to
+`POST /api/events`); `/ws` pushes every change."""
+
+
+def create_app(settings: GatewaySettings, redis: Redis | None = None) -> FastAPI:
+    """The gateway application; ``redis`` defaults to a client for ``settings.redis_url``."""
+    gw = Gateway.build(settings, redis)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reader = asyncio.create_task(gw.hub.run(), name="updates-reader")
+        try:
+            yield
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await gw.redis.aclose()
+
+    app = FastAPI(title="Training-run monitor", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan, default_response_class=JSON)
+    app.state.gateway = gw
+    errors.install(app)
+    app.include_router(api.router)
+    app.add_api_websocket_route("/ws", websocket_endpoint)
+
+    @app.get("/healthz", response_model=Health, responses={503: {"model": Error}},
+             summary="Redis reachable, and the worker's lag")
+    async def healthz() -> Response:
+        return JSON(await gw.reader.health())
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def prometheus() -> Response:
+        body = metrics.render(await gw.reader.stats(), await gw.reader.health(),
+                              len(gw.hub.subscribers))
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, plus the event schema as the body of ``POST /api/events``."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                         routes=app.routes)
+    events = event_adapter.json_schema(ref_template="#/components/schemas/{model}")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.update(events.pop("$defs", {}))
+    components["Event"] = events
+    body = {"oneOf": [{"$ref": "#/components/schemas/Event"},
+                      {"type": "array", "items": {"$ref": "#/components/schemas/Event"},
+                       "minItems": 1, "maxItems": api.MAX_EVENTS}]}
+    schema["paths"]["/api/events"]["post"]["requestBody"] = {
+        "required": True, "content": {"application/json": {"schema": body}}}
+    app.openapi_schema = schema
+    return schema
+
+
+def request_gateway(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw

@@ -1,0 +1,110 @@
+"""The comparison of 2 to 5 runs (SPEC section 8): table rows, recommendation, CSV. Pure."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from monitor.rules import delta_pct, shown, tier
+
+MIN_IDS, MAX_IDS = 2, 5
+
+
+def _epoch_text(view: dict[str, Any]) -> str | None:
+    """``"5/12"``: the best checkpoint's epoch out of the run's epochs."""
+    epoch = view["best_epoch"]
+    if epoch is None:
+        return None
+    text = f"{epoch:g}"
+    return f"{text}/{view['total_epochs']}" if view["total_epochs"] is not None else text
+
+
+def selection_best(views: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The lowest best eval loss among the selection (archived too); ties as in SPEC 5."""
+    scored = [v for v in views if v["best_eval_loss"] is not None]
+    if not scored:
+        return None
+    return min(scored, key=lambda v: (v["best_eval_loss"], v["created_at"], v["id"]))
+
+
+def build_comparison(views: list[dict[str, Any]]) -> dict[str, Any]:
+    """The comparison of ``views``, in the order the user asked for them."""
+    best = selection_best(views)
+    best_value = best["best_eval_loss"] if best else None
+    deltas = [
+        delta_pct(v["best_eval_loss"], best_value)
+        if best_value is not None and v is not best and v["best_eval_loss"] is not None
+        else None
+        for v in views
+    ]
+    tiers = [tier(d) for d in deltas]
+
+    def row(label: str, values: list[Any], best_cell: Any = None) -> dict[str, Any]:
+        return {"label": label, "values": values, "best": best_cell}
+
+    rows = [
+        row("Model", [v["model_display"] for v in views]),
+        row("Job ID", [v["id"] for v in views]),
+        row("Status", [v["status"] for v in views]),
+        {**row("Best Eval Loss", [v["best_eval_loss"] for v in views], best_value),
+         "deltas": deltas, "tiers": tiers},
+        row("Final Training Loss",
+            [v["final_loss"] if v["final_loss"] is not None else v["loss"] for v in views]),
+        row("Final Eval Loss",
+            [v["final_eval_loss"] if v["final_eval_loss"] is not None else v["eval_loss"]
+             for v in views]),
+        row("Best Checkpoint Epoch", [_epoch_text(v) for v in views],
+            _epoch_text(best) if best else None),
+        row("Checkpoint Path", [v["best_checkpoint_path"] for v in views],
+            best["best_checkpoint_path"] if best else None),
+    ]
+    others = [
+        {"job_id": v["id"], "run_number": i + 1, "delta_pct": deltas[i], "tier": tiers[i],
+         "consider_archiving": tiers[i] == "red"}
+        for i, v in enumerate(views) if v is not best
+    ]
+    recommendation = {
+        "best_job_id": best["id"] if best else None,
+        "run_number": views.index(best) + 1 if best else None,
+        "model_display": best["model_display"] if best else None,
+        "best_eval_loss": best_value,
+        "best_epoch": best["best_epoch"] if best else None,
+        "total_epochs": best["total_epochs"] if best else None,
+        "checkpoint_path": best["best_checkpoint_path"] if best else None,
+        "others": others,
+    }
+    return {"jobs": views, "best_job_id": best["id"] if best else None, "rows": rows,
+            "recommendation": recommendation}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def to_csv(comparison: dict[str, Any]) -> str:
+    """The comparison table as CSV: one row per metric, one column per run, then the best."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    count = len(comparison["jobs"])
+    writer.writerow(["Metric", *(f"Run #{i + 1}" for i in range(count)), "Best Value"])
+    for row in comparison["rows"]:
+        writer.writerow([row["label"], *(_cell(v) for v in row["values"]), _cell(row["best"])])
+        if "deltas" in row:
+            writer.writerow(["Delta vs Best (%)",
+                             *("" if d is None else f"+{shown(d)}" for d in row["deltas"]), ""])
+    recommendation = comparison["recommendation"]
+    if recommendation["best_job_id"] is not None:
+        writer.writerow([])
+        writer.writerow(["Recommendation", f"Run #{recommendation['run_number']}",
+                         recommendation["best_job_id"],
+                         recommendation["checkpoint_path"] or ""])
+        for other in recommendation["others"]:
+            if other["consider_archiving"]:
+                writer.writerow(["Consider archiving", f"Run #{other['run_number']}",
+                                 other["job_id"], f"+{shown(other['delta_pct'])}% worse"])
+    return out.getvalue()

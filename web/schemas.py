@@ -1,0 +1,133 @@
+"""Response shapes of the REST API (SPEC sections 7 and 8), for OpenAPI at ``/docs``.
+
+Handlers build plain dicts and send them as JSON directly (100,000 jobs must not be
+re-validated on every request); these models document what they send, and a test checks the
+documents against them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Tier = Literal["yellow", "orange", "red"]
+Status = Literal["running", "completed", "failed", "cancelled"]
+
+
+class JobView(BaseModel):
+    """A job's state (SPEC 4) with its place in its model group (SPEC 5)."""
+
+    id: str
+    model_name: str | None
+    model_display: str
+    name: str | None
+    status: Status
+    archived: bool
+    loss: float | None
+    eval_loss: float | None
+    best_eval_loss: float | None
+    best_epoch: float | None
+    best_step: int | None
+    best_checkpoint_path: str | None
+    final_loss: float | None
+    final_eval_loss: float | None
+    total_epochs: int | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    gpu_count: int | None
+    error: str | None = Field(description="the error text of a failed run")
+    is_best: bool
+    delta_pct: float | None = Field(description="how much worse than the group's best, in %")
+    tier: Tier | None
+
+
+class JobDetail(JobView):
+    config: dict[str, object] | None
+
+
+class JobList(BaseModel):
+    version: str = Field(description="the id of the last update this list includes")
+    jobs: list[JobView]
+
+
+class MetricPoint(BaseModel):
+    step: int | None
+    epoch: float | None
+    loss: float | None
+    eval_loss: float | None
+    ts: float
+
+
+class JobMetrics(BaseModel):
+    job_id: str
+    points: list[MetricPoint]
+
+
+class ModelRow(BaseModel):
+    model_name: str | None
+    model_display: str
+    job_count: int = Field(description="jobs that are not archived")
+    archived_count: int
+    best_job_id: str | None
+    best_eval_loss: float | None
+
+
+class CompareRow(BaseModel):
+    label: str
+    values: list[str | float | int | None]
+    best: str | float | int | None
+    deltas: list[float | None] | None = None
+    tiers: list[Tier | None] | None = None
+
+
+class OtherRun(BaseModel):
+    job_id: str
+    run_number: int
+    delta_pct: float | None
+    tier: Tier | None
+    consider_archiving: bool
+
+
+class Recommendation(BaseModel):
+    best_job_id: str | None
+    run_number: int | None
+    model_display: str | None
+    best_eval_loss: float | None
+    best_epoch: float | None
+    total_epochs: int | None
+    checkpoint_path: str | None
+    others: list[OtherRun]
+
+
+class Comparison(BaseModel):
+    jobs: list[JobView]
+    best_job_id: str | None
+    rows: list[CompareRow]
+    recommendation: Recommendation
+
+
+class Accepted(BaseModel):
+    accepted: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    redis: Literal["ok"]
+    worker_lag: int | None = Field(description="entries not yet applied by the worker")
+    pending: int = Field(description="entries read by a worker but not yet acknowledged")
+
+
+class ErrorField(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class Error(BaseModel):
+    """The one shape of every error answer."""
+
+    detail: str = Field(description="one line saying what is wrong")
+    status: int
+    errors: list[ErrorField] = Field(default_factory=list,
+                                     description="each offending field, for 422")

@@ -1,0 +1,146 @@
+"""The gateway's reads of the state the worker committed. Views are derived here, purely, from
+the stored job states and each model's best run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from monitor.keys import GROUP, Keys, model_field
+from monitor.rules import job_view, parse_pos
+
+NO_VERSION = "0-0"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def best_runs(models: dict[bytes, bytes]) -> dict[str, tuple[str, float]]:
+    """Model field -> (best job id, its best eval loss), from the ``models`` hash."""
+    best = {}
+    for field, raw in models.items():
+        row = orjson.loads(raw)
+        if row["best_job_id"] is not None:
+            best[_text(field)] = (row["best_job_id"], row["best_eval_loss"])
+    return best
+
+
+def build_views(jobs: list[bytes], models: dict[bytes, bytes]) -> list[dict[str, Any]]:
+    """The views of stored ``jobs`` (JSON), newest ``created_at`` first."""
+    best = best_runs(models)
+    views = []
+    for raw in jobs:
+        public = orjson.loads(raw)
+        views.append(job_view(public, best.get(model_field(public["model_name"]))))
+    views.sort(key=lambda v: (-v["created_at"], v["id"]))
+    return views
+
+
+def valid_version(version: str) -> bool:
+    try:
+        parse_pos(version)
+    except ValueError:
+        return False
+    return True
+
+
+class StateReader:
+    """Reads of one gateway process, under ``keys``."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    async def snapshot(self) -> tuple[str, list[dict[str, Any]]]:
+        """Every job view and the version they are at, read atomically: no update falls
+        between the two."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(k.jobs)
+            pipe.hgetall(k.models)
+            pipe.xrevrange(k.updates, count=1)
+            jobs, models, last = await pipe.execute()
+        version = _text(last[0][0]) if last else NO_VERSION
+        return version, build_views(list(jobs.values()), models)
+
+    async def job(self, job_id: str) -> dict[str, Any] | None:
+        """One job view with its ``config``; None if unknown."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hget(k.jobs, job_id)
+            pipe.hget(k.configs, job_id)
+            pipe.hgetall(k.models)
+            raw, config, models = await pipe.execute()
+        if raw is None:
+            return None
+        view = build_views([raw], models)[0]
+        view["config"] = orjson.loads(config) if config is not None else None
+        return view
+
+    async def views(self, job_ids: list[str]) -> list[dict[str, Any] | None]:
+        """The views of ``job_ids``, in order; None for an unknown id."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(k.jobs, job_ids)
+            pipe.hgetall(k.models)
+            raws, models = await pipe.execute()
+        by_id = {v["id"]: v for v in build_views([r for r in raws if r is not None], models)}
+        return [by_id.get(job_id) for job_id in job_ids]
+
+    async def exists(self, job_id: str) -> bool:
+        return bool(await self.redis.hexists(self.keys.jobs, job_id))
+
+    async def metrics(self, job_id: str) -> list[dict[str, Any]]:
+        """A job's metric points, in training order (step, then epoch; missing counts lower)."""
+        raw = await self.redis.lrange(self.keys.metrics(job_id), 0, -1)
+        points = [orjson.loads(p) for p in raw]
+        points.sort(key=lambda p: (p["step"] is not None, p["step"] or 0,
+                                   p["epoch"] is not None, p["epoch"] or 0))
+        return points
+
+    async def models(self) -> list[dict[str, Any]]:
+        """The model rows, by clean name."""
+        rows = [orjson.loads(raw) for raw in (await self.redis.hgetall(self.keys.models)).values()]
+        rows.sort(key=lambda r: (r["model_display"].lower(), r["model_name"] or ""))
+        return rows
+
+    async def updates_after(self, version: str) -> list[tuple[str, bytes]] | None:
+        """The updates after ``version``, or None when some of them are no longer kept (or the
+        version is not one of this stream's): the caller then sends a fresh snapshot."""
+        if not valid_version(version):
+            return None
+        k = self.keys
+        try:
+            info = await self.redis.xinfo_stream(k.updates)
+        except ResponseError:  # no updates yet
+            return [] if version == NO_VERSION else None
+        after = parse_pos(version)
+        if after > parse_pos(_text(info["last-generated-id"])):
+            return None
+        if parse_pos(_text(info["max-deleted-entry-id"])) > after:
+            return None  # trimmed: something after it may be gone
+        entries: Any = await self.redis.xrange(k.updates, min=f"({version}", max="+")
+        return [(_text(entry_id), fields[b"data"]) for entry_id, fields in entries]
+
+    async def health(self) -> dict[str, Any]:
+        """Redis answers; how far behind the worker is."""
+        k = self.keys
+        try:
+            groups = await self.redis.xinfo_groups(k.events)
+        except ResponseError:  # no stream yet
+            groups = []
+        group = next((g for g in groups if _text(g["name"]) == GROUP), None)
+        if group is None:
+            backlog = await self.redis.xlen(k.events)
+            return {"status": "ok", "redis": "ok", "worker_lag": backlog, "pending": 0}
+        lag = group.get("lag")
+        return {"status": "ok", "redis": "ok", "worker_lag": None if lag is None else int(lag),
+                "pending": int(group["pending"])}
+
+    async def stats(self) -> dict[str, int]:
+        raw = await self.redis.hgetall(self.keys.stats)
+        return {_text(name): int(value) for name, value in raw.items()}

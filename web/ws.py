@@ -1,0 +1,98 @@
+"""``/ws`` (SPEC section 9): a snapshot with its version, then every update, in order.
+
+``?since=V`` resumes after V with nothing missed (or a fresh snapshot when V is no longer
+kept). A client whose queue overflows is sent a fresh snapshot; one that keeps overflowing is
+closed with 1013 and can resume. Pings (the server's) drop dead clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import orjson
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from monitor.rules import parse_pos
+from web.gateway import Gateway
+from web.hub import Subscriber, update_message
+from web.security import origin_ok, token_ok
+
+log = logging.getLogger("monitor.gateway")
+
+TOO_SLOW = 3  # overflows within SLOW_WINDOW seconds that close the connection with 1013
+SLOW_WINDOW = 30.0
+CLOSE_POLICY = 1008
+CLOSE_TRY_LATER = 1013
+
+
+async def send_snapshot(websocket: WebSocket, gw: Gateway) -> str:
+    version, views = await gw.reader.snapshot()
+    message = {"type": "snapshot", "version": version, "jobs": views}
+    await websocket.send_text(orjson.dumps(message).decode())
+    return version
+
+
+async def start(websocket: WebSocket, gw: Gateway, since: str | None) -> str:
+    """Bring a new client up to date; the version it has reached."""
+    if since is not None:
+        missed = await gw.reader.updates_after(since)
+        if missed is not None:
+            for version, data in missed:
+                await websocket.send_text(update_message(version, data))
+            return missed[-1][0] if missed else since
+    return await send_snapshot(websocket, gw)
+
+
+async def send_updates(websocket: WebSocket, gw: Gateway, subscriber: Subscriber,
+                       reached: str) -> None:
+    """Forward queued updates newer than ``reached``, resyncing a client that fell behind."""
+    position = parse_pos(reached)
+    while True:
+        item = await subscriber.queue.get()
+        if isinstance(item, str):  # RESYNC
+            recent = [t for t in subscriber.overflows if t > time.monotonic() - SLOW_WINDOW]
+            subscriber.overflows = recent
+            if len(recent) >= TOO_SLOW:
+                await websocket.close(CLOSE_TRY_LATER, "too slow; reconnect with ?since=")
+                return
+            position = parse_pos(await send_snapshot(websocket, gw))
+            continue
+        version, message = item
+        pos = parse_pos(version)
+        if pos <= position:
+            continue  # already in what the client has
+        await websocket.send_text(message)
+        position = pos
+
+
+async def read_until_closed(websocket: WebSocket) -> None:
+    """Notice the client going away (it has nothing to say to us)."""
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    gw: Gateway = websocket.app.state.gateway
+    if not origin_ok(gw.settings, websocket):
+        await websocket.close(CLOSE_POLICY, "origin not allowed")  # before accept: HTTP 403
+        return
+    await websocket.accept()
+    if not token_ok(gw.settings, websocket, query=True):
+        await websocket.close(CLOSE_POLICY, "missing or wrong token")
+        return
+    since = websocket.query_params.get("since")
+    async with gw.hub.subscribe() as subscriber:
+        try:
+            reached = await start(websocket, gw, since)
+            tasks = {asyncio.create_task(send_updates(websocket, gw, subscriber, reached)),
+                     asyncio.create_task(read_until_closed(websocket))}
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            for task in done:
+                task.result()
+        except (WebSocketDisconnect, RuntimeError) as e:
+            log.debug("WebSocket client gone: %s", e)
