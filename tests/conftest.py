@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from monitor.keys import Keys
+from tests.gateway_helpers import RunningWorker
 
 # The Redis the tests use; .ci/run sets it when 127.0.0.1:6379 does not answer.
 # Deliberately not a MONITOR_* name: subprocesses under test refuse unknown MONITOR_* settings.
@@ -116,3 +117,11 @@ def redis_server_factory() -> Iterator[Callable[[], RedisServer]]:
     for server in servers:
         server.stop()
     tmp.cleanup()
+
+
+@pytest.fixture
+def worker(redis_url: str, keys: Keys) -> Iterator[RunningWorker]:
+    """A real worker on this test's prefix, in a background thread."""
+    running = RunningWorker(redis_url, keys)
+    yield running
+    running.close()

@@ -14,11 +14,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from monitor.keys import Keys
-from monitor.rules import parse_pos
+from web.state import is_kept, kept_check
 
 log = logging.getLogger("monitor.gateway")
 
@@ -58,6 +57,14 @@ class Subscriber:
         self.queue.put_nowait(RESYNC)
 
 
+def _raise_if_cancelled() -> None:
+    """redis-py can swallow a cancellation that lands in a blocking read (the call returns
+    normally, or raises a time-out error); honour it instead of reading on."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Hub:
     """Reads ``<prefix>updates`` once and hands every entry to each subscriber."""
 
@@ -89,17 +96,17 @@ class Hub:
         return _text(last[0][0]) if last else "0-0"
 
     async def _trimmed_past(self, position: str) -> bool:
-        """Were entries after ``position`` trimmed before we read them?"""
-        try:
-            info: Any = await self.redis.xinfo_stream(self.keys.updates)
-        except ResponseError:
-            return False
-        return parse_pos(_text(info["max-deleted-entry-id"])) > parse_pos(position)
+        """Were entries after ``position`` trimmed before we could read them?"""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            kept_check(pipe, self.keys.updates, position)
+            replies = await pipe.execute(raise_on_error=False)
+        return not is_kept(position, *replies)
 
     async def run(self) -> None:
         """Read updates until cancelled; survives Redis going away and coming back."""
         delay = 0.1
         while True:
+            _raise_if_cancelled()
             try:
                 if self.last is None:
                     self.last = await self._start_position()
@@ -119,6 +126,7 @@ class Hub:
                         self.last = version
                         self._broadcast(version, update_message(version, fields[b"data"]))
             except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                _raise_if_cancelled()
                 if self.connected.is_set():
                     log.warning("Redis unreachable (%s); WebSocket updates wait", e)
                 self.connected.clear()

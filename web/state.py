@@ -40,6 +40,26 @@ def build_views(jobs: list[bytes], models: dict[bytes, bytes]) -> list[dict[str,
     return views
 
 
+def kept_check(pipe: Any, stream: str, version: str) -> None:
+    """Queue what :func:`is_kept` needs: trimming drops the oldest entries, so every entry
+    after ``version`` is still there exactly when ``version`` itself is (or, for "0-0",
+    when nothing was ever dropped)."""
+    if version == NO_VERSION:
+        pipe.xlen(stream)
+        pipe.xinfo_stream(stream)
+    else:
+        pipe.xrange(stream, min=version, max=version)
+
+
+def is_kept(version: str, *replies: Any) -> bool:
+    if version != NO_VERSION:
+        return bool(replies[0])
+    length, info = replies
+    if isinstance(info, ResponseError):
+        return True  # no stream yet: nothing was dropped
+    return bool(int(info["entries-added"]) == length)
+
+
 def valid_version(version: str) -> bool:
     try:
         parse_pos(version)
@@ -109,21 +129,16 @@ class StateReader:
         return rows
 
     async def updates_after(self, version: str) -> list[tuple[str, bytes]] | None:
-        """The updates after ``version``, or None when some of them are no longer kept (or the
-        version is not one of this stream's): the caller then sends a fresh snapshot."""
+        """The updates after ``version``, or None when some of them may no longer be kept (or
+        the version is not one of this stream's): the caller then sends a fresh snapshot."""
         if not valid_version(version):
             return None
-        k = self.keys
-        try:
-            info = await self.redis.xinfo_stream(k.updates)
-        except ResponseError:  # no updates yet
-            return [] if version == NO_VERSION else None
-        after = parse_pos(version)
-        if after > parse_pos(_text(info["last-generated-id"])):
+        async with self.redis.pipeline(transaction=True) as pipe:
+            kept_check(pipe, self.keys.updates, version)
+            pipe.xrange(self.keys.updates, min=f"({version}", max="+")
+            *check, entries = await pipe.execute(raise_on_error=False)
+        if not is_kept(version, *check):
             return None
-        if parse_pos(_text(info["max-deleted-entry-id"])) > after:
-            return None  # trimmed: something after it may be gone
-        entries: Any = await self.redis.xrange(k.updates, min=f"({version}", max="+")
         return [(_text(entry_id), fields[b"data"]) for entry_id, fields in entries]
 
     async def health(self) -> dict[str, Any]:

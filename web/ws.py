@@ -7,11 +7,15 @@ closed with 1013 and can resume. Pings (the server's) drop dead clients.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
+import anyio
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from monitor.rules import parse_pos
@@ -25,6 +29,7 @@ TOO_SLOW = 3  # overflows within SLOW_WINDOW seconds that close the connection w
 SLOW_WINDOW = 30.0
 CLOSE_POLICY = 1008
 CLOSE_TRY_LATER = 1013
+GONE = (WebSocketDisconnect, RuntimeError, OSError)  # what sending to a closed socket raises
 
 
 async def send_snapshot(websocket: WebSocket, gw: Gateway) -> str:
@@ -83,16 +88,22 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_POLICY, "missing or wrong token")
         return
     since = websocket.query_params.get("since")
-    async with gw.hub.subscribe() as subscriber:
-        try:
+    async with gw.hub.subscribe() as subscriber, anyio.create_task_group() as tasks:
+
+        async def until_either_ends(part: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await part()
+            except GONE as e:
+                log.debug("WebSocket client gone: %s", e)
+            except (RedisConnectionError, RedisTimeoutError) as e:
+                log.warning("closing a WebSocket: Redis unreachable (%s)", e)
+                with contextlib.suppress(*GONE):
+                    await websocket.close(CLOSE_TRY_LATER, "Redis unreachable; reconnect")
+            tasks.cancel_scope.cancel()
+
+        async def serve() -> None:
             reached = await start(websocket, gw, since)
-            tasks = {asyncio.create_task(send_updates(websocket, gw, subscriber, reached)),
-                     asyncio.create_task(read_until_closed(websocket))}
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            for task in done:
-                task.result()
-        except (WebSocketDisconnect, RuntimeError) as e:
-            log.debug("WebSocket client gone: %s", e)
+            await send_updates(websocket, gw, subscriber, reached)
+
+        tasks.start_soon(until_either_ends, serve)
+        tasks.start_soon(until_either_ends, lambda: read_until_closed(websocket))

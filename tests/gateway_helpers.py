@@ -1,0 +1,67 @@
+"""A real worker in a background thread, and publishing helpers, for gateway tests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import orjson
+import redis
+
+from monitor.keys import Keys
+from monitor.settings import WorkerSettings
+from worker.consumer import Worker
+
+
+def publish(r: redis.Redis, keys: Keys, events: list[dict[str, Any] | bytes]) -> list[str]:
+    """XADD each event (a dict, or raw bytes) to the events stream; their entry ids."""
+    with r.pipeline(transaction=False) as pipe:
+        for event in events:
+            data = event if isinstance(event, bytes) else orjson.dumps(event)
+            pipe.xadd(keys.events, {"data": data})
+        return [i.decode() for i in pipe.execute()]
+
+
+class RunningWorker:
+    """``monitor worker`` in a thread of this process, with its own event loop."""
+
+    def __init__(self, redis_url: str, keys: Keys) -> None:
+        self.keys = keys
+        self.client = redis.Redis.from_url(redis_url)
+        settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, block=0.05,
+                                  batch_size=100)
+        self.loop = asyncio.new_event_loop()
+        self.stop = asyncio.Event()
+        self.worker = Worker(settings)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.loop.run_until_complete(self.worker.run(self.stop))
+        except BaseException as e:  # noqa: BLE001 - reported by wait_applied and close
+            self.error = e
+
+    def wait_applied(self, timeout: float = 20) -> None:
+        """Until every entry now in the stream is committed."""
+        last = self.client.xrevrange(self.keys.events, count=1)
+        target = last[0][0] if last else b"0-0"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.error is not None:
+                raise self.error
+            if self.client.get(self.keys.applied) == target:
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"worker did not apply up to {target!r}")
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(10)
+        self.loop.close()
+        self.client.close()
+        if self.error is not None:
+            raise self.error

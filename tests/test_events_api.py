@@ -1,0 +1,89 @@
+"""``POST /api/events``: validated as the worker validates, all or nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from monitor.keys import Keys
+from monitor.settings import GatewaySettings
+from tests.gateway_helpers import RunningWorker
+from web.app import create_app
+
+pytestmark = pytest.mark.timeout(60)
+
+GOOD = {"type": "metrics", "job_id": "a", "model_name": "org/m", "step": 1, "loss": 0.5}
+
+
+@pytest.fixture
+def client(redis_url: str, keys: Keys) -> Iterator[TestClient]:
+    with TestClient(create_app(GatewaySettings(redis_url=redis_url, prefix=keys.prefix))) as c:
+        yield c
+
+
+def test_one_event_or_a_list_is_appended_and_applied(
+        client: TestClient, r: redis.Redis, keys: Keys, worker: RunningWorker) -> None:
+    assert client.post("/api/events", json=GOOD).json() == {"accepted": 1}
+    answer = client.post("/api/events", json=[{**GOOD, "step": 2, "loss": 0.4},
+                                              {"type": "metrics", "job_id": "a", "step": 3,
+                                               "eval_loss": 0.3}])
+    assert (answer.status_code, answer.json()) == (202, {"accepted": 2})
+    assert r.xlen(keys.events) == 3
+    worker.wait_applied()
+    job = client.get("/api/jobs/a").json()
+    assert (job["loss"], job["best_eval_loss"]) == (0.4, 0.3)
+
+
+BAD: list[tuple[str, Any, str]] = [
+    ("a string where a number goes", [GOOD, {**GOOD, "loss": "0.5"}],
+     "body[1].loss: Input should be a valid number"),
+    ("true is not a number", {**GOOD, "loss": True}, "body.loss: Input should be a valid number"),
+    ("a float where an integer goes", [{**GOOD, "step": 1.5}],
+     "body[0].step: Input should be a valid integer"),
+    ("NaN", b'[{"type":"metrics","job_id":"a","loss":NaN}]',
+     "body[0].loss: Input should be a finite number"),
+    ("Infinity", b'{"type":"metrics","job_id":"a","eval_loss":-Infinity}',
+     "body.eval_loss: Input should be a finite number"),
+    ("an unknown type", [GOOD, GOOD, {"type": "telemetry", "job_id": "a"}],
+     "body[2]: Input tag 'telemetry' found using 'type' does not match any of the expected tags:"
+     " 'job_started', 'metrics', 'checkpoint', 'job_finished', 'job_archived', 'job_restored'"),
+    ("a bad job id", {**GOOD, "job_id": "has space"},
+     "body.job_id: String should match pattern '^[A-Za-z0-9._:-]+$'"),
+    ("no loss at all", {"type": "metrics", "job_id": "a"},
+     "body: Value error, a metrics event needs loss or eval_loss"),
+    ("an oversized config", {"type": "job_started", "job_id": "a", "config": {"x": "y" * 70_000}},
+     "body.config: Value error, config is 70008 bytes as JSON, at most 65536"),
+    ("1,001 events", [GOOD] * 1001, "body: 1001 events; send 1 to 1000"),
+    ("an empty list", [], "body: 0 events; send 1 to 1000"),
+    ("not an event", "hello", "body: send one event object or a list of events"),
+    ("not JSON", b"{nope", "body: invalid JSON: Expecting property name enclosed in double "
+                           "quotes: line 1 column 2 (char 1)"),
+]
+
+
+@pytest.mark.parametrize(("body", "detail"), [(b[1], b[2]) for b in BAD],
+                         ids=[b[0] for b in BAD])
+def test_bad_input_is_a_422_naming_the_field_and_nothing_is_appended(
+        client: TestClient, r: redis.Redis, keys: Keys, body: Any, detail: str) -> None:
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    answer = client.post("/api/events", content=content,
+                         headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == detail
+    assert answer.json()["status"] == 422
+    assert r.xlen(keys.events) == 0
+
+
+def test_every_bad_field_is_listed(client: TestClient) -> None:
+    answer = client.post("/api/events", json=[GOOD, {**GOOD, "loss": "x", "step": -1}])
+    assert answer.json()["errors"] == [
+        {"loc": ["body", 1, "step"], "msg": "Input should be greater than or equal to 0"},
+        {"loc": ["body", 1, "loss"], "msg": "Input should be a valid number"},
+    ]
+    assert answer.json()["detail"] == \
+        "body[1].step: Input should be greater than or equal to 0 (and 1 more)"
