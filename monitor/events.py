@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, TypeAlias
 
-import orjson
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -18,18 +19,26 @@ from pydantic import (
 
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_ENTRY_BYTES = 256 * 1024  # a whole stream entry; far above any valid event
-MAX_TEXT = 16 * 1024  # error texts (a traceback fits)
+MAX_TEXT = 16 * 1024  # error texts are cut to this (a traceback fits)
+MAX_NAME = 512  # display names are cut to this
+MAX_INT = 2**53 - 1  # the largest integer every JSON reader (a browser too) keeps exact
 
 JobId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
 ModelName = Annotated[str, StringConstraints(max_length=512)]
-NonNegInt = Annotated[int, Field(ge=0)]
+NonNegInt = Annotated[int, Field(ge=0, le=MAX_INT)]
 NonNegNumber = Annotated[float, Field(ge=0)]
 
 
-class _Event(BaseModel):
-    """Keys common to every event. Types are strict JSON types; NaN and infinities are refused."""
+def _cut(limit: int) -> AfterValidator:
+    """Cut a text to ``limit`` characters: a long error must not cost the run its ending."""
+    return AfterValidator(lambda text: text[:limit])
 
-    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
+
+class _Event(BaseModel):
+    """Keys common to every event. Types are strict JSON types; NaN and infinities are refused.
+    Keys the contract does not name are ignored (a newer trainer may send more)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False, frozen=True)
 
     job_id: JobId
     model_name: ModelName | None = None
@@ -39,8 +48,8 @@ class _Event(BaseModel):
 
 class JobStarted(_Event):
     type: Literal["job_started"]
-    total_epochs: Annotated[int, Field(ge=1)] | None = None
-    name: Annotated[str, StringConstraints(max_length=512)] | None = None
+    total_epochs: Annotated[int, Field(ge=1, le=MAX_INT)] | None = None
+    name: Annotated[str, _cut(MAX_NAME)] | None = None
     config: dict[str, Any] | None = None
     gpu_count: NonNegInt | None = None
 
@@ -49,9 +58,12 @@ class JobStarted(_Event):
     def _config_size(cls, config: dict[str, Any] | None) -> dict[str, Any] | None:
         if config is not None:
             try:
-                size = len(orjson.dumps(config))
-            except (TypeError, orjson.JSONEncodeError) as e:
-                raise ValueError(f"config is not JSON: {e}") from None
+                text = json.dumps(config, allow_nan=False, ensure_ascii=False,
+                                  separators=(",", ":"))
+            except ValueError:
+                raise ValueError("config holds NaN or an infinity; JSON has no such number") \
+                    from None
+            size = len(text.encode())
             if size > MAX_CONFIG_BYTES:
                 raise ValueError(f"config is {size} bytes as JSON, at most {MAX_CONFIG_BYTES}")
         return config
@@ -82,7 +94,7 @@ class Checkpoint(_Event):
 class JobFinished(_Event):
     type: Literal["job_finished"]
     status: Literal["completed", "failed", "cancelled"]
-    error: Annotated[str, StringConstraints(max_length=MAX_TEXT)] | None = None
+    error: Annotated[str, _cut(MAX_TEXT)] | None = None
     final_loss: float | None = None
     final_eval_loss: float | None = None
 
@@ -115,7 +127,7 @@ class BadEvent(ValueError):
 def describe(error: ValidationError) -> str:
     """One line naming the first offending field, e.g. ``metrics.loss: Input should be ...``."""
     first = error.errors(include_url=False)[0]
-    loc = ".".join(str(part) for part in first["loc"])
+    loc = ".".join(str(part) for part in first["loc"]).encode("unicode_escape").decode()
     msg = first["msg"].replace("\n", " ")
     more = error.error_count() - 1
     suffix = f" (and {more} more)" if more else ""

@@ -7,9 +7,10 @@ tests drive it directly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -71,15 +72,20 @@ def model_display(model_name: str | None) -> str:
 
 
 def delta_pct(best_eval_loss: float, best: float) -> float | None:
-    """How much worse than the group's best, in percent; None when the best is 0."""
+    """How much worse than the group's best, in percent; None when the best is 0 (or the
+    ratio is too large for a float)."""
     if best == 0:
         return None
-    return (best_eval_loss - best) / abs(best) * 100
+    delta = (best_eval_loss - best) / abs(best) * 100
+    return delta if math.isfinite(delta) else None
+
+
+_EXACT = Context(prec=400, Emax=400, Emin=-400)  # room for any finite float, to 0.1
 
 
 def shown(delta: float) -> Decimal:
     """``delta`` rounded to one decimal exactly as the page shows it (JS ``toFixed(1)``)."""
-    return Decimal(delta).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+    return Decimal(delta).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP, context=_EXACT)
 
 
 def tier(delta: float | None) -> str | None:
@@ -107,7 +113,7 @@ class SeenIds:
     run plus the few numbers above it; any other id is kept as it is.
     """
 
-    runs: dict[str, list[Any]] = field(default_factory=dict)  # uid -> [watermark, [above]]
+    runs: dict[str, tuple[int, set[int]]] = field(default_factory=dict)  # uid -> (mark, above)
     other: set[str] = field(default_factory=set)
 
     def add(self, event_id: str) -> bool:
@@ -119,29 +125,26 @@ class SeenIds:
             self.other.add(event_id)
             return True
         n = int(number)
-        run = self.runs.setdefault(uid, [0, []])
-        mark, above = run[0], run[1]
+        mark, above = self.runs.get(uid) or (0, set())
         if n <= mark or n in above:
             return False
         if n != mark + 1:
-            above.append(n)
-            return True
-        mark = n
-        if above:
-            rest = set(above)
-            while mark + 1 in rest:
+            above.add(n)
+        else:
+            mark = n
+            while mark + 1 in above:
                 mark += 1
-                rest.remove(mark)
-            run[1] = sorted(rest)
-        run[0] = mark
+                above.remove(mark)
+        self.runs[uid] = (mark, above)
         return True
 
     def to_json(self) -> dict[str, Any]:
-        return {"runs": self.runs, "other": sorted(self.other)}
+        return {"runs": {uid: [mark, sorted(above)] for uid, (mark, above) in self.runs.items()},
+                "other": sorted(self.other)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SeenIds:
-        return cls({uid: [mark, list(above)] for uid, (mark, above) in data["runs"].items()},
+        return cls({uid: (mark, set(above)) for uid, (mark, above) in data["runs"].items()},
                    set(data["other"]))
 
 
@@ -161,6 +164,7 @@ class Ckpt:
     epoch: float | None
     path: str
     eval_loss: float | None
+    key: ObsKey  # where it stands among the observations (its stream position included)
 
 
 @dataclass(slots=True)
@@ -237,7 +241,7 @@ class JobState:
             "best_key": self.best_key,
             "given_final_loss": self.given_final_loss,
             "given_final_eval_loss": self.given_final_eval_loss,
-            "ckpts": [[c.step, c.epoch, c.path, c.eval_loss] for c in self.ckpts],
+            "ckpts": [[c.step, c.epoch, c.path, c.eval_loss, c.key] for c in self.ckpts],
             "seen": self.seen.to_json(),
             "points": self.points,
         }
@@ -253,7 +257,8 @@ class JobState:
             best_key=_key(private["best_key"]),
             given_final_loss=private["given_final_loss"],
             given_final_eval_loss=private["given_final_eval_loss"],
-            ckpts=[Ckpt(*c) for c in private["ckpts"]],
+            ckpts=[Ckpt(step, epoch, path, value, _key(key))  # type: ignore[arg-type]
+                   for step, epoch, path, value, key in private["ckpts"]],
             seen=SeenIds.from_json(private["seen"]),
             points=private["points"],
         )
@@ -280,24 +285,27 @@ def _matches(ckpt: Ckpt, step: int | None, epoch: float | None) -> bool:
 def best_checkpoint(job: JobState) -> str | None:
     """The checkpoint kept where the best eval loss was observed (SPEC 4).
 
-    Among the checkpoints taken there, one that itself carried the best eval loss wins;
-    otherwise the first one written.
+    When the best observation is itself a checkpoint, that one. Otherwise, among the
+    checkpoints taken there, those that carried the best eval loss come first; then the
+    smallest observation key (the earliest written, when step and epoch are equal).
     """
     if job.best_key is None:
         return None
-    matching = [c for c in job.ckpts if _matches(c, job.best_step, job.best_epoch)]
-    for ckpt in matching:
-        if ckpt.eval_loss == job.best_eval_loss:
+    for ckpt in job.ckpts:
+        if ckpt.key == job.best_key:
             return ckpt.path
-    return matching[0].path if matching else None
+    matching = [c for c in job.ckpts if _matches(c, job.best_step, job.best_epoch)]
+    carriers = [c for c in matching if c.eval_loss == job.best_eval_loss]
+    chosen = min(carriers or matching, key=lambda c: c.key, default=None)
+    return chosen.path if chosen is not None else None
 
 
 def _observe_eval(job: JobState, value: float, key: ObsKey, step: int | None,
                   epoch: float | None) -> None:
     if job.eval_key is None or key > job.eval_key:
         job.eval_loss, job.eval_key = value, key
-    best = job.best_eval_loss
-    if best is None or value < best or (value == best and job.best_key is not None and key < job.best_key):
+    best, best_key = job.best_eval_loss, job.best_key
+    if best is None or value < best or (value == best and best_key is not None and key < best_key):
         job.best_eval_loss, job.best_key = value, key
         job.best_step, job.best_epoch = step, epoch
 
@@ -339,10 +347,10 @@ def apply_to_job(job: JobState, event: Event, pos: Pos, ts: float) -> JobChange:
                  "eval_loss": event.eval_loss, "ts": ts}
         return JobChange(applied=True, point=point)
     if isinstance(event, Checkpoint):
-        job.ckpts.append(Ckpt(event.step, event.epoch, event.path, event.eval_loss))
+        key = obs_key(event.step, event.epoch, pos)
+        job.ckpts.append(Ckpt(event.step, event.epoch, event.path, event.eval_loss, key))
         if event.eval_loss is not None:
-            _observe_eval(job, event.eval_loss, obs_key(event.step, event.epoch, pos),
-                          event.step, event.epoch)
+            _observe_eval(job, event.eval_loss, key, event.step, event.epoch)
         job.best_checkpoint_path = best_checkpoint(job)
     elif isinstance(event, JobStarted):
         # A restarted trainer restates its run: the latest job_started wins, field by field.

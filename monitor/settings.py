@@ -88,6 +88,12 @@ class WorkerSettings(CommonSettings):
     dead_keep: int = _setting(10_000, "refused entries kept in <prefix>dead (approximate)",
                               _positive)
 
+    def __post_init__(self) -> None:
+        if self.block * 2 > self.lease_ttl:
+            raise SettingsError(f"--block / MONITOR_BLOCK ({self.block}) must be at most half of "
+                                f"--lease-ttl / MONITOR_LEASE_TTL ({self.lease_ttl}), or the "
+                                "lease runs out while the worker waits")
+
 
 def _origins(value: str) -> str | None:
     for origin in _split(value):

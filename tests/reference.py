@@ -1,6 +1,7 @@
 """A from-scratch recomputation of SPEC sections 4 and 5, written independently of the
 incremental fold in ``monitor.rules``: for each job it reads all its events at once and takes
-minima and maxima directly. Tests compare the two."""
+minima and maxima directly. Tests compare the two. (It borrows only the leaf formulas
+``delta_pct``, ``tier`` and ``model_display``, which test_rules pins with tables.)"""
 
 from __future__ import annotations
 
@@ -68,22 +69,25 @@ def _job(job_id: str, events: list[tuple[Pos, float, Event]]) -> dict[str, Any]:
              if isinstance(e, JobArchived | JobRestored)]
     losses = [(_key(e.step, e.epoch, p), e.loss) for p, _, e in events
               if isinstance(e, Metrics) and e.loss is not None]
-    observations = [(e.eval_loss, _key(e.step, e.epoch, p), e.step, e.epoch) for p, _, e in events
+    observations = [(e.eval_loss, _key(e.step, e.epoch, p), e.step, e.epoch,
+                     e.path if isinstance(e, Checkpoint) else None)
+                    for p, _, e in events
                     if isinstance(e, Metrics | Checkpoint) and e.eval_loss is not None]
     latest_loss = max(losses)[1] if losses else None
     latest_eval = max(observations, key=lambda o: o[1])[0] if observations else None
     best = min(observations, key=lambda o: (o[0], o[1])) if observations else None
 
     path = None
-    if best is not None:
+    if best is not None and best[4] is not None:
+        path = best[4]  # the best observation is a checkpoint
+    elif best is not None:
         def matches(c: Checkpoint) -> bool:
             if c.step is not None and best[2] is not None:
                 return c.step == best[2]
             return c.epoch is not None and best[3] is not None and c.epoch == best[3]
-        ckpts = [e for _, _, e in events if isinstance(e, Checkpoint) and matches(e)]
-        carried = [c for c in ckpts if c.eval_loss == best[0]]
-        path = (carried or ckpts or [None])[0]
-        path = path.path if path is not None else None
+        ckpts = [(e.eval_loss != best[0], _key(e.step, e.epoch, p), e.path)
+                 for p, _, e in events if isinstance(e, Checkpoint) and matches(e)]
+        path = min(ckpts)[2] if ckpts else None
 
     def started_field(name: str) -> Any:
         given = [getattr(e, name) for _, _, e in events

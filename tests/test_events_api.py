@@ -50,8 +50,9 @@ BAD: list[tuple[str, Any, str]] = [
     ("Infinity", b'{"type":"metrics","job_id":"a","eval_loss":-Infinity}',
      "body.eval_loss: Input should be a finite number"),
     ("an unknown type", [GOOD, GOOD, {"type": "telemetry", "job_id": "a"}],
-     "body[2]: Input tag 'telemetry' found using 'type' does not match any of the expected tags:"
-     " 'job_started', 'metrics', 'checkpoint', 'job_finished', 'job_archived', 'job_restored'"),
+     ("body[2]: Input tag 'telemetry' found using 'type' does not match any of the expected "
+      "tags: 'job_started', 'metrics', 'checkpoint', 'job_finished', 'job_archived', "
+      "'job_restored'")),
     ("a bad job id", {**GOOD, "job_id": "has space"},
      "body.job_id: String should match pattern '^[A-Za-z0-9._:-]+$'"),
     ("no loss at all", {"type": "metrics", "job_id": "a"},
@@ -61,8 +62,8 @@ BAD: list[tuple[str, Any, str]] = [
     ("1,001 events", [GOOD] * 1001, "body: 1001 events; send 1 to 1000"),
     ("an empty list", [], "body: 0 events; send 1 to 1000"),
     ("not an event", "hello", "body: send one event object or a list of events"),
-    ("not JSON", b"{nope", "body: invalid JSON: Expecting property name enclosed in double "
-                           "quotes: line 1 column 2 (char 1)"),
+    ("not JSON", b"{nope", ("body: invalid JSON: Expecting property name enclosed in double "
+                            "quotes: line 1 column 2 (char 1)")),
 ]
 
 

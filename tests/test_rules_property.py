@@ -14,7 +14,7 @@ from tests.reference import reference_models, reference_views
 
 JOBS = ["a", "b", "c", "d"]
 MODELS = [None, None, None, "org/m1", "/x/huggingface_models/Org-m2/snap"]  # None often: jobs named late move groups
-LOSSES = [0.0, 0.1, 0.2, 0.21, 0.25, 0.3, 1.5]  # few values, so ties are common
+LOSSES = [0.0, 0.1, 0.2, 0.21, 0.25, 0.3, 1.5, 1e25, 3.4e38]  # few: ties are common; some huge
 STEPS = [None, 0, 1, 5, 10]
 EPOCHS = [None, 0.0, 1.0, 1.5]
 
@@ -66,6 +66,7 @@ def test_incremental_equals_from_scratch_after_every_event(events: list[Event]) 
     board = Board()
     stream = []
     views: dict[str, dict[str, Any]] = {}
+    summaries: dict[str | None, dict[str, Any]] = {}
     for i, event in enumerate(events):
         pos = pos_of(i)
         stream.append((pos, ts_of(event, pos), event))
@@ -78,22 +79,40 @@ def test_incremental_equals_from_scratch_after_every_event(events: list[Event]) 
         moved = {j for j, v in actual.items() if views.get(j) != v}
         assert moved <= set(change.jobs)
         views = actual
+        # Likewise every model row that changed, appeared or went away.
+        now = {m: g.summary() for m, g in board.groups.items()}
+        assert now == reference_models(views)
+        assert {m for m in now.keys() | summaries.keys()
+                if now.get(m) != summaries.get(m)} <= set(change.models)
+        summaries = now
 
-    models = {m: g.summary() for m, g in board.groups.items()}
-    assert models == reference_models(views)
+
+ORDER_FREE = ("best_eval_loss", "best_step", "best_epoch", "best_checkpoint_path",
+              "created_at", "updated_at", "loss", "eval_loss", "total_epochs", "gpu_count")
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(event_dicts, min_size=1, max_size=30), st.randoms())
-def test_best_eval_loss_does_not_depend_on_arrival_order(dicts: list[dict[str, Any]],
-                                                         random: Any) -> None:
-    # Without event ids: deduplication keeps whichever copy of an id comes first.
-    events = [_clean({**d, "event_id": None}) for d in dicts]
+def test_what_spec_does_not_call_latest_does_not_depend_on_arrival_order(
+        dicts: list[dict[str, Any]], random: Any) -> None:
+    # Distinct steps (so no two observations tie on their key), no event ids (deduplication
+    # keeps whichever copy comes first), one job_started (the latest one wins).
+    events, started = [], False
+    for i, d in enumerate(dicts):
+        if d["type"] == "job_started":
+            if started:
+                continue
+            started = True
+        fields = {**d, "event_id": None}
+        if "step" in d:
+            fields["step"] = i
+        events.append(_clean(fields))
     shuffled = list(events)
     random.shuffle(shuffled)
     first, second = Board(), Board()
     for i, (x, y) in enumerate(zip(events, shuffled)):
-        first.apply(x, pos_of(i), 1.0)
-        second.apply(y, pos_of(i), 1.0)
-    assert {j: s.best_eval_loss for j, s in first.jobs.items()} == \
-        {j: s.best_eval_loss for j, s in second.jobs.items()}
+        first.apply(x, pos_of(i), ts_of(x, pos_of(0)))
+        second.apply(y, pos_of(i), ts_of(y, pos_of(0)))
+    for job_id, job in first.jobs.items():
+        other = second.jobs[job_id]
+        assert {f: getattr(job, f) for f in ORDER_FREE} == {f: getattr(other, f) for f in ORDER_FREE}

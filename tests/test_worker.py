@@ -213,7 +213,7 @@ async def test_a_second_worker_stands_by_and_a_stale_one_cannot_commit(
         assert stored_jobs(r, keys)["a"]["loss"] == 0.4
 
         # The stale first worker can neither read nor commit any more.
-        first.lease._renewed = 10**9  # it still believes it holds the lease
+        first.lease.held = True  # it still believes it holds the lease
         with pytest.raises(LeaseLost):
             await first.step()
         assert r.xinfo_groups(keys.events)[0]["pending"] == 0
@@ -317,3 +317,157 @@ async def test_a_crash_between_commit_and_ack_applies_nothing_twice(
         assert len(r.xrange(keys.updates)) == 1
     finally:
         await after.redis.aclose()
+
+
+async def test_values_at_the_edges_never_stop_the_worker(
+        r: redis.Redis, keys: Keys, drain: Drain) -> None:
+    huge_step = xadd(r, keys, b'{"type":"metrics","job_id":"a","step":18446744073709551616,'
+                              b'"loss":1}')
+    xadd(r, keys, {"type": "metrics", "job_id": "a", "model_name": Q, "eval_loss": 0.5})
+    xadd(r, keys, {"type": "metrics", "job_id": "b", "model_name": Q, "eval_loss": 3.4e38})
+    xadd(r, keys, {"type": "metrics", "job_id": "c", "model_name": Q, "eval_loss": 1e308})
+    xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": 0.4, "lr": 2e-4})  # extra key
+    await drain()
+    dead = r.xrange(keys.dead)
+    assert [(f[b"id"].decode(), f[b"reason"].decode()) for _, f in dead] == [
+        (huge_step, "metrics.step: Input should be less than or equal to 9007199254740991")]
+    views: dict[str, Any] = {}
+    for _, batch in updates(r, keys):
+        views.update({v["id"]: v for v in batch})
+    assert (views["b"]["tier"], views["b"]["delta_pct"]) == ("red", pytest.approx(6.8e40))
+    assert (views["c"]["tier"], views["c"]["delta_pct"]) == (None, None)  # beyond a float
+    assert stored_jobs(r, keys)["a"]["loss"] == 0.4
+
+
+async def test_an_entry_the_worker_cannot_apply_is_refused_and_the_rest_applied(
+        r: redis.Redis, keys: Keys, drain: Drain, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker import consumer
+
+    real = consumer.build_commit
+
+    def broken(board: Any, folded: Any, *args: Any) -> Any:
+        if "poison" in folded.jobs:
+            raise ValueError("a defect")
+        return real(board, folded, *args)
+
+    monkeypatch.setattr(consumer, "build_commit", broken)
+    xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": 0.5})
+    poison = xadd(r, keys, {"type": "metrics", "job_id": "poison", "loss": 0.5})
+    xadd(r, keys, {"type": "metrics", "job_id": "b", "loss": 0.5})
+    await drain()
+    assert set(stored_jobs(r, keys)) == {"a", "b"}
+    (_, fields), = r.xrange(keys.dead)
+    assert (fields[b"id"].decode(), fields[b"reason"].decode()) == (
+        poison, "internal error: ValueError: a defect")
+    xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": 0.3})
+    await drain()  # and it carries on
+    assert stored_jobs(r, keys)["a"]["loss"] == 0.3
+
+
+async def test_a_commit_that_does_not_start_where_the_last_ended_is_refused(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    from worker.batch import Commit
+
+    settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix)
+    w = Worker(settings)
+    try:
+        assert await w.lease.hold()
+        r.set(keys.applied, "5-0")  # another worker committed meanwhile
+        commit = Commit(applied="9-0", jobs={"x": b"{}"}, folds={"x": b"{}"})
+        with pytest.raises(LeaseLost):
+            await w.store.commit(commit, w.lease, "4-0", updates_keep=10, dead_keep=10)
+        w.lease.held = False  # the lease ran out
+        with pytest.raises(LeaseLost):
+            await w.store.commit(commit, w.lease, "5-0", updates_keep=10, dead_keep=10)
+        assert r.hgetall(keys.jobs) == {} and r.get(keys.applied) == b"5-0"
+    finally:
+        await w.redis.aclose()
+
+
+async def test_a_job_named_after_a_restart_moves_groups(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, lease_ttl=5.0)
+    first = Worker(settings)
+    xadd(r, keys, {"type": "metrics", "job_id": "a", "eval_loss": 0.2})
+    xadd(r, keys, {"type": "metrics", "job_id": "b", "eval_loss": 0.3})
+    xadd(r, keys, {"type": "metrics", "job_id": "c", "model_name": Q, "eval_loss": 0.4})
+    await first.store.ensure_group()
+    await first.step()
+    await first.lease.release()
+    await first.redis.aclose()
+    assert r.smembers(keys.group(None)) == {b"a", b"b"}
+
+    second = Worker(settings)  # a fresh process: nothing cached
+    try:
+        xadd(r, keys, {"type": "metrics", "job_id": "a", "model_name": Q, "loss": 1.0})
+        await second.step()
+        await second.step()
+        await second.lease.release()
+    finally:
+        await second.redis.aclose()
+    assert r.smembers(keys.group(None)) == {b"b"}
+    assert r.smembers(keys.group(Q)) == {b"a", b"c"}
+    models = {orjson.loads(k): orjson.loads(v) for k, v in r.hgetall(keys.models).items()}
+    assert (models[None]["best_job_id"], models[None]["job_count"]) == ("b", 1)
+    assert (models[Q]["best_job_id"], models[Q]["job_count"]) == ("a", 2)
+    last = {v["id"]: v for v in updates(r, keys)[-1][1]}
+    assert set(last) == {"a", "b", "c"}  # b: now alone, best; c: no longer best
+    assert last["c"]["delta_pct"] == pytest.approx(100.0)
+
+    xadd(r, keys, {"type": "metrics", "job_id": "b", "model_name": Q, "loss": 1.0})
+    third = Worker(settings)
+    try:
+        await third.step()
+        await third.step()
+    finally:
+        await third.redis.aclose()
+    assert r.hget(keys.models, "null") is None  # an emptied group has no row
+    assert not r.exists(keys.group(None))
+
+
+async def test_the_worker_starts_over_when_redis_comes_back_empty(
+        redis_server_factory: Any) -> None:
+    server = redis_server_factory()
+    server.start()
+    keys = Keys("t:")
+    worker = Worker(WorkerSettings(redis_url=server.url, prefix=keys.prefix, block=0.05))
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    client = redis.Redis.from_url(server.url)
+
+    async def applied(job: str) -> None:
+        for _ in range(200):
+            if client.hget(keys.jobs, job):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{job} not applied")
+
+    try:
+        xadd(client, keys, {"type": "metrics", "job_id": "a", "loss": 0.5})
+        await applied("a")
+        server.stop()
+        server.start()  # no persistence: everything is gone, the consumer group too
+        xadd(client, keys, {"type": "metrics", "job_id": "b", "loss": 0.5})
+        await applied("b")
+        assert not task.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        client.close()
+
+
+async def test_only_the_lease_holder_forgets_idle_consumers(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix)
+    w = Worker(settings)
+    try:
+        await w.store.ensure_group()
+        r.xgroup_createconsumer(keys.events, GROUP, "old-worker")
+        with pytest.raises(LeaseLost):
+            await w.store.adopt_pending("not-the-lease-token")
+        assert len(r.xinfo_consumers(keys.events, GROUP)) == 1
+        assert await w.lease.hold()
+        await w.store.adopt_pending(w.lease.token)
+        assert r.xinfo_consumers(keys.events, GROUP) == []
+    finally:
+        await w.redis.aclose()

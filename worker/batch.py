@@ -77,6 +77,12 @@ class Folded:
     duplicates: int = 0
 
 
+def poisoned(item: Decoded, error: Exception) -> Decoded:
+    """``item`` refused because applying it failed (a defect, logged where it was caught)."""
+    reason = f"internal error: {type(error).__name__}: {error}".replace("\n", " ")
+    return Decoded(item.entry_id, item.pos, None, item.raw, reason[:500])
+
+
 def refuse(folded: Folded, item: Decoded, reason: str) -> None:
     """The one way an entry is refused: logged with context, then dead-lettered."""
     log.warning("refused entry %s: %s", item.entry_id, reason)
@@ -95,12 +101,7 @@ def fold(board: Board, items: list[Decoded]) -> Folded:
         if event.job_id not in folded.moved:  # first touch in this batch: as stored
             folded.moved[event.job_id] = (before.model_name if before else None,
                                           before is not None)
-        try:
-            change = board.apply(event, item.pos, item.ts)
-        except Exception as e:  # a bug in the rules must not stop the stream
-            log.exception("could not apply entry %s", item.entry_id)
-            refuse(folded, item, f"internal error: {type(e).__name__}: {e}")
-            continue
+        change = board.apply(event, item.pos, item.ts)
         if not change.job.applied:
             folded.duplicates += 1
             continue

@@ -18,30 +18,39 @@ import socket
 import time
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from monitor.events import Event
 from monitor.keys import Keys
 from monitor.rules import Board, parse_pos
 from monitor.settings import WorkerSettings
-from worker.batch import Entry, build_commit, decode, fold, rewrites
+from worker.batch import Decoded, Entry, build_commit, decode, fold, poisoned, rewrites
 from worker.lease import Lease
 from worker.store import LeaseLost, Store
 
 log = logging.getLogger("monitor.worker")
 
 RETRY_MAX = 5.0  # seconds between attempts while Redis is away
+
+
+# What a batch may raise that is not about Redis or the lease: a defect to isolate, not retry.
+BUG = (ArithmeticError, LookupError, TypeError, ValueError, AssertionError)
 PROGRESS_EVERY = 10.0  # seconds between progress lines
 
 
 class Worker:
     """One worker process's loop; several may run, one applies events at a time."""
 
-    def __init__(self, settings: WorkerSettings, redis: Redis | None = None) -> None:
+    def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.keys = Keys(settings.prefix)
-        self.redis = redis if redis is not None else Redis.from_url(settings.redis_url)
+        # No silent retries: a command retried after its reply was lost could skip a batch.
+        # A failed call resets the worker, which then recovers from what is committed.
+        self.redis = Redis.from_url(settings.redis_url, retry=Retry(NoBackoff(), 0))
         self.name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.store = Store(self.redis, self.keys, self.name)
         self.lease = Lease(self.redis, self.keys.lease, settings.lease_ttl, self.name)
@@ -51,11 +60,14 @@ class Worker:
 
     def _reset(self) -> None:
         """Forget everything cached; the next step re-reads the committed state."""
-        self.board = Board()
-        self.loaded_groups: set[str | None] = set()
+        self._forget_state()
         self.applied = "0-0"
         self.last_seen = "0-0"
         self.generation = -1  # != lease.generation: recover before reading new entries
+
+    def _forget_state(self) -> None:
+        self.board = Board()
+        self.loaded_groups: set[str | None] = set()
 
     @property
     def leading(self) -> bool:
@@ -65,6 +77,7 @@ class Worker:
         """Apply events until ``stop`` is set; survives Redis going away and coming back."""
         delay = 0.1
         ready = False
+        keep_alive = asyncio.create_task(self.lease.keep_alive(stop), name="lease")
         try:
             while not stop.is_set():
                 try:
@@ -77,13 +90,24 @@ class Worker:
                     log.warning("stopped applying: %s", e)
                     self.lease.forget()
                     self._reset()
+                except ResponseError as e:
+                    if "NOGROUP" not in str(e):
+                        raise
+                    # Redis came back empty, or someone deleted the stream: start afresh.
+                    log.warning("the consumer group is gone (%s); creating it again", e)
+                    ready = False
+                    self.lease.forget()
+                    self._reset()
                 except (RedisConnectionError, RedisTimeoutError, OSError) as e:
                     log.warning("Redis unreachable (%s); retrying in %.1fs", e, delay)
+                    ready = False
                     self.lease.forget()
                     self._reset()
                     await _sleep(stop, delay)
                     delay = min(delay * 2, RETRY_MAX)
         finally:
+            stop.set()
+            await keep_alive
             await self._release()
 
     async def _release(self) -> None:
@@ -116,7 +140,7 @@ class Worker:
         self._reset()
         self.applied = await self.store.applied()
         self.last_seen = self.applied
-        await self.store.adopt_pending()
+        await self.store.adopt_pending(self.lease.token)
         cursor = "0"
         while entries := await self.store.read(self.lease.token, cursor,
                                                self.settings.batch_size):
@@ -130,24 +154,40 @@ class Worker:
         done = parse_pos(self.applied)
         fresh = [entry for entry in entries if parse_pos(entry[0]) > done]
         if fresh:
-            items = decode(fresh)
-            await self._load([item.event for item in items if item.event is not None])
-            folded = fold(self.board, items)
-            to_read = rewrites(self.board, folded)
-            histories = await self.store.histories(to_read) if to_read else {}
-            commit = build_commit(self.board, folded, self.keys, histories)
-            await self.store.commit(commit, self.lease.token, self.applied,
-                                    updates_keep=self.settings.updates_keep,
-                                    dead_keep=self.settings.dead_keep)
-            self.applied = commit.applied
-            self.applied_total += folded.applied
-            self._log_progress()
+            try:
+                await self._apply(decode(fresh))
+            except BUG:
+                # Some entry makes the fold or the commit fail (a bug): find it, refuse it, and
+                # go on with the rest, rather than stopping every model's updates for good.
+                log.exception("a batch failed; applying its entries one at a time")
+                self._forget_state()
+                for item in decode(fresh):
+                    try:
+                        await self._apply([item])
+                    except BUG as e:
+                        log.exception("could not apply entry %s", item.entry_id)
+                        self._forget_state()
+                        await self._apply([poisoned(item, e)])
         # Acknowledge only now: an entry acknowledged before its commit could be lost.
         await self.store.ack([entry_id for entry_id, _ in entries])
         last = entries[-1][0]
         if parse_pos(last) > parse_pos(self.last_seen):
             self.last_seen = last
         await self.store.trim(self.applied)
+
+    async def _apply(self, items: list[Decoded]) -> None:
+        """Fold ``items`` into the board and commit them in one transaction."""
+        await self._load([item.event for item in items if item.event is not None])
+        folded = fold(self.board, items)
+        to_read = rewrites(self.board, folded)
+        histories = await self.store.histories(to_read) if to_read else {}
+        commit = build_commit(self.board, folded, self.keys, histories)
+        await self.store.commit(commit, self.lease, self.applied,
+                                updates_keep=self.settings.updates_keep,
+                                dead_keep=self.settings.dead_keep)
+        self.applied = commit.applied
+        self.applied_total += folded.applied
+        self._log_progress()
 
     async def _load(self, events: list[Event]) -> None:
         """Bring every stored job and whole model group these events touch onto the board."""

@@ -7,10 +7,16 @@ the standby takes over, so one worker applies events at a time.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import secrets
-import time
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger("monitor.worker")
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -34,31 +40,39 @@ class Lease:
         self.key = key
         self.ttl_ms = max(1, int(ttl * 1000))
         self.token = f"{owner}:{secrets.token_hex(8)}"
-        self._renewed = 0.0
+        self.held = False
         self.generation = 0  # counts fresh acquisitions: a new one means "recover first"
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
 
     async def hold(self) -> bool:
-        """Take the lease, or keep it when already held; False when another worker has it."""
-        now = time.monotonic()
-        if self._renewed and now - self._renewed < self.ttl_ms / 3000:
-            return True  # renewed recently enough
-        if self._renewed and await self._renew(keys=[self.key], args=[self.token, self.ttl_ms]):
-            self._renewed = now
-            return True
-        self._renewed = 0.0
-        if await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms):
-            self._renewed = now
+        """Take the lease unless held already; False when another worker has it."""
+        if not self.held and await self.redis.set(self.key, self.token, nx=True,
+                                                  px=self.ttl_ms):
+            self.held = True
             self.generation += 1
-            return True
-        return False
+        return self.held
+
+    async def keep_alive(self, stop: asyncio.Event) -> None:
+        """Renew the lease every third of its time to live while held, also in the middle of
+        a long batch; a failed renewal means another worker may have it now."""
+        while not stop.is_set():
+            if self.held:
+                try:
+                    renewed = await self._renew(keys=[self.key], args=[self.token, self.ttl_ms])
+                except (RedisConnectionError, RedisTimeoutError, OSError):
+                    renewed = False
+                if not renewed and self.held:
+                    log.warning("lost the lease (not renewed in time)")
+                    self.held = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.ttl_ms / 3000)
 
     def forget(self) -> None:
-        """Stop believing we hold it (after a failed commit); the next :meth:`hold` checks."""
-        self._renewed = 0.0
+        """Stop believing we hold it (after a failed commit); :meth:`hold` asks again."""
+        self.held = False
 
     async def release(self) -> None:
         """Give the lease up at once so a standby need not wait for it to run out."""
-        self._renewed = 0.0
+        self.held = False
         await self._release(keys=[self.key], args=[self.token])

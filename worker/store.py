@@ -11,6 +11,7 @@ from redis.exceptions import ResponseError, WatchError
 from monitor.keys import GROUP, Keys
 from monitor.rules import JobState
 from worker.batch import Commit, Entry
+from worker.lease import Lease
 
 # Read from the consumer group only while holding the lease, atomically: a worker that lost
 # its lease can never take entries out from under the one that holds it now.
@@ -19,6 +20,24 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 return redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4],
                   'STREAMS', KEYS[2], ARGV[5])
 """
+
+
+# Forget consumers that hold nothing, only while holding the lease and atomically with the
+# check: a consumer emptied here cannot be reading at the same moment.
+_DROP_IDLE_CONSUMERS = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local dropped = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[2], ARGV[2])) do
+  local info = {}
+  for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+  if info['name'] ~= ARGV[3] and info['pending'] == 0 then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[2], ARGV[2], info['name'])
+    dropped = dropped + 1
+  end
+end
+return dropped
+"""
+LOAD_CHUNK = 2000  # jobs per read while loading, so the lease renews between chunks
 
 
 class LeaseLost(Exception):
@@ -37,6 +56,7 @@ class Store:
         self.keys = keys
         self.consumer = consumer
         self._read = redis.register_script(_FENCED_READ)
+        self._drop_idle = redis.register_script(_DROP_IDLE_CONSUMERS)
 
     async def ensure_group(self) -> None:
         """Create the stream and the consumer group (from the start) if missing."""
@@ -68,8 +88,9 @@ class Store:
             return None
         return _text(reply[0][1][-1][0])
 
-    async def adopt_pending(self) -> None:
-        """Claim every entry other consumers read but did not acknowledge, and drop them."""
+    async def adopt_pending(self, token: str) -> None:
+        """Claim every entry other consumers read but did not acknowledge, then forget the
+        consumers left with nothing (one is left behind by every worker that ever ran)."""
         cursor = "0-0"
         while True:
             reply = await self.redis.xautoclaim(self.keys.events, GROUP, self.consumer,
@@ -77,10 +98,10 @@ class Store:
             cursor = _text(reply[0])
             if cursor == "0-0":
                 break
-        for consumer in await self.redis.xinfo_consumers(self.keys.events, GROUP):
-            name = _text(consumer["name"])
-            if name != self.consumer and consumer["pending"] == 0:
-                await self.redis.xgroup_delconsumer(self.keys.events, GROUP, name)
+        dropped = await self._drop_idle(keys=[self.keys.lease, self.keys.events],
+                                        args=[token, GROUP, self.consumer])
+        if dropped == -1:
+            raise LeaseLost("lease lost while adopting pending entries")
 
     async def applied(self) -> str:
         """The id of the last entry whose effects are committed ("0-0" before the first)."""
@@ -89,16 +110,16 @@ class Store:
 
     async def load_jobs(self, job_ids: list[str]) -> dict[str, JobState]:
         """The stored jobs among ``job_ids`` (missing ones are left out)."""
-        if not job_ids:
-            return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(self.keys.jobs, job_ids)
-            pipe.hmget(self.keys.folds, job_ids)
-            publics, privates = await pipe.execute()
         out = {}
-        for job_id, public, private in zip(job_ids, publics, privates):
-            if public is not None and private is not None:
-                out[job_id] = JobState.restore(orjson.loads(public), orjson.loads(private))
+        for start in range(0, len(job_ids), LOAD_CHUNK):
+            chunk = job_ids[start : start + LOAD_CHUNK]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(self.keys.jobs, chunk)
+                pipe.hmget(self.keys.folds, chunk)
+                publics, privates = await pipe.execute()
+            for job_id, public, private in zip(chunk, publics, privates):
+                if public is not None and private is not None:
+                    out[job_id] = JobState.restore(orjson.loads(public), orjson.loads(private))
         return out
 
     async def group_members(self, models: list[str | None]) -> dict[str | None, set[str]]:
@@ -118,16 +139,21 @@ class Store:
         return {job_id: [orjson.loads(p) for p in points]
                 for job_id, points in zip(job_ids, replies)}
 
-    async def commit(self, commit: Commit, token: str, expected: str, *,
+    async def commit(self, commit: Commit, lease: Lease, expected: str, *,
                      updates_keep: int, dead_keep: int) -> str | None:
-        """Write ``commit`` in one transaction, if we still hold the lease and nobody else
-        committed since ``expected``; returns the update's version (entry id) if any."""
+        """Write ``commit`` in one transaction, if nobody else committed since ``expected``;
+        returns the update's version (entry id) if any.
+
+        The applied id is the guard: a commit must start where the last one ended, so two
+        workers can never both apply the same entries, whatever their leases say. (The lease
+        only keeps a standby from doing work that would be thrown away.)
+        """
         k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
             try:
-                await pipe.watch(k.lease, k.applied)
+                await pipe.watch(k.applied)
                 holder, applied = await pipe.mget(k.lease, k.applied)
-                if holder is None or _text(holder) != token:
+                if not lease.held or holder is None or _text(holder) != lease.token:
                     raise LeaseLost("lease expired or taken over before commit")
                 if (_text(applied) if applied is not None else "0-0") != expected:
                     raise LeaseLost(f"another worker committed past {expected}")
