@@ -68,9 +68,10 @@ def keys(r: redis.Redis) -> Iterator[Keys]:
 class RedisServer:
     """A redis-server child process of the test's own, on a free port, that can stop and start."""
 
-    def __init__(self, port: int, directory: Path) -> None:
+    def __init__(self, port: int, directory: Path, persistent: bool = False) -> None:
         self.port = port
         self.directory = directory
+        self.persistent = persistent  # append-only file: what it held survives a restart
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -83,7 +84,8 @@ class RedisServer:
             pytest.fail("redis-server is not on PATH")
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
+             "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
+             "--dir", str(self.directory)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
@@ -103,13 +105,14 @@ class RedisServer:
 
 
 @pytest.fixture
-def redis_server_factory() -> Iterator[Callable[[], RedisServer]]:
+def redis_server_factory() -> Iterator[Callable[..., RedisServer]]:
     """Make private redis-server processes (not started); all are stopped after the test."""
     servers: list[RedisServer] = []
     tmp = tempfile.TemporaryDirectory(prefix="monitor-test-redis-")
 
-    def make() -> RedisServer:
-        server = RedisServer(free_port(), Path(tmp.name))
+    def make(persistent: bool = False) -> RedisServer:
+        directory = Path(tempfile.mkdtemp(dir=tmp.name))
+        server = RedisServer(free_port(), directory, persistent)
         servers.append(server)
         return server
 

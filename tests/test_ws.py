@@ -210,3 +210,27 @@ def test_a_foreign_origin_is_refused(redis_url: str, keys: Keys) -> None:
         for origin in ("http://testserver", "https://ops.example.com"):
             with client.websocket_connect("/ws", headers={"Origin": origin}) as ws:
                 assert ws.receive_json()["type"] == "snapshot"
+
+
+def test_clients_get_every_update_across_a_redis_restart(redis_server_factory: Any) -> None:
+    server = redis_server_factory(persistent=True)
+    server.start()
+    keys = Keys("t:")
+    direct = redis.Redis.from_url(server.url)
+
+    def update(job: str) -> str:
+        data = orjson.dumps({"jobs": [{"id": job}]})
+        return direct.xadd(keys.updates, {"data": data}).decode()
+
+    update("before")
+    with make_client(server.url, keys) as client, client.websocket_connect("/ws") as ws:
+        assert ws.receive_json()["type"] == "snapshot"
+        first = update("a")
+        assert ws.receive_json()["version"] == first
+        server.stop()
+        assert client.get("/healthz").status_code == 503
+        server.start()
+        after = [update("b"), update("c")]
+        assert [ws.receive_json()["version"] for _ in after] == after  # no gap, no repeat
+        assert client.get("/healthz").status_code == 200
+    direct.close()

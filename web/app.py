@@ -10,7 +10,6 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST
-from redis.asyncio import Redis
 
 from monitor import __version__
 from monitor.events import event_adapter
@@ -27,9 +26,9 @@ others are, comparisons and archiving. Trainers write events to the Redis stream
 `POST /api/events`); `/ws` pushes every change."""
 
 
-def create_app(settings: GatewaySettings, redis: Redis | None = None) -> FastAPI:
-    """The gateway application; ``redis`` defaults to a client for ``settings.redis_url``."""
-    gw = Gateway.build(settings, redis)
+def create_app(settings: GatewaySettings) -> FastAPI:
+    """The gateway application for ``settings``."""
+    gw = Gateway.build(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -40,7 +39,7 @@ def create_app(settings: GatewaySettings, redis: Redis | None = None) -> FastAPI
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            await gw.redis.aclose()
+            await gw.close()
 
     app = FastAPI(title="Training-run monitor", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan, default_response_class=JSON)

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from monitor.keys import Keys
 from monitor.settings import GatewaySettings
@@ -15,14 +19,21 @@ from web.state import StateReader
 @dataclass
 class Gateway:
     settings: GatewaySettings
-    redis: Redis
+    redis: Redis  # writes and the hub: never retried blindly (an event must not be doubled)
     keys: Keys
-    reader: StateReader
+    reader: StateReader  # reads: retried, so a connection broken by a Redis restart heals
     hub: Hub
 
     @classmethod
-    def build(cls, settings: GatewaySettings, redis: Redis | None = None) -> Gateway:
-        client = redis if redis is not None else Redis.from_url(settings.redis_url)
+    def build(cls, settings: GatewaySettings) -> Gateway:
         keys = Keys(settings.prefix)
-        return cls(settings, client, keys, StateReader(client, keys),
-                   Hub(client, keys, settings.ws_queue))
+        writes = Redis.from_url(settings.redis_url, retry=Retry(NoBackoff(), 0))
+        reads = Redis.from_url(
+            settings.redis_url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError])
+        return cls(settings, writes, keys, StateReader(reads, keys),
+                   Hub(writes, keys, settings.ws_queue))
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.reader.redis.aclose()
