@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 import platform
+import resource
 import secrets
+import signal
+import socket
 import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from array import array
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
 
+import orjson
 import redis
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -102,3 +119,261 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]],
     lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(rule) + " |"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# --- Processes ---------------------------------------------------------------------------------
+
+STOP_GRACE = 10.0  # seconds a process gets to exit after SIGTERM before it is killed
+
+
+def monitor_command() -> list[str]:
+    """The ``monitor`` console script next to this interpreter, else ``python -m monitor.cli``."""
+    script = Path(sys.executable).with_name("monitor")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "monitor.cli"]
+
+
+def clean_env() -> dict[str, str]:
+    """Our environment without ``MONITOR_*`` settings: processes run with flags and defaults."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+
+
+def stop_process(proc: subprocess.Popen[bytes] | BaseProcess, name: str) -> None:
+    """SIGTERM this one process (by its pid), then SIGKILL it after :data:`STOP_GRACE` seconds."""
+    if isinstance(proc, subprocess.Popen):
+        if proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_GRACE)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    else:
+        if proc.pid is None or proc.exitcode is not None:
+            return
+        proc.terminate()
+        proc.join(STOP_GRACE)
+        if proc.exitcode is not None:
+            return
+    print(f"warning: {name} (pid {proc.pid}) ignored SIGTERM for {STOP_GRACE:.0f}s; killing it",
+          file=sys.stderr)
+    proc.kill()
+    if isinstance(proc, subprocess.Popen):
+        proc.wait()
+    else:
+        proc.join()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_monitor(role: str, args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """``monitor <role> <args>`` as its own process, output to ``log_path``, no MONITOR_* env."""
+    with open(log_path, "wb") as log_file:
+        return subprocess.Popen(monitor_command() + [role] + args, stdout=log_file,
+                                stderr=subprocess.STDOUT, env=clean_env())
+
+
+def wait_http_ok(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Poll ``url`` until it answers 200; fails early if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2.0) as response:
+                if response.status == 200:
+                    return
+        except (OSError, urllib.error.URLError):
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+def rss_mb(pid: int) -> float:
+    """The current resident set size of a running process (``VmRSS``), in MB."""
+    return _status_kb(pid, "VmRSS") * 1024 / 1e6
+
+
+def raise_open_files(wanted: int) -> int:
+    """Raise this process's open-files soft limit towards ``wanted`` (at most the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
+# --- Latencies ---------------------------------------------------------------------------------
+
+BIN_S = 1e-5  # histogram resolution: 10 µs
+
+
+class Histogram:
+    """Latencies in 10 µs bins (exact count and maximum): cheap to fill, merge and ship."""
+
+    def __init__(self) -> None:
+        self.bins: Counter[int] = Counter()
+        self.count = 0
+        self.max = -math.inf
+
+    def add(self, seconds: float) -> None:
+        self.bins[int(seconds / BIN_S) if seconds > 0 else 0] += 1
+        self.count += 1
+        self.max = max(self.max, seconds)
+
+    def merge(self, other: Histogram) -> None:
+        self.bins.update(other.bins)
+        self.count += other.count
+        self.max = max(self.max, other.max)
+
+    def quantile(self, q: float) -> float:
+        """The ``q`` quantile in seconds (the upper edge of its bin; the max is exact)."""
+        if not self.count:
+            return math.nan
+        rank = max(1, math.ceil(q * self.count))
+        seen = 0
+        for key in sorted(self.bins):
+            seen += self.bins[key]
+            if seen >= rank:
+                return min((key + 1) * BIN_S, self.max)
+        return self.max
+
+    def row_ms(self) -> list[str]:
+        """p50, p95, p99 and max, in ms with two decimals."""
+        return [f"{self.quantile(q) * 1e3:,.2f}" for q in (0.5, 0.95, 0.99)] + [
+            f"{self.max * 1e3:,.2f}" if self.count else "–"]
+
+
+# --- WebSocket client processes ------------------------------------------------------------------
+#
+# Clients run in processes of their own (multiprocessing, spawn), each an asyncio loop holding
+# many connections, so that their CPU shows apart from the gateway's and the trainer's. The
+# parent talks to each over a pipe: the child says ("ready", connected, errors, cpu) once every
+# client has its snapshot; the parent answers ("finish", value, timeout): each client stops once
+# the watched job's tag field equals ``value`` (or at the time-out); the child replies
+# ("result", [ClientResult, ...], cpu). ``cpu`` is the child's own CPU time so far.
+
+CONNECT_AT_ONCE = 50  # handshakes in flight per client process
+
+
+@dataclass
+class ClientResult:
+    """What one WebSocket client saw of the watched job."""
+
+    snapshots: int = 0  # snapshot messages: 1 is the first one, more are resyncs
+    updates: int = 0  # update messages holding the watched job
+    other: int = 0  # update messages without it
+    gaps: int = 0  # with ``consecutive``: updates whose tag was not the previous tag + 1
+    finished: bool = False  # saw the tag reach the value asked for
+    last: float | None = None  # the last tag value seen
+    closed: str | None = None  # why the connection ended early, if it did
+    fresh: Histogram = field(default_factory=Histogram)  # arrival - the job's ``updated_at``
+    arrivals: array[float] = field(default_factory=lambda: array("d"))  # with ``record``
+    versions_ms: array[int] = field(default_factory=lambda: array("q"))
+    tags: array[float] = field(default_factory=lambda: array("d"))
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """What the clients of one process do: connect to ``url`` and watch ``job_id``."""
+
+    url: str
+    clients: int
+    job_id: str
+    tag: str  # the numeric field of the job view that identifies what an update carries
+    record: bool  # keep arrival, version and tag of every update (else only counts)
+    consecutive: bool = False  # the tag goes up by exactly 1 per update
+    deflate: bool = True  # offer permessage-deflate, as browsers do
+
+
+def client_process(spec: ClientSpec, conn: Connection) -> None:
+    """Entry point of one client process (``multiprocessing`` target)."""
+    raise_open_files(spec.clients + 256)
+    asyncio.run(_client_main(spec, conn))
+
+
+async def _client_main(spec: ClientSpec, conn: Connection) -> None:
+    results = [ClientResult() for _ in range(spec.clients)]
+    ready = [asyncio.Event() for _ in range(spec.clients)]
+    target: list[float] = []  # filled with the value to stop at
+    target_set = asyncio.Event()
+    gate = asyncio.Semaphore(CONNECT_AT_ONCE)
+    errors: list[str] = []
+    tasks = [asyncio.create_task(_one_client(spec, results[i], ready[i], gate, target,
+                                             target_set, errors))
+             for i in range(spec.clients)]
+    await asyncio.gather(*(event.wait() for event in ready))
+    connected = sum(1 for r in results if r.snapshots and r.closed is None)
+    conn.send(("ready", connected, errors[:5], time.process_time()))
+    kind, value, timeout = await asyncio.to_thread(conn.recv)
+    assert kind == "finish"
+    target.append(value)
+    target_set.set()
+    for result, task in zip(results, tasks):
+        if result.last == value:  # got there before we knew where "there" was
+            result.finished = True
+            task.cancel()
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    conn.send(("result", results, time.process_time()))
+
+
+async def _one_client(spec: ClientSpec, result: ClientResult, ready: asyncio.Event,
+                      gate: asyncio.Semaphore, target: list[float], target_set: asyncio.Event,
+                      errors: list[str]) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        async with gate:
+            ws = await connect(spec.url, proxy=None, ping_interval=None, max_size=None,
+                               open_timeout=60, close_timeout=2,
+                               compression="deflate" if spec.deflate else None)
+    except (OSError, TimeoutError, ConnectionClosed) as e:
+        result.closed = f"connect: {type(e).__name__}: {e}"
+        errors.append(result.closed)
+        ready.set()
+        return
+    previous: float | None = None
+    try:
+        async for message in ws:
+            now = time.time()
+            data = orjson.loads(message)
+            job = next((j for j in data["jobs"] if j["id"] == spec.job_id), None)
+            if data["type"] == "snapshot":
+                result.snapshots += 1
+                ready.set()
+                if job is not None:
+                    previous = result.last = job[spec.tag]
+            elif job is None:
+                result.other += 1
+            else:
+                result.updates += 1
+                value = job[spec.tag]
+                result.fresh.add(now - job["updated_at"])
+                if spec.record:
+                    result.arrivals.append(now)
+                    result.versions_ms.append(int(data["version"].split("-", 1)[0]))
+                    result.tags.append(value)
+                if spec.consecutive and previous is not None and value != previous + 1:
+                    result.gaps += 1
+                previous = result.last = value
+            if target_set.is_set() and result.last == target[0]:
+                result.finished = True
+                break
+        else:
+            result.closed = f"closed by the server: {ws.close_code} {ws.close_reason}"
+    except ConnectionClosed as e:
+        result.closed = f"connection lost: {e}"
+    finally:
+        ready.set()
+        await ws.close()

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.responses import FileResponse
 
 from monitor import __version__
 from monitor.events import event_adapter
@@ -18,8 +21,10 @@ from web import api, errors, metrics
 from web.gateway import Gateway
 from web.responses import JSON
 from web.schemas import Error, Health
+from web.security import COOKIE, token_ok
 from web.ws import websocket_endpoint
 
+STATIC = Path(__file__).parent / "static"
 DESCRIPTION = """\
 Live state of training runs: each model's best run (by best eval loss), how much worse the
 others are, comparisons and archiving. Trainers write events to the Redis stream (or to
@@ -59,6 +64,17 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                               len(gw.hub.subscribers))
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
+    @app.get("/", include_in_schema=False)
+    async def page(request: Request) -> Response:
+        """The dashboard. ``/?token=...`` stores the token in a cookie the page's calls use."""
+        answer = FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+        token = request.query_params.get("token")
+        if token is not None and settings.token is not None and token_ok(settings, request,
+                                                                          query=True):
+            answer.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return answer
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
