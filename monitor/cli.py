@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -88,7 +89,10 @@ def _gateway(settings: GatewaySettings) -> int:
     import uvicorn
 
     from web.app import create_app
+    from web.security import RedactTokens
 
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(RedactTokens())
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 ws_ping_interval=settings.ws_ping, ws_ping_timeout=settings.ws_ping,
                 log_level=settings.log_level.lower(), ws="websockets")

@@ -22,7 +22,8 @@ GOOD = {"type": "metrics", "job_id": "a", "model_name": "org/m", "step": 1, "los
 
 @pytest.fixture
 def client(redis_url: str, keys: Keys) -> Iterator[TestClient]:
-    with TestClient(create_app(GatewaySettings(redis_url=redis_url, prefix=keys.prefix))) as c:
+    app = create_app(GatewaySettings(redis_url=redis_url, prefix=keys.prefix))
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -88,3 +89,52 @@ def test_every_bad_field_is_listed(client: TestClient) -> None:
     ]
     assert answer.json()["detail"] == \
         "body[1].step: Input should be greater than or equal to 0 (and 1 more)"
+
+
+@pytest.mark.parametrize(("content", "detail"), [
+    (orjson.dumps({"type": "job_started", "job_id": "a"})[:-1] + b',"config":{"seed":'
+     + str(2**64).encode() + b"}}",
+     "body: Integer exceeds 64-bit range"),
+    (orjson.dumps({**GOOD, "note": "x" * 300_000}),
+     "body: event is 300082 bytes, at most 262144"),
+    (b"\xef\xbb\xbf" + orjson.dumps(GOOD),
+     ("body: invalid JSON: Unexpected UTF-8 BOM (decode using utf-8-sig): line 1 column 1 "
+      "(char 0)")),
+    (b"[" * 100_000, "body: invalid JSON: nested too deeply"),
+])
+def test_what_the_worker_would_refuse_is_refused_here(
+        client: TestClient, r: redis.Redis, keys: Keys, content: bytes, detail: str) -> None:
+    answer = client.post("/api/events", content=content,
+                         headers={"Content-Type": "application/json"})
+    assert (answer.status_code, answer.json()["detail"]) == (422, detail)
+    assert r.xlen(keys.events) == 0
+
+
+def test_only_json_from_this_site_may_write(client: TestClient, r: redis.Redis,
+                                            keys: Keys) -> None:
+    form = client.post("/api/events", content=orjson.dumps(GOOD),
+                       headers={"Content-Type": "text/plain"})
+    assert (form.status_code, form.json()["detail"]) == (
+        415, "send the events as Content-Type: application/json")
+    foreign = client.post("/api/events", json=GOOD, headers={"Origin": "https://evil.example"})
+    assert (foreign.status_code, foreign.json()["detail"]) == (
+        403, "cross-site request refused (Origin not allowed)")
+    archive = client.post("/api/jobs/a/archive", headers={"Origin": "https://evil.example"})
+    assert archive.status_code == 403
+    assert r.xlen(keys.events) == 0
+    same_site = client.post("/api/events", json=GOOD, headers={"Origin": "http://127.0.0.1"})
+    assert same_site.status_code == 202
+
+
+def test_a_huge_body_is_refused_before_it_is_read(client: TestClient) -> None:
+    answer = client.post("/api/events", content=b" " * (17 * 1024 * 1024),
+                         headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413
+    assert answer.json()["detail"] == "body is 17825792 bytes, at most 16777216"
+
+
+def test_requests_for_another_host_name_are_refused(client: TestClient) -> None:
+    answer = client.get("/api/jobs", headers={"Host": "rebound.evil.example"})
+    assert answer.status_code == 400
+    assert answer.json()["detail"].startswith("unknown host 'rebound.evil.example'")
+    assert client.get("/api/jobs", headers={"Host": "localhost:8000"}).status_code == 200

@@ -20,6 +20,8 @@ from web.schemas import Comparison, Error, JobDetail, JobList, JobMetrics, Model
 
 pytestmark = pytest.mark.timeout(60)
 
+LOCAL = "http://127.0.0.1"  # the gateway answers only to loopback names by default
+
 Q = "Qwen/Qwen2.5-7B-Instruct"
 L = "meta-llama/Llama-3.2-3B"
 
@@ -27,7 +29,7 @@ L = "meta-llama/Llama-3.2-3B"
 @pytest.fixture
 def client(redis_url: str, keys: Keys) -> Iterator[TestClient]:
     app = create_app(GatewaySettings(redis_url=redis_url, prefix=keys.prefix))
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         yield c
 
 
@@ -252,7 +254,7 @@ def test_redis_away_gives_503_then_recovers(redis_server_factory: Any) -> None:
     server = redis_server_factory()
     server.start()
     app = create_app(GatewaySettings(redis_url=server.url, prefix="t:"))
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         assert c.get("/healthz").status_code == 200
         server.stop()
         for path in ("/healthz", "/api/jobs", "/api/models"):
@@ -262,3 +264,19 @@ def test_redis_away_gives_503_then_recovers(redis_server_factory: Any) -> None:
         server.start()
         assert c.get("/healthz").status_code == 200
         assert c.get("/api/jobs").json()["jobs"] == []
+
+
+def test_csv_export_quotes_formulas_from_trainers(
+        client: TestClient, r: redis.Redis, keys: Keys, worker: RunningWorker) -> None:
+    publish(r, keys, [
+        {"type": "checkpoint", "job_id": "x", "model_name": "=cmd|' /C calc'!A0",
+         "path": "@SUM(1+1)", "step": 1, "eval_loss": 0.5},
+        {"type": "metrics", "job_id": "y", "model_name": "=cmd|' /C calc'!A0",
+         "eval_loss": -0.25},
+    ])
+    worker.wait_applied()
+    text = client.get("/api/compare", params={"ids": "x,y", "format": "csv"}).text
+    table = list(csv.reader(io.StringIO(text)))
+    assert table[1] == ["Model", "'=cmd|' /C calc'!A0", "'=cmd|' /C calc'!A0", ""]
+    assert table[4] == ["Best Eval Loss", "0.5000", "-0.2500", "-0.2500"]  # numbers stay
+    assert table[9][1] == "'@SUM(1+1)"

@@ -27,7 +27,7 @@ Q = "Qwen/Qwen2.5-7B-Instruct"
 
 def make_client(redis_url: str, keys: Keys, **settings: Any) -> TestClient:
     return TestClient(create_app(GatewaySettings(redis_url=redis_url, prefix=keys.prefix,
-                                                 **settings)))
+                                                 **settings)), base_url="http://127.0.0.1")
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_snapshot_then_updates_in_order(client: TestClient, r: redis.Redis, keys
                                         worker: RunningWorker) -> None:
     publish(r, keys, [metrics("a", 0.5)])
     worker.wait_applied()
-    with client.websocket_connect("/ws") as ws:
+    with client.websocket_connect("ws://127.0.0.1/ws") as ws:
         snapshot = ws.receive_json()
         assert snapshot["type"] == "snapshot"
         assert [j["id"] for j in snapshot["jobs"]] == ["a"]
@@ -66,7 +66,7 @@ def test_an_archive_click_moves_the_trophy_and_every_delta_in_one_update(
     publish(r, keys, [metrics("a", 0.2, ts=1.0), metrics("b", 0.25, ts=2.0),
                       metrics("c", 0.3, ts=3.0)])
     worker.wait_applied()
-    with client.websocket_connect("/ws") as ws:
+    with client.websocket_connect("ws://127.0.0.1/ws") as ws:
         ws.receive_json()
         assert client.post("/api/jobs/a/archive").status_code == 202
         update = ws.receive_json()
@@ -86,13 +86,13 @@ def test_resume_with_since_delivers_every_missed_change_exactly_once(
         client: TestClient, r: redis.Redis, keys: Keys, worker: RunningWorker) -> None:
     publish(r, keys, [metrics("a", 1.0)])
     worker.wait_applied()
-    with client.websocket_connect("/ws") as ws:
+    with client.websocket_connect("ws://127.0.0.1/ws") as ws:
         version = ws.receive_json()["version"]
     missed = [round(0.9 - i / 100, 2) for i in range(20)]
     for loss in missed:  # one commit each: 20 updates while disconnected
         publish(r, keys, [metrics("a", loss)])
         worker.wait_applied()
-    with client.websocket_connect(f"/ws?since={version}") as ws:
+    with client.websocket_connect(f"ws://127.0.0.1/ws?since={version}") as ws:
         seen = [ws.receive_json() for _ in range(len(missed))]
         assert all(m["type"] == "update" for m in seen)
         assert [m["jobs"][0]["best_eval_loss"] for m in seen] == missed
@@ -109,7 +109,7 @@ def test_resume_from_an_unknown_version_gets_a_fresh_snapshot(
         since: str) -> None:
     publish(r, keys, [metrics("a", 1.0)])
     worker.wait_applied()
-    with client.websocket_connect(f"/ws?since={since}") as ws:
+    with client.websocket_connect(f"ws://127.0.0.1/ws?since={since}") as ws:
         message = ws.receive_json()
         assert message["type"] == "snapshot" and [j["id"] for j in message["jobs"]] == ["a"]
 
@@ -118,12 +118,12 @@ def test_resume_after_the_version_was_trimmed_gets_a_fresh_snapshot(
         client: TestClient, r: redis.Redis, keys: Keys, worker: RunningWorker) -> None:
     publish(r, keys, [metrics("a", 1.0)])
     worker.wait_applied()
-    with client.websocket_connect("/ws") as ws:
+    with client.websocket_connect("ws://127.0.0.1/ws") as ws:
         version = ws.receive_json()["version"]
     publish(r, keys, [metrics("a", 0.5)])
     worker.wait_applied()
     r.xtrim(keys.updates, maxlen=0)  # as if the updates were trimmed since
-    with client.websocket_connect(f"/ws?since={version}") as ws:
+    with client.websocket_connect(f"ws://127.0.0.1/ws?since={version}") as ws:
         message = ws.receive_json()
         assert message["type"] == "snapshot"
         assert message["jobs"][0]["best_eval_loss"] == 0.5
@@ -147,7 +147,7 @@ async def test_a_client_that_never_reads_does_not_delay_others_and_memory_stays_
             big = orjson.dumps({"jobs": [{"id": "x" * 1000}]})
             for i in range(300):
                 r.xadd(keys.updates, {"data": big})
-                await asyncio.wait_for(reading.queue.get(), 2)
+                await asyncio.wait_for(reading.next(), 2)
                 received += 1
             after = tracemalloc.take_snapshot()
             tracemalloc.stop()
@@ -167,7 +167,7 @@ def test_a_slow_client_is_resynced_with_a_fresh_snapshot(
     publish(r, keys, [metrics("a", 1.0)])
     worker.wait_applied()
     with make_client(redis_url, keys, ws_queue=2) as client, \
-            client.websocket_connect("/ws") as ws:
+            client.websocket_connect("ws://127.0.0.1/ws") as ws:
         ws.receive_json()
         hub = client.app.state.gateway.hub  # type: ignore[attr-defined]
         (subscriber,) = hub.subscribers
@@ -191,10 +191,10 @@ def test_wrong_or_missing_token(redis_url: str, keys: Keys) -> None:
         assert client.get("/api/models").status_code == 200
         client.cookies.clear()
         for url in ("/ws", "/ws?token=wrong"):
-            with client.websocket_connect(url) as ws, pytest.raises(WebSocketDisconnect) as e:
+            with client.websocket_connect("ws://127.0.0.1" + url) as ws, pytest.raises(WebSocketDisconnect) as e:
                 ws.receive_json()
             assert e.value.code == 1008
-        with client.websocket_connect("/ws?token=s3cret") as ws:
+        with client.websocket_connect("ws://127.0.0.1/ws?token=s3cret") as ws:
             assert ws.receive_json()["type"] == "snapshot"
         assert client.get("/healthz").status_code == 200  # health stays open
 
@@ -204,11 +204,11 @@ def test_a_foreign_origin_is_refused(redis_url: str, keys: Keys) -> None:
         # Closed before the handshake completes: a browser sees HTTP 403 (under uvicorn);
         # the test client reports the close code.
         with pytest.raises(WebSocketDisconnect) as denied, \
-                client.websocket_connect("/ws", headers={"Origin": "https://evil.example"}):
+                client.websocket_connect("ws://127.0.0.1/ws", headers={"Origin": "https://evil.example"}):
             pass
         assert denied.value.code == 1008
-        for origin in ("http://testserver", "https://ops.example.com"):
-            with client.websocket_connect("/ws", headers={"Origin": origin}) as ws:
+        for origin in ("http://127.0.0.1", "https://ops.example.com"):
+            with client.websocket_connect("ws://127.0.0.1/ws", headers={"Origin": origin}) as ws:
                 assert ws.receive_json()["type"] == "snapshot"
 
 
@@ -223,7 +223,7 @@ def test_clients_get_every_update_across_a_redis_restart(redis_server_factory: A
         return direct.xadd(keys.updates, {"data": data}).decode()
 
     update("before")
-    with make_client(server.url, keys) as client, client.websocket_connect("/ws") as ws:
+    with make_client(server.url, keys) as client, client.websocket_connect("ws://127.0.0.1/ws") as ws:
         assert ws.receive_json()["type"] == "snapshot"
         first = update("a")
         assert ws.receive_json()["version"] == first
@@ -234,3 +234,33 @@ def test_clients_get_every_update_across_a_redis_restart(redis_server_factory: A
         assert [ws.receive_json()["version"] for _ in after] == after  # no gap, no repeat
         assert client.get("/healthz").status_code == 200
     direct.close()
+
+
+def test_resume_from_a_version_redis_would_refuse_gets_a_snapshot(client: TestClient) -> None:
+    with client.websocket_connect("ws://127.0.0.1/ws?since=18446744073709551616-0") as ws:
+        assert ws.receive_json()["type"] == "snapshot"
+
+
+def test_a_subscriber_is_bounded_in_bytes_too() -> None:
+    from web.hub import Subscriber
+
+    subscriber = Subscriber(asyncio.Queue(1000), max_bytes=1000)
+    subscriber.offer(("1-0", "x" * 600))
+    subscriber.offer(("2-0", "x" * 600))  # 1,200 bytes: past the bound
+    assert subscriber.queue.qsize() == 1 and subscriber.queue.get_nowait() == "resync"
+    subscriber.offer(("3-0", "x" * 5000))  # one big update alone still passes
+    assert subscriber.queue.qsize() == 1 and subscriber.queued_bytes == 5000
+
+
+async def test_a_client_that_stopped_reading_is_dropped() -> None:
+    from types import SimpleNamespace
+
+    from web.ws import TooSlow, send
+
+    class Stuck:
+        async def send_text(self, text: str) -> None:
+            await asyncio.sleep(3600)  # its TCP buffer is full
+
+    gw = SimpleNamespace(settings=GatewaySettings(ws_ping=0.1))
+    with pytest.raises(TooSlow):
+        await send(Stuck(), gw, "{}")  # type: ignore[arg-type]

@@ -10,13 +10,13 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import ValidationError
 
-from monitor.events import event_adapter
+from monitor.events import BadEvent, event_adapter, parse_event
 from web.compare import MAX_IDS, MIN_IDS, build_comparison, to_csv
 from web.errors import ApiError, validation_errors
 from web.gateway import Gateway
 from web.responses import JSON
 from web.schemas import Accepted, Comparison, Error, JobDetail, JobList, JobMetrics, ModelRow
-from web.security import token_ok
+from web.security import origin_ok, token_ok
 
 MAX_EVENTS = 1000
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -28,9 +28,13 @@ def gateway(request: Request) -> Gateway:
 
 
 def require_token(request: Request) -> None:
-    if not token_ok(gateway(request).settings, request):
+    settings = gateway(request).settings
+    if not token_ok(settings, request):
         raise ApiError(401, "missing or wrong token (Authorization: Bearer <token>)",
                        headers={"WWW-Authenticate": "Bearer"})
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not origin_ok(settings, request):
+        # A page on another site must not archive runs or write events from the user's browser.
+        raise ApiError(403, "cross-site request refused (Origin not allowed)")
 
 
 GW = Annotated[Gateway, Depends(gateway)]
@@ -46,10 +50,9 @@ def unknown(job_id: str) -> ApiError:
 
 @router.get("/jobs", response_model=JobList, summary="Every job, newest first")
 async def list_jobs(gw: GW, include_archived: bool = False) -> Response:
-    version, views = await gw.reader.snapshot()
-    if not include_archived:
-        views = [v for v in views if not v["archived"]]
-    return JSON({"version": version, "jobs": views})
+    snapshot = await gw.reader.snapshot()
+    body = snapshot.listing_all if include_archived else snapshot.listing
+    return Response(body, media_type="application/json")
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail, responses=NOT_FOUND,
@@ -131,9 +134,9 @@ async def restore(job_id: str, gw: GW) -> Response:
     return await _mark(gw, job_id, "job_restored")
 
 
-def validate_events(body: Any) -> list[dict[str, Any]]:
-    """The events of a request body (one object or a list), each checked as the worker does;
-    all or nothing."""
+def validate_events(body: Any) -> list[bytes]:
+    """The events of a request body (one object or a list), each checked exactly as the
+    worker will check it; all or nothing. Returns what to append, one JSON text each."""
     many = isinstance(body, list)
     items = body if many else [body]
     if not many and not isinstance(body, dict):
@@ -143,38 +146,62 @@ def validate_events(body: Any) -> list[dict[str, Any]]:
         msg = f"{len(items)} events; send 1 to {MAX_EVENTS}"
         raise ApiError(422, f"body: {msg}", [{"loc": ["body"], "msg": msg}])
     errors: list[dict[str, Any]] = []
+    out = []
     for index, item in enumerate(items):
+        where: list[Any] = ["body", index] if many else ["body"]
         try:
+            # Field by field first: Python's JSON reader takes NaN, which must be named.
             event_adapter.validate_python(item)
+            data = orjson.dumps(item)  # what the worker will read; > 64-bit ints fail here
+            parse_event(data)  # and the worker's own check of those bytes (size limits)
+            out.append(data)
         except ValidationError as e:
             tag = item.get("type") if isinstance(item, dict) else None
-            where: list[Any] = ["body", index] if many else ["body"]
             for error in e.errors(include_url=False):
                 loc = list(error["loc"])
                 if loc and loc[0] == tag:
                     loc = loc[1:]  # the union's tag: the event type, not a field
                 errors.append({"loc": [*where, *loc], "msg": error["msg"]})
+        except (orjson.JSONEncodeError, BadEvent) as e:
+            errors.append({"loc": where, "msg": getattr(e, "reason", str(e))})
     if errors:
         detail, items_out = validation_errors(errors)
         raise ApiError(422, detail, items_out)
-    return items
+    return out
 
 
 @router.post("/events", status_code=202, response_model=Accepted,
-             responses={413: {"model": Error}, 422: {"model": Error}},
+             responses={413: {"model": Error}, 415: {"model": Error}, 422: {"model": Error}},
              summary="Append one event or a list of up to 1,000 (all or nothing)")
 async def post_events(request: Request, gw: GW) -> Response:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, f"body is {len(raw)} bytes, at most {MAX_BODY_BYTES}")
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        # Also what keeps a plain HTML form on another site from posting here.
+        raise ApiError(415, "send the events as Content-Type: application/json")
+    raw = await read_capped(request, MAX_BODY_BYTES)
     try:
-        body = json.loads(raw)  # NaN and Infinity parse here and are refused by validation
-    except ValueError as e:
-        raise ApiError(422, f"body: invalid JSON: {e}", [{"loc": ["body"], "msg": str(e)}]) \
+        # NaN and Infinity parse here, to be refused by name in validate_events.
+        body = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:
+        msg = str(e) if not isinstance(e, RecursionError) else "nested too deeply"
+        raise ApiError(422, f"body: invalid JSON: {msg}", [{"loc": ["body"], "msg": msg}]) \
             from None
     events = validate_events(body)
     async with gw.redis.pipeline(transaction=True) as pipe:
-        for event in events:
-            pipe.xadd(gw.keys.events, {"data": orjson.dumps(event)})
+        for data in events:
+            pipe.xadd(gw.keys.events, {"data": data})
         await pipe.execute()
     return JSON({"accepted": len(events)}, status_code=202)
+
+
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The request body, refusing one over ``limit`` bytes without reading it all."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"body is {declared} bytes, at most {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"body is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
@@ -21,10 +22,11 @@ from web import api, errors, metrics
 from web.gateway import Gateway
 from web.responses import JSON
 from web.schemas import Error, Health
-from web.security import COOKIE, token_ok
+from web.security import COOKIE, LocalHostsOnly, token_ok
 from web.ws import websocket_endpoint
 
 STATIC = Path(__file__).parent / "static"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DESCRIPTION = """\
 Live state of training runs: each model's best run (by best eval loss), how much worse the
 others are, comparisons and archiving. Trainers write events to the Redis stream (or to
@@ -50,6 +52,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                   lifespan=lifespan, default_response_class=JSON)
     app.state.gateway = gw
     errors.install(app)
+    if settings.host in LOOPBACK:
+        # Only this machine can reach it; refuse other Host names too (DNS rebinding).
+        hosts = {*LOOPBACK, *(urlsplit(o).hostname or "" for o in settings.origins if o != "*")}
+        app.add_middleware(LocalHostsOnly, allowed=frozenset(hosts))
     app.include_router(api.router)
     app.add_api_websocket_route("/ws", websocket_endpoint)
 

@@ -16,7 +16,7 @@ def _epoch_text(view: dict[str, Any]) -> str | None:
     epoch = view["best_epoch"]
     if epoch is None:
         return None
-    text = f"{epoch:g}"
+    text = str(int(epoch)) if float(epoch).is_integer() else f"{epoch:.2f}".rstrip("0")
     return f"{text}/{view['total_epochs']}" if view["total_epochs"] is not None else text
 
 
@@ -79,11 +79,17 @@ def build_comparison(views: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _cell(value: Any) -> str:
+    """A table value as CSV text. Text from trainers that a spreadsheet would run as a
+    formula (``=cmd|...``) is quoted with a leading apostrophe."""
     if value is None:
         return ""
     if isinstance(value, float):
         return f"{value:.4f}"
-    return str(value)
+    text = str(value)
+    return "'" + text if isinstance(value, str) and text[:1] in FORMULA else text
+
+
+FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 
 def to_csv(comparison: dict[str, Any]) -> str:
@@ -101,8 +107,8 @@ def to_csv(comparison: dict[str, Any]) -> str:
     if recommendation["best_job_id"] is not None:
         writer.writerow([])
         writer.writerow(["Recommendation", f"Run #{recommendation['run_number']}",
-                         recommendation["best_job_id"],
-                         recommendation["checkpoint_path"] or ""])
+                         _cell(recommendation["best_job_id"]),
+                         _cell(recommendation["checkpoint_path"])])
         for other in recommendation["others"]:
             if other["consider_archiving"]:
                 writer.writerow(["Consider archiving", f"Run #{other['run_number']}",

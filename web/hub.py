@@ -31,30 +31,43 @@ def _text(value: bytes | str) -> str:
 
 def update_message(version: str, data: bytes) -> str:
     """``{"type": "update", "version": V, "jobs": [...]}`` from a stored ``{"jobs": [...]}``."""
-    return '{"type":"update","version":"' + version + '",' + data.decode()[1:]
+    return '{"type":"update","version":"' + version + '",' + data.decode("utf-8", "replace")[1:]
+
+
+MAX_QUEUED_BYTES = 16 * 1024 * 1024  # per client: past this, a resync is cheaper
 
 
 @dataclass(eq=False)
 class Subscriber:
-    """One WebSocket client's queue of (version, message) or :data:`RESYNC`."""
+    """One WebSocket client's queue of (version, message) or :data:`RESYNC`, bounded both in
+    messages and in bytes (one update of a 100,000-job group can weigh megabytes)."""
 
     queue: asyncio.Queue[tuple[str, str] | str]
+    max_bytes: int = MAX_QUEUED_BYTES
+    queued_bytes: int = 0
     overflows: list[float] = field(default_factory=list)
 
     def offer(self, item: tuple[str, str]) -> None:
-        """Queue an update; when full, drop what is queued and ask for a resync."""
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(RESYNC)
+        """Queue an update; past either bound, drop what is queued and ask for a resync."""
+        size = len(item[1])
+        if self.queue.full() or (self.queued_bytes and self.queued_bytes + size > self.max_bytes):
+            self.resync()
             self.overflows.append(time.monotonic())
+            return
+        self.queue.put_nowait(item)
+        self.queued_bytes += size
 
     def resync(self) -> None:
         while not self.queue.empty():
             self.queue.get_nowait()
+        self.queued_bytes = 0
         self.queue.put_nowait(RESYNC)
+
+    async def next(self) -> tuple[str, str] | str:
+        item = await self.queue.get()
+        if not isinstance(item, str):
+            self.queued_bytes -= len(item[1])
+        return item
 
 
 def _raise_if_cancelled() -> None:
@@ -110,6 +123,8 @@ class Hub:
             try:
                 if self.last is None:
                     self.last = await self._start_position()
+                    for subscriber in list(self.subscribers):  # joined before we knew where
+                        subscriber.resync()
                 elif not self.connected.is_set() and await self._trimmed_past(self.last):
                     log.warning("updates after %s were trimmed while away; resyncing all",
                                 self.last)
@@ -124,11 +139,20 @@ class Hub:
                     for entry_id, fields in entries:
                         version = _text(entry_id)
                         self.last = version
-                        self._broadcast(version, update_message(version, fields[b"data"]))
+                        data = fields.get(b"data")
+                        if data is None:
+                            log.warning("update %s has no data field; skipped", version)
+                            continue
+                        self._broadcast(version, update_message(version, data))
             except (RedisConnectionError, RedisTimeoutError, OSError) as e:
                 _raise_if_cancelled()
                 if self.connected.is_set():
                     log.warning("Redis unreachable (%s); WebSocket updates wait", e)
+                self.connected.clear()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+            except Exception:
+                log.exception("reading updates failed; retrying in %.1fs", delay)
                 self.connected.clear()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)

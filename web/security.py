@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import secrets
 from urllib.parse import urlsplit
 
 from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from monitor.settings import GatewaySettings
+from web.errors import error_response
 
 COOKIE = "monitor_token"
 
@@ -41,3 +45,40 @@ def origin_ok(settings: GatewaySettings, conn: HTTPConnection) -> bool:
     if "*" in allowed or origin in allowed:
         return True
     return urlsplit(origin).netloc.lower() == conn.headers.get("host", "").lower()
+
+
+class RedactTokens(logging.Filter):
+    """Keep ``?token=...`` out of the access log (the query string is logged whole)."""
+
+    PATTERN = re.compile(r"(token=)[^&\s\"']*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.PATTERN.sub(r"\1***", a) if isinstance(a, str) else a
+                                for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = self.PATTERN.sub(r"\1***", record.msg)
+        return True
+
+
+class LocalHostsOnly:
+    """Answer only requests addressed to an allowed host name: a page on another site that
+    rebinds its own name to 127.0.0.1 still sends its own name as ``Host``."""
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = HTTPConnection(scope).headers.get("host", "")
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if name.strip("[]").lower() not in self.allowed:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                answer = error_response(400, f"unknown host {host!r}; open this server as "
+                                             "127.0.0.1 or localhost")
+                await answer(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -3,6 +3,10 @@ the stored job states and each model's best run."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -53,19 +57,48 @@ def kept_check(pipe: Any, stream: str, version: str) -> None:
 
 def is_kept(version: str, *replies: Any) -> bool:
     if version != NO_VERSION:
-        return bool(replies[0])
+        return not isinstance(replies[0], ResponseError) and bool(replies[0])
     length, info = replies
     if isinstance(info, ResponseError):
         return True  # no stream yet: nothing was dropped
     return bool(int(info["entries-added"]) == length)
 
 
+_VERSION = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_U64 = 2**64
+
+
 def valid_version(version: str) -> bool:
-    try:
-        parse_pos(version)
-    except ValueError:
+    """Is ``version`` a stream entry id Redis would take (``<ms>-<seq>``, each a u64)?"""
+    if not _VERSION.fullmatch(version):
         return False
-    return True
+    ms, seq = parse_pos(version)
+    return ms < _U64 and seq < _U64
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every job view at one version. Built once per version and shared by every client."""
+
+    version: str
+    views: list[dict[str, Any]]
+
+    @cached_property
+    def message(self) -> str:
+        """The ``/ws`` snapshot message."""
+        return orjson.dumps({"type": "snapshot", "version": self.version,
+                             "jobs": self.views}).decode()
+
+    @cached_property
+    def listing(self) -> bytes:
+        """``GET /api/jobs``: the jobs that are not archived."""
+        return orjson.dumps({"version": self.version,
+                             "jobs": [v for v in self.views if not v["archived"]]})
+
+    @cached_property
+    def listing_all(self) -> bytes:
+        """``GET /api/jobs?include_archived=true``."""
+        return orjson.dumps({"version": self.version, "jobs": self.views})
 
 
 class StateReader:
@@ -74,18 +107,38 @@ class StateReader:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
+        self._snapshot: Snapshot | None = None
+        self._building = asyncio.Lock()
 
-    async def snapshot(self) -> tuple[str, list[dict[str, Any]]]:
-        """Every job view and the version they are at, read atomically: no update falls
-        between the two."""
-        k = self.keys
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(k.jobs)
-            pipe.hgetall(k.models)
-            pipe.xrevrange(k.updates, count=1)
-            jobs, models, last = await pipe.execute()
-        version = _text(last[0][0]) if last else NO_VERSION
-        return version, build_views(list(jobs.values()), models)
+    async def _version(self) -> str:
+        last: Any = await self.redis.xrevrange(self.keys.updates, count=1)
+        return _text(last[0][0]) if last else NO_VERSION
+
+    async def snapshot(self) -> Snapshot:
+        """Every job view and the version they are at, read atomically (no update falls
+        between the two). Reused while the version stands: every change of a view is an
+        update, so the same version means the same views."""
+        async with self._building:  # many clients at once: one build
+            cached = self._snapshot
+            if cached is not None and cached.version == await self._version():
+                return cached
+            k = self.keys
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(k.jobs)
+                pipe.hgetall(k.models)
+                pipe.xrevrange(k.updates, count=1)
+                jobs, models, last = await pipe.execute()
+            version = _text(last[0][0]) if last else NO_VERSION
+            self._snapshot = Snapshot(version, build_views(list(jobs.values()), models))
+            return self._snapshot
+
+    async def _with_models(self, raws: list[Any]) -> list[dict[str, Any]]:
+        """Views of stored jobs, reading only their models' rows."""
+        publics = [orjson.loads(raw) for raw in raws]
+        fields = sorted({model_field(p["model_name"]) for p in publics})
+        rows: list[Any] = await self.redis.hmget(self.keys.models, fields) if fields else []
+        best = best_runs({f.encode(): row for f, row in zip(fields, rows) if row is not None})
+        return [job_view(p, best.get(model_field(p["model_name"]))) for p in publics]
 
     async def job(self, job_id: str) -> dict[str, Any] | None:
         """One job view with its ``config``; None if unknown."""
@@ -93,22 +146,17 @@ class StateReader:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hget(k.jobs, job_id)
             pipe.hget(k.configs, job_id)
-            pipe.hgetall(k.models)
-            raw, config, models = await pipe.execute()
+            raw, config = await pipe.execute()
         if raw is None:
             return None
-        view = build_views([raw], models)[0]
+        view = (await self._with_models([raw]))[0]
         view["config"] = orjson.loads(config) if config is not None else None
         return view
 
     async def views(self, job_ids: list[str]) -> list[dict[str, Any] | None]:
         """The views of ``job_ids``, in order; None for an unknown id."""
-        k = self.keys
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(k.jobs, job_ids)
-            pipe.hgetall(k.models)
-            raws, models = await pipe.execute()
-        by_id = {v["id"]: v for v in build_views([r for r in raws if r is not None], models)}
+        raws: list[Any] = await self.redis.hmget(self.keys.jobs, job_ids)
+        by_id = {v["id"]: v for v in await self._with_models([r for r in raws if r is not None])}
         return [by_id.get(job_id) for job_id in job_ids]
 
     async def exists(self, job_id: str) -> bool:

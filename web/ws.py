@@ -13,7 +13,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 import anyio
-import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -32,11 +31,24 @@ CLOSE_TRY_LATER = 1013
 GONE = (WebSocketDisconnect, RuntimeError, OSError)  # what sending to a closed socket raises
 
 
+class TooSlow(Exception):
+    """The client did not take a message within the ping interval: its connection is full."""
+
+
+async def send(websocket: WebSocket, gw: Gateway, text: str) -> None:
+    """Send, giving up on a client that stopped reading (its TCP buffer is full, so neither
+    this nor a ping can get through)."""
+    try:
+        with anyio.fail_after(gw.settings.ws_ping):
+            await websocket.send_text(text)
+    except TimeoutError:
+        raise TooSlow from None
+
+
 async def send_snapshot(websocket: WebSocket, gw: Gateway) -> str:
-    version, views = await gw.reader.snapshot()
-    message = {"type": "snapshot", "version": version, "jobs": views}
-    await websocket.send_text(orjson.dumps(message).decode())
-    return version
+    snapshot = await gw.reader.snapshot()
+    await send(websocket, gw, snapshot.message)
+    return snapshot.version
 
 
 async def start(websocket: WebSocket, gw: Gateway, since: str | None) -> str:
@@ -45,7 +57,7 @@ async def start(websocket: WebSocket, gw: Gateway, since: str | None) -> str:
         missed = await gw.reader.updates_after(since)
         if missed is not None:
             for version, data in missed:
-                await websocket.send_text(update_message(version, data))
+                await send(websocket, gw, update_message(version, data))
             return missed[-1][0] if missed else since
     return await send_snapshot(websocket, gw)
 
@@ -55,7 +67,7 @@ async def send_updates(websocket: WebSocket, gw: Gateway, subscriber: Subscriber
     """Forward queued updates newer than ``reached``, resyncing a client that fell behind."""
     position = parse_pos(reached)
     while True:
-        item = await subscriber.queue.get()
+        item = await subscriber.next()
         if isinstance(item, str):  # RESYNC
             recent = [t for t in subscriber.overflows if t > time.monotonic() - SLOW_WINDOW]
             subscriber.overflows = recent
@@ -68,7 +80,7 @@ async def send_updates(websocket: WebSocket, gw: Gateway, subscriber: Subscriber
         pos = parse_pos(version)
         if pos <= position:
             continue  # already in what the client has
-        await websocket.send_text(message)
+        await send(websocket, gw, message)
         position = pos
 
 
@@ -95,6 +107,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 await part()
             except GONE as e:
                 log.debug("WebSocket client gone: %s", e)
+            except TooSlow:
+                log.info("dropping a WebSocket client that stopped reading")
+                with anyio.move_on_after(1), contextlib.suppress(*GONE):
+                    await websocket.close(CLOSE_TRY_LATER, "not reading; reconnect with ?since=")
             except (RedisConnectionError, RedisTimeoutError) as e:
                 log.warning("closing a WebSocket: Redis unreachable (%s)", e)
                 with contextlib.suppress(*GONE):
