@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 import orjson
 import redis
@@ -195,6 +196,43 @@ def wait_http_ok(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0)
         time.sleep(0.1)
 
 
+def receive(conn: Connection, what: str, timeout: float) -> Any:
+    """The next message from a child process's pipe; fails if none comes within ``timeout``."""
+    if not conn.poll(timeout):
+        raise RuntimeError(f"no answer from {what} within {timeout:.0f}s")
+    return conn.recv()
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """``total`` as ``parts`` near-equal positive counts (fewer parts if ``total`` is small)."""
+    parts = max(1, min(parts, total))
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def machine_cpu() -> dict[str, float]:
+    """Seconds of CPU time, summed over all cores, by kind (``/proc/stat``): user, system,
+    softirq, steal, idle and so on. Subtract two readings to get what a span used."""
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    with open("/proc/stat", encoding="utf-8") as f:
+        fields = f.readline().split()[1:1 + len(names)]
+    ticks = os.sysconf("SC_CLK_TCK")
+    return {name: int(value) / ticks for name, value in zip(names, fields)}
+
+
+def machine_busy_line(before: dict[str, float], after: dict[str, float], wall: float,
+                      ours: float) -> str:
+    """How busy the whole machine was between two :func:`machine_cpu` readings, and how much
+    of that the ``ours`` CPU seconds (the processes measured one by one) do not explain."""
+    used = {k: after[k] - before[k] for k in before}
+    cores = os.cpu_count() or 1
+    busy = sum(v for k, v in used.items() if k not in ("idle", "iowait"))
+    parts = ", ".join(f"{k} {used[k] / wall * 100:.0f}%" for k in
+                      ("user", "system", "softirq", "steal") if used[k] / wall >= 0.005)
+    return (f"whole machine busy {busy / wall * 100:.0f}% of {cores * 100}% ({parts}), "
+            f"{max(0.0, busy - ours) / wall * 100:.0f}% of it not in the processes measured "
+            f"(other programs on the machine, kernel network work); all in % of one core")
+
+
 def rss_mb(pid: int) -> float:
     """The current resident set size of a running process (``VmRSS``), in MB."""
     return _status_kb(pid, "VmRSS") * 1024 / 1e6
@@ -260,7 +298,8 @@ class Histogram:
 # the watched job's tag field equals ``value`` (or at the time-out); the child replies
 # ("result", [ClientResult, ...], cpu). ``cpu`` is the child's own CPU time so far.
 
-CONNECT_AT_ONCE = 50  # handshakes in flight per client process
+CONNECT_AT_ONCE = 20  # handshakes (and snapshots) in flight per client process
+CONNECT_TRIES = 10  # attempts per client before it gives up
 
 
 @dataclass
@@ -271,9 +310,11 @@ class ClientResult:
     updates: int = 0  # update messages holding the watched job
     other: int = 0  # update messages without it
     gaps: int = 0  # with ``consecutive``: updates whose tag was not the previous tag + 1
+    skipped: int = 0  # with ``consecutive``: tags missing in those gaps (updates never seen)
     finished: bool = False  # saw the tag reach the value asked for
     last: float | None = None  # the last tag value seen
     closed: str | None = None  # why the connection ended early, if it did
+    retries: int = 0  # connection attempts that failed before the first snapshot
     fresh: Histogram = field(default_factory=Histogram)  # arrival - the job's ``updated_at``
     arrivals: array[float] = field(default_factory=lambda: array("d"))  # with ``record``
     versions_ms: array[int] = field(default_factory=lambda: array("q"))
@@ -291,6 +332,7 @@ class ClientSpec:
     record: bool  # keep arrival, version and tag of every update (else only counts)
     consecutive: bool = False  # the tag goes up by exactly 1 per update
     deflate: bool = True  # offer permessage-deflate, as browsers do
+    connect_at_once: int = CONNECT_AT_ONCE
 
 
 def client_process(spec: ClientSpec, conn: Connection) -> None:
@@ -304,7 +346,7 @@ async def _client_main(spec: ClientSpec, conn: Connection) -> None:
     ready = [asyncio.Event() for _ in range(spec.clients)]
     target: list[float] = []  # filled with the value to stop at
     target_set = asyncio.Event()
-    gate = asyncio.Semaphore(CONNECT_AT_ONCE)
+    gate = asyncio.Semaphore(spec.connect_at_once)
     errors: list[str] = []
     tasks = [asyncio.create_task(_one_client(spec, results[i], ready[i], gate, target,
                                              target_set, errors))
@@ -330,22 +372,36 @@ async def _client_main(spec: ClientSpec, conn: Connection) -> None:
 async def _one_client(spec: ClientSpec, result: ClientResult, ready: asyncio.Event,
                       gate: asyncio.Semaphore, target: list[float], target_set: asyncio.Event,
                       errors: list[str]) -> None:
-    from websockets.asyncio.client import connect
+    from websockets.asyncio.client import ClientConnection, connect
     from websockets.exceptions import ConnectionClosed
 
-    try:
-        async with gate:
-            ws = await connect(spec.url, proxy=None, ping_interval=None, max_size=None,
-                               open_timeout=60, close_timeout=2,
-                               compression="deflate" if spec.deflate else None)
-    except (OSError, TimeoutError, ConnectionClosed) as e:
-        result.closed = f"connect: {type(e).__name__}: {e}"
-        errors.append(result.closed)
+    ws: ClientConnection | None = None
+    first: str | bytes = b""
+    for attempt in range(CONNECT_TRIES):
+        try:
+            async with gate:  # connect and take the snapshot, a few clients at a time
+                ws = await connect(spec.url, proxy=None, ping_interval=None, max_size=None,
+                                   open_timeout=60, close_timeout=2,
+                                   compression="deflate" if spec.deflate else None)
+                first = await ws.recv()
+            break
+        except (OSError, TimeoutError, ConnectionClosed) as e:
+            # Closed before the snapshot (e.g. 1013 from the gateway): try again, as a page would.
+            result.retries += 1
+            result.closed = f"connect: {type(e).__name__}: {e}"
+            if ws is not None:
+                await ws.close()
+                ws = None
+            await asyncio.sleep(0.2 * (attempt + 1))
+    if ws is None:
+        errors.append(result.closed or "?")
         ready.set()
         return
+    result.closed = None
     previous: float | None = None
     try:
-        async for message in ws:
+        message = first
+        while True:
             now = time.time()
             data = orjson.loads(message)
             job = next((j for j in data["jobs"] if j["id"] == spec.job_id), None)
@@ -366,14 +422,14 @@ async def _one_client(spec: ClientSpec, result: ClientResult, ready: asyncio.Eve
                     result.tags.append(value)
                 if spec.consecutive and previous is not None and value != previous + 1:
                     result.gaps += 1
+                    result.skipped += max(0, int(value - previous - 1))
                 previous = result.last = value
             if target_set.is_set() and result.last == target[0]:
                 result.finished = True
                 break
-        else:
-            result.closed = f"closed by the server: {ws.close_code} {ws.close_reason}"
+            message = await ws.recv()
     except ConnectionClosed as e:
-        result.closed = f"connection lost: {e}"
+        result.closed = f"closed: {e}"
     finally:
         ready.set()
         await ws.close()

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import secrets
 import statistics
 import sys
 import tempfile
 import time
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -43,10 +45,14 @@ from bench.common import (
     cpu_seconds,
     delete_prefix,
     free_port,
+    machine_busy_line,
+    machine_cpu,
     machine_line,
     peak_rss_mb,
+    receive,
     redis_cpu_seconds,
     redis_url,
+    split_evenly,
     start_monitor,
     stop_process,
     table,
@@ -124,12 +130,6 @@ def trainer_process(url: str, prefix: str, job_id: str, steps: int, rate: float,
 # --- Measuring -----------------------------------------------------------------------------------
 
 
-def receive(conn: Connection, what: str, timeout: float = ANSWER_TIMEOUT) -> Any:
-    if not conn.poll(timeout):
-        raise RuntimeError(f"no answer from {what} within {timeout:.0f}s")
-    return conn.recv()
-
-
 def entries_added(client: redis.Redis, stream: str) -> int:
     try:
         return int(client.xinfo_stream(stream)["entries-added"])
@@ -142,7 +142,7 @@ def committed_updates(client: redis.Redis, stream: str, after: str,
     """(entry id ms, newest step of the job) of each update after ``after``, in order."""
     out = []
     cursor = after
-    while entries := client.xrange(stream, min=f"({cursor}", count=5000):
+    while entries := _xrange(client, stream, f"({cursor}"):
         for entry_id, fields in entries:
             for view in orjson.loads(fields[b"data"])["jobs"]:
                 if view["id"] == job_id:
@@ -151,17 +151,25 @@ def committed_updates(client: redis.Redis, stream: str, after: str,
     return out
 
 
+def _xrange(client: redis.Redis, stream: str, start: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    entries: Any = client.xrange(stream, min=start, count=5000)
+    return list(entries or [])
+
+
 @dataclass
 class Latencies:
     end_to_end: Histogram  # log() returned -> at a client, every event at every client
     to_commit: Histogram  # log() returned -> its update's entry id (ms), every event
     to_client: Histogram  # entry id (ms) -> at a client, every update at every client
     newest: Histogram  # ts of the update's newest event (in log()) -> at a client
+    quarters: list[Histogram]  # end_to_end of the events of each quarter of the run
 
 
 def latencies(returned: array[float], commits: list[tuple[int, int]],
               results: list[ClientResult]) -> Latencies:
-    out = Latencies(Histogram(), Histogram(), Histogram(), Histogram())
+    out = Latencies(Histogram(), Histogram(), Histogram(), Histogram(),
+                    [Histogram() for _ in range(4)])
+    steps = len(returned) - 1
     previous = 0
     for ms, step in commits:
         for s in range(previous + 1, step + 1):
@@ -175,6 +183,7 @@ def latencies(returned: array[float], commits: list[tuple[int, int]],
             out.to_client.add(arrival - ms / 1000)
             for s in range(previous + 1, step + 1):
                 out.end_to_end.add(arrival - returned[s])
+                out.quarters[(s - 1) * 4 // steps].add(arrival - returned[s])
             previous = max(previous, step)
     return out
 
@@ -190,7 +199,7 @@ class Cpu:
 # --- Report ---------------------------------------------------------------------------------------
 
 
-def _q(values: list[float], q: float) -> float:
+def _q(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))]
 
@@ -199,12 +208,12 @@ def latency_table(lat: Latencies) -> str:
     rows = [
         ("**end to end**: log() returned → update at a client (every event × client)",
          lat.end_to_end),
-        ("log() returned → update committed (its `updates` entry id, ms resolution; "
-         "every event)", lat.to_commit),
-        ("update committed → at a client (entry id, ms resolution; every update × client)",
+        ("log() returned → update committed (`updates` entry id; every event)",
+         lat.to_commit),
+        ("update committed (`updates` entry id) → at a client (every update × client)",
          lat.to_client),
-        ("newest event's `ts` (inside log()) → at a client, i.e. arrival − `updated_at` "
-         "(every update × client)", lat.newest),
+        (("newest event's `ts` (inside log()) → at a client, i.e. arrival − `updated_at` "
+          "(every update × client)"), lat.newest),
     ]
     body = [[name, f"{h.count:,}", *h.row_ms()] for name, h in rows]
     return table(["ms", "samples", "p50", "p95", "p99", "max"], body,
@@ -230,8 +239,8 @@ def delivery_table(trainer: TrainerReport, steps: int, commits: list[tuple[int, 
         f"{len(commits):,} ({len(commits) / trainer.seconds:,.0f}/s)",
         (f"{statistics.fmean(sizes):.2f} / {_q(sizes, 0.5):.0f} / {_q(sizes, 0.99):.0f} / "
          f"{max(sizes)}" if sizes else "–"),
-        f"{per_client[0]:,} / {statistics.median(per_client):,.0f} / {per_client[-1]:,} "
-        f"of {expected:,}",
+        (f"{per_client[0]:,} / {statistics.median(per_client):,.0f} / {per_client[-1]:,} "
+         f"of {expected:,}"),
         f"{complete} of {len(results)}", str(resyncs), str(closed),
     ]]
     return table(["trainer events", "start late ms p50 / p99 / max", "log() µs p50 / max",
@@ -277,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     ctx = multiprocessing.get_context("spawn")
     processes: list[tuple[str, Popen[bytes] | BaseProcess]] = []
+    proc: Popen[bytes] | BaseProcess
     try:
         worker_args = ["--redis-url", url, "--prefix", prefix,
                        "--updates-keep", str(max(10_000, 2 * steps))]
@@ -297,12 +307,11 @@ def main(argv: list[str] | None = None) -> int:
                               args=(url, prefix, job_id, steps, args.rate, child_conn))
         trainer.start()
         processes.append(("trainer", trainer))
-        receive(trainer_conn, "the trainer")
+        receive(trainer_conn, "the trainer", ANSWER_TIMEOUT)
         _wait_committed(client, keys, job_id, worker)  # step 0: in every client's snapshot
 
-        spec_clients = _split(args.clients, args.client_procs)
+        spec_clients = split_evenly(args.clients, args.client_procs)
         client_conns: list[Connection] = []
-        client_procs: list[BaseProcess] = []
         for i, n in enumerate(spec_clients):
             spec = ClientSpec(url=f"ws://127.0.0.1:{port}/ws", clients=n, job_id=job_id,
                               tag="loss", record=True, deflate=not args.no_deflate)
@@ -311,10 +320,9 @@ def main(argv: list[str] | None = None) -> int:
             proc.start()
             processes.append((f"clients-{i}", proc))
             client_conns.append(parent)
-            client_procs.append(proc)
         client_cpu0 = []
         for conn in client_conns:
-            _, connected, errors, cpu = receive(conn, "a client process")
+            _, _, errors, cpu = receive(conn, "a client process", ANSWER_TIMEOUT)
             client_cpu0.append(cpu)
             if errors:
                 print(f"warning: client errors: {errors}", file=sys.stderr)
@@ -323,9 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         cpu0 = {name: cpu_seconds(pid) for name, pid in watched.items()}
         redis_cpu0 = redis_cpu_seconds(client)
         added0 = entries_added(client, keys.updates)
-        last0 = client.xrevrange(keys.updates, count=1)
+        last0: Any = client.xrevrange(keys.updates, count=1)
         after = last0[0][0].decode() if last0 else "0-0"
 
+        machine0, parent_cpu0 = machine_cpu(), time.process_time()
         wall0 = time.perf_counter()
         trainer_conn.send("go")
         report: TrainerReport = receive(trainer_conn, "the trainer", seconds * 3 + 60)
@@ -338,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             results += part
             client_cpu.append(cpu - start_cpu)
         wall = time.perf_counter() - wall0
+        machine1 = machine_cpu()
         cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in watched.items()}
         rss = {name: peak_rss_mb(pid) for name, pid in watched.items()}
         redis_cpu = redis_cpu_seconds(client) - redis_cpu0
@@ -356,8 +366,10 @@ def main(argv: list[str] | None = None) -> int:
               for i, (n, c) in enumerate(zip(spec_clients, client_cpu))),
             Cpu("Redis", "the whole server (shared; others' load included)", redis_cpu, None),
         ]
+        ours = sum(c.seconds for c in cpus) + time.process_time() - parent_cpu0
+        machine = machine_busy_line(machine0, machine1, wall, ours)
         print_report(client, args, seconds, steps, report, commits, expected, results, lat,
-                     cpus, wall, log_dir)
+                     cpus, wall, machine, log_dir)
         return 0
     finally:
         for name, proc in reversed(processes):
@@ -369,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
 def print_report(client: redis.Redis, args: argparse.Namespace, seconds: float, steps: int,
                  report: TrainerReport, commits: list[tuple[int, int]], expected: int,
                  results: list[ClientResult], lat: Latencies, cpus: list[Cpu], wall: float,
-                 log_dir: Path) -> None:
+                 machine: str, log_dir: Path) -> None:
     block = f"--block {args.block}" if args.block is not None else "default --block (0.5 s)"
     print("## End-to-end latency: run.log() → WebSocket clients\n")
     print(machine_line(client) + "\n")
@@ -380,10 +392,12 @@ def print_report(client: redis.Redis, args: argparse.Namespace, seconds: float, 
           f"({'no compression' if args.no_deflate else 'offering permessage-deflate, as browsers do'}) "
           f"in {args.client_procs} separate process(es). Nothing is pinned: the trainer, worker, "
           f"gateway, client process(es) and Redis all share the machine's "
-          f"{len(__import__('os').sched_getaffinity(0))} usable cores. Latency of an event = a "
-          f"client's `time.time()` when the first update carrying it (its step, decoded from "
-          f"the job view's `loss`) arrives − the trainer's `time.time()` right after its "
-          f"`run.log()` returned.\n")
+          f"{len(os.sched_getaffinity(0))} usable cores. Latency of an event = a client's "
+          f"`time.time()` when the first update carrying it (its step, decoded from the job "
+          f"view's `loss`) comes out of `recv()` in the client's loop − the trainer's "
+          f"`time.time()` right after its `run.log()` returned. The split at the commit uses "
+          f"the `updates` entry id, whose ms are truncated: 'to commit' reads up to 1 ms low "
+          f"and 'to a client' up to 1 ms high.\n")
     print(latency_table(lat) + "\n")
     print(delivery_table(report, steps, commits, expected, results) + "\n")
     print(cpu_table(cpus, wall) + "\n")
@@ -391,10 +405,17 @@ def print_report(client: redis.Redis, args: argparse.Namespace, seconds: float, 
     print(f"- End-to-end p99 **{p99:.1f} ms**: bar < {BAR_P99_MS:.0f} ms "
           f"{'met' if p99 < BAR_P99_MS else 'NOT met'}; goal < {GOAL_P99_MS:.0f} ms "
           f"{'met' if p99 < GOAL_P99_MS else 'not met'}.")
+    quarters = ", ".join(f"{h.quantile(0.5) * 1e3:.1f} / {h.quantile(0.99) * 1e3:.1f}"
+                         for h in lat.quarters)
+    print(f"- End-to-end p50 / p99 ms by quarter of the run (a backlog grows if these do): "
+          f"{quarters}.")
     print(f"- CPU over {wall:.1f}s wall (from the first log() until every client had the last "
-          f"step, or gave up after {FINISH_TIMEOUT:.0f}s).")
+          f"step, or gave up after {FINISH_TIMEOUT:.0f}s); {machine}.")
     print(f"- Events dropped by the SDK: {report.dropped}. Updates kept for the count: the "
           f"worker ran with --updates-keep {max(10_000, 2 * steps):,}. Logs: {log_dir}")
+    retries = sum(r.retries for r in results)
+    if retries:
+        print(f"- Connection attempts retried before the first snapshot: {retries}.")
     unfinished = sum(1 for r in results if not r.finished)
     if unfinished:
         print(f"- WARNING: {unfinished} client(s) never saw the last step; closed early: "
@@ -411,11 +432,6 @@ def _wait_committed(client: redis.Redis, keys: Keys, job_id: str, worker: Popen[
             raise RuntimeError(f"the worker exited with {worker.returncode}")
         time.sleep(0.02)
     raise RuntimeError("the worker did not commit the trainer's first step within 30s")
-
-
-def _split(total: int, parts: int) -> list[int]:
-    parts = max(1, min(parts, total))
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
 if __name__ == "__main__":
