@@ -233,6 +233,22 @@ def machine_busy_line(before: dict[str, float], after: dict[str, float], wall: f
             f"(other programs on the machine, kernel network work); all in % of one core")
 
 
+def wait_for_quiet(limit: float = 0.25, timeout: float = 30.0, window: float = 2.0) -> str:
+    """Wait (up to ``timeout`` s) until the machine was busy less than ``limit`` of one core
+    over ``window`` s: others' work skews a latency benchmark. Says how it went."""
+    deadline = time.monotonic() + timeout
+    while True:
+        before = machine_cpu()
+        time.sleep(window)
+        after = machine_cpu()
+        busy = sum(after[k] - before[k] for k in before if k not in ("idle", "iowait")) / window
+        if busy < limit:
+            return f"the machine was quiet before the start ({busy * 100:.0f}% of one core busy)"
+        if time.monotonic() > deadline:
+            return (f"the machine never got quiet before the start ({busy * 100:.0f}% of one "
+                    f"core busy after waiting {timeout:.0f}s)")
+
+
 def rss_mb(pid: int) -> float:
     """The current resident set size of a running process (``VmRSS``), in MB."""
     return _status_kb(pid, "VmRSS") * 1024 / 1e6

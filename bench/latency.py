@@ -57,6 +57,7 @@ from bench.common import (
     stop_process,
     table,
     unique_prefix,
+    wait_for_quiet,
     wait_http_ok,
 )
 from monitor.keys import Keys
@@ -334,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         last0: Any = client.xrevrange(keys.updates, count=1)
         after = last0[0][0].decode() if last0 else "0-0"
 
+        quiet = wait_for_quiet()
         machine0, parent_cpu0 = machine_cpu(), time.process_time()
         wall0 = time.perf_counter()
         trainer_conn.send("go")
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             Cpu("Redis", "the whole server (shared; others' load included)", redis_cpu, None),
         ]
         ours = sum(c.seconds for c in cpus) + time.process_time() - parent_cpu0
-        machine = machine_busy_line(machine0, machine1, wall, ours)
+        machine = f"{quiet}; then {machine_busy_line(machine0, machine1, wall, ours)}"
         print_report(client, args, seconds, steps, report, commits, expected, results, lat,
                      cpus, wall, machine, log_dir)
         return 0

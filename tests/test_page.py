@@ -1,0 +1,668 @@
+"""The dashboard page (SPEC 11) in a real browser: Debian's Chromium driven by Playwright,
+against the real gateway (uvicorn in a thread) and a real worker applying published events.
+
+The workflows are the original design's: find the best run of a model, compare runs and
+export, archive the runs that did worse; then what makes it live: updates within a second,
+reconnecting after the gateway restarts, share links, and trainer strings shown as text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from playwright.sync_api import (
+    Browser,
+    Dialog,
+    Locator,
+    Page,
+    ViewportSize,
+    expect,
+    sync_playwright,
+)
+
+from monitor.keys import Keys
+from monitor.rules import shown
+from tests.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ROOT,
+    LiveGateway,
+    Q,
+    artifacts_dir,
+    board,
+    run_events,
+)
+from tests.conftest import RedisServer, free_port
+from tests.gateway_helpers import RunningWorker, publish
+
+pytestmark = pytest.mark.timeout(120)
+expect.set_options(timeout=10_000)
+
+VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():  # pragma: no cover - .ci/run installs it
+        pytest.fail(f"no Chromium at {CHROMIUM}")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def gateway(redis_url: str, keys: Keys) -> Iterator[LiveGateway]:
+    gw = LiveGateway(redis_url, keys.prefix, free_port())
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def dialogs() -> list[str]:
+    """Every JavaScript dialog (alert, confirm, prompt) the page opened: there must be none."""
+    return []
+
+
+def new_page(browser: Browser, base_url: str, dialogs: list[str], errors: list[str],
+             color_scheme: str = "light") -> Page:
+    context = browser.new_context(viewport=VIEWPORT, base_url=base_url, accept_downloads=True,
+                                  color_scheme=color_scheme)  # type: ignore[arg-type]
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base_url)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+
+    def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return page
+
+
+@pytest.fixture
+def page(browser: Browser, gateway: LiveGateway, dialogs: list[str]) -> Iterator[Page]:
+    errors: list[str] = []
+    page = new_page(browser, gateway.url, dialogs, errors)
+    yield page
+    page.context.close()
+    assert errors == [], f"uncaught errors in the page: {errors}"
+    assert dialogs == [], f"the page opened dialogs: {dialogs}"
+
+
+def send(r: redis.Redis, keys: Keys, events: list[dict[str, Any]]) -> None:
+    """XADD each event (through the stream, as a trainer does)."""
+    publish(r, keys, list[dict[str, Any] | bytes](events))
+
+
+def seed(r: redis.Redis, keys: Keys, worker: RunningWorker, events: list[dict[str, Any]]) -> None:
+    send(r, keys, events)
+    worker.wait_applied()
+
+
+def open_live(page: Page, path: str = "/") -> None:
+    page.goto(path)
+    expect(page.get_by_test_id("connection-status")).to_have_attribute("data-state", "live")
+
+
+def card(page: Page | Locator, job_id: str) -> Locator:
+    return page.locator(f'[data-testid="job-card"][data-job-id="{job_id}"]')
+
+
+def group(page: Page, model_name: str) -> Locator:
+    return page.locator(f'[data-testid="model-group"][data-model="{model_name}"]')
+
+
+def screenshot(page: Page | Locator, name: str) -> None:
+    page.screenshot(path=str(artifacts_dir() / name))
+
+
+# --- The workflows of the original design -------------------------------------------------------
+
+
+def test_find_the_best_run_of_a_model(page: Page, r: redis.Redis, keys: Keys,
+                                      worker: RunningWorker) -> None:
+    seed(r, keys, worker, board(time.time()))
+    open_live(page)
+    expect(page.get_by_test_id("job-card")).to_have_count(8)
+    # Flat: newest first, trophies and loss badges, no delta badges.
+    ids = page.get_by_test_id("job-card").evaluate_all(
+        "cards => cards.map(c => c.dataset.jobId)")
+    assert ids == ["mystery-1", "mistral-a", "qwen3-a", "llama-b", "llama-a", "qwen-c", "qwen-b",
+                   "qwen-a"]
+    expect(page.get_by_test_id("badge-delta")).to_have_count(0)
+    expect(card(page, "qwen-a").get_by_test_id("badge-best")).to_have_text("🏆 Best")
+    expect(card(page, "qwen-a").get_by_test_id("badge-loss")).to_have_text("Loss: 0.2345")
+    expect(page.get_by_test_id("badge-best")).to_have_count(4)  # one per model with a loss
+
+    page.get_by_test_id("group-toggle").check()
+    # A section per model, by clean name; jobs that never named one last.
+    expect(page.get_by_test_id("model-group").locator(".group-name")).to_have_text(
+        ["meta-llama/Llama-3.2-3B-Instruct", "mistralai/Mistral-7B-Instruct-v0.3",
+         "Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen3-1.7B", "Unknown Model"])
+    qwen = group(page, Q)
+    expect(qwen).to_contain_text("Qwen/Qwen2.5-7B-Instruct")
+    expect(qwen).to_contain_text("3 runs")
+    expect(qwen.get_by_test_id("job-card")).to_have_count(3)
+    expect(qwen.get_by_test_id("badge-best")).to_have_count(1)
+    expect(card(qwen, "qwen-a").get_by_test_id("badge-best")).to_have_text("🏆 Best")
+    expect(card(qwen, "qwen-a").get_by_test_id("badge-loss")).to_have_text("Loss: 0.2345")
+    expect(card(qwen, "qwen-a").get_by_test_id("badge-delta")).to_have_count(0)
+    orange = card(qwen, "qwen-b").get_by_test_id("badge-delta")
+    expect(orange).to_have_text("⚠️ 15.2% worse")
+    expect(orange).to_have_attribute("data-tier", "orange")
+    red = card(qwen, "qwen-c").get_by_test_id("badge-delta")
+    expect(red).to_have_text("⚠️ 47.4% worse")
+    expect(red).to_have_attribute("data-tier", "red")
+    # The tier colours differ (and are not the default text colour).
+    colours = {t: card(qwen, j).get_by_test_id("badge-delta").evaluate(
+        "e => getComputedStyle(e).backgroundColor") for t, j in [("o", "qwen-b"), ("r", "qwen-c")]}
+    assert colours["o"] != colours["r"]
+    # A group of jobs without a loss has no trophy; a cleaned path is grouped by its exact name.
+    expect(group(page, "")).to_contain_text("Unknown Model")
+    expect(group(page, "").get_by_test_id("badge-best")).to_have_count(0)
+    expect(group(page, "/data/huggingface_models/Qwen-Qwen3-1.7B/snapshots/9a2c1f")
+           ).to_contain_text("Qwen/Qwen3-1.7B")
+    # Long names are cut with the full name on hover; a failure says why on hover.
+    title = card(page, "llama-b").locator(".card-title")
+    expect(title).to_have_attribute("title",
+                                    "llama3b-long-context-experiment-with-a-much-longer-name")
+    expect(card(page, "llama-b").locator(".status")).to_have_attribute(
+        "title", "Failed: CUDA out of memory. Tried to allocate 2.00 GiB")
+    expect(card(page, "qwen3-a").locator(".status")).to_have_text("Running · epoch 4/5")
+    # The picture: the top of the grouped list, three runs ticked to compare.
+    for job_id in ("qwen-a", "qwen-b", "qwen-c"):
+        card(page, job_id).get_by_test_id("job-select").check()
+    page.evaluate("window.scrollTo(0, 0)")
+    expect(page.get_by_test_id("compare-button")).to_be_visible()
+    screenshot(page, "grouped-list.png")
+    if os.environ.get("UPDATE_SCREENSHOT") == "1":
+        (ROOT / "docs").mkdir(exist_ok=True)
+        page.screenshot(path=str(ROOT / "docs" / "dashboard.png"))
+
+
+def test_compare_selected_runs_and_export(page: Page, r: redis.Redis, keys: Keys,
+                                          worker: RunningWorker, dialogs: list[str]) -> None:
+    seed(r, keys, worker, board(time.time()))
+    open_live(page)
+    compare = page.get_by_test_id("compare-button")
+    card(page, "qwen-a").get_by_test_id("job-select").check()
+    expect(compare).to_have_count(0)  # from 2 selected on
+    card(page, "qwen-b").get_by_test_id("job-select").check()
+    expect(compare).to_have_text("Compare Selected (2)")
+    card(page, "qwen-c").get_by_test_id("job-select").check()
+    expect(compare).to_have_text("Compare Selected (3)")
+    expect(page.get_by_test_id("job-detail")).to_be_hidden()  # ticking never opens a job
+    compare.click()
+
+    modal = page.get_by_test_id("compare-modal")
+    expect(modal).to_be_visible()
+    table = modal.get_by_test_id("compare-table")
+    expect(table.locator("thead th")).to_have_text(
+        [re.compile(r"^Metric$"), re.compile(r"^Run #1"), re.compile(r"^Run #2"),
+         re.compile(r"^Run #3"), re.compile(r"^Best Value$")])
+    expect(table.locator("tbody th")).to_have_text(
+        ["Model", "Job ID", "Status", "Best Eval Loss", "Final Training Loss", "Final Eval Loss",
+         "Best Checkpoint Epoch", "Checkpoint Path"])
+    best_row = table.locator('tr[data-row="Best Eval Loss"] td')
+    expect(best_row).to_have_text(["0.2345", "0.2701 (+15.2%)", "0.3456 (+47.4%)", "0.2345"])
+    expect(best_row.nth(1).locator("[data-tier]")).to_have_attribute("data-tier", "orange")
+    expect(best_row.nth(2).locator("[data-tier]")).to_have_attribute("data-tier", "red")
+    expect(table.locator('tr[data-row="Job ID"] td')).to_have_text(
+        ["qwen-a", "qwen-b", "qwen-c", "–"])
+    expect(table.locator('tr[data-row="Best Checkpoint Epoch"] td')).to_have_text(
+        ["5/12", "5/12", "3/12", "5/12"])
+    # The best run's column is highlighted, the others not.
+    expect(table.locator("thead th.best-col")).to_have_count(1)
+    expect(table.locator("thead th.best-col")).to_contain_text("Run #1")
+    expect(table.locator("tbody td.best-col")).to_have_count(8)
+
+    recommendation = modal.get_by_test_id("recommendation")
+    expect(recommendation).to_contain_text("Best Checkpoint: Run #1 - Qwen/Qwen2.5-7B-Instruct")
+    expect(recommendation).to_contain_text("Best eval loss: 0.2345 (at epoch 5/12)")
+    expect(recommendation).to_contain_text("Checkpoint: checkpoint-5")
+    expect(recommendation).to_contain_text("Job ID: qwen-a")
+    expect(recommendation.locator("li", has_text="Run #2")).to_have_text("Run #2 is 15.2% worse")
+    expect(recommendation.locator("li", has_text="Run #3")).to_have_text(
+        "Run #3 is 47.4% worse (consider archiving)")
+    # The curves of the three runs, overlaid: eval loss and loss of each.
+    expect(modal.locator(".chart-svg path.chart-line")).to_have_count(6)
+    screenshot(modal, "compare-modal.png")
+
+    with page.expect_download() as download_info:
+        modal.get_by_test_id("export-csv").click()
+    download = download_info.value
+    assert download.suggested_filename.endswith(".csv")
+    lines = Path(download.path()).read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "Metric,Run #1,Run #2,Run #3,Best Value"
+    assert "Job ID,qwen-a,qwen-b,qwen-c," in lines
+    assert "Best Eval Loss,0.2345,0.2701,0.3456,0.2345" in lines
+    assert "Delta vs Best (%),,+15.2,+47.4," in lines
+    assert "Consider archiving,Run #3,qwen-c,+47.4% worse" in lines
+    with page.expect_download() as download_info:
+        modal.get_by_test_id("export-json").click()
+    exported = json.loads(Path(download_info.value.path()).read_text(encoding="utf-8"))
+    assert [job["id"] for job in exported["jobs"]] == ["qwen-a", "qwen-b", "qwen-c"]
+    assert exported["best_job_id"] == "qwen-a"
+
+    # Keyboard: Tab stays inside the modal; Escape closes it.
+    for _ in range(25):
+        page.keyboard.press("Tab")
+        assert page.evaluate(
+            "document.querySelector('[data-testid=compare-modal]').contains(document.activeElement)")
+    page.keyboard.press("Escape")
+    expect(modal).to_be_hidden()
+    compare.click()
+    expect(modal).to_be_visible()
+    modal.get_by_test_id("modal-close").click()
+    expect(modal).to_be_hidden()
+
+    # At most 5: the 6th tick is refused with a message on the page, not a dialog.
+    for job_id in ("llama-a", "llama-b"):
+        card(page, job_id).get_by_test_id("job-select").check()
+    expect(compare).to_have_text("Compare Selected (5)")
+    sixth = card(page, "mistral-a").get_by_test_id("job-select")
+    sixth.click()
+    message = page.get_by_test_id("selection-message")
+    expect(message).to_be_visible()
+    expect(message).to_contain_text("at most 5")
+    expect(sixth).not_to_be_checked()
+    expect(compare).to_have_text("Compare Selected (5)")
+    assert dialogs == []
+
+
+def test_archive_from_the_modal_moves_the_trophy_live(page: Page, r: redis.Redis, keys: Keys,
+                                                      worker: RunningWorker) -> None:
+    seed(r, keys, worker, board(time.time()))
+    open_live(page, "/?group=1")
+    qwen = group(page, Q)
+    expect(qwen).to_contain_text("3 runs")
+    for job_id in ("qwen-a", "qwen-b", "qwen-c"):
+        card(page, job_id).get_by_test_id("job-select").check()
+    page.get_by_test_id("compare-button").click()
+    modal = page.get_by_test_id("compare-modal")
+    run3 = modal.locator('thead th[data-job-id="qwen-c"]')
+    expect(modal.get_by_test_id("recommendation")).to_contain_text("(consider archiving)")
+
+    run3.get_by_test_id("archive-button").click()  # the red run
+    expect(card(page, "qwen-c")).to_have_count(0)  # it leaves the list, live
+    expect(qwen).to_contain_text("2 runs")
+    expect(run3.get_by_test_id("restore-button")).to_be_visible()
+    expect(card(page, "qwen-a").get_by_test_id("badge-best")).to_have_count(1)
+
+    modal.locator('thead th[data-job-id="qwen-a"]').get_by_test_id("archive-button").click()
+    # With the best archived, the trophy moves to the next run without a reload.
+    expect(card(page, "qwen-b").get_by_test_id("badge-best")).to_have_text("🏆 Best")
+    expect(card(page, "qwen-b").get_by_test_id("badge-delta")).to_have_count(0)
+    expect(card(page, "qwen-a")).to_have_count(0)
+    modal.get_by_test_id("modal-close").click()
+    expect(qwen).to_contain_text("1 run")
+
+    # History: archived runs show greyed, with a restore button; restoring moves it back.
+    page.get_by_test_id("archived-toggle").check()
+    expect(card(page, "qwen-a")).to_have_class(re.compile(r"\barchived\b"))
+    expect(card(page, "qwen-c").get_by_test_id("restore-button")).to_be_visible()
+    expect(card(page, "qwen-a").get_by_test_id("badge-best")).to_have_count(0)
+    card(page, "qwen-a").get_by_test_id("restore-button").click()
+    expect(card(page, "qwen-a").get_by_test_id("badge-best")).to_have_count(1)
+    expect(card(page, "qwen-a")).not_to_have_class(re.compile(r"\barchived\b"))
+    expect(card(page, "qwen-b").get_by_test_id("badge-delta")).to_have_text("⚠️ 15.2% worse")
+    # Archiving from a card is one click too.
+    card(page, "qwen-b").get_by_test_id("archive-button").click()
+    expect(card(page, "qwen-b").get_by_test_id("restore-button")).to_be_visible()
+    expect(page.get_by_test_id("job-detail")).to_be_hidden()  # the button never opens the job
+
+
+# --- Live -----------------------------------------------------------------------------------------
+
+
+def test_a_new_eval_loss_moves_the_trophy_within_a_second(page: Page, r: redis.Redis,
+                                                           keys: Keys,
+                                                           worker: RunningWorker) -> None:
+    seed(r, keys, worker, board(time.time()))
+    open_live(page, "/?group=1")
+    expect(card(page, "qwen-a").get_by_test_id("badge-best")).to_have_count(1)
+    send(r, keys, [{"type": "metrics", "job_id": "qwen-b", "step": 1300, "epoch": 13,
+                       "eval_loss": 0.21}])
+    within = 1_000  # ms
+    expect(card(page, "qwen-b").get_by_test_id("badge-best")).to_have_count(1, timeout=within)
+    expect(card(page, "qwen-b").get_by_test_id("badge-loss")).to_have_text("Loss: 0.2100",
+                                                                          timeout=within)
+    expect(card(page, "qwen-a").get_by_test_id("badge-best")).to_have_count(0, timeout=within)
+    a_delta = card(page, "qwen-a").get_by_test_id("badge-delta")
+    expect(a_delta).to_have_text("⚠️ 11.7% worse", timeout=within)
+    expect(a_delta).to_have_attribute("data-tier", "orange", timeout=within)
+    expect(card(page, "qwen-c").get_by_test_id("badge-delta")).to_have_text("⚠️ 64.6% worse",
+                                                                           timeout=within)
+    # A new run appears live too.
+    send(r, keys, run_events("qwen-d", Q, 0.2201, ts=time.time(), name="qwen7b-new"))
+    expect(group(page, Q)).to_contain_text("4 runs")
+    expect(card(page, "qwen-d").get_by_test_id("badge-loss")).to_have_text("Loss: 0.2201")
+    expect(card(page, "qwen-d").get_by_test_id("badge-delta")).to_have_count(0)  # 4.8%: none
+
+
+def test_reconnects_and_resumes_after_the_gateway_restarts(page: Page, gateway: LiveGateway,
+                                                          r: redis.Redis, keys: Keys,
+                                                          worker: RunningWorker) -> None:
+    seed(r, keys, worker, board(time.time()))
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    open_live(page)
+    page.evaluate("window.sameDocument = true")
+    status = page.get_by_test_id("connection-status")
+
+    gateway.stop()
+    expect(status).to_have_attribute("data-state", "reconnecting")
+    expect(status).to_contain_text("Reconnecting")
+    expect(page.locator("#banner")).to_contain_text("Connection to the gateway lost")
+    # Events published while the page is cut off ...
+    seed(r, keys, worker, run_events("while-away", Q, 0.2000, ts=time.time(), name="late-run"))
+    gateway.start()
+    expect(status).to_have_attribute("data-state", "live", timeout=20_000)
+    # ... are shown once it is back, on the same page (no reload), resumed from its version.
+    expect(card(page, "while-away")).to_be_visible()
+    expect(card(page, "while-away").get_by_test_id("badge-best")).to_have_count(1)
+    expect(card(page, "qwen-a").get_by_test_id("badge-best")).to_have_count(0)
+    expect(page.locator("#banner")).to_be_hidden()
+    assert page.evaluate("window.sameDocument") is True
+    assert "?since=" not in sockets[0]
+    assert re.search(r"/ws\?since=\d+-\d+$", sockets[-1]), sockets
+
+
+def test_share_link_restores_grouping_selection_and_modal(page: Page, r: redis.Redis,
+                                                          keys: Keys,
+                                                          worker: RunningWorker) -> None:
+    seed(r, keys, worker, board(time.time()))
+    open_live(page)
+    page.get_by_test_id("group-toggle").check()
+    for job_id in ("qwen-c", "qwen-a", "llama-a"):
+        card(page, job_id).get_by_test_id("job-select").check()
+    page.get_by_test_id("compare-button").click()
+    modal = page.get_by_test_id("compare-modal")
+    modal.get_by_test_id("share-link").click()
+    shared = modal.get_by_test_id("share-url")
+    expect(shared).to_be_visible()
+    url = shared.input_value()
+    assert url == f"{page.url.split('?')[0]}?group=1&archived=0&compare=qwen-c,qwen-a,llama-a"
+    assert page.evaluate("navigator.clipboard.readText()") == url
+
+    other = page.context.new_page()
+    other.goto(url)
+    expect(other.get_by_test_id("compare-modal")).to_be_visible()
+    table = other.get_by_test_id("compare-table")
+    expect(table.locator('tr[data-row="Job ID"] td')).to_have_text(
+        ["qwen-c", "qwen-a", "llama-a", "–"])
+    expect(other.get_by_test_id("recommendation")).to_contain_text(
+        "Best Checkpoint: Run #2 - Qwen/Qwen2.5-7B-Instruct")
+    expect(other.get_by_test_id("group-toggle")).to_be_checked()
+    expect(other.get_by_test_id("archived-toggle")).not_to_be_checked()
+    for job_id in ("qwen-c", "qwen-a", "llama-a"):
+        expect(card(other, job_id).get_by_test_id("job-select")).to_be_checked()
+    expect(card(other, "qwen-b").get_by_test_id("job-select")).not_to_be_checked()
+    expect(group(other, Q)).to_be_attached()
+    other.get_by_test_id("modal-close").click()
+    expect(other.get_by_test_id("compare-button")).to_have_text("Compare Selected (3)")
+    other.close()
+
+
+# --- Safety and details ---------------------------------------------------------------------------
+
+XSS_MODEL = "<img src=x onerror=alert(1)>"
+XSS_NAME = "<script>alert(2)</script><b>bold</b>"
+
+
+def test_trainer_strings_are_shown_as_text(page: Page, r: redis.Redis, keys: Keys,
+                                           worker: RunningWorker, dialogs: list[str]) -> None:
+    now = time.time()
+    seed(r, keys, worker, run_events("xss-1", XSS_MODEL, 0.5, ts=now - 10, name=XSS_NAME,
+                                     status="failed", error="<img src=y onerror=alert(3)>")
+         + run_events("xss-2", XSS_MODEL, 0.9, ts=now))
+    open_live(page, "/?group=1")
+    section = group(page, XSS_MODEL)
+    expect(section).to_contain_text(XSS_MODEL)
+    expect(card(page, "xss-1").locator(".card-title")).to_have_text(XSS_NAME)
+    card(page, "xss-1").get_by_test_id("job-select").check()
+    card(page, "xss-2").get_by_test_id("job-select").check()
+    page.get_by_test_id("compare-button").click()
+    expect(page.get_by_test_id("compare-table")).to_contain_text(XSS_MODEL)
+    expect(page.get_by_test_id("recommendation")).to_contain_text(XSS_MODEL)
+    page.get_by_test_id("modal-close").click()
+    card(page, "xss-1").locator(".card-title").click()
+    detail = page.get_by_test_id("job-detail")
+    expect(detail).to_contain_text("<img src=y onerror=alert(3)>")
+    expect(page.locator("img")).to_have_count(0)
+    expect(page.locator("body script")).to_have_count(0)
+    expect(page.locator("b")).to_have_count(0)
+    page.wait_for_timeout(300)  # a dialog would have fired by now
+    assert dialogs == []
+
+
+def test_a_checkbox_click_never_opens_the_job_and_a_card_click_does(
+        page: Page, r: redis.Redis, keys: Keys, worker: RunningWorker) -> None:
+    seed(r, keys, worker, board(time.time()))
+    open_live(page)
+    detail = page.get_by_test_id("job-detail")
+    qwen_b = card(page, "qwen-b")
+    qwen_b.get_by_test_id("job-select").click()
+    expect(qwen_b.get_by_test_id("job-select")).to_be_checked()
+    expect(detail).to_be_hidden()
+    qwen_b.get_by_test_id("job-select").click()
+    expect(qwen_b.get_by_test_id("job-select")).not_to_be_checked()
+    expect(detail).to_be_hidden()
+
+    qwen_b.locator(".card-sub").click()
+    expect(detail).to_be_visible()
+    expect(detail.locator(".detail-title")).to_have_text("qwen7b-lr1e-4-r32")
+    expect(detail).to_contain_text("0.2701 (epoch 5/12, step 500)")
+    expect(detail.locator(".chart-svg path.chart-line")).to_have_count(2)
+    expect(detail.locator(".chart-markers circle")).to_have_count(12)
+    # The view is live: a new eval loss shows in its fields and its curve.
+    send(r, keys, [{"type": "metrics", "job_id": "qwen-b", "step": 1300, "epoch": 13,
+                       "loss": 0.25, "eval_loss": 0.2222}])
+    expect(detail.locator("dd", has_text="0.2222 (epoch 13/12, step 1300)")).to_be_visible()
+    expect(detail.locator(".chart-markers circle")).to_have_count(13)
+    expect(detail).to_contain_text("🏆 best run of its model")
+    page.keyboard.press("Escape")
+    expect(detail).to_be_hidden()
+    # Keyboard users open a job from its title.
+    qwen_b.locator(".card-title").focus()
+    page.keyboard.press("Enter")
+    expect(detail).to_be_visible()
+    detail.get_by_test_id("detail-close").click()
+    expect(detail).to_be_hidden()
+
+
+def test_empty_state_then_the_first_run_arrives(page: Page, r: redis.Redis, keys: Keys,
+                                                worker: RunningWorker) -> None:
+    open_live(page)
+    empty = page.locator("#empty-state")
+    expect(empty).to_be_visible()
+    expect(empty).to_contain_text("from monitor.sdk import start_run")
+    expect(empty).to_contain_text("XADD monitor:events")
+    screenshot(page, "empty-state.png")
+    send(r, keys, run_events("first", Q, 0.4, ts=time.time(), upto=2, status=None))
+    expect(card(page, "first")).to_be_visible()
+    expect(empty).to_be_hidden()
+
+
+def test_without_the_token_the_page_says_how_to_give_it(browser: Browser, redis_url: str,
+                                                        keys: Keys, r: redis.Redis,
+                                                        worker: RunningWorker,
+                                                        dialogs: list[str]) -> None:
+    seed(r, keys, worker, board(time.time()))
+    gw = LiveGateway(redis_url, keys.prefix, free_port(), token="s3cret-token")
+    gw.start()
+    errors: list[str] = []
+    page = new_page(browser, gw.url, dialogs, errors)
+    try:
+        page.goto("/")
+        expect(page.get_by_test_id("connection-status")).to_have_attribute("data-state",
+                                                                           "unauthorized")
+        expect(page.locator("#error-state")).to_contain_text(
+            "This monitor needs a token: open /?token=")
+        expect(page.get_by_test_id("job-card")).to_have_count(0)
+        page.goto("/?token=s3cret-token")
+        expect(page.get_by_test_id("connection-status")).to_have_attribute("data-state", "live")
+        expect(page.get_by_test_id("job-card")).to_have_count(8)
+        assert "token" not in page.url  # not left in the address (or in share links)
+        card(page, "qwen-a").get_by_test_id("job-select").check()
+        card(page, "qwen-b").get_by_test_id("job-select").check()
+        page.get_by_test_id("compare-button").click()  # REST calls carry the cookie
+        expect(page.get_by_test_id("recommendation")).to_contain_text("Run #1")
+    finally:
+        page.context.close()
+        gw.stop()
+    assert errors == [] and dialogs == []
+
+
+def test_the_page_rounds_deltas_as_the_server_decides_tiers(page: Page) -> None:
+    """Badge text and tier colour agree: JS toFixed(1) rounds as the server's shown()."""
+    page.goto("/")
+    rng = random.Random(7)
+    deltas = [rng.uniform(0, 60) for _ in range(2000)]
+    deltas += [n / 20 for n in range(1200)]  # every x.x5 boundary up to 60
+    deltas += [(0.2701 - 0.2345) / 0.2345 * 100, (0.3456 - 0.2345) / 0.2345 * 100, 25.05, 10.05]
+    texts = page.evaluate(
+        """async (deltas) => {
+            const f = await import('/static/format.js');
+            return deltas.map((d) => f.deltaText(d));
+        }""", deltas)
+    assert texts == [f"{shown(d)}% worse" for d in deltas]
+    cases = page.evaluate("""async () => {
+        const f = await import('/static/format.js');
+        return [
+          f.deltaBadgeText((0.2701 - 0.2345) / 0.2345 * 100),
+          f.lossBadgeText(0.2345),
+          f.compareLossText(0.3456, (0.3456 - 0.2345) / 0.2345 * 100),
+          f.compareLossText(0.2345, null),
+          f.epochText(5, 12), f.epochText(2.5, null), f.epochText(null, 12),
+          f.statusText({status: 'running', total_epochs: 12}, 3),
+          f.statusText({status: 'running', total_epochs: null}, null),
+          f.statusText({status: 'failed', total_epochs: 12}, 3),
+          f.runCountText(1), f.runCountText(3), f.shortId('0123456789abcdef'), f.shortId('run-1'),
+          f.cellText(0.12345678), f.cellText(null), f.cellText('5/12'),
+        ];
+    }""")
+    assert cases == ["⚠️ 15.2% worse", "Loss: 0.2345", "0.3456 (+47.4%)", "0.2345", "5/12",
+                     "2.5", None, "Running · epoch 3/12", "Running", "Failed", "1 run", "3 runs",
+                     "01234567…", "run-1", "0.1235", "N/A", "5/12"]
+
+
+def test_narrow_window_and_dark_mode(browser: Browser, gateway: LiveGateway, r: redis.Redis,
+                                     keys: Keys, worker: RunningWorker,
+                                     dialogs: list[str]) -> None:
+    seed(r, keys, worker, board(time.time()))
+    errors: list[str] = []
+    page = new_page(browser, gateway.url, dialogs, errors, color_scheme="dark")
+    try:
+        page.set_viewport_size({"width": 420, "height": 800})
+        open_live(page, "/?group=1")
+        # One column: every card as wide as the list, none overflowing the window.
+        boxes = page.get_by_test_id("job-card").evaluate_all(
+            "cards => cards.map(c => c.getBoundingClientRect().toJSON())")
+        assert boxes and all(b["x"] >= 0 and b["x"] + b["width"] <= 420 for b in boxes)
+        assert len({round(b["x"]) for b in boxes}) == 1
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert background != "rgb(245, 246, 248)"  # the dark palette, not the light one
+        screenshot(page, "grouped-list-narrow-dark.png")
+        for job_id in ("qwen-a", "qwen-c"):
+            card(page, job_id).get_by_test_id("job-select").check()
+        page.get_by_test_id("compare-button").click()
+        modal = page.get_by_test_id("compare-modal")
+        expect(modal.get_by_test_id("recommendation")).to_be_visible()
+        scrolls = modal.locator(".modal-body").evaluate("b => b.scrollHeight > b.clientHeight")
+        assert scrolls  # the modal scrolls instead of running off the screen
+        screenshot(page, "compare-modal-narrow-dark.png")
+    finally:
+        page.context.close()
+    assert errors == [] and dialogs == []
+
+
+def test_updates_keep_the_list_in_order_as_a_rebuild_would(page: Page) -> None:
+    """The list's order and groups are kept current in place by each update (new runs,
+    archiving, a changed start time, a rename under a filter); after any sequence of updates
+    they are what a rebuild from scratch gives."""
+    page.goto("/")
+    mismatches = page.evaluate("""async () => {
+        const s = await import('/static/state.js?isolated');  // its own instance
+        let seed = 12345;
+        const rand = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+        const pick = (xs) => xs[Math.floor(rand() * xs.length)];
+        const models = ['Qwen/Qwen2.5-7B-Instruct', 'null', null, 'meta-llama/Llama-3.2-3B'];
+        let n = 0;
+        const job = (over = {}) => ({ id: `j${n++}`, model_name: pick(models),
+            model_display: 'x', name: pick(['alpha', 'beta', null]),
+            created_at: Math.floor(rand() * 50), archived: rand() < 0.2, ...over });
+        const seen = () => JSON.stringify([s.state.derived.flat,
+            s.state.derived.groups.map((g) => [g.modelName, g.ids]), s.state.derived.archived]);
+        s.applyMessage({ type: 'snapshot', version: '1-0',
+                         jobs: Array.from({ length: 40 }, () => job()) });
+        const bad = [];
+        for (let step = 0; step < 3000; step++) {
+            if (step % 500 === 0) { s.state.showArchived = !s.state.showArchived; }
+            if (step % 750 === 0) { s.state.filter = s.state.filter ? '' : 'alp'; }
+            s.state.derivedDirty = true;
+            s.derive();
+            const ids = [...s.state.jobs.keys()];
+            const changes = [];
+            for (let k = Math.floor(rand() * 3) + 1; k > 0; k--) {
+                const roll = rand();
+                if (roll < 0.3) changes.push(job());
+                else {
+                    const old = s.state.jobs.get(pick(ids));
+                    const next = { ...old };
+                    if (roll < 0.55) next.archived = !old.archived;
+                    else if (roll < 0.7) next.created_at = Math.floor(rand() * 50);
+                    else if (roll < 0.85) next.name = pick(['alpha', 'beta', 'alpine', null]);
+                    changes.push(next);
+                }
+            }
+            s.applyMessage({ type: 'update', version: `${step + 2}-0`, jobs: changes });
+            const kept = seen();
+            s.state.derivedDirty = true;
+            s.derive();
+            if (kept !== seen()) bad.push({ step, kept, rebuilt: seen() });
+        }
+        const order = s.state.order.map((id) => s.state.jobs.get(id));
+        const sorted = [...order].sort((a, b) => b.created_at - a.created_at
+            || (a.id < b.id ? -1 : 1));
+        if (JSON.stringify(order) !== JSON.stringify(sorted)) bad.push('order');
+        return bad.slice(0, 3);
+    }""")
+    assert mismatches == []
+
+
+def test_error_state_while_redis_is_away_then_it_fills_in(
+        browser: Browser, redis_server_factory: Callable[..., RedisServer], keys: Keys,
+        dialogs: list[str]) -> None:
+    server = redis_server_factory()  # not started yet: the gateway's Redis is away
+    gw = LiveGateway(server.url, keys.prefix, free_port())
+    gw.start()
+    errors: list[str] = []
+    page = new_page(browser, gw.url, dialogs, errors)
+    try:
+        page.goto("/")
+        error_state = page.locator("#error-state")
+        expect(error_state).to_contain_text("The monitor's gateway cannot reach Redis")
+        expect(page.get_by_test_id("connection-status")).to_have_attribute(
+            "data-state", re.compile("reconnecting|offline"))
+        server.start()
+        expect(page.get_by_test_id("connection-status")).to_have_attribute(
+            "data-state", "live", timeout=20_000)
+        expect(error_state).to_be_hidden()
+        expect(page.locator("#empty-state")).to_be_visible()
+    finally:
+        page.context.close()
+        gw.stop()
+    assert errors == [] and dialogs == []

@@ -1,0 +1,258 @@
+// The page's entry point: reads the address, wires the controls, keeps the live connection,
+// and draws the page's frame (toolbar, connection, empty and error states, selection bar).
+
+import { TOKEN_MESSAGE, archiveJob, restoreJob, setUnauthorizedHandler } from "./api.js";
+import { compareSawChanges, initCompare, openCompare } from "./compare.js";
+import { detailSawChanges, initDetail, openDetail } from "./detail.js";
+import { h, setAttr, setText } from "./dom.js";
+import { countText } from "./format.js";
+import { initList, redrawCards } from "./list.js";
+import { connectLive } from "./live.js";
+import { registerRenderer, schedule, stats } from "./render.js";
+import {
+  MAX_SELECTED,
+  applyMessage,
+  buildQuery,
+  derive,
+  parseAddress,
+  setSelected,
+  state,
+} from "./state.js";
+
+const MESSAGE_MS = 4000; // how long the "at most 5" message stays
+const NOTICE_MS = 8000; // how long a failed action's notice stays
+
+const $ = (id) => document.getElementById(id);
+const groupToggle = $("group-toggle");
+const archivedToggle = $("archived-toggle");
+const filterInput = $("filter");
+const connection = $("connection");
+const selectionBar = $("selection-bar");
+const selectionCount = $("selection-count");
+const selectionMessage = h("p", { class: "selection-message", "data-testid": "selection-message",
+  role: "status" });
+const compareButton = h("button", { type: "button", class: "primary",
+  "data-testid": "compare-button" });
+let messageTimer = null;
+let noticeTimer = null;
+
+const CONNECTION_WORDS = {
+  connecting: "Connecting…",
+  live: "Live",
+  reconnecting: "Reconnecting…",
+  offline: "Offline",
+  unauthorized: "Needs a token",
+};
+
+// --- Actions ---------------------------------------------------------------------------------------
+
+function showSelectionMessage(text) {
+  state.selectionMessage = text;
+  clearTimeout(messageTimer);
+  messageTimer = setTimeout(() => {
+    state.selectionMessage = "";
+    schedule();
+  }, MESSAGE_MS);
+  schedule();
+}
+
+function select(id, on, checkbox) {
+  if (!setSelected(id, on)) {
+    checkbox.checked = false;
+    showSelectionMessage(
+      `You can compare at most ${MAX_SELECTED} runs: untick one to pick another.`);
+    return;
+  }
+  if (!on || state.selected.length < MAX_SELECTED) {
+    state.selectionMessage = "";
+  }
+  schedule();
+}
+
+async function act(id, archive) {
+  try {
+    await (archive ? archiveJob(id) : restoreJob(id));
+    state.notice = "";
+  } catch (e) {
+    state.notice = `Could not ${archive ? "archive" : "restore"} ${id}: ${e.message}`;
+    clearTimeout(noticeTimer);
+    noticeTimer = setTimeout(() => {
+      state.notice = "";
+      schedule();
+    }, NOTICE_MS);
+    redrawCards(); // the card's button, disabled while the call was out, comes back
+  }
+  schedule();
+}
+
+function onMessage(message) {
+  const changed = applyMessage(message);
+  stats.messages += 1;
+  if (changed.snapshot && stats.messages === 1) performance.mark("monitor:snapshot");
+  compareSawChanges(changed.ids);
+  detailSawChanges(changed.ids);
+  schedule();
+}
+
+function onStatus(status, detail) {
+  state.connection = status;
+  state.connectionDetail = detail;
+  schedule();
+}
+
+// --- The page's frame ----------------------------------------------------------------------------
+
+function show(node, on) {
+  if (node.hidden === on) node.hidden = !on;
+}
+
+function renderConnection() {
+  setAttr(connection, "data-state", state.connection);
+  setText(connection.querySelector(".connection-label"), CONNECTION_WORDS[state.connection]);
+  const title = {
+    live: "Receiving updates as trainers write them",
+    reconnecting: "The connection to the gateway dropped; reconnecting",
+    offline: "The gateway cannot be reached; still trying",
+    unauthorized: TOKEN_MESSAGE,
+    connecting: "Connecting to the gateway",
+  }[state.connection];
+  setAttr(connection, "title", state.connectionDetail ? `${title} (${state.connectionDetail})` : title);
+}
+
+function renderStates(derived) {
+  const errorState = $("error-state");
+  const unauthorized = state.connection === "unauthorized";
+  const unreachable = !state.loaded && (state.connection === "reconnecting" ||
+    state.connection === "offline");
+  show(errorState, unauthorized || unreachable);
+  if (unauthorized) {
+    setText(errorState.querySelector(".panel-title"), "This monitor needs a token");
+    setText(errorState.querySelector(".panel-text"),
+      `${TOKEN_MESSAGE}${state.connectionDetail ? ` (the gateway said: ${state.connectionDetail})` : ""}`);
+  } else if (unreachable) {
+    const redisDown = /redis/i.test(state.connectionDetail);
+    setText(errorState.querySelector(".panel-title"), redisDown
+      ? "The monitor's gateway cannot reach Redis" : "Cannot reach the monitor's gateway");
+    setText(errorState.querySelector(".panel-text"), redisDown
+      ? `The gateway at ${location.host} answers but its Redis does not (${state.connectionDetail}). `
+        + "This page keeps trying and fills in as soon as it is back."
+      : `No answer from ${location.host}${state.connectionDetail ? ` (${state.connectionDetail})` : ""}. `
+        + "Is `monitor gateway` running? This page keeps trying and fills in as soon as it answers.");
+  }
+  show($("empty-state"), state.loaded && state.jobs.size === 0 && !unauthorized);
+  const noMatch = $("no-match");
+  const hiding = state.loaded && state.jobs.size > 0 && derived.flat.length === 0;
+  show(noMatch, hiding);
+  if (hiding) {
+    setText(noMatch.querySelector(".panel-text"), state.filter
+      ? `No run matches “${state.filter}”.`
+      : `All ${countText(derived.archived, "run")} are archived: tick “Show archived” to see them.`);
+  }
+  const banner = $("banner");
+  let text = state.notice;
+  if (state.loaded && (state.connection === "reconnecting" || state.connection === "offline")) {
+    text = `Connection to the gateway lost${state.connectionDetail ? ` (${state.connectionDetail})` : ""}: ` +
+      "showing the last known state, reconnecting…";
+  }
+  setText(banner, text);
+  show(banner, Boolean(text));
+}
+
+function renderSummary(derived) {
+  if (!state.loaded) {
+    setText($("summary"), "");
+    return;
+  }
+  const parts = [countText(derived.flat.length, "run"), countText(derived.groups.length, "model")];
+  if (derived.archived && !state.showArchived) parts.push(`${derived.archived.toLocaleString("en-US")} archived`);
+  setText($("summary"), parts.join(" · "));
+}
+
+function renderSelection() {
+  const count = state.selected.length;
+  show(selectionBar, count > 0 || Boolean(state.selectionMessage));
+  setText(selectionCount, count < 2
+    ? `${count} selected · tick another run to compare`
+    : `${count} of ${MAX_SELECTED} selected`);
+  if (state.selectionMessage) {
+    setText(selectionMessage, state.selectionMessage);
+    if (!selectionMessage.isConnected) selectionBar.prepend(selectionMessage);
+  } else if (selectionMessage.isConnected) {
+    selectionMessage.remove();
+  }
+  if (count >= 2) {
+    setText(compareButton, `Compare Selected (${count})`);
+    if (!compareButton.isConnected) selectionBar.appendChild(compareButton);
+  } else if (compareButton.isConnected) {
+    compareButton.remove();
+  }
+}
+
+function renderFrame() {
+  const derived = state.loaded ? derive() : { flat: [], groups: [], archived: 0 };
+  groupToggle.checked = state.grouped;
+  archivedToggle.checked = state.showArchived;
+  if (document.activeElement !== filterInput && filterInput.value !== state.filter) {
+    filterInput.value = state.filter;
+  }
+  renderConnection();
+  renderStates(derived);
+  renderSummary(derived);
+  renderSelection();
+  const query = buildQuery();
+  if (location.search !== query) {
+    history.replaceState(null, "", `${location.pathname}${query}${location.hash}`);
+  }
+}
+
+// --- Start -------------------------------------------------------------------------------------------
+
+function start() {
+  const asked = parseAddress(location.search);
+  state.grouped = asked.grouped;
+  state.showArchived = asked.showArchived;
+  state.filter = asked.filter;
+  state.selected = asked.compare.slice();
+  setUnauthorizedHandler(() => onStatus("unauthorized", ""));
+
+  groupToggle.addEventListener("change", () => {
+    state.grouped = groupToggle.checked;
+    schedule();
+  });
+  archivedToggle.addEventListener("change", () => {
+    state.showArchived = archivedToggle.checked;
+    state.derivedDirty = true;
+    schedule();
+  });
+  filterInput.addEventListener("input", () => {
+    state.filter = filterInput.value;
+    state.derivedDirty = true;
+    schedule();
+  });
+  $("clear-selection").addEventListener("click", () => {
+    state.selected = [];
+    state.selectionMessage = "";
+    schedule();
+  });
+  compareButton.addEventListener("click", () => {
+    if (state.selected.length >= 2) openCompare(state.selected);
+  });
+
+  initList({
+    onOpen: (id) => openDetail(id),
+    onSelect: select,
+    onArchive: (id) => act(id, true),
+    onRestore: (id) => act(id, false),
+  });
+  initCompare();
+  initDetail();
+  registerRenderer("frame", renderFrame);
+
+  connectLive({ onMessage, onStatus, since: () => state.version });
+  if (state.selected.length >= 2) openCompare(state.selected);
+  schedule();
+  // For the benchmark and for debugging from the console.
+  window.monitor = { state, stats };
+}
+
+start();

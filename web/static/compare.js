@@ -1,0 +1,295 @@
+// The comparison modal: the table and recommendation of GET /api/compare, the curves of the
+// selected runs overlaid, CSV and JSON export, a shareable link and archive buttons. It
+// refetches (debounced) while open whenever one of its jobs changes.
+
+import { archiveJob, compareUrl, getComparison, getMetrics, restoreJob } from "./api.js";
+import { legend, lineChart, pointsOf, xAxisFor } from "./chart.js";
+import { h, setText, trapFocus } from "./dom.js";
+import {
+  cellText,
+  compareLossText,
+  deltaText,
+  epochText,
+  jobTitle,
+  lossText,
+  tierTitle,
+} from "./format.js";
+import { registerRenderer, schedule } from "./render.js";
+import { noteMetrics, shareUrl, state } from "./state.js";
+
+const REFRESH_MS = 300; // wait this long after a change before refetching the comparison
+const RUN_COLORS = ["var(--run-1)", "var(--run-2)", "var(--run-3)", "var(--run-4)", "var(--run-5)"];
+
+const modal = document.getElementById("compare-modal");
+const body = modal.querySelector(".modal-body");
+const footer = modal.querySelector(".modal-footer");
+const status = modal.querySelector(".compare-status");
+
+let data = null; // the last comparison answer
+let histories = null; // job id -> metric points
+let error = "";
+let loading = false;
+let dirty = false;
+let timer = null;
+let generation = 0; // answers to older requests are dropped
+let shared = ""; // the share link shown after a click on it
+const pendingActions = new Set(); // job ids with an archive/restore on its way
+
+async function load() {
+  const ids = state.compareIds;
+  if (!ids) return;
+  const mine = ++generation;
+  loading = true;
+  dirty = true;
+  schedule();
+  try {
+    const [answer, points] = await Promise.all([
+      getComparison(ids),
+      Promise.all(ids.map((id) => getMetrics(id).then((m) => m.points, () => []))),
+    ]);
+    if (mine !== generation) return;
+    data = answer;
+    histories = new Map(ids.map((id, i) => [id, points[i]]));
+    ids.forEach((id, i) => noteMetrics(id, points[i]));
+    error = "";
+  } catch (e) {
+    if (mine !== generation) return;
+    error = e.message;
+  } finally {
+    if (mine === generation) {
+      loading = false;
+      dirty = true;
+      schedule();
+    }
+  }
+}
+
+/** Open the comparison of `ids` (in column order). */
+export function openCompare(ids) {
+  state.compareIds = ids.slice();
+  data = null;
+  histories = null;
+  error = "";
+  shared = "";
+  pendingActions.clear();
+  dirty = true;
+  if (!modal.open) modal.showModal();
+  load();
+  schedule();
+}
+
+export function closeCompare() {
+  if (modal.open) modal.close();
+}
+
+/** Jobs changed (from /ws): refetch, debounced, if any of them is being compared. */
+export function compareSawChanges(ids) {
+  if (!state.compareIds) return;
+  const watched = new Set(state.compareIds);
+  if (!ids.some((id) => watched.has(id))) return;
+  for (const id of ids) pendingActions.delete(id);
+  dirty = true; // archive buttons follow the live state at once
+  clearTimeout(timer);
+  timer = setTimeout(load, REFRESH_MS);
+}
+
+// --- Building the modal --------------------------------------------------------------------------
+
+function runHeader(job, index, isBest) {
+  const live = state.jobs.get(job.id) || job;
+  const archived = live.archived;
+  const busy = pendingActions.has(job.id);
+  const button = archived
+    ? h("button", { type: "button", class: "small", "data-testid": "restore-button",
+      "data-job-id": job.id, disabled: busy }, "Restore")
+    : h("button", { type: "button", class: "small", "data-testid": "archive-button",
+      "data-job-id": job.id, disabled: busy }, "Archive");
+  button.addEventListener("click", () => act(job.id, archived));
+  const swatch = h("span", { class: "swatch", "aria-hidden": "true" });
+  swatch.style.background = RUN_COLORS[index];
+  return h("th", { scope: "col", class: isBest ? "best-col" : null, "data-job-id": job.id },
+    h("div", { class: "run-head" }, swatch, `Run #${index + 1}`,
+      isBest ? h("span", { class: "badge badge-best" }, "🏆 Best") : null),
+    h("div", { class: "run-name", title: job.name || job.id }, jobTitle(job)),
+    h("div", { class: "run-actions" },
+      archived ? h("span", { class: "badge badge-archived" }, "Archived") : null, button));
+}
+
+function valueCell(row, value, i, isBest) {
+  const cls = isBest ? "best-col" : null;
+  if (row.label === "Best Eval Loss") {
+    const delta = row.deltas ? row.deltas[i] : null;
+    const tier = row.tiers ? row.tiers[i] : null;
+    const text = h("span", { class: tier ? `tier-text tier-${tier}` : null,
+      "data-tier": tier, title: tier ? tierTitle(tier) : null }, compareLossText(value, delta));
+    return h("td", { class: cls }, isBest ? h("strong", {}, text) : text);
+  }
+  const text = cellText(value);
+  return h("td", { class: cls, title: typeof value === "string" && value.length > 24 ? value : null },
+    text);
+}
+
+function table(answer) {
+  const bestIndex = answer.jobs.findIndex((job) => job.id === answer.best_job_id);
+  const head = h("tr", {}, h("th", { scope: "col" }, "Metric"),
+    answer.jobs.map((job, i) => runHeader(job, i, i === bestIndex)),
+    h("th", { scope: "col", class: "best-value" }, "Best Value"));
+  const rows = answer.rows.map((row) =>
+    h("tr", { "data-row": row.label },
+      h("th", { scope: "row" }, row.label),
+      row.values.map((value, i) => valueCell(row, value, i, i === bestIndex)),
+      h("td", { class: "best-value" },
+        row.best === null ? "–" : row.label === "Best Eval Loss" ? lossText(row.best)
+          : cellText(row.best))));
+  return h("div", { class: "table-wrap" },
+    h("table", { class: "compare-table", "data-testid": "compare-table" },
+      h("thead", {}, head), h("tbody", {}, rows)));
+}
+
+function recommendation(answer) {
+  const rec = answer.recommendation;
+  const box = h("section", { class: "recommendation", "data-testid": "recommendation" },
+    h("h3", {}, "🎯 Recommendation"));
+  if (rec.best_job_id === null) {
+    box.append(h("p", {}, "None of these runs has an eval loss yet: nothing to recommend."));
+    return box;
+  }
+  const at = epochText(rec.best_epoch, rec.total_epochs);
+  box.append(
+    h("p", {}, h("strong", {}, "Best Checkpoint:"), ` Run #${rec.run_number} - ${rec.model_display}`),
+    h("ul", {},
+      h("li", {}, h("strong", {}, "Best eval loss:"),
+        ` ${lossText(rec.best_eval_loss)}${at ? ` (at epoch ${at})` : ""}`),
+      h("li", {}, h("strong", {}, "Checkpoint:"), " ",
+        rec.checkpoint_path ? h("code", {}, rec.checkpoint_path) : "none saved at the best eval loss"),
+      h("li", {}, h("strong", {}, "Job ID:"), " ", h("code", {}, rec.best_job_id))));
+  if (rec.others.length) {
+    box.append(h("p", { class: "summary-title" }, "Performance summary:"),
+      h("ul", {}, rec.others.map((other) => {
+        if (other.delta_pct === null) {
+          return h("li", {}, `Run #${other.run_number} has no eval loss to compare`);
+        }
+        return h("li", { "data-job-id": other.job_id }, `Run #${other.run_number} is `,
+          h("span", { class: other.tier ? `tier-text tier-${other.tier}` : "neutral",
+            "data-tier": other.tier }, deltaText(other.delta_pct)),
+          other.consider_archiving ? " (consider archiving)" : "");
+      })));
+  }
+  return box;
+}
+
+function chart(answer) {
+  const jobs = answer.jobs;
+  const all = jobs.map((job) => histories?.get(job.id) || []);
+  const axis = xAxisFor(all);
+  const series = [];
+  jobs.forEach((job, i) => {
+    series.push({ label: `Run #${i + 1} eval loss`, color: RUN_COLORS[i], width: 2.5, markers: true,
+      points: pointsOf(all[i], "eval_loss", axis) });
+    series.push({ label: `Run #${i + 1} training loss`, color: RUN_COLORS[i], width: 1.5,
+      dashed: true, points: pointsOf(all[i], "loss", axis) });
+  });
+  const key = [
+    ...jobs.map((job, i) => ({ label: `Run #${i + 1} · ${jobTitle(job)}`, color: RUN_COLORS[i] })),
+    { label: "eval loss", color: "var(--muted)", width: 2.5 },
+    { label: "training loss", color: "var(--muted)", dashed: true },
+  ];
+  return h("section", { class: "chart-box" },
+    h("h3", {}, "Loss and eval loss"),
+    lineChart({ series, xLabel: axis.label, title: "Loss and eval loss of the compared runs" }),
+    legend(key));
+}
+
+function footerLinks(ids) {
+  const csv = h("a", { class: "button", "data-testid": "export-csv", href: compareUrl(ids, "csv"),
+    download: "" }, "Export CSV");
+  const json = h("a", { class: "button", "data-testid": "export-json",
+    href: compareUrl(ids, "json"), download: "" }, "Export JSON");
+  const link = h("a", { class: "button", "data-testid": "share-link", href: shareUrl() },
+    "🔗 Copy share link");
+  link.addEventListener("click", async (event) => {
+    event.preventDefault();
+    shared = shareUrl();
+    dirty = true;
+    schedule();
+    try {
+      await navigator.clipboard.writeText(shared);
+      setText(status, "Link copied to the clipboard.");
+    } catch {
+      setText(status, "Copy the link below (the clipboard is not available here).");
+    }
+  });
+  const parts = [csv, json, link];
+  if (shared) {
+    const input = h("input", { type: "text", readonly: true, class: "share-url",
+      "data-testid": "share-url", value: shared, "aria-label": "Share link" });
+    input.addEventListener("focus", () => input.select());
+    parts.push(input);
+  }
+  return parts;
+}
+
+async function act(id, archived) {
+  pendingActions.add(id);
+  dirty = true;
+  schedule();
+  try {
+    await (archived ? restoreJob(id) : archiveJob(id));
+  } catch (e) {
+    pendingActions.delete(id);
+    setText(status, `Could not ${archived ? "restore" : "archive"} ${id}: ${e.message}`);
+    dirty = true;
+    schedule();
+  }
+}
+
+function renderCompare() {
+  if (!dirty) return;
+  dirty = false;
+  if (!state.compareIds) {
+    body.replaceChildren();
+    footer.replaceChildren();
+    return;
+  }
+  const ids = state.compareIds;
+  setText(modal.querySelector(".modal-title"), `Compare ${ids.length} runs`);
+  if (error) {
+    body.replaceChildren(h("p", { class: "error-text", role: "alert" }, error));
+  } else if (!data) {
+    body.replaceChildren(h("p", { class: "muted" }, "Loading the comparison…"));
+  } else {
+    const focused = document.activeElement;
+    const focusKey = focused && body.contains(focused) ? focused.dataset.jobId : null;
+    body.replaceChildren(table(data), recommendation(data), chart(data));
+    if (focusKey) { // keep keyboard users where they were across a live refresh
+      const again = body.querySelector(`button[data-job-id="${CSS.escape(focusKey)}"]`);
+      (again || modal.querySelector("[data-testid=modal-close]")).focus();
+    }
+  }
+  modal.classList.toggle("loading", loading);
+  const focusedFooter = document.activeElement && footer.contains(document.activeElement)
+    ? document.activeElement.dataset.testid : null;
+  footer.replaceChildren(...footerLinks(ids));
+  if (focusedFooter) footer.querySelector(`[data-testid="${focusedFooter}"]`)?.focus();
+}
+
+export function initCompare() {
+  trapFocus(modal);
+  modal.querySelector("[data-testid=modal-close]").addEventListener("click", closeCompare);
+  modal.addEventListener("close", () => {
+    state.compareIds = null;
+    generation += 1;
+    clearTimeout(timer);
+    data = null;
+    histories = null;
+    shared = "";
+    setText(status, "");
+    dirty = true;
+    schedule();
+  });
+  // A click on the backdrop (outside the box) closes, as in most dialogs.
+  modal.addEventListener("click", (event) => {
+    if (event.target === modal) closeCompare();
+  });
+  registerRenderer("compare", renderCompare);
+}

@@ -1,0 +1,135 @@
+// Pure formatting helpers: no DOM, no state. Every text a card, the table or the
+// recommendation shows about a number is made here, so the page says it one way.
+
+const NA = "N/A";
+
+/** A loss with 4 decimals (`0.2345`), or N/A. */
+export function lossText(value) {
+  return value === null || value === undefined ? NA : value.toFixed(4);
+}
+
+/** The loss badge of a card: `Loss: 0.2345` (the best eval loss). */
+export function lossBadgeText(bestEvalLoss) {
+  return `Loss: ${lossText(bestEvalLoss)}`;
+}
+
+/** One decimal, as the server decides tiers on (JS toFixed: exact value, half up). */
+export function pctText(delta) {
+  return delta.toFixed(1);
+}
+
+/** `15.2% worse`. */
+export function deltaText(delta) {
+  return `${pctText(delta)}% worse`;
+}
+
+/** The delta badge of a card: `⚠️ 15.2% worse`. */
+export function deltaBadgeText(delta) {
+  return `⚠️ ${deltaText(delta)}`;
+}
+
+/** A Best Eval Loss cell of the comparison: `0.3456 (+47.4%)`, or the bare loss. */
+export function compareLossText(value, delta) {
+  if (value === null || value === undefined) return NA;
+  return delta === null || delta === undefined
+    ? lossText(value)
+    : `${lossText(value)} (+${pctText(delta)}%)`;
+}
+
+const TIER_TITLES = {
+  yellow: "More than 5% worse than the best run",
+  orange: "More than 10% worse than the best run",
+  red: "More than 25% worse than the best run: consider archiving",
+};
+
+/** The hover text of a tier colour (the server decides the tier). */
+export function tierTitle(tier) {
+  return TIER_TITLES[tier] ?? "";
+}
+
+/** An epoch number as the server writes it: `5`, `2.5`. */
+export function epochNumber(epoch) {
+  return Number.isInteger(epoch) ? String(epoch) : String(Number(epoch.toFixed(3)));
+}
+
+/** `5/12` (epoch out of the run's epochs), `5` without a total, null without an epoch. */
+export function epochText(epoch, totalEpochs) {
+  if (epoch === null || epoch === undefined) return null;
+  const text = epochNumber(epoch);
+  return totalEpochs === null || totalEpochs === undefined ? text : `${text}/${totalEpochs}`;
+}
+
+/** A job id short enough for a card: the first 8 characters of a long id. */
+export function shortId(id) {
+  return id.length > 12 ? `${id.slice(0, 8)}…` : id;
+}
+
+/** What a card calls a job: its display name, else its (short) id. */
+export function jobTitle(job) {
+  return job.name ? job.name : shortId(job.id);
+}
+
+const STATUS_WORDS = {
+  running: "Running",
+  completed: "Completed",
+  failed: "Failed",
+  cancelled: "Cancelled",
+};
+
+/**
+ * The status line of a card: `Running · epoch 3/12`, `Completed`, `Failed`.
+ * `epoch` is the latest epoch known for the job (from its metrics, else its best epoch).
+ */
+export function statusText(job, epoch) {
+  const word = STATUS_WORDS[job.status] ?? job.status;
+  if (job.status !== "running") return word;
+  const progress = epochText(epoch, job.total_epochs);
+  if (progress !== null) return `${word} · epoch ${progress}`;
+  return job.total_epochs ? `${word} · ${job.total_epochs} epochs` : word;
+}
+
+/** `1 run`, `3 runs`. */
+export function runCountText(count) {
+  return `${count.toLocaleString("en-US")} ${count === 1 ? "run" : "runs"}`;
+}
+
+/** A count with its noun: `1 model`, `200 models`. */
+export function countText(count, noun) {
+  return `${count.toLocaleString("en-US")} ${noun}${count === 1 ? "" : "s"}`;
+}
+
+/** A time (seconds since the epoch) as a short local date and time. */
+export function timeText(ts, now = Date.now() / 1000) {
+  if (ts === null || ts === undefined) return NA;
+  const date = new Date(ts * 1000);
+  const today = new Date(now * 1000).toDateString() === date.toDateString();
+  const options = today
+    ? { hour: "2-digit", minute: "2-digit" }
+    : { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" };
+  return date.toLocaleString(undefined, options);
+}
+
+/** How long between two times (seconds): `42s`, `12m 5s`, `3h 20m`. */
+export function durationText(seconds) {
+  if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return NA;
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
+  return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+}
+
+/** A cell of the comparison table: numbers with 4 decimals, N/A for nothing. */
+export function cellText(value) {
+  if (value === null || value === undefined || value === "") return NA;
+  if (typeof value === "number") return Number.isInteger(value) ? String(value) : value.toFixed(4);
+  return String(value);
+}
+
+/** The recommendation's line about another run. */
+export function otherRunText(other) {
+  if (other.delta_pct === null || other.delta_pct === undefined) {
+    return `Run #${other.run_number} has no eval loss to compare`;
+  }
+  const base = `Run #${other.run_number} is ${deltaText(other.delta_pct)}`;
+  return other.consider_archiving ? `${base} (consider archiving)` : base;
+}

@@ -1,0 +1,316 @@
+// The job list: cards in a grid that reflows with the window, flat or in a section per model.
+// Only what is on screen (plus a margin) is in the DOM: 100,000 jobs cost as much to draw as
+// the 30 that fit in the window. Cards are kept by job id and refilled only when their job,
+// selection or mode changed.
+
+import { currentEpoch, derive, state } from "./state.js";
+import { h, fromTemplate, setAttr, setText } from "./dom.js";
+import {
+  deltaBadgeText,
+  jobTitle,
+  lossBadgeText,
+  runCountText,
+  shortId,
+  statusText,
+  tierTitle,
+  timeText,
+} from "./format.js";
+import { registerRenderer, schedule } from "./render.js";
+
+const OVERSCAN = 600; // px drawn above and below the window
+const POOL_MAX = 200; // cards kept for reuse after they scroll away
+
+const list = document.getElementById("list");
+let sizes = null; // card and header sizes, from the CSS custom properties
+let layout = null;
+let frameNo = 0;
+const cards = new Map(); // job id -> card record
+const sections = new Map(); // model key -> section record
+const pool = [];
+let firstShown = false;
+
+function readSizes() {
+  const css = getComputedStyle(list);
+  const px = (name) => parseFloat(css.getPropertyValue(name)) || 0;
+  return {
+    cardH: px("--card-h"),
+    gap: px("--gap"),
+    headH: px("--group-head-h"),
+    groupGap: px("--group-gap"),
+    minW: px("--card-min-w"),
+  };
+}
+
+function computeLayout(derived, width) {
+  const m = sizes;
+  const cols = Math.max(1, Math.floor((width + m.gap) / (m.minW + m.gap)));
+  const colW = (width - m.gap * (cols - 1)) / cols;
+  const rowH = m.cardH + m.gap;
+  const base = { version: derived.version, width, grouped: state.grouped, cols, colW, rowH };
+  if (!state.grouped) {
+    const rows = Math.ceil(derived.flat.length / cols);
+    return { ...base, total: rows ? rows * rowH - m.gap : 0 };
+  }
+  let top = 0;
+  const placed = [];
+  for (const group of derived.groups) {
+    const rows = Math.ceil(group.ids.length / cols);
+    const height = m.headH + rows * rowH - m.gap;
+    placed.push({ group, top, height });
+    top += height + m.groupGap;
+  }
+  return { ...base, placed, total: Math.max(0, top - m.groupGap) };
+}
+
+// --- Cards ------------------------------------------------------------------------------------------
+
+function newCard() {
+  const el = fromTemplate("card-template");
+  const rec = {
+    el,
+    id: null,
+    job: null,
+    selected: null,
+    grouped: null,
+    epoch: undefined,
+    x: null,
+    y: null,
+    w: null,
+    check: el.querySelector("[data-testid=job-select]"),
+    title: el.querySelector(".card-title"),
+    status: el.querySelector(".status"),
+    model: el.querySelector(".card-model"),
+    time: el.querySelector(".card-time"),
+    badges: el.querySelector(".badges"),
+    actions: el.querySelector(".card-actions"),
+    best: h("span", { class: "badge badge-best", "data-testid": "badge-best" }, "🏆 Best"),
+    loss: h("span", { class: "badge badge-loss", "data-testid": "badge-loss" }),
+    delta: h("span", { class: "badge badge-delta", "data-testid": "badge-delta" }),
+    archive: h("button", { type: "button", class: "card-action", "data-testid": "archive-button" },
+      "Archive"),
+    restore: h("button", { type: "button", class: "card-action", "data-testid": "restore-button" },
+      "Restore"),
+  };
+  return rec;
+}
+
+function fillCard(rec, job, selected, grouped, epoch) {
+  const { el } = rec;
+  setAttr(el, "data-job-id", job.id);
+  setAttr(el, "data-status", job.status);
+  el.classList.toggle("archived", job.archived);
+  el.classList.toggle("selected", selected);
+  el.classList.toggle("is-best", job.is_best);
+  rec.check.checked = selected;
+  const title = jobTitle(job);
+  setText(rec.title, title);
+  setAttr(rec.title, "title", job.name || job.id);
+  setAttr(rec.check, "aria-label", `Select ${title} for comparison`);
+  setText(rec.status, statusText(job, epoch));
+  rec.status.className = `status status-${job.status}`;
+  setAttr(rec.status, "title",
+    job.status === "failed" ? (job.error ? `Failed: ${job.error}` : "Failed") : null);
+  if (grouped) {
+    setText(rec.model, job.name ? shortId(job.id) : "");
+    setAttr(rec.model, "title", job.name ? job.id : null);
+  } else {
+    setText(rec.model, job.model_display);
+    setAttr(rec.model, "title", job.model_name === null ? "Unknown Model" : job.model_name);
+  }
+  setText(rec.time, timeText(job.created_at));
+  setAttr(rec.time, "title", new Date(job.created_at * 1000).toLocaleString());
+
+  const badges = [];
+  if (job.is_best) badges.push(rec.best);
+  if (job.best_eval_loss !== null) {
+    setText(rec.loss, lossBadgeText(job.best_eval_loss));
+    badges.push(rec.loss);
+  }
+  if (grouped && job.tier !== null && job.delta_pct !== null) {
+    setText(rec.delta, deltaBadgeText(job.delta_pct));
+    setAttr(rec.delta, "data-tier", job.tier);
+    setAttr(rec.delta, "title", tierTitle(job.tier));
+    rec.delta.className = `badge badge-delta tier-${job.tier}`;
+    badges.push(rec.delta);
+  }
+  if (job.archived) badges.push(h("span", { class: "badge badge-archived" }, "Archived"));
+  rec.badges.replaceChildren(...badges);
+  const action = job.archived ? rec.restore : rec.archive;
+  action.disabled = false;
+  setAttr(action, "aria-label", `${job.archived ? "Restore" : "Archive"} ${title}`);
+  if (rec.actions.firstChild !== action) rec.actions.replaceChildren(action);
+}
+
+function placeCard(id, parent, x, y, w) {
+  const job = state.jobs.get(id);
+  let rec = cards.get(id);
+  if (rec === undefined) {
+    rec = pool.pop() || newCard();
+    rec.id = id;
+    rec.job = null;
+    cards.set(id, rec);
+  }
+  rec.frame = frameNo;
+  const selected = state.selected.includes(id);
+  const epoch = currentEpoch(job);
+  if (rec.job !== job || rec.selected !== selected || rec.grouped !== state.grouped ||
+      rec.epoch !== epoch) {
+    fillCard(rec, job, selected, state.grouped, epoch);
+    rec.job = job;
+    rec.selected = selected;
+    rec.grouped = state.grouped;
+    rec.epoch = epoch;
+  }
+  if (rec.x !== x || rec.y !== y) {
+    rec.el.style.transform = `translate(${x}px, ${y}px)`;
+    rec.x = x;
+    rec.y = y;
+  }
+  if (rec.w !== w) {
+    rec.el.style.width = `${w}px`;
+    rec.w = w;
+  }
+  if (rec.el.parentNode !== parent) parent.appendChild(rec.el);
+}
+
+// --- Sections (grouped view) ------------------------------------------------------------------------
+
+function placeSection(entry) {
+  const { group, top, height } = entry;
+  let rec = sections.get(group.key);
+  if (rec === undefined) {
+    const el = fromTemplate("group-template");
+    rec = {
+      el,
+      name: el.querySelector(".group-name"),
+      count: el.querySelector(".group-count"),
+      full: el.querySelector(".group-full"),
+      cards: el.querySelector(".group-cards"),
+      top: null,
+      height: null,
+    };
+    setAttr(el, "data-model", group.modelName === null ? "" : group.modelName);
+    setText(rec.name, group.display);
+    const full = group.modelName === null ? "" : group.modelName;
+    setText(rec.full, full !== group.display ? full : "");
+    setAttr(rec.full, "title", full || null);
+    setAttr(rec.name, "title", full || "Unknown Model");
+    sections.set(group.key, rec);
+  }
+  rec.frame = frameNo;
+  setText(rec.count, runCountText(group.ids.length));
+  if (rec.top !== top) {
+    rec.el.style.top = `${top}px`;
+    rec.top = top;
+  }
+  if (rec.height !== height) {
+    rec.el.style.height = `${height}px`;
+    rec.height = height;
+  }
+  if (rec.el.parentNode !== list) list.appendChild(rec.el);
+  return rec;
+}
+
+// --- The frame -----------------------------------------------------------------------------------
+
+function placeRows(ids, parent, from, to) {
+  const { cols, colW, rowH } = layout;
+  const gap = sizes.gap;
+  const first = Math.max(0, Math.floor(from / rowH));
+  const last = Math.min(Math.ceil(ids.length / cols) - 1, Math.floor(to / rowH));
+  for (let row = first; row <= last; row++) {
+    for (let col = 0; col < cols; col++) {
+      const i = row * cols + col;
+      if (i >= ids.length) break;
+      placeCard(ids[i], parent, Math.round(col * (colW + gap)), row * rowH, Math.floor(colW));
+    }
+  }
+}
+
+function renderList() {
+  frameNo += 1;
+  const derived = state.loaded ? derive() : { flat: [], groups: [], version: 0 };
+  // Read every geometry first, then write: no layout thrashing.
+  sizes ??= readSizes();
+  const width = list.clientWidth;
+  const rect = list.getBoundingClientRect();
+  const viewTop = -rect.top - OVERSCAN;
+  const viewBottom = -rect.top + window.innerHeight + OVERSCAN;
+  if (!layout || layout.version !== derived.version || layout.width !== width ||
+      layout.grouped !== state.grouped) {
+    layout = computeLayout(derived, width);
+    list.style.height = `${layout.total}px`;
+  }
+  list.classList.toggle("grouped", state.grouped);
+  if (!state.grouped) {
+    placeRows(derived.flat, list, viewTop, viewBottom);
+  } else {
+    const placed = layout.placed;
+    let lo = 0;
+    let hi = placed.length;
+    while (lo < hi) { // the first section that ends below the top of the view
+      const mid = (lo + hi) >>> 1;
+      if (placed[mid].top + placed[mid].height < viewTop) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = lo; i < placed.length && placed[i].top <= viewBottom; i++) {
+      const entry = placed[i];
+      const rec = placeSection(entry);
+      const offset = entry.top + sizes.headH;
+      placeRows(entry.group.ids, rec.cards, viewTop - offset, viewBottom - offset);
+    }
+  }
+  for (const [id, rec] of cards) {
+    if (rec.frame === frameNo) continue;
+    rec.el.remove();
+    cards.delete(id);
+    if (pool.length < POOL_MAX) pool.push(rec);
+  }
+  for (const [key, rec] of sections) {
+    if (rec.frame === frameNo) continue;
+    rec.el.remove();
+    sections.delete(key);
+  }
+  if (!firstShown && cards.size > 0) {
+    firstShown = true;
+    performance.mark("monitor:list-shown");
+  }
+}
+
+/** Fill every card on screen again at the next frame (after a failed archive, say). */
+export function redrawCards() {
+  for (const rec of cards.values()) rec.job = null;
+  schedule();
+}
+
+/** Wire the list's clicks: a card opens its job, its checkbox and buttons do not. */
+export function initList({ onOpen, onSelect, onArchive, onRestore }) {
+  list.addEventListener("click", (event) => {
+    const card = event.target.closest("[data-testid=job-card]");
+    if (!card) return;
+    const id = card.getAttribute("data-job-id");
+    const button = event.target.closest("button");
+    if (event.target.closest(".card-select")) return; // ticking never opens the job
+    if (button && button.dataset.testid === "archive-button") {
+      button.disabled = true;
+      onArchive(id);
+    } else if (button && button.dataset.testid === "restore-button") {
+      button.disabled = true;
+      onRestore(id);
+    } else {
+      onOpen(id);
+    }
+  });
+  list.addEventListener("change", (event) => {
+    if (event.target.dataset.testid !== "job-select") return;
+    const card = event.target.closest("[data-testid=job-card]");
+    onSelect(card.getAttribute("data-job-id"), event.target.checked, event.target);
+  });
+  window.addEventListener("scroll", schedule, { passive: true });
+  window.addEventListener("resize", () => {
+    sizes = null;
+    layout = null;
+    schedule();
+  });
+  registerRenderer("list", renderList);
+}

@@ -1,0 +1,86 @@
+// The WebSocket to the page's own host: snapshot, then updates; after a drop it reconnects
+// with backoff and resumes with `?since=<last version>`, so nothing is missed.
+
+const CLOSE_POLICY = 1008; // wrong token or origin: retrying will not help
+const BACKOFF_MS = [250, 500, 1000, 2000, 4000, 5000];
+const OFFLINE_AFTER = 5; // failed attempts in a row before the indicator says offline
+const STEADY_MS = 5000; // a connection open this long resets the backoff
+
+/**
+ * Keep a live connection. `onMessage(message)` gets every parsed message; `onStatus(status,
+ * detail)` hears "live", "reconnecting", "offline" or "unauthorized"; `since()` gives the
+ * version to resume from (null: start with a snapshot).
+ */
+export function connectLive({ onMessage, onStatus, since }) {
+  let socket = null;
+  let failures = 0;
+  let timer = null;
+  let steadyTimer = null;
+  let stopped = false;
+  let received = false;
+
+  function url() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const version = since();
+    const query = version ? `?since=${encodeURIComponent(version)}` : "";
+    return `${scheme}//${location.host}/ws${query}`;
+  }
+
+  function open() {
+    clearTimeout(timer);
+    timer = null;
+    if (stopped || socket) return;
+    const ws = new WebSocket(url());
+    socket = ws;
+    ws.onopen = () => {
+      if (!performance.getEntriesByName("monitor:ws-open").length) {
+        performance.mark("monitor:ws-open");
+      }
+      onStatus("live", "");
+      steadyTimer = setTimeout(() => {
+        failures = 0;
+      }, STEADY_MS);
+    };
+    ws.onmessage = (event) => {
+      failures = 0;
+      if (!received) {
+        received = true;
+        performance.mark("monitor:first-message"); // for the benchmark: transfer vs parse
+      }
+      onMessage(JSON.parse(event.data));
+    };
+    ws.onclose = (event) => {
+      clearTimeout(steadyTimer);
+      if (socket !== ws) return;
+      socket = null;
+      if (stopped) return;
+      if (event.code === CLOSE_POLICY) {
+        onStatus("unauthorized", event.reason || "refused by the gateway");
+        return;
+      }
+      failures += 1;
+      const detail = event.reason || "";
+      onStatus(failures > OFFLINE_AFTER || !navigator.onLine ? "offline" : "reconnecting", detail);
+      const delay = BACKOFF_MS[Math.min(failures - 1, BACKOFF_MS.length - 1)];
+      timer = setTimeout(open, delay);
+    };
+  }
+
+  // Come back at once when the machine is back online or the tab is looked at again.
+  const retryNow = () => {
+    if (!socket && !stopped && timer !== null) open();
+  };
+  window.addEventListener("online", retryNow);
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") retryNow();
+  });
+
+  open();
+  return {
+    stop() {
+      stopped = true;
+      clearTimeout(timer);
+      if (socket) socket.close();
+    },
+  };
+}
