@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: the machine line, Redis prefixes, /proc readings, tables."""
+"""Helpers shared by the benchmarks: the machine line, Redis prefixes, /proc readings, tables,
+starting and stopping processes, latency histograms, and WebSocket client processes."""
 
 from __future__ import annotations
 
