@@ -95,6 +95,7 @@ def _gateway(settings: GatewaySettings) -> int:
         logging.getLogger(name).addFilter(RedactTokens())
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 ws_ping_interval=settings.ws_ping, ws_ping_timeout=settings.ws_ping,
+                ws_per_message_deflate=settings.ws_deflate,
                 log_level=settings.log_level.lower(), ws="websockets-sansio")
     return 0
 

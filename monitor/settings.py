@@ -124,6 +124,8 @@ class GatewaySettings(CommonSettings):
                              _positive)
     ws_ping: float = _setting(20.0, "seconds between WebSocket pings; a client silent for "
                                     "as long again is dropped", _positive)
+    ws_deflate: bool = _setting(False, "compress WebSocket messages (saves bandwidth to far "
+                                       "clients, costs the gateway CPU)")
 
     @property
     def origins(self) -> list[str]:

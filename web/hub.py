@@ -5,6 +5,7 @@ snapshot) instead of growing the gateway's memory, and never holds up the others
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -12,17 +13,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from monitor.keys import Keys
-from web.state import is_kept, kept_check
 
 log = logging.getLogger("monitor.gateway")
 
 RESYNC = "resync"  # queued instead of updates when a subscriber must start over
 RETRY_MAX = 5.0
+START_WAIT = 5.0  # seconds a subscriber waits for the hub to start before going ahead
 
 
 def _text(value: bytes | str) -> str:
@@ -32,6 +35,23 @@ def _text(value: bytes | str) -> str:
 def update_message(version: str, data: bytes) -> str:
     """``{"type": "update", "version": V, "jobs": [...]}`` from a stored ``{"jobs": [...]}``."""
     return '{"type":"update","version":"' + version + '",' + data.decode("utf-8", "replace")[1:]
+
+
+def merge_updates(entries: list[tuple[str, bytes]]) -> tuple[str, str]:
+    """One update message for consecutive updates: each job as the last of them left it, at
+    the last one's version. Under load the hub reads many commits at once and each client
+    gets one message for them, instead of falling behind by one message per commit."""
+    if len(entries) == 1:
+        version, data = entries[0]
+        return version, update_message(version, data)
+    jobs: dict[str, Any] = {}
+    for _, data in entries:
+        for job in orjson.loads(data)["jobs"]:
+            jobs.pop(job["id"], None)  # re-insert: the order follows the latest change
+            jobs[job["id"]] = job
+    version = entries[-1][0]
+    return version, orjson.dumps({"type": "update", "version": version,
+                                  "jobs": list(jobs.values())}).decode()
 
 
 MAX_QUEUED_BYTES = 16 * 1024 * 1024  # per client: past this, a resync is cheaper
@@ -46,6 +66,7 @@ class Subscriber:
     max_bytes: int = MAX_QUEUED_BYTES
     queued_bytes: int = 0
     overflows: list[float] = field(default_factory=list)
+    sending_since: float | None = None  # when the send now in progress began
 
     def offer(self, item: tuple[str, str]) -> None:
         """Queue an update; past either bound, drop what is queued and ask for a resync."""
@@ -88,11 +109,16 @@ class Hub:
         self.block_ms = block_ms
         self.subscribers: set[Subscriber] = set()
         self.last: str | None = None  # the last entry read; None until started
+        self.consumed = 0  # entries read since the stream began (its entries-added, when even)
         self.connected = asyncio.Event()
+        self.started = asyncio.Event()  # the position is known
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[Subscriber]:
         """A queue that gets every update from now on, removed on leaving."""
+        if not self.started.is_set():  # just after start-up: know our position first
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.started.wait(), START_WAIT)
         subscriber = Subscriber(asyncio.Queue(self.queue_size))
         self.subscribers.add(subscriber)
         try:
@@ -104,16 +130,17 @@ class Hub:
         for subscriber in list(self.subscribers):
             subscriber.offer((version, message))
 
-    async def _start_position(self) -> str:
-        last: Any = await self.redis.xrevrange(self.keys.updates, count=1)
-        return _text(last[0][0]) if last else "0-0"
+    async def _position(self) -> tuple[str, int]:
+        """Where the stream ends now, and how many entries it ever had."""
+        try:
+            info: Any = await self.redis.xinfo_stream(self.keys.updates)
+        except ResponseError:  # no stream yet
+            return "0-0", 0
+        return _text(info["last-generated-id"]), int(info["entries-added"])
 
-    async def _trimmed_past(self, position: str) -> bool:
-        """Were entries after ``position`` trimmed before we could read them?"""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            kept_check(pipe, self.keys.updates, position)
-            replies = await pipe.execute(raise_on_error=False)
-        return not is_kept(position, *replies)
+    def _resync_all(self) -> None:
+        for subscriber in list(self.subscribers):
+            subscriber.resync()
 
     async def run(self) -> None:
         """Read updates until cancelled; survives Redis going away and coming back."""
@@ -122,20 +149,30 @@ class Hub:
             _raise_if_cancelled()
             try:
                 if self.last is None:
-                    self.last = await self._start_position()
-                    for subscriber in list(self.subscribers):  # joined before we knew where
-                        subscriber.resync()
-                elif not self.connected.is_set() and await self._trimmed_past(self.last):
-                    log.warning("updates after %s were trimmed while away; resyncing all",
-                                self.last)
-                    self.last = await self._start_position()
-                    for subscriber in list(self.subscribers):
-                        subscriber.resync()
+                    self.last, self.consumed = await self._position()
+                    self._resync_all()  # anyone who could not wait for us (Redis was away)
+                    self.started.set()
                 self.connected.set()
-                reply: Any = await self.redis.xread({self.keys.updates: self.last},
-                                                    count=500, block=self.block_ms)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.xinfo_stream(self.keys.updates)
+                    pipe.xread({self.keys.updates: self.last}, count=500, block=self.block_ms)
+                    info, reply = await pipe.execute(raise_on_error=False)
+                if isinstance(reply, Exception):
+                    raise reply
                 delay = 0.1
+                if not isinstance(info, Exception) and (
+                        int(info["entries-added"]) - self.consumed > int(info["length"])):
+                    # More entries are unread than the stream still holds: the hub fell
+                    # so far behind that some were trimmed unread. Everyone starts over.
+                    log.warning("updates after %s were trimmed before they were read; "
+                                "resyncing every client", self.last)
+                    self.last = _text(info["last-generated-id"])
+                    self.consumed = int(info["entries-added"])
+                    self._resync_all()
+                    continue
+                batch = []
                 for _, entries in reply or []:
+                    self.consumed += len(entries)
                     for entry_id, fields in entries:
                         version = _text(entry_id)
                         self.last = version
@@ -143,7 +180,9 @@ class Hub:
                         if data is None:
                             log.warning("update %s has no data field; skipped", version)
                             continue
-                        self._broadcast(version, update_message(version, data))
+                        batch.append((version, data))
+                if batch:
+                    self._broadcast(*merge_updates(batch))
             except (RedisConnectionError, RedisTimeoutError, OSError) as e:
                 _raise_if_cancelled()
                 if self.connected.is_set():

@@ -24,6 +24,7 @@ from web.security import origin_ok, token_ok
 
 log = logging.getLogger("monitor.gateway")
 
+MAX_REPLAY = 1000  # missed updates replayed on resume; past this a snapshot is cheaper
 TOO_SLOW = 3  # overflows within SLOW_WINDOW seconds that close the connection with 1013
 SLOW_WINDOW = 30.0
 CLOSE_POLICY = 1008
@@ -35,31 +36,40 @@ class TooSlow(Exception):
     """The client did not take a message within the ping interval: its connection is full."""
 
 
-async def send(websocket: WebSocket, gw: Gateway, text: str) -> None:
-    """Send, giving up on a client that stopped reading (its TCP buffer is full, so neither
-    this nor a ping can get through)."""
-    try:
-        with anyio.fail_after(gw.settings.ws_ping):
-            await websocket.send_text(text)
-    except TimeoutError:
-        raise TooSlow from None
+async def send(websocket: WebSocket, subscriber: Subscriber, text: str) -> None:
+    """Send one message, noting since when, for :func:`watchdog`."""
+    subscriber.sending_since = time.monotonic()
+    await websocket.send_text(text)
+    subscriber.sending_since = None
 
 
-async def send_snapshot(websocket: WebSocket, gw: Gateway) -> str:
+async def watchdog(subscriber: Subscriber, limit: float) -> None:
+    """Give up on a client whose send has not gone through in ``limit`` seconds: it stopped
+    reading and its TCP buffer is full, so neither our messages nor a ping can reach it.
+    (One check a second per client, instead of a timer around every send.)"""
+    while True:
+        await anyio.sleep(min(1.0, limit / 2))
+        since = subscriber.sending_since
+        if since is not None and time.monotonic() - since > limit:
+            raise TooSlow
+
+
+async def send_snapshot(websocket: WebSocket, gw: Gateway, subscriber: Subscriber) -> str:
     snapshot = await gw.reader.snapshot()
-    await send(websocket, gw, snapshot.message)
+    await send(websocket, subscriber, snapshot.message)
     return snapshot.version
 
 
-async def start(websocket: WebSocket, gw: Gateway, since: str | None) -> str:
+async def start(websocket: WebSocket, gw: Gateway, subscriber: Subscriber,
+                since: str | None) -> str:
     """Bring a new client up to date; the version it has reached."""
     if since is not None:
         missed = await gw.reader.updates_after(since)
-        if missed is not None:
-            for version, data in missed:
-                await send(websocket, gw, update_message(version, data))
+        if missed is not None and len(missed) <= MAX_REPLAY:
+            for version, data in missed:  # each missed update, in order
+                await send(websocket, subscriber, update_message(version, data))
             return missed[-1][0] if missed else since
-    return await send_snapshot(websocket, gw)
+    return await send_snapshot(websocket, gw, subscriber)
 
 
 async def send_updates(websocket: WebSocket, gw: Gateway, subscriber: Subscriber,
@@ -74,13 +84,13 @@ async def send_updates(websocket: WebSocket, gw: Gateway, subscriber: Subscriber
             if len(recent) >= TOO_SLOW:
                 await websocket.close(CLOSE_TRY_LATER, "too slow; reconnect with ?since=")
                 return
-            position = parse_pos(await send_snapshot(websocket, gw))
+            position = parse_pos(await send_snapshot(websocket, gw, subscriber))
             continue
         version, message = item
         pos = parse_pos(version)
         if pos <= position:
             continue  # already in what the client has
-        await send(websocket, gw, message)
+        await send(websocket, subscriber, message)
         position = pos
 
 
@@ -118,8 +128,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             tasks.cancel_scope.cancel()
 
         async def serve() -> None:
-            reached = await start(websocket, gw, since)
+            reached = await start(websocket, gw, subscriber, since)
             await send_updates(websocket, gw, subscriber, reached)
 
         tasks.start_soon(until_either_ends, serve)
         tasks.start_soon(until_either_ends, lambda: read_until_closed(websocket))
+        tasks.start_soon(until_either_ends, lambda: watchdog(subscriber, gw.settings.ws_ping))
