@@ -326,8 +326,8 @@ class ClientResult:
     snapshots: int = 0  # snapshot messages: 1 is the first one, more are resyncs
     updates: int = 0  # update messages holding the watched job
     other: int = 0  # update messages without it
-    gaps: int = 0  # with ``consecutive``: updates whose tag was not the previous tag + 1
-    skipped: int = 0  # with ``consecutive``: tags missing in those gaps (updates never seen)
+    backwards: int = 0  # with ``consecutive``: messages whose tag went back (an error)
+    merged: int = 0  # with ``consecutive``: updates folded into a later message by the hub
     finished: bool = False  # saw the tag reach the value asked for
     last: float | None = None  # the last tag value seen
     closed: str | None = None  # why the connection ended early, if it did
@@ -437,9 +437,13 @@ async def _one_client(spec: ClientSpec, result: ClientResult, ready: asyncio.Eve
                     result.arrivals.append(now)
                     result.versions_ms.append(int(data["version"].split("-", 1)[0]))
                     result.tags.append(value)
-                if spec.consecutive and previous is not None and value != previous + 1:
-                    result.gaps += 1
-                    result.skipped += max(0, int(value - previous - 1))
+                if spec.consecutive and previous is not None:
+                    # The hub sends the commits of one read as one message: the job arrives
+                    # as the last of them left it, so tags may jump ahead, never back.
+                    if value <= previous:
+                        result.backwards += 1
+                    else:
+                        result.merged += int(value - previous - 1)
                 previous = result.last = value
             if target_set.is_set() and result.last == target[0]:
                 result.finished = True

@@ -226,22 +226,23 @@ def delivery_table(rows: list[Row]) -> str:
     body = []
     for r in rows:
         got = sorted(x.updates for x in r.results)
-        every = sum(1 for x in r.results if x.updates == r.published and x.snapshots == 1)
+        every = sum(1 for x in r.results if x.last == r.published and x.snapshots == 1
+                    and x.backwards == 0)
         resyncs = sum(max(0, x.snapshots - 1) for x in r.results)
         closed = sum(1 for x in r.results if x.closed is not None)
-        gaps = sum(x.gaps for x in r.results)
-        skipped = sum(x.skipped for x in r.results)
+        backwards = sum(x.backwards for x in r.results)
+        merged = sum(x.merged for x in r.results)
         body.append([
             f"{r.clients:,} in {r.procs}", "on" if r.deflate else "off",
             f"{r.published:,} in {r.publish_s:.1f}s ({r.published / r.publish_s:,.0f}/s)",
             f"{sum(got):,} ({sum(got) / r.wall:,.0f}/s)",
             f"{got[0]:,} / {statistics.median(got):,.0f} / {got[-1]:,}",
-            f"{every:,}", f"{resyncs:,} / {gaps:,} ({skipped:,}) / {closed:,}",
+            f"{every:,}", f"{resyncs:,} / {backwards:,} / {merged:,} / {closed:,}",
             *r.latency.row_ms(),
         ])
     return table(["clients in processes", "deflate", "updates published",
                   "messages received", "updates per client min / median / max",
-                  "clients with every update", "resyncs / gaps (updates skipped) / closed",
+                  "clients up to date", "resyncs / out of order / merged / closed",
                   "latency p50 ms", "p95", "p99", "max"], body,
                  align=["r", "l", "r", "r", "r", "r", "r", "r", "r", "r", "r"])
 
@@ -322,9 +323,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"get the last update within {FINISH_TIMEOUT:.0f}s of it; {r.machine}"
                   + (f"; closes: {sorted(set(closed))[:3]}" if closed else ""))
         print("- 'resyncs': snapshots after the first (a client's queue in the gateway, "
-              "--ws-queue, default 1,000 updates, overflowed); 'gaps': updates that came after "
-              "a missing sequence number, with no resync in between, and how many were "
-              "skipped; 'closed': connections the server ended. The latency percentiles cover "
+              "--ws-queue, default 1,000 updates, overflowed); 'out of order': messages whose "
+              "sequence number went back (must be 0); 'merged': updates that reached a client "
+              "inside a later message, because the hub sends the commits of one read as one "
+              "message carrying each job's latest view; 'clients up to date': clients that ended "
+              "on the last update with one snapshot and nothing out of order; 'closed': "
+              "connections the server ended. The latency percentiles cover "
               "the updates delivered; those still on their way when the clients stopped "
               "(see 'updates per client') are not in them, so they understate a backlog. "
               "'µs per message' is the gateway's CPU until the clients stopped over the "

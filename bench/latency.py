@@ -246,7 +246,8 @@ def delivery_table(trainer: TrainerReport, steps: int, commits: list[tuple[int, 
     ]]
     return table(["trainer events", "start late ms p50 / p99 / max", "log() µs p50 / max",
                   "updates committed", "events per update mean / p50 / p99 / max",
-                  "updates per client min / median / max", "clients with every update",
+                  ("messages per client min / median / max (of the commits; the hub merges "
+                   "the commits of one read)"), "clients with a message per commit",
                   "resyncs", "closed early"], body)
 
 
