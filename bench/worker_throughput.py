@@ -14,8 +14,6 @@ Every key is written under a fresh ``bench:<random>:`` prefix and deleted at the
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,13 +28,16 @@ import orjson
 import redis
 
 from bench.common import (
+    clean_env,
     cpu_seconds,
     delete_prefix,
     machine_line,
     median,
+    monitor_command,
     peak_rss_mb,
     redis_cpu_seconds,
     redis_url,
+    stop_process,
     table,
     unique_prefix,
     used_memory_mb,
@@ -105,31 +106,6 @@ def prefill(client: redis.Redis, stream: str, events: Iterable[dict[str, Any]]) 
     return mix
 
 
-def monitor_command() -> list[str]:
-    """The ``monitor`` console script next to this interpreter, else ``python -m monitor.cli``."""
-    script = Path(sys.executable).with_name("monitor")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "monitor.cli"]
-
-
-def worker_env() -> dict[str, str]:
-    """Our environment without ``MONITOR_*`` settings: the worker runs with flags and defaults."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within :data:`STOP_GRACE` seconds."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(STOP_GRACE)
-    except subprocess.TimeoutExpired:
-        print(f"warning: worker {proc.pid} ignored SIGTERM for {STOP_GRACE:.0f}s; killing it",
-              file=sys.stderr)
-        proc.kill()
-        proc.wait()
-
-
 def _counts(client: redis.Redis, keys: Keys) -> dict[str, int]:
     values = client.hmget(keys.stats, ["applied", "dead", "duplicates"])
     return {name: int(v or 0) for name, v in zip(("applied", "dead", "duplicates"), values)}
@@ -155,7 +131,7 @@ def run_row(client: redis.Redis, url: str, workload: Workload, prefix: str, *,
     spy: subprocess.Popen[bytes] | None = None
     with open(log_path, "wb") as log_file:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=worker_env())
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=clean_env())
         try:
             if py_spy is not None:
                 spy = subprocess.Popen(
@@ -184,7 +160,7 @@ def run_row(client: redis.Redis, url: str, workload: Workload, prefix: str, *,
             cpu = cpu_seconds(proc.pid)
             redis_cpu = redis_cpu_seconds(client) - redis_cpu_start
         finally:
-            stop_process(proc)
+            stop_process(proc, "worker")
             if spy is not None:
                 try:
                     spy.wait(30)
