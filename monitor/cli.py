@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import signal
 import sys
@@ -14,11 +13,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from monitor import __version__
+from monitor.errors import StartError
 from monitor.settings import (
     CommonSettings,
     DemoSettings,
     GatewaySettings,
     SettingsError,
+    UpSettings,
     WorkerSettings,
     add_arguments,
     configure_logging,
@@ -39,6 +40,16 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    up = commands.add_parser(
+        "up", help="worker, gateway and page in one process (on an embedded Redis if none "
+                   "is configured)",
+        description="Run everything for one machine: the worker, the gateway and the page, "
+                    "on MONITOR_REDIS_URL when set, else on an embedded redis-server it starts "
+                    "and stops itself. Prints the page's URL and the Redis URL trainers should "
+                    "use. --demo also runs simulated trainers. Ctrl-C or SIGTERM stops it all.")
+    add_arguments(up, UpSettings)
+    up.set_defaults(handler=_up, settings=UpSettings)
 
     worker = commands.add_parser(
         "worker", help="apply events from the stream to the committed state",
@@ -85,18 +96,17 @@ def _worker(settings: WorkerSettings) -> int:
     return 0
 
 
+def _up(settings: UpSettings) -> int:
+    from monitor.up import run_up
+
+    return run_up(settings)
+
+
 def _gateway(settings: GatewaySettings) -> int:
-    import uvicorn
+    from monitor.up import check_port, server
 
-    from web.app import create_app
-    from web.security import RedactTokens
-
-    for name in ("uvicorn.access", "uvicorn.error"):
-        logging.getLogger(name).addFilter(RedactTokens())
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                ws_ping_interval=settings.ws_ping, ws_ping_timeout=settings.ws_ping,
-                ws_per_message_deflate=settings.ws_deflate,
-                log_level=settings.log_level.lower(), ws="websockets-sansio")
+    check_port(settings.host, settings.port)
+    server(settings).run()
     return 0
 
 
@@ -145,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(settings))
     except KeyboardInterrupt:
         return 130
+    except StartError as e:
+        print(f"monitor {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

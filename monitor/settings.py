@@ -145,8 +145,24 @@ class DemoSettings(CommonSettings):
     loop: bool = _setting(False, "keep starting new runs until stopped")
 
 
+@dataclass(frozen=True)
+class UpSettings(GatewaySettings, WorkerSettings):
+    """``monitor up``: worker, gateway and page in one process (and the demo, if asked)."""
+
+    redis_url: str | None = _setting(None, "Redis to use; unset: start an embedded one",  # type: ignore[assignment]
+                                     check_redis_url)
+    demo: bool = _setting(False, "also run simulated trainers")
+
+
 SETTINGS_CLASSES: tuple[type[CommonSettings], ...] = (WorkerSettings, GatewaySettings,
-                                                       DemoSettings)
+                                                       DemoSettings, UpSettings)
+
+
+def part(settings: CommonSettings, cls: type[S], **changes: Any) -> S:
+    """The settings of one part (worker, gateway) taken from a combined ``settings``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in dataclasses.asdict(settings).items() if k in names}
+    return cls(**{**values, **changes})
 S = TypeVar("S", bound=CommonSettings)
 
 
