@@ -61,6 +61,7 @@ def embedded_redis() -> Iterator[str]:
          "--dir", directory, "--daemonize", "no", "--loglevel", "warning"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         preexec_fn=_die_with_parent,  # noqa: PLW1509 - started before any thread of ours
+        start_new_session=True,  # a Ctrl-C at the terminal is ours to handle, not its
     )
     url = f"redis://127.0.0.1:{port}/0"
     try:
