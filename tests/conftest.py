@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 import redis
 
+from monitor.embedded import embedded_redis
 from monitor.keys import Keys
 from tests.gateway_helpers import RunningWorker
 
-# The Redis the tests use; .ci/run sets it when 127.0.0.1:6379 does not answer.
-# Deliberately not a MONITOR_* name: subprocesses under test refuse unknown MONITOR_* settings.
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# The Redis the tests use: TEST_REDIS_URL, else 127.0.0.1:6379 if it answers, else a private
+# redis-server started for the session. Deliberately not a MONITOR_* name: subprocesses under
+# test refuse unknown MONITOR_* settings.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def free_port() -> int:
@@ -37,16 +39,28 @@ def delete_prefix(client: redis.Redis, prefix: str) -> None:
         client.delete(*batch[i : i + 500])
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    client = redis.Redis.from_url(REDIS_URL)
+def _answers(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
     try:
-        client.ping()
-    except redis.ConnectionError as e:  # pragma: no cover - environment problem
-        pytest.fail(f"no Redis at {REDIS_URL} (set TEST_REDIS_URL): {e}")
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
     finally:
         client.close()
-    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    given = os.environ.get("TEST_REDIS_URL")
+    if given is not None:
+        if not _answers(given):  # pragma: no cover - environment problem
+            pytest.fail(f"no Redis answers at TEST_REDIS_URL={given}")
+        yield given
+    elif _answers(DEFAULT_REDIS_URL):
+        yield DEFAULT_REDIS_URL
+    else:
+        with embedded_redis() as url:  # no Redis on this machine: one of our own
+            yield url
 
 
 @pytest.fixture
