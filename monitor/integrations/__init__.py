@@ -1,0 +1,1 @@
+"""Ready-made connections from training frameworks to the monitor."""
