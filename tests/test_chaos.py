@@ -233,3 +233,72 @@ def test_chaos(redis_server_factory: Any, tmp_path: Path) -> None:
           f"client: {follower.snapshots} snapshots, {follower.updates} updates, "
           f"{follower.resumes} resumes")
     client.close()
+
+
+def test_redis_away_for_ten_seconds(redis_server_factory: Any, tmp_path: Path) -> None:
+    from monitor.sdk import start_run
+
+    server: RedisServer = redis_server_factory(persistent=True)
+    server.start()
+    prefix, port, log = "away:", free_port(), tmp_path / "processes.log"
+    keys = Keys(prefix)
+    env = env_for(server.url, prefix)
+    worker = monitor(env, log, "worker", "--lease-ttl", "1", "--block", "0.1")
+    gateway = monitor(env, log, "gateway", "--port", str(port))
+    health: list[int] = []
+
+    def healthz() -> int:
+        import urllib.error
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+        except OSError:
+            return 0
+
+    try:
+        deadline = time.monotonic() + 30
+        while healthz() != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        slowest, logged = 0.0, 0
+        with start_run("away/model", job_id="away", redis_url=server.url, prefix=prefix,
+                       flush_timeout=60) as run:
+            for phase in ("before", "away", "back"):
+                if phase == "away":
+                    server.stop()
+                if phase == "back":
+                    server.start()
+                until = time.monotonic() + (10 if phase == "away" else 3)
+                while time.monotonic() < until:
+                    logged += 1
+                    t = time.perf_counter()
+                    run.log(step=logged, loss=1.0 / logged)
+                    slowest = max(slowest, time.perf_counter() - t)
+                    time.sleep(0.005)
+                    if logged % 100 == 0:
+                        health.append(healthz())
+        client = redis.Redis.from_url(server.url)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            job = client.hget(keys.jobs, "away")
+            if job and orjson.loads(job)["status"] == "completed":
+                break
+            time.sleep(0.1)
+        assert orjson.loads(client.hget(keys.jobs, "away"))["status"] == "completed"
+        steps = [orjson.loads(p)["step"] for p in client.lrange(keys.metrics("away"), 0, -1)]
+        sent = [{"step": s, "eval_loss": None} for s in range(1, logged + 1)]
+        assert steps == [p["step"] for p in history.extend([], sent)]  # none lost, none twice
+        client.close()
+    finally:
+        for proc in (worker, gateway):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    assert 503 in health and health[-1] == 200  # said so while away, then recovered
+    assert slowest < 0.05  # log() never waited on the network (it is µs; this is generous)
+    print(f"redis away 10 s: {logged} events logged, slowest log() {slowest * 1e6:.0f} µs, "
+          f"/healthz {sorted(set(health))}")
