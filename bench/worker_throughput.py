@@ -321,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=None,
                         help="runs per row, the median is shown (default 3; 1 with --quick)")
     parser.add_argument("--skip-sdk", action="store_true", help="only the worker table")
+    parser.add_argument("--jobs", default=None,
+                        help="comma-separated job counts, one row each (default 1000,100000; "
+                             "1000,10000 with --quick)")
     args = parser.parse_args(argv)
 
     events = args.events or (20_000 if args.quick else 200_000)
@@ -339,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
               f"before it starts; timed from process start until applied + dead + duplicates "
               f"= events (polled every {POLL * 1000:.0f} ms).\n")
         runs: list[list[RowResult]] = []
-        for jobs in (1000, big_jobs):
+        job_counts = [int(j) for j in args.jobs.split(",")] if args.jobs else [1000, big_jobs]
+        for jobs in job_counts:
             workload = Workload(events=events, jobs=jobs, models=50)
             runs.append([])
             for _ in range(repeat):

@@ -83,6 +83,9 @@ class WorkerSettings(CommonSettings):
                                      "takes over after it", _positive)
     block: float = _setting(0.5, "seconds an idle worker waits for new events per poll",
                             _positive)
+    updates_mb: int = _setting(64, "megabytes of updates kept for WebSocket resume "
+                                   "(approximate; a new best in a big group weighs a lot)",
+                               _positive)
     updates_keep: int = _setting(10_000, "updates kept for WebSocket resume (approximate)",
                                  _positive)
     dead_keep: int = _setting(10_000, "refused entries kept in <prefix>dead (approximate)",

@@ -471,3 +471,22 @@ async def test_only_the_lease_holder_forgets_idle_consumers(
         assert r.xinfo_consumers(keys.events, GROUP) == []
     finally:
         await w.redis.aclose()
+
+
+async def test_the_updates_stream_is_bounded_in_bytes_too(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, updates_mb=1,
+                              batch_size=10)
+    w = Worker(settings)
+    await w.store.ensure_group()
+    try:
+        for i in range(300):  # each commit's update: ~10 views of ~1 KB names
+            for j in range(10):
+                xadd(r, keys, {"type": "metrics", "job_id": f"j{i}-{j}", "loss": 1.0,
+                               "model_name": f"m{i}", "name": "x" * 900})
+            await w.step()
+        sizes = sum(len(f[b"data"]) for _, f in r.xrange(keys.updates))
+        assert r.xlen(keys.updates) < 300
+        assert sizes < 1.3 * 1024 * 1024  # about the budget (trimming is approximate)
+    finally:
+        await w.redis.aclose()

@@ -16,6 +16,7 @@ import os
 import secrets
 import socket
 import time
+from collections import deque
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -56,6 +57,8 @@ class Worker:
         self.lease = Lease(self.redis, self.keys.lease, settings.lease_ttl, self.name)
         self.applied_total = 0
         self._progress = (time.monotonic(), 0)
+        self._update_sizes: deque[tuple[str, int]] = deque()  # what we added to updates
+        self._update_bytes = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -182,12 +185,28 @@ class Worker:
         to_read = rewrites(self.board, folded)
         histories = await self.store.histories(to_read) if to_read else {}
         commit = build_commit(self.board, folded, self.keys, histories)
-        await self.store.commit(commit, self.lease, self.applied,
-                                updates_keep=self.settings.updates_keep,
-                                dead_keep=self.settings.dead_keep)
+        version = await self.store.commit(commit, self.lease, self.applied,
+                                          updates_keep=self.settings.updates_keep,
+                                          dead_keep=self.settings.dead_keep)
         self.applied = commit.applied
+        if version is not None and commit.update is not None:
+            await self._bound_updates(version, len(commit.update))
         self.applied_total += folded.applied
         self._log_progress()
+
+    async def _bound_updates(self, version: str, size: int) -> None:
+        """Keep ``<prefix>updates`` within ``updates_mb`` too, not only ``updates_keep``
+        entries: during a bulk load one commit's update can weigh a megabyte. (Sizes are known
+        for what this process wrote; after a restart the entry bound alone applies at first.)"""
+        self._update_sizes.append((version, size))
+        self._update_bytes += size
+        budget = self.settings.updates_mb * 1024 * 1024
+        if self._update_bytes <= budget or len(self._update_sizes) < 2:
+            return
+        while self._update_bytes > budget and len(self._update_sizes) > 1:
+            self._update_bytes -= self._update_sizes.popleft()[1]
+        await self.redis.xtrim(self.keys.updates, minid=self._update_sizes[0][0],
+                               approximate=True)
 
     async def _load(self, events: list[Event]) -> None:
         """Bring every stored job and whole model group these events touch onto the board."""
