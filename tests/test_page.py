@@ -52,8 +52,11 @@ VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():  # pragma: no cover - .ci/run installs it
-        pytest.fail(f"no Chromium at {CHROMIUM}")
+    if not Path(CHROMIUM).exists():  # .ci/run installs it and sets REQUIRE_BROWSER
+        message = f"no Chromium at {CHROMIUM} (apt install chromium)"
+        if os.environ.get("REQUIRE_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
