@@ -4,6 +4,7 @@ entry into ``<prefix>dead`` with a reason, and applies every valid one."""
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 import orjson
@@ -58,18 +59,23 @@ def entries(draw: st.DrawFn, job_id: str) -> bytes:
         return draw(st.binary(max_size=200))
     if kind == "nan":
         spelling = draw(st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-1e999"]))
-        return orjson.dumps({**event, "type": "metrics", "loss": 0.0}).replace(
+        return spell({**event, "type": "metrics", "loss": 0.0}).replace(
             b'"loss":0.0', b'"loss":' + spelling.encode())
     if kind == "big":
         size = draw(st.sampled_from([70_000, 300_000, 1_000_000]))
-        return orjson.dumps({**event, "type": "job_started", "config": {"blob": "x" * size}})
+        return spell({**event, "type": "job_started", "config": {"blob": "x" * size}})
     if kind == "unicode":
         event["model_name"] = draw(st.text(min_size=1, max_size=50))
+    return spell(event)
+
+
+def spell(event: dict[str, Any]) -> bytes:
+    """JSON text of ``event``, integers beyond 64 bits included (as another language might
+    write them)."""
     try:
         return orjson.dumps(event)
-    except TypeError:  # an integer beyond 64 bits: spell it by hand, as another language might
-        return repr(event).replace("'", '"').replace("None", "null").replace(
-            "True", "true").replace("False", "false").encode()
+    except TypeError:
+        return json.dumps(event, separators=(",", ":")).encode()
 
 
 def valid_traffic(job_id: str, n: int) -> list[bytes]:
