@@ -1,0 +1,703 @@
+"""Peer comparison: the same trainer workload logged through MLflow, Trackio, Aim and this project.
+
+    .venv/bin/python -m bench.peers [--quick] [--steps N] [--runs R] [--no-install] [--only T,...]
+
+Workload, the same for every tool, on this machine, in one invocation. A trainer process
+logs ``runs`` runs of one model, ``steps`` steps each; one *event* is one step's metrics,
+``loss`` and ``eval_loss``, in one log call:
+
+1. **per call**: one log call per event, as fast as the trainer can go; events/s is over the
+   calls, and "until flushed" also counts the time until the tool says the data is stored
+   (``mlflow`` calls are synchronous; ``trackio.finish()``; ``run.flush()``; ``Run.close()``).
+2. **batched**, where the API allows it (``MlflowClient.log_batch``, 500 steps = 1,000
+   metrics per call, MLflow's limit).
+3. **visibility**: one more run of ``steps`` steps, ``loss`` every step and ``eval_loss``
+   every ``SAMPLE_EVERY``th step, each a new best over all runs. A reader in a process of its
+   own looks for the runs' minimum eval loss (MLflow: ``MlflowClient.search_runs``; Trackio:
+   its SQLite storage, ``SQLiteStorage``; Aim: ``Repo.query_metrics``; this project: a
+   WebSocket client on ``monitor gateway``, pushed). Latency of a sample = the reader's
+   ``time.time()`` when it first sees the minimum at or below that value - the trainer's
+   ``time.time()`` just before the log call (so a slow synchronous call counts too). Readers
+   that poll sleep ``POLL_S`` between polls.
+
+The peers are installed with pip into venvs of their own under ``~/.cache/monitor-bench-peers``
+(never into the project's environment); every server started (``mlflow server``, ``monitor
+worker``, ``monitor gateway``) is stopped by its pid (MLflow's in its own process group, which
+is signalled through that pid, so its uvicorn workers stop too). Temporary data goes to a fresh
+directory under /tmp, removed at the end; Redis keys go under a fresh ``bench:<random>:`` prefix,
+deleted at the end.
+
+This file also runs, by path, inside the peers' venvs (``python bench/peers.py --child ...``):
+its top level imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+STEPS, QUICK_STEPS = 2000, 300
+RUNS = 3
+SAMPLE_EVERY = 50
+POLL_S = 0.01
+BATCH_STEPS = 500
+PEERS_HOME = Path(os.environ.get("MONITOR_BENCH_PEERS_HOME",
+                                 Path.home() / ".cache" / "monitor-bench-peers"))
+# tool -> (venv folder, pip requirements, import name)
+VENVS = {
+    "mlflow": ("venv", ["mlflow", "trackio"], "mlflow"),
+    "trackio": ("venv", ["mlflow", "trackio"], "trackio"),
+    "aim": ("aim-venv", ["aim"], "aim"),
+}
+MODEL = "bench/Peers-7B"
+CHILD_TIMEOUT = 900.0
+AIM_SKIPPED = ("not measured by default: Aim 3.29.1 installs on Python 3.11, but in a trial its "
+               "reader (`Repo.query_metrics` on the repo a `Run` is writing) did not get ready "
+               "within 120 s; `--only monitor,mlflow,trackio,aim` tries it")
+WAIT_AFTER = 5.0  # seconds the reader gets, after the last sampled call, to see it
+
+
+def eval_value(run: int, step: int) -> float:
+    """eval_loss of the per-call and batched runs: all above 1.5, never a new best later."""
+    return 1.5 + ((run * 7919 + step * 104729) % 1000) / 1000
+
+
+def best_value(k: int) -> float:
+    """The k-th new best of the visibility run (k >= 1): 1.0, 0.999, ... always lower."""
+    return round(1.0 - k * 1e-3, 6)
+
+
+# ============================== child side (any venv, stdlib only at import) ==================
+
+
+def _reader(tool: str, cfg: dict[str, Any], targets: list[float], ready: Any, stop: Any,
+            out: Any) -> None:
+    """Reader process: poll (or, for this project, listen) for the runs' minimum eval loss."""
+    seen: dict[int, float] = {}
+    polls = 0
+
+    def note(minimum: float | None) -> None:
+        if minimum is None:
+            return
+        now = time.time()
+        for i, t in enumerate(targets):
+            if i not in seen and minimum <= t + 1e-9:
+                seen[i] = now
+
+    if tool == "monitor":
+        import asyncio
+
+        import orjson
+        from websockets.asyncio.client import connect
+
+        async def listen() -> None:
+            nonlocal polls
+            best: dict[str, float] = {}
+            async with connect(cfg["ws_url"], proxy=None, max_size=None) as ws:
+                while not stop.is_set():
+                    try:
+                        message = await asyncio.wait_for(ws.recv(), 0.2)
+                    except TimeoutError:
+                        continue
+                    data = orjson.loads(message)
+                    for job in data["jobs"]:
+                        if job.get("best_eval_loss") is not None:
+                            best[job["id"]] = job["best_eval_loss"]
+                    polls += 1
+                    note(min(best.values()) if best else None)
+                    if data["type"] == "snapshot":
+                        ready.set()
+
+        asyncio.run(listen())
+    else:
+        poll = _poller(tool, cfg)
+        poll()
+        ready.set()
+        while not stop.is_set():
+            note(poll())
+            polls += 1
+            time.sleep(POLL_S)
+    out.put({"seen": seen, "polls": polls})
+
+
+def _poller(tool: str, cfg: dict[str, Any]) -> Any:
+    if tool == "mlflow":
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(cfg["uri"])
+
+        def poll_mlflow() -> float | None:
+            runs = client.search_runs([cfg["experiment_id"]], max_results=100)
+            values = [r.data.metrics["eval_loss"] for r in runs if "eval_loss" in r.data.metrics]
+            return min(values) if values else None
+        return poll_mlflow
+    if tool == "trackio":
+        from trackio.sqlite_storage import SQLiteStorage
+
+        def poll_trackio() -> float | None:
+            values = []
+            for run in SQLiteStorage.get_runs(cfg["project"]):
+                last = SQLiteStorage.get_max_step_for_run(cfg["project"], run)
+                if last is None:
+                    continue
+                rows = SQLiteStorage.get_metric_values(cfg["project"], run, "eval_loss",
+                                                       around_step=last, window=SAMPLE_EVERY)
+                values += [r["value"] for r in rows if r.get("value") is not None]
+            return min(values) if values else None
+        return poll_trackio
+    if tool == "aim":
+        from aim import Repo
+
+        def poll_aim() -> float | None:
+            repo = Repo(cfg["repo"], read_only=True)
+            values = []
+            for seq in repo.query_metrics("metric.name == 'eval_loss'", report_mode=0):
+                _, vals = seq.values.sparse_numpy()
+                if len(vals):
+                    values.append(float(vals.min()))
+            repo.close()
+            return min(values) if values else None
+        return poll_aim
+    raise ValueError(tool)
+
+
+class Logger:
+    """One tool's trainer side: open a run, log a step, log a batch, close the run."""
+
+    batched = False
+
+    def open(self, name: str) -> None: ...
+    def log(self, step: int, loss: float, eval_loss: float | None) -> None: ...
+    def batch(self, run: int, first: int, last: int) -> None: raise NotImplementedError
+    def close(self) -> None: ...
+
+
+class MlflowLogger(Logger):
+    batched = True
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        import mlflow
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        self.mlflow, self.Metric = mlflow, Metric
+        mlflow.set_tracking_uri(cfg["uri"])
+        mlflow.set_experiment(experiment_id=cfg["experiment_id"])
+        self.client = MlflowClient(cfg["uri"])
+        self.run_id = ""
+
+    def open(self, name: str) -> None:
+        self.run_id = self.mlflow.start_run(run_name=name, tags={"model": MODEL}).info.run_id
+
+    def log(self, step: int, loss: float, eval_loss: float | None) -> None:
+        metrics = {"loss": loss} if eval_loss is None else {"loss": loss, "eval_loss": eval_loss}
+        self.mlflow.log_metrics(metrics, step=step)
+
+    def batch(self, run: int, first: int, last: int) -> None:
+        ts = int(time.time() * 1000)
+        metrics = []
+        for s in range(first, last + 1):
+            metrics.append(self.Metric("loss", 2.0 - s * 1e-4, ts, s))
+            metrics.append(self.Metric("eval_loss", eval_value(run, s), ts, s))
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def close(self) -> None:
+        self.mlflow.end_run()
+
+
+class TrackioLogger(Logger):
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        import trackio
+
+        self.trackio, self.project = trackio, cfg["project"]
+
+    def open(self, name: str) -> None:
+        self.trackio.init(project=self.project, name=name, config={"model": MODEL},
+                          auto_log_gpu=False, auto_log_cpu=False)
+
+    def log(self, step: int, loss: float, eval_loss: float | None) -> None:
+        metrics = {"loss": loss} if eval_loss is None else {"loss": loss, "eval_loss": eval_loss}
+        self.trackio.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.trackio.finish()
+
+
+class AimLogger(Logger):
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        import aim
+
+        self.aim, self.repo, self.run = aim, cfg["repo"], None
+
+    def open(self, name: str) -> None:
+        self.run = self.aim.Run(repo=self.repo, experiment=MODEL, system_tracking_interval=None)
+        self.run.name = name
+
+    def log(self, step: int, loss: float, eval_loss: float | None) -> None:
+        assert self.run is not None
+        self.run.track(loss, name="loss", step=step)
+        if eval_loss is not None:
+            self.run.track(eval_loss, name="eval_loss", step=step)
+
+    def close(self) -> None:
+        assert self.run is not None
+        self.run.close()
+
+
+class MonitorLogger(Logger):
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        from monitor.sdk import start_run
+
+        self.start_run, self.cfg, self.run = start_run, cfg, None
+
+    def open(self, name: str) -> None:
+        self.run = self.start_run(model_name=MODEL, job_id=name, total_epochs=1,
+                                  redis_url=self.cfg["redis_url"], prefix=self.cfg["prefix"],
+                                  buffer_size=STEPS * 10, flush_timeout=60.0)
+
+    def log(self, step: int, loss: float, eval_loss: float | None) -> None:
+        assert self.run is not None
+        if eval_loss is None:
+            self.run.log(epoch=1, step=step, loss=loss)
+        else:
+            self.run.log(epoch=1, step=step, loss=loss, eval_loss=eval_loss)
+
+    def close(self) -> None:
+        assert self.run is not None
+        self.run.flush(60.0)
+        self.run.close()
+
+
+LOGGERS = {"mlflow": MlflowLogger, "trackio": TrackioLogger, "aim": AimLogger,
+           "monitor": MonitorLogger}
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def child_main(tool: str, cfg: dict[str, Any], result_path: str) -> None:
+    steps, runs, tag = cfg["steps"], cfg["runs"], cfg["tag"]
+    logger = LOGGERS[tool](cfg)
+    out: dict[str, Any] = {"tool": tool}
+
+    # 1. per call
+    calls_s = total_s = 0.0
+    for r in range(runs):
+        logger.open(f"{tag}-percall-{r}")
+        t0 = time.perf_counter()
+        for s in range(1, steps + 1):
+            logger.log(s, 2.0 - s * 1e-4, eval_value(r, s))
+        t1 = time.perf_counter()
+        logger.close()
+        calls_s += t1 - t0
+        total_s += time.perf_counter() - t0
+    out["percall"] = {"events": steps * runs, "calls_s": calls_s, "flushed_s": total_s}
+
+    # 2. batched
+    if logger.batched:
+        batch_s = 0.0
+        for r in range(runs):
+            logger.open(f"{tag}-batched-{r}")
+            t0 = time.perf_counter()
+            for first in range(1, steps + 1, BATCH_STEPS):
+                logger.batch(r, first, min(steps, first + BATCH_STEPS - 1))
+            batch_s += time.perf_counter() - t0
+            logger.close()
+        out["batched"] = {"events": steps * runs, "seconds": batch_s,
+                          "per_call": BATCH_STEPS}
+
+    # 3. visibility
+    targets = [best_value(k) for k in range(1, steps // SAMPLE_EVERY + 1)]
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop, queue = ctx.Event(), ctx.Event(), ctx.Queue()
+    reader = ctx.Process(target=_reader, args=(tool, cfg, targets, ready, stop, queue))
+    reader.start()
+    if not ready.wait(120):
+        raise RuntimeError("the reader did not start")
+    logger.open(f"{tag}-visible")
+    called: list[float] = []
+    t0 = time.perf_counter()
+    for s in range(1, steps + 1):
+        if s % SAMPLE_EVERY == 0:
+            called.append(time.time())
+            logger.log(s, 2.0 - s * 1e-4, targets[s // SAMPLE_EVERY - 1])
+        else:
+            logger.log(s, 2.0 - s * 1e-4, None)
+    visible_calls_s = time.perf_counter() - t0
+    # The run stays open, as a live one is, while the reader catches up with the last value.
+    time.sleep(max(0.0, called[-1] + WAIT_AFTER - time.time()))
+    stop.set()
+    got = queue.get(timeout=60)
+    reader.join(30)
+    logger.close()
+    seen = {int(k): v for k, v in got["seen"].items()}
+    lat = [seen[i] - called[i] for i in range(len(called)) if i in seen]
+    out["visible"] = {"samples": len(called), "seen": len(lat), "polls": got["polls"],
+                      "p50_ms": _pct(lat, 0.5) * 1e3 if lat else None,
+                      "p95_ms": _pct(lat, 0.95) * 1e3 if lat else None,
+                      "max_ms": max(lat) * 1e3 if lat else None,
+                      "calls_s": visible_calls_s}
+    Path(result_path).write_text(json.dumps(out))
+
+
+# ============================== parent side (the project's venv) ==============================
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with {proc.returncode}")
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group led by ``proc`` (started with start_new_session), then KILL."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    try:  # children left in the group after the leader exited
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def venv_python(tool: str) -> Path:
+    return PEERS_HOME / VENVS[tool][0] / "bin" / "python"
+
+
+def package_version(tool: str) -> str | None:
+    python = venv_python(tool)
+    if not python.exists():
+        return None
+    r = subprocess.run([str(python), "-c", f"import importlib.metadata as m; "
+                        f"print(m.version('{VENVS[tool][2]}'))"], capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def ensure_installed(tool: str, install: bool) -> tuple[str | None, str]:
+    """(version, note): installs the peer into its own venv if missing and ``install``."""
+    version = package_version(tool)
+    if version or not install:
+        return version, "" if version else "not installed (install skipped)"
+    folder, reqs, _ = VENVS[tool]
+    venv = PEERS_HOME / folder
+    PEERS_HOME.mkdir(parents=True, exist_ok=True)
+    if not (venv / "bin" / "python").exists():
+        subprocess.run(["python3.11", "-m", "venv", "--clear", str(venv)], check=True)
+    log = PEERS_HOME / f"install-{tool}.log"
+    with open(log, "wb") as f:
+        r = subprocess.run([str(venv / "bin" / "pip"), "install", *reqs], stdout=f,
+                           stderr=subprocess.STDOUT)
+    if r.returncode:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+        return None, f"pip install failed on Python 3.11 ({' '.join(tail)[:160]}; see {log})"
+    return package_version(tool), ""
+
+
+def run_child(python: str, tool: str, cfg: dict[str, Any], work: Path,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
+    result = work / f"{tool}-result.json"
+    cmd = [python, str(Path(__file__).resolve()), "--child", tool, json.dumps(cfg), str(result)]
+    child_env = dict(env or os.environ)
+    child_env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    log = work / f"{tool}-child.log"
+    with open(log, "wb") as f:
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env,
+                           timeout=CHILD_TIMEOUT, cwd=work)
+    if r.returncode or not result.exists():
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise RuntimeError(f"{tool} trainer exited with {r.returncode}:\n{tail}")
+    data: dict[str, Any] = json.loads(result.read_text())
+    return data
+
+
+def bench_mlflow(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
+    port = _free_port()
+    mlflow_bin = venv_python("mlflow").with_name("mlflow")
+    store = work / "mlflow"
+    store.mkdir()
+    with open(work / "mlflow-server.log", "wb") as f:
+        server = subprocess.Popen(
+            [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port),
+             "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
+             "--artifacts-destination", str(store / "artifacts")],
+            stdout=f, stderr=subprocess.STDOUT, cwd=work, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", server)
+        uri = f"http://127.0.0.1:{port}"
+        r = subprocess.run([str(venv_python("mlflow")), "-c",
+                            "import sys; from mlflow.tracking import MlflowClient; "
+                            "print(MlflowClient(sys.argv[1]).create_experiment('peers-bench'))",
+                            uri], capture_output=True, text=True, check=True)
+        cfg = dict(cfg, uri=uri, experiment_id=r.stdout.strip().splitlines()[-1])
+        return run_child(str(venv_python("mlflow")), "mlflow", cfg, work)
+    finally:
+        _stop_group(server)
+
+
+def bench_trackio(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
+    env = dict(os.environ, TRACKIO_DIR=str(work / "trackio"))
+    return run_child(str(venv_python("trackio")), "trackio", dict(cfg, project="peers-bench"),
+                     work, env)
+
+
+def bench_aim(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
+    repo = work / "aim"
+    subprocess.run([str(venv_python("aim")), "-c", "import sys; from aim import Repo; "
+                    "Repo.from_path(sys.argv[1], init=True)", str(repo)],
+                   check=True, capture_output=True)
+    return run_child(str(venv_python("aim")), "aim", dict(cfg, repo=str(repo)), work)
+
+
+def bench_monitor(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
+    import redis
+
+    from bench.common import (delete_prefix, redis_url, start_monitor, stop_process,
+                              unique_prefix, wait_http_ok)
+
+    url = redis_url()
+    prefix = unique_prefix("peers")
+    client = redis.Redis.from_url(url)
+    procs = []
+    try:
+        worker = start_monitor("worker", ["--redis-url", url, "--prefix", prefix],
+                               work / "worker.log")
+        procs.append(("worker", worker))
+        port = _free_port()
+        gateway = start_monitor("gateway", ["--redis-url", url, "--prefix", prefix, "--host",
+                                            "127.0.0.1", "--port", str(port),
+                                            "--log-level", "warning"], work / "gateway.log")
+        procs.append(("gateway", gateway))
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz", gateway)
+        cfg = dict(cfg, redis_url=url, prefix=prefix, ws_url=f"ws://127.0.0.1:{port}/ws")
+        return run_child(sys.executable, "monitor", cfg, work)
+    finally:
+        for name, proc in reversed(procs):
+            stop_process(proc, name)
+        delete_prefix(client, prefix)
+        client.close()
+
+
+BENCHES = {"monitor": bench_monitor, "mlflow": bench_mlflow, "trackio": bench_trackio,
+           "aim": bench_aim}
+
+
+# --- Dashboard refresh: found in the installed packages -------------------------------------
+
+
+def _site_packages(tool: str) -> Path | None:
+    lib = PEERS_HOME / VENVS[tool][0] / "lib"
+    found = sorted(lib.glob("python3*/site-packages"))
+    return found[0] if found else None
+
+
+def _grep(root: Path, globs: list[str], pattern: str, limit: int = 1) -> list[tuple[Path, str]]:
+    rx = re.compile(pattern)
+    hits = []
+    for g in globs:
+        for path in sorted(root.glob(g)):
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            m = rx.search(text)
+            if m:
+                hits.append((path, m.group(0)))
+                if len(hits) >= limit:
+                    return hits
+    return hits
+
+
+def refresh_note(tool: str) -> str:
+    if tool == "monitor":
+        return ("push: the gateway sends each committed update over `/ws` "
+                "(`monitor/` gateway, no polling)")
+    site = _site_packages(tool)
+    if site is None:
+        return "not installed"
+    if tool == "mlflow":
+        hits = _grep(site, ["mlflow/server/js/build/static/js/*.js"],
+                     r"autoRefreshEnabled:s,enabled:l\}\)=>", 1)
+        timer = _grep(site, ["mlflow/server/js/build/static/js/*.js"],
+                      r"window\.setTimeout\(\w+,\w+\.\w+\)", 1)
+        if hits or timer:
+            where = "; ".join(f"`{p.relative_to(site)}`: `{s[:60]}`" for p, s in hits + timer)
+            return ("polling, opt-in: the run charts' 'Auto-refresh' toggle (off by default, "
+                    "`autoRefreshEnabled:v=!1`) re-fetches running runs' metrics with "
+                    "`window.setTimeout` on an interval constant imported from the main bundle "
+                    f"(its value not resolved here); else a manual refresh. {where}")
+        return "polling interval not found in the installed JS bundle"
+    if tool == "trackio":
+        hits = _grep(site, ["trackio/frontend/dist/assets/index-*.js"],
+                     r"function \w+\(\)\{return \w+\(\)\?\d+:[\de]+\}", 2)
+        if hits:
+            where = "; ".join(f"`{p.relative_to(site)}`: `{s[:70]}`" for p, s in hits)
+            return (f"polling: `setInterval` with these intervals (ms; 1e3 = every 1 s "
+                    f"locally, the longer one when the guard is true): {where}")
+        return "polling interval not found"
+    if tool == "aim":
+        hits = _grep(site, ["aim/web/ui/build/static/js/*.js"],
+                     r"(liveUpdate[\w]*\s*:\s*\{[^}]{0,60}\}|delay\s*:\s*\d{3,6})", 1)
+        if hits:
+            where = "; ".join(f"`{p.relative_to(site)}`: `{s[:70]}`" for p, s in hits)
+            return f"polling (live update): {where}"
+        return "live-update interval not found"
+    return "?"
+
+
+# --- Report -------------------------------------------------------------------------------------
+
+
+def _rate(events: int, seconds: float) -> str:
+    return f"{events / seconds:,.0f}" if seconds > 0 else "–"
+
+
+def report_rows(results: dict[str, dict[str, Any]], notes: dict[str, str],
+                versions: dict[str, str | None]) -> list[list[str]]:
+    rows = []
+    names = {"monitor": "this project (`monitor.sdk`)", "mlflow": "MLflow", "trackio": "Trackio",
+             "aim": "Aim"}
+    for tool in ("monitor", "mlflow", "trackio", "aim"):
+        name = f"{names[tool]} {versions.get(tool) or ''}".strip()
+        res = results.get(tool)
+        if res is None:
+            rows.append([name, "skipped", "–", "–", "–", notes.get(tool, "?")])
+            continue
+        pc, vis = res["percall"], res["visible"]
+        b = res.get("batched")
+        vis_s = (f"{vis['p50_ms']:,.1f} / {vis['p95_ms']:,.1f} (max {vis['max_ms']:,.0f}; "
+                 f"{vis['seen']} of {vis['samples']} seen)" if vis["p50_ms"] is not None
+                 else f"none of {vis['samples']} seen")
+        rows.append([
+            name,
+            f"{_rate(pc['events'], pc['calls_s'])} ({_rate(pc['events'], pc['flushed_s'])} "
+            f"until flushed)",
+            (f"{_rate(b['events'], b['seconds'])} ({b['per_call']} steps per call)" if b
+             else "no batch API (n/a)"),
+            vis_s,
+            "push" if tool == "monitor" else f"polls every {POLL_S * 1e3:.0f} ms",
+            notes.get(tool, ""),
+        ])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child_main(sys.argv[2], json.loads(sys.argv[3]), sys.argv[4])
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m bench.peers",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} steps per run")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"steps per run (default {STEPS:,}; {QUICK_STEPS} with --quick)")
+    parser.add_argument("--runs", type=int, default=RUNS, help="runs in the per-call phase")
+    parser.add_argument("--no-install", action="store_true",
+                        help="skip a peer that is not installed yet instead of installing it")
+    parser.add_argument("--only", default="monitor,mlflow,trackio",
+                        help="comma-separated tools (monitor, mlflow, trackio, aim)")
+    args = parser.parse_args(argv)
+    steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
+    steps = max(SAMPLE_EVERY, steps // SAMPLE_EVERY * SAMPLE_EVERY)
+    tools = [t.strip() for t in args.only.split(",") if t.strip()]
+
+    import redis
+
+    from bench.common import machine_line, redis_url, table
+
+    work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
+    results: dict[str, dict[str, Any]] = {}
+    notes: dict[str, str] = {}
+    versions: dict[str, str | None] = {}
+    timings: dict[str, float] = {}
+    try:
+        for tool in tools:
+            t0 = time.perf_counter()
+            if tool == "monitor":
+                import importlib.metadata as md
+                try:
+                    versions[tool] = md.version("monitor")
+                except md.PackageNotFoundError:
+                    versions[tool] = None
+            else:
+                version, note = ensure_installed(tool, install=not args.no_install)
+                versions[tool] = version
+                if version is None:
+                    notes[tool] = note
+                    continue
+            cfg = {"steps": steps, "runs": args.runs, "tag": f"peers-{os.getpid()}"}
+            sub = work / tool
+            sub.mkdir()
+            try:
+                results[tool] = BENCHES[tool](cfg, sub)
+                notes[tool] = refresh_note(tool)
+            except Exception as e:  # one peer failing must not hide the others
+                notes[tool] = f"failed: {str(e).strip().splitlines()[-1][:200]}"
+                print(f"{tool} failed: {e}", file=sys.stderr)
+            timings[tool] = time.perf_counter() - t0
+        for tool in ("monitor", "mlflow", "trackio", "aim"):
+            if tool not in tools:
+                notes.setdefault(tool, AIM_SKIPPED if tool == "aim" else "not selected (--only)")
+        client = redis.Redis.from_url(redis_url())
+        print("## Peer comparison: the same trainer workload through each tool\n")
+        print(machine_line(client) + "\n")
+        client.close()
+        print(f"A trainer process logs {args.runs} runs × {steps:,} steps of one model (one "
+              f"event = one step's `loss` and `eval_loss` in one call), then one more run of "
+              f"{steps:,} steps with `eval_loss` every {SAMPLE_EVERY}th step, each a new best "
+              f"over all runs; a reader process looks for the runs' minimum eval loss "
+              f"(MLflow `MlflowClient.search_runs`, Trackio `SQLiteStorage`, Aim "
+              f"`Repo.query_metrics`, each polled with a {POLL_S * 1e3:.0f} ms sleep between "
+              f"polls; this project: a WebSocket client on `monitor gateway`). Visibility = "
+              f"reader first sees the value − just before the log call. MLflow runs "
+              f"`mlflow server` on 127.0.0.1 with a SQLite backend (its default workers); "
+              f"this project runs `monitor worker` and `monitor gateway` on the Redis above. "
+              f"Everything shares the machine's cores.\n")
+        print(table(["tool", "events/s, one call per event", "events/s, batched",
+                     "log call → visible to the reader, ms p50 / p95", "reader",
+                     "dashboard refresh (from the installed package) / note"],
+                    report_rows(results, notes, versions),
+                    align=["l", "r", "r", "r", "l", "l"]) + "\n")
+        spent = ", ".join(f"{t} {s:.0f}s" for t, s in timings.items())
+        print(f"- Wall time per tool (install, servers, all phases): {spent}. Peers' venvs: "
+              f"{PEERS_HOME}. Each one's own logs were in {work} (removed).")
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
