@@ -403,8 +403,8 @@ def package_version(tool: str) -> str | None:
     python = venv_python(tool)
     if not python.exists():
         return None
-    r = subprocess.run([str(python), "-c", f"import importlib.metadata as m; "
-                        f"print(m.version('{VENVS[tool][2]}'))"], capture_output=True, text=True)
+    code = f"import importlib.metadata as m; print(m.version('{VENVS[tool][2]}'))"
+    r = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=False)
     return r.stdout.strip() if r.returncode == 0 else None
 
 
@@ -421,7 +421,7 @@ def ensure_installed(tool: str, install: bool) -> tuple[str | None, str]:
     log = PEERS_HOME / f"install-{tool}.log"
     with open(log, "wb") as f:
         r = subprocess.run([str(venv / "bin" / "pip"), "install", *reqs], stdout=f,
-                           stderr=subprocess.STDOUT)
+                           stderr=subprocess.STDOUT, check=False)
     if r.returncode:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:]
         return None, f"pip install failed on Python 3.11 ({' '.join(tail)[:160]}; see {log})"
@@ -437,7 +437,7 @@ def run_child(python: str, tool: str, cfg: dict[str, Any], work: Path,
     log = work / f"{tool}-child.log"
     with open(log, "wb") as f:
         r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env,
-                           timeout=CHILD_TIMEOUT, cwd=work)
+                           timeout=CHILD_TIMEOUT, cwd=work, check=False)
     if r.returncode or not result.exists():
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise RuntimeError(f"{tool} trainer exited with {r.returncode}:\n{tail}")
@@ -460,8 +460,8 @@ def bench_mlflow(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
         _wait_http(f"http://127.0.0.1:{port}/health", server)
         uri = f"http://127.0.0.1:{port}"
         r = subprocess.run([str(venv_python("mlflow")), "-c",
-                            "import sys; from mlflow.tracking import MlflowClient; "
-                            "print(MlflowClient(sys.argv[1]).create_experiment('peers-bench'))",
+                            ("import sys; from mlflow.tracking import MlflowClient; "
+                             "print(MlflowClient(sys.argv[1]).create_experiment('peers-bench'))"),
                             uri], capture_output=True, text=True, check=True)
         cfg = dict(cfg, uri=uri, experiment_id=r.stdout.strip().splitlines()[-1])
         return run_child(str(venv_python("mlflow")), "mlflow", cfg, work)
@@ -486,8 +486,14 @@ def bench_aim(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
 def bench_monitor(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     import redis
 
-    from bench.common import (delete_prefix, redis_url, start_monitor, stop_process,
-                              unique_prefix, wait_http_ok)
+    from bench.common import (
+        delete_prefix,
+        redis_url,
+        start_monitor,
+        stop_process,
+        unique_prefix,
+        wait_http_ok,
+    )
 
     url = redis_url()
     prefix = unique_prefix("peers")

@@ -13,7 +13,6 @@ whole run stays under 2 minutes; without it the peers are installed into their o
 from __future__ import annotations
 
 import argparse
-import shlex
 import subprocess
 import sys
 import time
