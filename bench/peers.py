@@ -182,7 +182,8 @@ class Logger:
 
     def open(self, name: str) -> None: ...
     def log(self, step: int, loss: float, eval_loss: float | None) -> None: ...
-    def batch(self, run: int, first: int, last: int) -> None: raise NotImplementedError
+    def batch(self, run: int, first: int, last: int) -> None:
+        raise TypeError(f"{type(self).__name__} has no batch API (batched is False)")
     def close(self) -> None: ...
 
 
@@ -477,8 +478,8 @@ def bench_trackio(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
 
 def bench_aim(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     repo = work / "aim"
-    subprocess.run([str(venv_python("aim")), "-c", "import sys; from aim import Repo; "
-                    "Repo.from_path(sys.argv[1], init=True)", str(repo)],
+    code = "import sys; from aim import Repo; Repo.from_path(sys.argv[1], init=True)"
+    subprocess.run([str(venv_python("aim")), "-c", code, str(repo)],
                    check=True, capture_output=True)
     return run_child(str(venv_python("aim")), "aim", dict(cfg, repo=str(repo)), work)
 
@@ -610,8 +611,8 @@ def report_rows(results: dict[str, dict[str, Any]], notes: dict[str, str],
                  else f"none of {vis['samples']} seen")
         rows.append([
             name,
-            f"{_rate(pc['events'], pc['calls_s'])} ({_rate(pc['events'], pc['flushed_s'])} "
-            f"until flushed)",
+            (f"{_rate(pc['events'], pc['calls_s'])} ({_rate(pc['events'], pc['flushed_s'])} "
+             f"until flushed)"),
             (f"{_rate(b['events'], b['seconds'])} ({b['per_call']} steps per call)" if b
              else "no batch API (n/a)"),
             vis_s,
@@ -670,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 results[tool] = BENCHES[tool](cfg, sub)
                 notes[tool] = refresh_note(tool)
-            except Exception as e:  # one peer failing must not hide the others
+            except Exception as e:  # noqa: BLE001 - one peer failing must not hide the others
                 notes[tool] = f"failed: {str(e).strip().splitlines()[-1][:200]}"
                 print(f"{tool} failed: {e}", file=sys.stderr)
             timings[tool] = time.perf_counter() - t0

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -42,3 +47,28 @@ def read_events(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
         parse_event(fields[b"data"])
         events.append(orjson.loads(fields[b"data"]))
     return events
+
+
+def env_for(redis_url: str, prefix: str) -> dict[str, str]:
+    """Our environment without MONITOR_* settings, plus the Redis URL and prefix to use."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+    env.update(MONITOR_REDIS_URL=redis_url, MONITOR_PREFIX=prefix)
+    return env
+
+
+def spawn_monitor(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``monitor <args>`` as a child process, its output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "monitor.cli", *args], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 15) -> None:
+    """SIGTERM one process we started, then SIGKILL it if it has not exited after ``grace``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

@@ -5,9 +5,7 @@ is applied twice, and a WebSocket client that keeps resuming ends with every cha
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import textwrap
@@ -27,6 +25,7 @@ from monitor.events import event_adapter
 from monitor.keys import Keys, model_field
 from monitor.rules import Board
 from tests.conftest import RedisServer, free_port
+from tests.helpers import env_for, spawn_monitor, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -64,18 +63,6 @@ TRAINER = textwrap.dedent("""
     json.dump({"calls": calls, "stats": [[s.enqueued, s.sent, s.dropped, s.pending]
                                          for s in (run.stats for run in runs)]}, open(out, "w"))
 """)
-
-
-def env_for(redis_url: str, prefix: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-    env.update(MONITOR_REDIS_URL=redis_url, MONITOR_PREFIX=prefix)
-    return env
-
-
-def monitor(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "monitor.cli", *args], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
 
 
 class Follower(threading.Thread):
@@ -154,8 +141,8 @@ def test_chaos(redis_server_factory: Any, tmp_path: Path) -> None:
     prefix, port, log = "chaos:", free_port(), tmp_path / "processes.log"
     keys = Keys(prefix)
     env = env_for(server.url, prefix)
-    worker = monitor(env, log, "worker", "--lease-ttl", "1", "--block", "0.1")
-    gateway = monitor(env, log, "gateway", "--port", str(port))
+    worker = spawn_monitor(env, log, "worker", "--lease-ttl", "1", "--block", "0.1")
+    gateway = spawn_monitor(env, log, "gateway", "--port", str(port))
     follower = Follower(port)
     follower.start()
     trainers = [subprocess.Popen([sys.executable, "-c", TRAINER, str(i), str(EVENTS_EACH),
@@ -170,13 +157,13 @@ def test_chaos(redis_server_factory: Any, tmp_path: Path) -> None:
             worker.kill()  # SIGKILL: no clean-up of any kind
             worker.wait(10)
             kills += 1
-            worker = monitor(env, log, "worker", "--lease-ttl", "1", "--block", "0.1")
+            worker = spawn_monitor(env, log, "worker", "--lease-ttl", "1", "--block", "0.1")
             elapsed = time.monotonic() - started
             if gateway_kills < 2 and elapsed > 15 * (gateway_kills + 1):
                 gateway.kill()
                 gateway.wait(10)
                 gateway_kills += 1
-                gateway = monitor(env, log, "gateway", "--port", str(port))
+                gateway = spawn_monitor(env, log, "gateway", "--port", str(port))
             if redis_restarts == 0 and elapsed > 25:
                 server.stop()  # SIGKILL; its append-only file keeps every write
                 time.sleep(1)
@@ -194,12 +181,7 @@ def test_chaos(redis_server_factory: Any, tmp_path: Path) -> None:
     finally:
         follower.stop.set()
         for proc in (worker, gateway, *trainers):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_process(proc)
         follower.join(10)
 
     results = [json.loads((tmp_path / f"trainer-{i}.json").read_text()) for i in range(TRAINERS)]
@@ -243,8 +225,8 @@ def test_redis_away_for_ten_seconds(redis_server_factory: Any, tmp_path: Path) -
     prefix, port, log = "away:", free_port(), tmp_path / "processes.log"
     keys = Keys(prefix)
     env = env_for(server.url, prefix)
-    worker = monitor(env, log, "worker", "--lease-ttl", "1", "--block", "0.1")
-    gateway = monitor(env, log, "gateway", "--port", str(port))
+    worker = spawn_monitor(env, log, "worker", "--lease-ttl", "1", "--block", "0.1")
+    gateway = spawn_monitor(env, log, "gateway", "--port", str(port))
     health: list[int] = []
 
     def healthz() -> int:
@@ -293,11 +275,7 @@ def test_redis_away_for_ten_seconds(redis_server_factory: Any, tmp_path: Path) -
         client.close()
     finally:
         for proc in (worker, gateway):
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
     assert 503 in health and health[-1] == 200  # said so while away, then recovered
     assert slowest < 0.05  # log() never waited on the network (it is µs; this is generous)
     print(f"redis away 10 s: {logged} events logged, slowest log() {slowest * 1e6:.0f} µs, "

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,6 +17,7 @@ from monitor import history
 from monitor.events import BadEvent, Metrics, parse_event
 from monitor.keys import Keys, model_field
 from monitor.rules import parse_pos
+from tests.helpers import env_for, spawn_monitor, stop_process
 from tests.reference import reference_models, reference_views
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -31,14 +29,8 @@ VIEW_ONLY = ("is_best", "delta_pct", "tier")
 
 def spawn_worker(redis_url: str, keys: Keys, log: Path) -> subprocess.Popen[bytes]:
     """``monitor worker`` as a child process, with no MONITOR_* setting inherited."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "monitor.cli", "worker", "--redis-url", redis_url,
-             "--prefix", keys.prefix, "--lease-ttl", "1", "--batch-size", "200",
-             "--block", "0.1"],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
-        )
+    return spawn_monitor(env_for(redis_url, keys.prefix), log, "worker", "--lease-ttl", "1",
+                         "--batch-size", "200", "--block", "0.1")
 
 
 def training_traffic(rng: random.Random, total: int) -> list[bytes]:
@@ -129,16 +121,6 @@ def wait_applied(r: redis.Redis, keys: Keys, target: str, timeout: float) -> Non
     raise AssertionError(f"not applied up to {target} within {timeout}s")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 def test_sigkill_at_random_moments_loses_and_repeats_nothing(
         redis_url: str, keys: Keys, r: redis.Redis, tmp_path: Path) -> None:
     rng = random.Random(20261126)
@@ -173,7 +155,7 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(
         publisher.join()
         wait_applied(r, keys, published[-1][0], timeout=120)
     finally:
-        stop(worker)
+        stop_process(worker)
         publisher.join()
     assert kills >= 5
 
@@ -231,4 +213,4 @@ def test_a_standby_takes_over_when_the_active_worker_is_killed(
         print(f"standby applied new events {took:.2f}s after the active worker was killed")
     finally:
         for w in workers:
-            stop(w)
+            stop_process(w)
