@@ -11,14 +11,17 @@ logs ``runs`` runs of one model, ``steps`` steps each; one *event* is one step's
    (``mlflow`` calls are synchronous; ``trackio.finish()``; ``run.flush()``; ``Run.close()``).
 2. **batched**, where the API allows it (``MlflowClient.log_batch``, 500 steps = 1,000
    metrics per call, MLflow's limit).
-3. **visibility**: one more run of ``steps`` steps, ``loss`` every step and ``eval_loss``
-   every ``SAMPLE_EVERY``th step, each a new best over all runs. A reader in a process of its
-   own looks for the runs' minimum eval loss (MLflow: ``MlflowClient.search_runs``; Trackio:
-   its SQLite storage, ``SQLiteStorage``; Aim: ``Repo.query_metrics``; this project: a
-   WebSocket client on ``monitor gateway``, pushed). Latency of a sample = the reader's
-   ``time.time()`` when it first sees the minimum at or below that value - the trainer's
-   ``time.time()`` just before the log call (so a slow synchronous call counts too). Readers
-   that poll sleep ``POLL_S`` between polls.
+3. **visibility**: two more runs of ``steps`` steps, ``loss`` every step and ``eval_loss``
+   every ``SAMPLE_EVERY``th step, each a new best over all runs: the first *paced*, one step
+   every ``PACE_S`` at most (a fast trainer; a tool whose call takes longer simply runs slower),
+   the second a *burst*, as fast as the trainer can log (so what is measured includes the
+   queue the burst builds up in the tool). A reader in a process of its own looks for the
+   runs' minimum eval loss (MLflow: ``MlflowClient.search_runs``; Trackio: its SQLite storage,
+   ``SQLiteStorage``; Aim: ``Repo.query_metrics``; this project: a WebSocket client on
+   ``monitor gateway``, pushed). Latency of a sample = the reader's ``time.time()`` when it
+   first sees the minimum at or below that value - the trainer's ``time.time()`` just before
+   the log call (so a slow synchronous call counts too). Readers that poll sleep ``POLL_S``
+   between polls.
 
 The peers are installed with pip into venvs of their own under ``~/.cache/monitor-bench-peers``
 (never into the project's environment); every server started (``mlflow server``, ``monitor
@@ -68,7 +71,11 @@ CHILD_TIMEOUT = 900.0
 AIM_SKIPPED = ("not measured by default: Aim 3.29.1 installs on Python 3.11, but in a trial its "
                "reader (`Repo.query_metrics` on the repo a `Run` is writing) did not get ready "
                "within 120 s; `--only monitor,mlflow,trackio,aim` tries it")
-WAIT_AFTER = 5.0  # seconds the reader gets, after the last sampled call, to see it
+WAIT_AFTER = 10.0  # seconds the reader gets, after a run's last call, to see its last value
+PACE_S = 0.005  # the paced visibility run: one step every 5 ms (200 steps/s) at most
+READER_READY_S = 120.0
+BAR_VISIBLE_MS = 10.0  # a WebSocket subscriber sees a new value, p95
+BAR_DASHBOARD_FACTOR = 100.0  # that many times below the fastest peer dashboard's refresh
 
 
 def eval_value(run: int, step: int) -> float:
@@ -85,8 +92,12 @@ def best_value(k: int) -> float:
 
 
 def _reader(tool: str, cfg: dict[str, Any], targets: list[float], ready: Any, stop: Any,
-            out: Any) -> None:
-    """Reader process: poll (or, for this project, listen) for the runs' minimum eval loss."""
+            out: Any, progress: Any) -> None:
+    """Reader process: poll (or, for this project, listen) for the runs' minimum eval loss.
+
+    ``progress`` (a shared int) is the number of targets seen so far, so that the trainer
+    need not wait longer than it takes.
+    """
     seen: dict[int, float] = {}
     polls = 0
 
@@ -97,6 +108,7 @@ def _reader(tool: str, cfg: dict[str, Any], targets: list[float], ready: Any, st
         for i, t in enumerate(targets):
             if i not in seen and minimum <= t + 1e-9:
                 seen[i] = now
+        progress.value = len(seen)
 
     if tool == "monitor":
         import asyncio
@@ -323,37 +335,54 @@ def child_main(tool: str, cfg: dict[str, Any], result_path: str) -> None:
         out["batched"] = {"events": steps * runs, "seconds": batch_s,
                           "per_call": BATCH_STEPS}
 
-    # 3. visibility
-    targets = [best_value(k) for k in range(1, steps // SAMPLE_EVERY + 1)]
+    # 3. visibility: one paced run, then one burst run, both watched by one reader
+    n = steps // SAMPLE_EVERY
+    targets = [best_value(k) for k in range(1, 2 * n + 1)]
     ctx = multiprocessing.get_context("spawn")
     ready, stop, queue = ctx.Event(), ctx.Event(), ctx.Queue()
-    reader = ctx.Process(target=_reader, args=(tool, cfg, targets, ready, stop, queue))
+    progress = ctx.Value("i", 0)
+    reader = ctx.Process(target=_reader,
+                         args=(tool, cfg, targets, ready, stop, queue, progress))
     reader.start()
-    if not ready.wait(120):
-        raise RuntimeError("the reader did not start")
-    logger.open(f"{tag}-visible")
+    if not ready.wait(READER_READY_S):
+        stop.set()
+        reader.join(10)
+        if reader.is_alive():
+            reader.kill()
+        raise RuntimeError(f"the reader was not ready within {READER_READY_S:.0f}s")
     called: list[float] = []
-    t0 = time.perf_counter()
-    for s in range(1, steps + 1):
-        if s % SAMPLE_EVERY == 0:
-            called.append(time.time())
-            logger.log(s, 2.0 - s * 1e-4, targets[s // SAMPLE_EVERY - 1])
-        else:
-            logger.log(s, 2.0 - s * 1e-4, None)
-    visible_calls_s = time.perf_counter() - t0
-    # The run stays open, as a live one is, while the reader catches up with the last value.
-    time.sleep(max(0.0, called[-1] + WAIT_AFTER - time.time()))
+    timing: dict[str, float] = {}
+    for phase, pace, first in (("paced", PACE_S, 0), ("burst", 0.0, n)):
+        logger.open(f"{tag}-visible-{phase}")
+        t0 = time.perf_counter()
+        for s in range(1, steps + 1):
+            if pace:
+                delay = t0 + (s - 1) * pace - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            if s % SAMPLE_EVERY == 0:
+                called.append(time.time())
+                logger.log(s, 2.0 - s * 1e-4, targets[first + s // SAMPLE_EVERY - 1])
+            else:
+                logger.log(s, 2.0 - s * 1e-4, None)
+        timing[phase] = time.perf_counter() - t0
+        # The run stays open, as a live one is, until the reader has seen its last value.
+        deadline = time.time() + WAIT_AFTER
+        while progress.value < first + n and time.time() < deadline:
+            time.sleep(0.01)
+        logger.close()
     stop.set()
     got = queue.get(timeout=60)
     reader.join(30)
-    logger.close()
     seen = {int(k): v for k, v in got["seen"].items()}
-    lat = [seen[i] - called[i] for i in range(len(called)) if i in seen]
-    out["visible"] = {"samples": len(called), "seen": len(lat), "polls": got["polls"],
-                      "p50_ms": _pct(lat, 0.5) * 1e3 if lat else None,
-                      "p95_ms": _pct(lat, 0.95) * 1e3 if lat else None,
-                      "max_ms": max(lat) * 1e3 if lat else None,
-                      "calls_s": visible_calls_s}
+    for phase, first in (("paced", 0), ("burst", n)):
+        lat = [seen[i] - called[i] for i in range(first, first + n) if i in seen]
+        out[f"visible_{phase}"] = {
+            "samples": n, "seen": len(lat), "polls": got["polls"],
+            "p50_ms": _pct(lat, 0.5) * 1e3 if lat else None,
+            "p95_ms": _pct(lat, 0.95) * 1e3 if lat else None,
+            "max_ms": max(lat) * 1e3 if lat else None,
+            "steps_per_s": steps / timing[phase]}
     Path(result_path).write_text(json.dumps(out))
 
 
@@ -549,13 +578,20 @@ def _grep(root: Path, globs: list[str], pattern: str, limit: int = 1) -> list[tu
     return hits
 
 
-def refresh_note(tool: str) -> str:
+def _js_number(text: str) -> float:
+    """A minified JS number literal: ``1e3``, ``2500``, ``3e4``."""
+    return float(text)
+
+
+def refresh_note(tool: str) -> tuple[str, float | None]:
+    """How the tool's dashboard refreshes, and its fastest polling interval in ms (None: push,
+    or no polling found), read from the installed package."""
     if tool == "monitor":
         return ("push: the gateway sends each committed update over `/ws` "
-                "(`monitor/` gateway, no polling)")
+                "(`web/hub.py`, no polling)"), None
     site = _site_packages(tool)
     if site is None:
-        return "not installed"
+        return "not installed", None
     if tool == "mlflow":
         hits = _grep(site, ["mlflow/server/js/build/static/js/*.js"],
                      r"autoRefreshEnabled:s,enabled:l\}\)=>", 1)
@@ -566,24 +602,26 @@ def refresh_note(tool: str) -> str:
             return ("polling, opt-in: the run charts' 'Auto-refresh' toggle (off by default, "
                     "`autoRefreshEnabled:v=!1`) re-fetches running runs' metrics with "
                     "`window.setTimeout` on an interval constant imported from the main bundle "
-                    f"(its value not resolved here); else a manual refresh. {where}")
-        return "polling interval not found in the installed JS bundle"
+                    f"(its value not resolved here); else a manual refresh. {where}"), None
+        return "polling interval not found in the installed JS bundle", None
     if tool == "trackio":
         hits = _grep(site, ["trackio/frontend/dist/assets/index-*.js"],
                      r"function \w+\(\)\{return \w+\(\)\?\d+:[\de]+\}", 2)
         if hits:
             where = "; ".join(f"`{p.relative_to(site)}`: `{s[:70]}`" for p, s in hits)
+            fastest = min(_js_number(x) for _, hit in hits
+                          for x in re.findall(r"[?:]([\de]+)", hit))
             return (f"polling: `setInterval` with these intervals (ms; 1e3 = every 1 s "
-                    f"locally, the longer one when the guard is true): {where}")
-        return "polling interval not found"
+                    f"locally, the longer one when the guard is true): {where}"), fastest
+        return "polling interval not found", None
     if tool == "aim":
         hits = _grep(site, ["aim/web/ui/build/static/js/*.js"],
                      r"(liveUpdate[\w]*\s*:\s*\{[^}]{0,60}\}|delay\s*:\s*\d{3,6})", 1)
         if hits:
             where = "; ".join(f"`{p.relative_to(site)}`: `{s[:70]}`" for p, s in hits)
-            return f"polling (live update): {where}"
-        return "live-update interval not found"
-    return "?"
+            return f"polling (live update): {where}", None
+        return "live-update interval not found", None
+    raise ValueError(tool)
 
 
 # --- Report -------------------------------------------------------------------------------------
@@ -591,6 +629,13 @@ def refresh_note(tool: str) -> str:
 
 def _rate(events: int, seconds: float) -> str:
     return f"{events / seconds:,.0f}" if seconds > 0 else "–"
+
+
+def _visibility(vis: dict[str, Any]) -> str:
+    if vis["p50_ms"] is None:
+        return f"none of {vis['samples']} seen"
+    return (f"{vis['p50_ms']:,.1f} / {vis['p95_ms']:,.1f} (max {vis['max_ms']:,.0f}; "
+            f"{vis['seen']} of {vis['samples']} seen; {vis['steps_per_s']:,.0f} steps/s)")
 
 
 def report_rows(results: dict[str, dict[str, Any]], notes: dict[str, str],
@@ -602,24 +647,65 @@ def report_rows(results: dict[str, dict[str, Any]], notes: dict[str, str],
         name = f"{names[tool]} {versions.get(tool) or ''}".strip()
         res = results.get(tool)
         if res is None:
-            rows.append([name, "skipped", "–", "–", "–", notes.get(tool, "?")])
+            rows.append([name, "skipped", "–", "–", "–", "–", notes.get(tool, "?")])
             continue
-        pc, vis = res["percall"], res["visible"]
+        pc = res["percall"]
         b = res.get("batched")
-        vis_s = (f"{vis['p50_ms']:,.1f} / {vis['p95_ms']:,.1f} (max {vis['max_ms']:,.0f}; "
-                 f"{vis['seen']} of {vis['samples']} seen)" if vis["p50_ms"] is not None
-                 else f"none of {vis['samples']} seen")
         rows.append([
             name,
             (f"{_rate(pc['events'], pc['calls_s'])} ({_rate(pc['events'], pc['flushed_s'])} "
              f"until flushed)"),
             (f"{_rate(b['events'], b['seconds'])} ({b['per_call']} steps per call)" if b
              else "no batch API (n/a)"),
-            vis_s,
+            _visibility(res["visible_paced"]),
+            _visibility(res["visible_burst"]),
             "push" if tool == "monitor" else f"polls every {POLL_S * 1e3:.0f} ms",
             notes.get(tool, ""),
         ])
     return rows
+
+
+def verdicts(results: dict[str, dict[str, Any]],
+             refresh_ms: dict[str, float | None]) -> list[str]:
+    """This project against the issue's bars, from this run's numbers only."""
+    ours = results.get("monitor")
+    if ours is None:
+        return ["this project was not measured (--only): no comparison"]
+    peers = {t: r for t, r in results.items() if t != "monitor"}
+    lines = []
+    pc = ours["percall"]
+    rate = pc["events"] / pc["calls_s"]
+    trackio = peers.get("trackio")
+    if trackio:
+        t_rate = trackio["percall"]["events"] / trackio["percall"]["calls_s"]
+        lines.append(f"log() rate {rate:,.0f} events/s vs Trackio's {t_rate:,.0f} "
+                     f"(bar: at or above it): {'met' if rate >= t_rate else 'NOT met'}")
+    p95 = ours["visible_paced"]["p95_ms"]
+    if p95 is None:
+        return lines + ["this project's reader saw nothing: visibility not measured"]
+    lines.append(f"visible to a WebSocket subscriber, paced: p95 {p95:.1f} ms (bar < "
+                 f"{BAR_VISIBLE_MS:.0f} ms): {'met' if p95 < BAR_VISIBLE_MS else 'NOT met'}")
+    reads = {t: r["visible_paced"]["p50_ms"] for t, r in peers.items()
+             if r["visible_paced"]["p50_ms"] is not None}
+    if reads:
+        fastest = min(reads, key=lambda t: reads[t])
+        lines.append(f"below every peer's own API read (fastest: {fastest}, p50 "
+                     f"{reads[fastest]:.1f} ms; ours p95 {p95:.1f} ms): "
+                     f"{'met' if p95 < reads[fastest] else 'NOT met'}")
+    intervals = {t: ms for t, ms in refresh_ms.items() if t != "monitor" and ms}
+    if intervals:
+        fastest = min(intervals, key=lambda t: intervals[t])
+        factor = intervals[fastest] / p95
+        lines.append(f"vs the fastest peer dashboard refresh ({fastest}, every "
+                     f"{intervals[fastest]:,.0f} ms): {factor:,.0f}x below it (bar ≥ "
+                     f"{BAR_DASHBOARD_FACTOR:.0f}x): "
+                     f"{'met' if factor >= BAR_DASHBOARD_FACTOR else 'NOT met'}")
+    burst = ours["visible_burst"]
+    if burst["p95_ms"] is not None:
+        lines.append(f"burst: {burst['steps_per_s']:,.0f} steps/s logged, the last new best "
+                     f"visible p95 {burst['p95_ms']:.1f} ms after its call (it waits behind "
+                     f"the steps logged before it)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -648,6 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
     results: dict[str, dict[str, Any]] = {}
     notes: dict[str, str] = {}
+    refresh_ms: dict[str, float | None] = {}
     versions: dict[str, str | None] = {}
     timings: dict[str, float] = {}
     try:
@@ -670,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
             sub.mkdir()
             try:
                 results[tool] = BENCHES[tool](cfg, sub)
-                notes[tool] = refresh_note(tool)
+                notes[tool], refresh_ms[tool] = refresh_note(tool)
             except Exception as e:  # noqa: BLE001 - one peer failing must not hide the others
                 notes[tool] = f"failed: {str(e).strip().splitlines()[-1][:200]}"
                 print(f"{tool} failed: {e}", file=sys.stderr)
@@ -683,21 +770,26 @@ def main(argv: list[str] | None = None) -> int:
         print(machine_line(client) + "\n")
         client.close()
         print(f"A trainer process logs {args.runs} runs × {steps:,} steps of one model (one "
-              f"event = one step's `loss` and `eval_loss` in one call), then one more run of "
+              f"event = one step's `loss` and `eval_loss` in one call), then two more runs of "
               f"{steps:,} steps with `eval_loss` every {SAMPLE_EVERY}th step, each a new best "
-              f"over all runs; a reader process looks for the runs' minimum eval loss "
+              f"over all runs: one paced (a step every {PACE_S * 1e3:.0f} ms at most, a fast "
+              f"trainer), one a burst (as fast as the trainer logs, so the queue it builds in "
+              f"the tool counts). A reader process looks for the runs' minimum eval loss "
               f"(MLflow `MlflowClient.search_runs`, Trackio `SQLiteStorage`, Aim "
               f"`Repo.query_metrics`, each polled with a {POLL_S * 1e3:.0f} ms sleep between "
-              f"polls; this project: a WebSocket client on `monitor gateway`). Visibility = "
-              f"reader first sees the value − just before the log call. MLflow runs "
-              f"`mlflow server` on 127.0.0.1 with a SQLite backend (its default workers); "
-              f"this project runs `monitor worker` and `monitor gateway` on the Redis above. "
-              f"Everything shares the machine's cores.\n")
+              f"polls; this project: a WebSocket client on `monitor gateway`, as the page "
+              f"is). Visibility = the reader first sees the value − just before the log call. "
+              f"MLflow runs `mlflow server` on 127.0.0.1 with a SQLite backend (its default "
+              f"workers); this project runs `monitor worker` and `monitor gateway` on the "
+              f"Redis above. Everything shares the machine's cores.\n")
         print(table(["tool", "events/s, one call per event", "events/s, batched",
-                     "log call → visible to the reader, ms p50 / p95", "reader",
+                     "log call → visible, paced: ms p50 / p95",
+                     "log call → visible, burst: ms p50 / p95", "reader",
                      "dashboard refresh (from the installed package) / note"],
                     report_rows(results, notes, versions),
-                    align=["l", "r", "r", "r", "l", "l"]) + "\n")
+                    align=["l", "r", "r", "r", "r", "l", "l"]) + "\n")
+        for line in verdicts(results, refresh_ms):
+            print(f"- {line}")
         spent = ", ".join(f"{t} {s:.0f}s" for t, s in timings.items())
         print(f"- Wall time per tool (install, servers, all phases): {spent}. Peers' venvs: "
               f"{PEERS_HOME}. Each one's own logs were in {work} (removed).")

@@ -6,7 +6,9 @@ Two rows: the events over 1,000 jobs and over 100,000 jobs (10,000 with ``--quic
 models each. The stream is filled with pipelined ``XADD`` before the worker starts (not
 timed); then the real worker process runs and the stats hash is polled every 50 ms until
 ``applied + dead + duplicates`` reaches the number of events. A second table gives the cost
-of ``Run.log`` in the trainer and of ``parse_event`` in the worker, for context.
+of ``Run.log`` in the trainer and of ``parse_event`` in the worker, for context, and a third
+the ceiling: Redis's own pipelined ``XADD`` rate for the same entries, measured with
+``redis-benchmark`` in the same run, against which the worker's rate is compared.
 
 Every key is written under a fresh ``bench:<random>:`` prefix and deleted at the end.
 """
@@ -14,6 +16,7 @@ Every key is written under a fresh ``bench:<random>:`` prefix and deleted at the
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import redis
@@ -53,6 +57,11 @@ STOP_GRACE = 10.0  # seconds the worker gets to exit after SIGTERM
 BAR_EVENTS_PER_S, GOAL_EVENTS_PER_S = 20_000, 50_000
 BAR_RATIO = 1.5
 GOAL_LOG_US = 20.0
+GOAL_CEILING_RATIO = 3.0  # the worker within 3x of Redis's own pipelined XADD rate
+# redis-benchmark settings for the ceiling: (clients, pipeline depth)
+CEILING_RUNS = [(1, 64), (50, 16)]
+CEILING_COLUMNS = ("rps", "avg_latency_ms", "min_latency_ms", "p50_latency_ms", "p95_latency_ms",
+                   "p99_latency_ms", "max_latency_ms")  # redis-benchmark --csv, after "test"
 
 
 @dataclass
@@ -179,6 +188,91 @@ def run_row(client: redis.Redis, url: str, workload: Workload, prefix: str, *,
     return result
 
 
+# --- The ceiling: Redis's own XADD rate ----------------------------------------------------------
+
+
+@dataclass
+class CeilingRow:
+    clients: int
+    pipeline: int
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def redis_benchmark_args(url: str) -> list[str]:
+    """``-h/-p/-a/--dbnum`` for redis-benchmark from a ``redis://`` URL."""
+    parts = urlsplit(url)
+    args = ["-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 6379)]
+    if parts.password:
+        args += ["-a", parts.password]
+    db = parts.path.lstrip("/")
+    if db and db != "0":
+        args += ["--dbnum", db]
+    return args
+
+
+def xadd_ceiling(client: redis.Redis, url: str, stream: str, entry: bytes,
+                 requests: int) -> list[CeilingRow] | str:
+    """Redis's own ``XADD <stream> * data <entry>`` rate (redis-benchmark), or why not measured.
+
+    The same entry the worker reads, so the comparison is like for like; the stream is deleted
+    after each setting.
+    """
+    tool = shutil.which("redis-benchmark")
+    if tool is None:
+        return "redis-benchmark not found (Debian: apt install redis-tools)"
+    rows = []
+    for clients, pipeline in CEILING_RUNS:
+        cmd = [tool, *redis_benchmark_args(url), "-n", str(requests), "-c", str(clients),
+               "-P", str(pipeline), "--csv", "XADD", stream, "*", "data", entry.decode()]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        finally:
+            client.delete(stream)
+        # The test name (the command, entry included) is not escaped in the CSV: read the
+        # numbers from the right.
+        lines = [line for line in r.stdout.splitlines() if line.startswith('"XADD')]
+        if r.returncode or not lines:
+            return f"redis-benchmark failed ({r.returncode}): {r.stderr.strip()[-200:]}"
+        numbers = [float(x.strip('"')) for x in lines[-1].rsplit(",", 7)[1:]]
+        stats = dict(zip(CEILING_COLUMNS, numbers))
+        rows.append(CeilingRow(clients, pipeline, requests, stats["rps"], stats["p50_latency_ms"],
+                               stats["p99_latency_ms"]))
+    return rows
+
+
+def ceiling_section(rows: list[CeilingRow] | str, worker_rows: list[RowResult],
+                    entry: bytes) -> list[str]:
+    lines = ["## The ceiling: Redis's own XADD rate\n"]
+    if isinstance(rows, str):
+        return lines + [f"Not measured: {rows}.\n"]
+    lines.append(f"`redis-benchmark` against the same Redis, in the same run, appending the "
+                 f"entry the worker reads most ({len(entry)} bytes, a `metrics` event as "
+                 f"field `data`); nothing consumes it. This is what Redis alone can ingest: "
+                 f"the physical limit for the whole pipeline.\n")
+    lines.append(table(
+        ["clients", "pipeline depth", "XADDs", "XADD/s", "p50 ms", "p99 ms"],
+        [[str(r.clients), str(r.pipeline), _n(r.requests), _n(r.rps), _f(r.p50_ms, 3),
+          _f(r.p99_ms, 3)] for r in rows],
+        align=["r"] * 6) + "\n")
+    best = max(r.rps for r in rows)
+    worst_worker = min(w.events / w.seconds for w in worker_rows)
+    best_worker = max(w.events / w.seconds for w in worker_rows)
+    ratio = best / worst_worker
+    span = (_n(worst_worker) if best_worker == worst_worker
+            else f"{_n(worst_worker)}–{_n(best_worker)}")
+    lines.append(f"- Redis's pipelined XADD ceiling {_n(best)}/s vs the worker's {span} "
+                 f"events/s above: the slowest row is "
+                 f"**{ratio:.1f}x** below it (goal within {GOAL_CEILING_RATIO:.0f}x: "
+                 f"{'met' if ratio <= GOAL_CEILING_RATIO else 'not met'}). The worker does far "
+                 f"more per entry than an XADD: it reads the entry back, parses and checks it, "
+                 f"folds it, and commits jobs, model rows, metric points and an update in a "
+                 f"transaction.")
+    return lines
+
+
 # --- Trainer side and parsing ------------------------------------------------------------------
 
 
@@ -223,6 +317,14 @@ def bench_calls(func: Any, samples: list[bytes], rounds: int) -> list[float]:
             func(data)
         out.append((time.perf_counter() - t0) / len(samples) * 1e6)
     return out
+
+
+def ceiling_entry() -> bytes:
+    """A typical ``metrics`` entry of the workload, as the worker reads it."""
+    for event in generate(Workload(events=100, jobs=10, models=2)):
+        if event["type"] == "metrics" and "eval_loss" in event:
+            return orjson.dumps(event)
+    raise RuntimeError("the workload has no metrics event with eval_loss")
 
 
 def parse_samples(count: int) -> dict[str, list[bytes]]:
@@ -359,6 +461,15 @@ def main(argv: list[str] | None = None) -> int:
         print(worker_table(rows) + "\n")
         for line in verdicts(rows, runs):
             print(f"- {line}")
+        print()
+
+        entry = ceiling_entry()
+        prefix = unique_prefix("ceiling")
+        prefixes.append(prefix)
+        ceiling = xadd_ceiling(client, url, f"{prefix}stream", entry,
+                               requests=50_000 if args.quick else 500_000)
+        for line in ceiling_section(ceiling, rows, entry):
+            print(line)
         print()
 
         if not args.skip_sdk:
