@@ -213,6 +213,23 @@ def redis_benchmark_args(url: str) -> list[str]:
     return args
 
 
+def parse_benchmark_csv(stdout: str) -> dict[str, float] | None:
+    """The numbers of the last result row of ``redis-benchmark --csv``, by column name.
+
+    The first column, the test's name, is the command as typed and is not escaped (our entry
+    holds quotes and commas), so the numbers are read from the right.
+    """
+    rows = [line for line in stdout.splitlines()
+            if line.startswith('"') and not line.startswith('"test"')]
+    if not rows:
+        return None
+    fields = rows[-1].rsplit(",", len(CEILING_COLUMNS))[1:]
+    try:
+        return dict(zip(CEILING_COLUMNS, (float(x.strip('"')) for x in fields), strict=True))
+    except ValueError:
+        return None
+
+
 def xadd_ceiling(client: redis.Redis, url: str, stream: str, entry: bytes,
                  requests: int) -> list[CeilingRow] | str:
     """Redis's own ``XADD <stream> * data <entry>`` rate (redis-benchmark), or why not measured.
@@ -231,13 +248,9 @@ def xadd_ceiling(client: redis.Redis, url: str, stream: str, entry: bytes,
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         finally:
             client.delete(stream)
-        # The test name (the command, entry included) is not escaped in the CSV: read the
-        # numbers from the right.
-        lines = [line for line in r.stdout.splitlines() if line.startswith('"XADD')]
-        if r.returncode or not lines:
+        stats = parse_benchmark_csv(r.stdout)
+        if r.returncode or stats is None:
             return f"redis-benchmark failed ({r.returncode}): {r.stderr.strip()[-200:]}"
-        numbers = [float(x.strip('"')) for x in lines[-1].rsplit(",", 7)[1:]]
-        stats = dict(zip(CEILING_COLUMNS, numbers))
         rows.append(CeilingRow(clients, pipeline, requests, stats["rps"], stats["p50_latency_ms"],
                                stats["p99_latency_ms"]))
     return rows

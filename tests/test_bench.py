@@ -1,0 +1,83 @@
+"""The pure parts of the benchmarks: parsing other tools' output and judging against the bars."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench.peers import _js_number, _visibility, verdicts
+from bench.worker_throughput import parse_benchmark_csv, redis_benchmark_args
+
+CSV = ('"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",'
+       '"p99_latency_ms","max_latency_ms"\n'
+       '"XADD s * data {"type":"metrics","loss":0.5,"eval_loss":0.4}","231481.47","0.275",'
+       '"0.088","0.167","0.215","0.311","6.751"\n')
+
+
+def test_parse_benchmark_csv_reads_numbers_from_the_right_past_an_unescaped_name() -> None:
+    assert parse_benchmark_csv(CSV) == {
+        "rps": 231481.47, "avg_latency_ms": 0.275, "min_latency_ms": 0.088,
+        "p50_latency_ms": 0.167, "p95_latency_ms": 0.215, "p99_latency_ms": 0.311,
+        "max_latency_ms": 6.751,
+    }
+
+
+@pytest.mark.parametrize("stdout", ["", '"test","rps"\n', "ERR unknown command\n",
+                                    '"XADD","a","b","c","d","e","f","g"\n'])
+def test_parse_benchmark_csv_without_a_result_row_is_none(stdout: str) -> None:
+    assert parse_benchmark_csv(stdout) is None
+
+
+@pytest.mark.parametrize(("url", "args"), [
+    ("redis://127.0.0.1:6379/0", ["-h", "127.0.0.1", "-p", "6379"]),
+    ("redis://localhost", ["-h", "localhost", "-p", "6379"]),
+    ("redis://:s3cret@10.0.0.2:7000/3", ["-h", "10.0.0.2", "-p", "7000", "-a", "s3cret",
+                                          "--dbnum", "3"]),
+])
+def test_redis_benchmark_args_from_url(url: str, args: list[str]) -> None:
+    assert redis_benchmark_args(url) == args
+
+
+def test_js_number_reads_minified_literals() -> None:
+    assert [_js_number(x) for x in ("1e3", "2500", "3e4")] == [1000.0, 2500.0, 30000.0]
+
+
+def _result(rate: float, p50: float | None, p95: float | None) -> dict[str, Any]:
+    vis = {"samples": 6, "seen": 6 if p50 is not None else 0, "polls": 10, "p50_ms": p50,
+           "p95_ms": p95, "max_ms": p95, "steps_per_s": 200.0}
+    return {"percall": {"events": int(rate), "calls_s": 1.0, "flushed_s": 2.0},
+            "visible_paced": vis, "visible_burst": dict(vis, steps_per_s=90_000.0)}
+
+
+def test_verdicts_judge_this_project_against_each_bar() -> None:
+    results = {"monitor": _result(500_000, 3.0, 4.9), "trackio": _result(130_000, 520.0, 530.0),
+               "mlflow": _result(100, 30.0, 38.0)}
+    assert verdicts(results, {"monitor": None, "trackio": 1000.0, "mlflow": None}) == [
+        "log() rate 500,000 events/s vs Trackio's 130,000 (bar: at or above it): met",
+        "visible to a WebSocket subscriber, paced: p95 4.9 ms (bar < 10 ms): met",
+        "below every peer's own API read (fastest: mlflow, p50 30.0 ms; ours p95 4.9 ms): met",
+        ("vs the fastest peer dashboard refresh (trackio, every 1,000 ms): 204x below it "
+        "(bar ≥ 100x): met"),
+        ("burst: 90,000 steps/s logged, the last new best visible p95 4.9 ms after its call (it "
+        "waits behind the steps logged before it)"),
+    ]
+
+
+def test_verdicts_say_not_met() -> None:
+    results = {"monitor": _result(100_000, 12.0, 15.0), "trackio": _result(130_000, 10.0, 11.0)}
+    lines = verdicts(results, {"trackio": 1000.0})
+    assert lines[:4] == [
+        "log() rate 100,000 events/s vs Trackio's 130,000 (bar: at or above it): NOT met",
+        "visible to a WebSocket subscriber, paced: p95 15.0 ms (bar < 10 ms): NOT met",
+        ("below every peer's own API read (fastest: trackio, p50 10.0 ms; ours p95 15.0 ms): "
+        "NOT met"),
+        ("vs the fastest peer dashboard refresh (trackio, every 1,000 ms): 67x below it "
+        "(bar ≥ 100x): NOT met"),
+    ]
+
+
+def test_visibility_cell() -> None:
+    assert _visibility(_result(1, 3.04, 4.96)["visible_paced"]) == (
+        "3.0 / 5.0 (max 5; 6 of 6 seen; 200 steps/s)")
+    assert _visibility(_result(1, None, None)["visible_paced"]) == "none of 6 seen"
