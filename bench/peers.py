@@ -41,7 +41,6 @@ import json
 import math
 import multiprocessing
 import os
-import re
 import shutil
 import signal
 import socket
@@ -53,8 +52,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-STEPS, QUICK_STEPS = 2000, 300
-RUNS = 3
+STEPS, QUICK_STEPS = 2000, 200
+RUNS, QUICK_RUNS = 3, 1
 SAMPLE_EVERY = 50
 POLL_S = 0.01
 BATCH_STEPS = 500
@@ -561,67 +560,20 @@ def _site_packages(tool: str) -> Path | None:
     return found[0] if found else None
 
 
-def _grep(root: Path, globs: list[str], pattern: str, limit: int = 1) -> list[tuple[Path, str]]:
-    rx = re.compile(pattern)
-    hits = []
-    for g in globs:
-        for path in sorted(root.glob(g)):
-            try:
-                text = path.read_text(errors="replace")
-            except OSError:
-                continue
-            m = rx.search(text)
-            if m:
-                hits.append((path, m.group(0)))
-                if len(hits) >= limit:
-                    return hits
-    return hits
-
-
-def _js_number(text: str) -> float:
-    """A minified JS number literal: ``1e3``, ``2500``, ``3e4``."""
-    return float(text)
-
-
 def refresh_note(tool: str) -> tuple[str, float | None]:
-    """How the tool's dashboard refreshes, and its fastest polling interval in ms (None: push,
-    or no polling found), read from the installed package."""
+    """How the tool's dashboard refreshes, and the interval (ms) at which it reloads run data
+    as it opens (None: push, or no polling found), read from the installed package."""
+    from bench import dashboards
+
     if tool == "monitor":
         return ("push: the gateway sends each committed update over `/ws` "
                 "(`web/hub.py`, no polling)"), None
     site = _site_packages(tool)
     if site is None:
         return "not installed", None
-    if tool == "mlflow":
-        hits = _grep(site, ["mlflow/server/js/build/static/js/*.js"],
-                     r"autoRefreshEnabled:s,enabled:l\}\)=>", 1)
-        timer = _grep(site, ["mlflow/server/js/build/static/js/*.js"],
-                      r"window\.setTimeout\(\w+,\w+\.\w+\)", 1)
-        if hits or timer:
-            where = "; ".join(f"`{p.relative_to(site)}`: `{s[:60]}`" for p, s in hits + timer)
-            return ("polling, opt-in: the run charts' 'Auto-refresh' toggle (off by default, "
-                    "`autoRefreshEnabled:v=!1`) re-fetches running runs' metrics with "
-                    "`window.setTimeout` on an interval constant imported from the main bundle "
-                    f"(its value not resolved here); else a manual refresh. {where}"), None
-        return "polling interval not found in the installed JS bundle", None
-    if tool == "trackio":
-        hits = _grep(site, ["trackio/frontend/dist/assets/index-*.js"],
-                     r"function \w+\(\)\{return \w+\(\)\?\d+:[\de]+\}", 2)
-        if hits:
-            where = "; ".join(f"`{p.relative_to(site)}`: `{s[:70]}`" for p, s in hits)
-            fastest = min(_js_number(x) for _, hit in hits
-                          for x in re.findall(r"[?:]([\de]+)", hit))
-            return (f"polling: `setInterval` with these intervals (ms; 1e3 = every 1 s "
-                    f"locally, the longer one when the guard is true): {where}"), fastest
-        return "polling interval not found", None
-    if tool == "aim":
-        hits = _grep(site, ["aim/web/ui/build/static/js/*.js"],
-                     r"(liveUpdate[\w]*\s*:\s*\{[^}]{0,60}\}|delay\s*:\s*\d{3,6})", 1)
-        if hits:
-            where = "; ".join(f"`{p.relative_to(site)}`: `{s[:70]}`" for p, s in hits)
-            return f"polling (live update): {where}", None
-        return "live-update interval not found", None
-    raise ValueError(tool)
+    found = {"mlflow": dashboards.mlflow, "trackio": dashboards.trackio,
+             "aim": dashboards.aim}[tool](site)
+    return found.note, found.interval_ms
 
 
 # --- Report -------------------------------------------------------------------------------------
@@ -714,16 +666,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(prog="python -m bench.peers",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} steps per run")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_STEPS} steps per run, {QUICK_RUNS} run per phase")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"steps per run (default {STEPS:,}; {QUICK_STEPS} with --quick)")
-    parser.add_argument("--runs", type=int, default=RUNS, help="runs in the per-call phase")
+    parser.add_argument("--runs", type=int, default=None,
+                        help=f"runs in the per-call and batched phases (default {RUNS}; "
+                             f"{QUICK_RUNS} with --quick)")
     parser.add_argument("--no-install", action="store_true",
                         help="skip a peer that is not installed yet instead of installing it")
     parser.add_argument("--only", default="monitor,mlflow,trackio",
                         help="comma-separated tools (monitor, mlflow, trackio, aim)")
     args = parser.parse_args(argv)
     steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
+    runs = args.runs or (QUICK_RUNS if args.quick else RUNS)
     steps = max(SAMPLE_EVERY, steps // SAMPLE_EVERY * SAMPLE_EVERY)
     tools = [t.strip() for t in args.only.split(",") if t.strip()]
 
@@ -752,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
                 if version is None:
                     notes[tool] = note
                     continue
-            cfg = {"steps": steps, "runs": args.runs, "tag": f"peers-{os.getpid()}"}
+            cfg = {"steps": steps, "runs": runs, "tag": f"peers-{os.getpid()}"}
             sub = work / tool
             sub.mkdir()
             try:
@@ -769,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
         print("## Peer comparison: the same trainer workload through each tool\n")
         print(machine_line(client) + "\n")
         client.close()
-        print(f"A trainer process logs {args.runs} runs × {steps:,} steps of one model (one "
+        print(f"A trainer process logs {runs} run(s) × {steps:,} steps of one model (one "
               f"event = one step's `loss` and `eval_loss` in one call), then two more runs of "
               f"{steps:,} steps with `eval_loss` every {SAMPLE_EVERY}th step, each a new best "
               f"over all runs: one paced (a step every {PACE_S * 1e3:.0f} ms at most, a fast "

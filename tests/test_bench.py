@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.peers import _js_number, _visibility, verdicts
+from bench import dashboards
+from bench.peers import _visibility, verdicts
 from bench.worker_throughput import parse_benchmark_csv, redis_benchmark_args
 
 CSV = ('"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",'
@@ -37,10 +39,6 @@ def test_parse_benchmark_csv_without_a_result_row_is_none(stdout: str) -> None:
 ])
 def test_redis_benchmark_args_from_url(url: str, args: list[str]) -> None:
     assert redis_benchmark_args(url) == args
-
-
-def test_js_number_reads_minified_literals() -> None:
-    assert [_js_number(x) for x in ("1e3", "2500", "3e4")] == [1000.0, 2500.0, 30000.0]
 
 
 def _result(rate: float, p50: float | None, p95: float | None) -> dict[str, Any]:
@@ -81,3 +79,60 @@ def test_visibility_cell() -> None:
     assert _visibility(_result(1, 3.04, 4.96)["visible_paced"]) == (
         "3.0 / 5.0 (max 5; 6 of 6 seen; 200 steps/s)")
     assert _visibility(_result(1, None, None)["visible_paced"]) == "none of 6 seen"
+
+
+def _write(root: Path, rel: str, text: str) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_mlflow_refresh_follows_the_webpack_import_to_the_constant(tmp_path: Path) -> None:
+    js = "mlflow/server/js/build/static/js"
+    _write(tmp_path, f"{js}/3878.abc.chunk.js",
+           '(self.w=self.w||[]).push([[3878],{11(e,t,n){var ha=n(54919);function f(){'
+           'fetchRuns(x,{isAutoRefreshing:!0});window.clearTimeout(c.current),'
+           'c.current=window.setTimeout(s,ha.t4)}},12(e,t,n){var q=1}}]);')
+    _write(tmp_path, f"{js}/4751.def.chunk.js",
+           '(self.w=self.w||[]).push([[4751],{54919(e,t,n){n.d(t,{TB:()=>y,t4:()=>m});'
+           'const y=5,m=3e4,z=2},54920(e,t,n){var m=1}}]);')
+    _write(tmp_path, f"{js}/main.123.js",
+           '{1395(e,t,n){const a=["selectedColumns"];var d={groupBy:null,'
+           'autoRefreshEnabled:!0,other:1}}}')
+    found = dashboards.mlflow(tmp_path)
+    assert found.interval_ms == 30_000
+    assert found.note == (
+        f"polling: the runs table re-fetches every 30 s: `window.setTimeout(s,ha.t4)` in "
+        f"`{js}/3878.abc.chunk.js`, `ha=n(54919)` → module 54919 in `{js}/4751.def.chunk.js`: "
+        f"`m=3e4`; auto-refresh on by default: `autoRefreshEnabled:!0` in `{js}/main.123.js` "
+        f"(the experiment page's initial state)")
+
+
+def test_mlflow_refresh_off_by_default_has_no_interval(tmp_path: Path) -> None:
+    js = "mlflow/server/js/build/static/js"
+    _write(tmp_path, f"{js}/1.chunk.js",
+           '{7(e,t,n){var ha=n(8);({isAutoRefreshing:!0});window.setTimeout(s,ha.t4)},'
+           '8(e,t,n){n.d(t,{t4:()=>m});const m=1e4}}')
+    _write(tmp_path, f"{js}/main.1.js", '{9(e,t,n){var d={selectedColumns:[],'
+                                        'autoRefreshEnabled:!1}}}')
+    found = dashboards.mlflow(tmp_path)
+    assert found.interval_ms is None
+    assert "auto-refresh off by default" in found.note
+
+
+def test_trackio_refresh_reads_the_local_interval_and_the_write_interval(tmp_path: Path) -> None:
+    _write(tmp_path, "trackio/frontend/dist/assets/index-X.js",
+           "function zO(){return 1}function jO(){return zO()?2500:1e3}")
+    _write(tmp_path, "trackio/run.py", "import time\nBATCH_SEND_INTERVAL = 0.5\n")
+    found = dashboards.trackio(tmp_path)
+    assert found.interval_ms == 1000
+    assert found.note == (
+        "polling: the page polls with `setInterval` every 1 s locally (2.5 s on a `.hf.space` "
+        "host): `function jO(){return zO()?2500:1e3}` in "
+        "`trackio/frontend/dist/assets/index-X.js`; `trackio.log` queues, and a thread writes "
+        "the queue to SQLite every 0.5 s: `BATCH_SEND_INTERVAL = 0.5` in `trackio/run.py`")
+
+
+def test_a_missing_bundle_is_said_not_guessed(tmp_path: Path) -> None:
+    assert dashboards.mlflow(tmp_path) == dashboards.Refresh("MLflow's UI bundle not found", None)
+    assert dashboards.trackio(tmp_path).interval_ms is None
