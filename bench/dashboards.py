@@ -148,11 +148,16 @@ def trackio(site: Path) -> Refresh:
 
 
 def aim(site: Path) -> Refresh:
-    """Aim's UI: live update of the explorers, and its interval."""
-    rx = re.compile(r"(liveUpdate[\w]*\s*:\s*\{[^}]{0,60}\}|delay\s*:\s*\d{3,6})")
-    for path in sorted((site / "aim/web/ui/build/static/js").glob("*.js")):
+    """Aim's explorers poll only with 'live update' on, which is off by default; its UI ships
+    in the ``aim_ui`` package and reads the index ``aim up`` keeps."""
+    rx = re.compile(rf"liveUpdate:\{{delay:{NUMBER},enabled:(!0|!1|true|false)\}}")
+    for path in sorted((site / "aim_ui/build/static/js").glob("main*.js")):
         m = rx.search(_read(path))
         if m:
-            return Refresh(f"polling (live update): `{m.group(0)[:70]}` in "
-                           f"`{_rel(path, site)}`", None)
-    return Refresh("Aim's live-update interval not found", None)
+            every = float(m.group(1))
+            on = m.group(2) in ("!0", "true")
+            return Refresh(f"polling, {'on' if on else 'opt-in'}: the explorers' 'live update' "
+                           f"is {'on' if on else 'off'} by default and re-runs the search every "
+                           f"{every / 1000:g} s when on: `{m.group(0)}` in `{_rel(path, site)}`",
+                           every if on else None)
+    return Refresh("Aim's live-update setting not found in its UI bundle", None)
