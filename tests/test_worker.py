@@ -289,18 +289,42 @@ class Crash(Exception):
     """Stands for the process dying at this exact point."""
 
 
+async def test_a_batch_is_committed_acknowledged_and_trimmed_in_one_step(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, lease_ttl=5.0)
+    worker = Worker(settings)
+    await worker.store.ensure_group()
+    ids = [xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": loss})
+           for loss in (0.9, 0.8, 0.7)]
+
+    async def apart(*args: Any) -> None:
+        raise AssertionError("acknowledged or trimmed apart from the commit")
+
+    worker.store.ack = worker.store.trim = apart  # type: ignore[method-assign]
+    try:
+        await worker.step()
+        assert r.get(keys.applied).decode() == ids[-1]
+        assert r.xinfo_groups(keys.events)[0]["pending"] == 0
+    finally:
+        await worker.redis.aclose()
+
+
 async def test_a_crash_between_commit_and_ack_applies_nothing_twice(
         redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    """When a batch is applied one entry at a time (after a failure), the entries are
+    acknowledged after the commits: a crash in between leaves committed entries pending."""
     settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, lease_ttl=5.0)
     crashed = Worker(settings)
     await crashed.store.ensure_group()
     for loss in (0.9, 0.8, 0.7):
         xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": loss})
+    commit = crashed.store.commit
 
-    async def die(entry_ids: list[str]) -> None:
+    async def commit_without_ack_then_die(*args: Any, **kwargs: Any) -> str | None:
+        await commit(*args, **dict(kwargs, ack=None))
         raise Crash
 
-    crashed.store.ack = die  # type: ignore[method-assign]
+    crashed.store.commit = commit_without_ack_then_die  # type: ignore[method-assign]
     with pytest.raises(Crash):
         await crashed.step()
     await crashed.redis.aclose()
@@ -317,6 +341,34 @@ async def test_a_crash_between_commit_and_ack_applies_nothing_twice(
         assert len(r.xrange(keys.updates)) == 1
     finally:
         await after.redis.aclose()
+
+
+async def test_a_commit_larger_than_a_script_takes_in_one_command_is_split(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    """4,200 runs of one model in one batch: the jobs hash alone gets 8,400 values, more than
+    Lua's unpack() takes (8,000); every run and view still arrives."""
+    with r.pipeline(transaction=False) as pipe:
+        for i in range(4200):
+            pipe.xadd(keys.events, {"data": orjson.dumps(
+                {"type": "job_started", "job_id": f"j{i}", "model_name": Q})})
+        pipe.xadd(keys.events, {"data": orjson.dumps(
+            {"type": "metrics", "job_id": "j7", "eval_loss": 0.5})})
+        pipe.execute()
+    worker = Worker(WorkerSettings(redis_url=redis_url, prefix=keys.prefix, batch_size=10_000))
+    await worker.store.ensure_group()
+    try:
+        await worker.step()
+        jobs = stored_jobs(r, keys)
+        assert len(jobs) == 4200
+        assert r.scard(keys.group(Q)) == 4200
+        model = orjson.loads(r.hget(keys.models, model_field(Q)))
+        assert (model["best_job_id"], model["job_count"]) == ("j7", 4200)
+        update = orjson.loads(r.xrevrange(keys.updates, count=1)[0][1][b"data"])
+        assert len(update["jobs"]) == 4200  # a new best changes every view of the model
+        assert r.xinfo_groups(keys.events)[0]["pending"] == 0
+        assert int(r.hget(keys.stats, "applied")) == 4201
+    finally:
+        await worker.redis.aclose()
 
 
 async def test_values_at_the_edges_never_stop_the_worker(

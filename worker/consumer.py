@@ -1,11 +1,12 @@
-"""The worker loop: hold the lease, read a batch, fold it, commit, then acknowledge.
+"""The worker loop: hold the lease, read a batch, fold it, commit and acknowledge it.
 
-Crash safety comes from the order of things. A batch's effects and the id of its last entry
-are committed in one transaction, and only then are its entries acknowledged. After a crash
-the next holder of the lease re-reads every unacknowledged entry: those at or before the
-committed id are acknowledged without being applied again, the rest are applied. So each
-entry is applied exactly once, whenever the process dies.
-"""
+Crash safety comes from the order of things. A batch's effects, the id of its last entry, the
+acknowledgement of its entries and the trimming of the stream are one atomic Lua call, which
+checks the lease and the committed id first. (Only a batch applied one entry at a time, after a
+failure, is acknowledged after its commits.) After a crash the next holder of the lease
+re-reads every unacknowledged entry: those at or before the committed id are acknowledged
+without being applied again, the rest are applied. So each entry is applied exactly once,
+whenever the process dies."""
 
 from __future__ import annotations
 
@@ -67,6 +68,9 @@ class Worker:
         self.applied = "0-0"
         self.last_seen = "0-0"
         self.generation = -1  # != lease.generation: recover before reading new entries
+        # The last read came back short: wait for a newer entry before reading again (at a
+        # trainer's pace, that saves a read that would return nothing after every batch).
+        self.caught_up = False
 
     def _forget_state(self) -> None:
         self.board = Board()
@@ -130,13 +134,16 @@ class Worker:
             return
         if self.generation != self.lease.generation:
             await self._recover()
+        if self.caught_up:
+            seen = await self.store.wait(self.last_seen, int(self.settings.block * 1000))
+            if seen is None:
+                return
+            if parse_pos(seen) > parse_pos(self.last_seen):
+                self.last_seen = seen
         entries = await self.store.read(self.lease.token, ">", self.settings.batch_size)
+        self.caught_up = len(entries) < self.settings.batch_size
         if entries:
             await self._process(entries)
-            return
-        seen = await self.store.wait(self.last_seen, int(self.settings.block * 1000))
-        if seen is not None and parse_pos(seen) > parse_pos(self.last_seen):
-            self.last_seen = seen
 
     async def _recover(self) -> None:
         """After taking the lease: adopt unacknowledged entries and finish them first."""
@@ -153,12 +160,16 @@ class Worker:
         log.info("worker %s is applying events (committed up to %s)", self.name, self.applied)
 
     async def _process(self, entries: list[Entry]) -> None:
-        """Apply the entries not yet committed, commit, acknowledge all, trim the stream."""
+        """Apply the entries not yet committed and commit them, acknowledging all of them and
+        trimming the stream in the same atomic step when the batch applies whole."""
         done = parse_pos(self.applied)
         fresh = [entry for entry in entries if parse_pos(entry[0]) > done]
+        ids = [entry_id for entry_id, _ in entries]
+        acknowledged = False
         if fresh:
             try:
-                await self._apply(decode(fresh))
+                await self._apply(decode(fresh), ack=ids)
+                acknowledged = True
             except BUG:
                 # Some entry makes the fold or the commit fail (a bug): find it, refuse it, and
                 # go on with the rest, rather than stopping every model's updates for good.
@@ -171,15 +182,17 @@ class Worker:
                         log.exception("could not apply entry %s", item.entry_id)
                         self._forget_state()
                         await self._apply([poisoned(item, e)])
-        # Acknowledge only now: an entry acknowledged before its commit could be lost.
-        await self.store.ack([entry_id for entry_id, _ in entries])
+        if not acknowledged:
+            # Only now: an entry acknowledged before its commit could be lost.
+            await self.store.ack(ids)
+            await self.store.trim(self.applied)
         last = entries[-1][0]
         if parse_pos(last) > parse_pos(self.last_seen):
             self.last_seen = last
-        await self.store.trim(self.applied)
 
-    async def _apply(self, items: list[Decoded]) -> None:
-        """Fold ``items`` into the board and commit them in one transaction."""
+    async def _apply(self, items: list[Decoded], ack: list[str] | None = None) -> None:
+        """Fold ``items`` into the board and commit them in one atomic step (acknowledging
+        ``ack`` with them)."""
         await self._load([item.event for item in items if item.event is not None])
         folded = fold(self.board, items)
         to_read = rewrites(self.board, folded)
@@ -187,7 +200,7 @@ class Worker:
         commit = build_commit(self.board, folded, self.keys, histories)
         version = await self.store.commit(commit, self.lease, self.applied,
                                           updates_keep=self.settings.updates_keep,
-                                          dead_keep=self.settings.dead_keep)
+                                          dead_keep=self.settings.dead_keep, ack=ack)
         self.applied = commit.applied
         if version is not None and commit.update is not None:
             await self._bound_updates(version, len(commit.update))

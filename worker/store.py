@@ -1,4 +1,4 @@
-"""The worker's Redis I/O: fenced reads, loading state, one transaction per commit, acks."""
+"""The worker's Redis I/O: fenced reads, loading state, one atomic Lua call per commit."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import ResponseError
 
 from monitor.keys import GROUP, Keys
 from monitor.rules import JobState
@@ -37,6 +37,28 @@ for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[2], ARGV[2])) do
 end
 return dropped
 """
+# One commit, atomically and in one round trip: check that we still hold the lease and that
+# nobody committed past ``expected``, then run the commit's commands, given flat in ARGV as
+# <argument count> <command> <arguments>... Returns the reply of command number ARGV[3] (the
+# updates XADD's id; 0: none), -1 without the lease, -2 when another worker committed.
+_COMMIT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if (redis.call('GET', KEYS[2]) or '0-0') ~= ARGV[2] then return -2 end
+local want, i, k, result = tonumber(ARGV[3]), 4, 0, false
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local reply = redis.call(unpack(ARGV, i + 1, i + n))
+  k = k + 1
+  if k == want then result = reply end
+  i = i + n + 1
+end
+return result
+"""
+# Lua's unpack() takes at most 8,000 values: longer commands are split (same effect, as the
+# script runs atomically): command -> (leading arguments kept in each part, values per item).
+MAX_ARGS = 4000
+_SPLITTABLE = {"HSET": (2, 2), "HDEL": (2, 1), "SADD": (2, 1), "SREM": (2, 1), "RPUSH": (2, 1),
+               "XACK": (3, 1)}
 LOAD_CHUNK = 2000  # jobs per read while loading, so the lease renews between chunks
 
 
@@ -57,6 +79,7 @@ class Store:
         self.consumer = consumer
         self._read = redis.register_script(_FENCED_READ)
         self._drop_idle = redis.register_script(_DROP_IDLE_CONSUMERS)
+        self._commit = redis.register_script(_COMMIT)
 
     async def ensure_group(self) -> None:
         """Create the stream and the consumer group (from the start) if missing."""
@@ -140,31 +163,39 @@ class Store:
                 for job_id, points in zip(job_ids, replies)}
 
     async def commit(self, commit: Commit, lease: Lease, expected: str, *,
-                     updates_keep: int, dead_keep: int) -> str | None:
-        """Write ``commit`` in one transaction, if nobody else committed since ``expected``;
-        returns the update's version (entry id) if any.
+                     updates_keep: int, dead_keep: int, ack: list[str] | None = None
+                     ) -> str | None:
+        """Write ``commit`` atomically, if we hold the lease and nobody else committed since
+        ``expected``; returns the update's version (entry id) if any.
 
         The applied id is the guard: a commit must start where the last one ended, so two
         workers can never both apply the same entries, whatever their leases say. (The lease
-        only keeps a standby from doing work that would be thrown away.)
+        only keeps a standby from doing work that would be thrown away.) ``ack``: entry ids to
+        acknowledge in the same step, trimming the events stream up to the new applied id.
         """
         k = self.keys
-        async with self.redis.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(k.applied)
-                holder, applied = await pipe.mget(k.lease, k.applied)
-                if not lease.held or holder is None or _text(holder) != lease.token:
-                    raise LeaseLost("lease expired or taken over before commit")
-                if (_text(applied) if applied is not None else "0-0") != expected:
-                    raise LeaseLost(f"another worker committed past {expected}")
-                pipe.multi()  # type: ignore[no-untyped-call]
-                _queue_writes(pipe, k, commit, updates_keep=updates_keep, dead_keep=dead_keep)
-                replies = await pipe.execute()
-            except WatchError:
-                raise LeaseLost("lease or applied id changed during commit") from None
-        if commit.update is None:
-            return None
-        return _text(replies[-1])  # the updates XADD is queued last
+        if not lease.held:
+            raise LeaseLost("lease expired before commit")
+        queue = self.redis.pipeline(transaction=False)  # only records the commands
+        _queue_writes(queue, k, commit, updates_keep=updates_keep, dead_keep=dead_keep)
+        update_at = len(queue.command_stack) if commit.update is not None else 0
+        if ack:  # after the writes: should one fail, nothing is acknowledged
+            queue.xack(k.events, GROUP, *ack)
+            queue.xtrim(k.events, minid=commit.applied, approximate=True)
+        args: list[Any] = [lease.token, expected, 0]
+        count = 0
+        for at, (command, _) in enumerate(queue.command_stack, 1):
+            for part in _split(command):
+                count += 1
+                args += [len(part), *part]
+            if at == update_at:
+                args[2] = count
+        reply = await self._commit(keys=[k.lease, k.applied], args=args)
+        if reply == -1:
+            raise LeaseLost("lease expired or taken over before commit")
+        if reply == -2:
+            raise LeaseLost(f"another worker committed past {expected}")
+        return _text(reply) if update_at else None
 
     async def ack(self, entry_ids: list[str]) -> None:
         if entry_ids:
@@ -173,6 +204,19 @@ class Store:
     async def trim(self, applied: str) -> None:
         """Drop applied entries from the events stream (never one that is not applied)."""
         await self.redis.xtrim(self.keys.events, minid=applied, approximate=True)
+
+
+def _split(command: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """``command`` as commands of at most MAX_ARGS values, with the same effect in order."""
+    if len(command) <= MAX_ARGS:
+        return [command]
+    name = str(command[0]).upper()
+    if name not in _SPLITTABLE:
+        raise ValueError(f"{name} with {len(command)} arguments cannot be split")
+    fixed, step = _SPLITTABLE[name]
+    head, rest = command[:fixed], command[fixed:]
+    size = (MAX_ARGS - fixed) // step * step
+    return [(*head, *rest[i:i + size]) for i in range(0, len(rest), size)]
 
 
 def _queue_writes(pipe: Any, k: Keys, c: Commit, *, updates_keep: int, dead_keep: int) -> None:
@@ -201,5 +245,5 @@ def _queue_writes(pipe: Any, k: Keys, c: Commit, *, updates_keep: int, dead_keep
         if n:
             pipe.hincrby(k.stats, name, n)
     pipe.set(k.applied, c.applied)
-    if c.update is not None:  # last, so its index is known
+    if c.update is not None:  # last of the writes
         pipe.xadd(k.updates, {"data": c.update}, maxlen=updates_keep, approximate=True)
