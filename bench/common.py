@@ -1,5 +1,6 @@
 """Helpers shared by the benchmarks: the machine line, Redis prefixes, /proc readings, tables,
-starting and stopping processes, latency histograms, and WebSocket client processes."""
+headline figures, starting and stopping processes, latency histograms, and WebSocket client
+processes."""
 
 from __future__ import annotations
 
@@ -30,6 +31,29 @@ import orjson
 import redis
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+HEADLINES_ENV = "BENCH_HEADLINES"  # a file run_all collects each benchmark's key figures in
+
+
+def verdict(bar: bool | None, goal: bool | None = None) -> str:
+    """'bar met, goal not met' and the like, for a headline."""
+    parts = []
+    if bar is not None:
+        parts.append("bar met" if bar else "bar NOT met")
+    if goal is not None:
+        parts.append("goal met" if goal else "goal not met")
+    return ", ".join(parts)
+
+
+def headline(what: str, measured: str, target: str = "", verdict: str = "") -> None:
+    """Record one key figure for run_all's summary table (a JSON line appended to the file
+    named by ``$BENCH_HEADLINES``; nothing when a benchmark runs on its own)."""
+    path = os.environ.get(HEADLINES_ENV)
+    if not path:
+        return
+    line = {"benchmark": Path(sys.argv[0]).stem if sys.argv[0] else "", "what": what,
+            "measured": measured, "target": target, "verdict": verdict}
+    with open(path, "ab") as f:
+        f.write(orjson.dumps(line) + b"\n")
 
 
 def redis_url() -> str:

@@ -45,6 +45,7 @@ from bench.common import (
     cpu_seconds,
     delete_prefix,
     free_port,
+    headline,
     machine_busy_line,
     machine_cpu,
     machine_line,
@@ -316,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         print(delivery_table(rows) + "\n")
         print(cost_table(rows) + "\n")
         for r in rows:
+            every = sum(1 for x in r.results if x.last == r.published and x.snapshots == 1
+                        and x.backwards == 0)
+            headline(f"fan-out: {r.clients:,} clients, {args.rate:,.0f} updates/s, deflate "
+                     f"{'on' if r.deflate else 'off'}: p50 / p99 ms, clients up to date",
+                     f"{r.latency.quantile(0.5) * 1e3:.1f} / {r.latency.quantile(0.99) * 1e3:.1f}"
+                     f", {every:,} of {r.clients:,}")
             closed = [x.closed for x in r.results if x.closed]
             unfinished = sum(1 for x in r.results if not x.finished)
             print(f"- {r.clients:,} clients, deflate {'on' if r.deflate else 'off'}: publisher "

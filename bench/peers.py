@@ -53,9 +53,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-STEPS, QUICK_STEPS = 2000, 200
+STEPS, QUICK_STEPS = 2000, 100
 RUNS, QUICK_RUNS = 3, 1
-SAMPLE_EVERY = 50
+SAMPLE_EVERY, QUICK_SAMPLE_EVERY = 50, 25
 POLL_S = 0.01
 BATCH_STEPS = 500
 PEERS_HOME = Path(os.environ.get("MONITOR_BENCH_PEERS_HOME",
@@ -164,7 +164,7 @@ def _poller(tool: str, cfg: dict[str, Any]) -> Any:
                 if last is None:
                     continue
                 rows = SQLiteStorage.get_metric_values(cfg["project"], run, "eval_loss",
-                                                       around_step=last, window=SAMPLE_EVERY)
+                                                       around_step=last, window=cfg["every"])
                 values += [r["value"] for r in rows if r.get("value") is not None]
             return min(values) if values else None
         return poll_trackio
@@ -335,7 +335,8 @@ def child_main(tool: str, cfg: dict[str, Any], result_path: str) -> None:
                           "per_call": BATCH_STEPS}
 
     # 3. visibility: one paced run, then one burst run, both watched by one reader
-    n = steps // SAMPLE_EVERY
+    every = cfg["every"]
+    n = steps // every
     targets = [best_value(k) for k in range(1, 2 * n + 1)]
     ctx = multiprocessing.get_context("spawn")
     ready, stop, queue = ctx.Event(), ctx.Event(), ctx.Queue()
@@ -359,9 +360,9 @@ def child_main(tool: str, cfg: dict[str, Any], result_path: str) -> None:
                 delay = t0 + (s - 1) * pace - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-            if s % SAMPLE_EVERY == 0:
+            if s % every == 0:
                 called.append(time.time())
-                logger.log(s, 2.0 - s * 1e-4, targets[first + s // SAMPLE_EVERY - 1])
+                logger.log(s, 2.0 - s * 1e-4, targets[first + s // every - 1])
             else:
                 logger.log(s, 2.0 - s * 1e-4, None)
         timing[phase] = time.perf_counter() - t0
@@ -488,11 +489,13 @@ def bench_mlflow(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", server)
         uri = f"http://127.0.0.1:{port}"
-        r = subprocess.run([str(venv_python("mlflow")), "-c",
-                            ("import sys; from mlflow.tracking import MlflowClient; "
-                             "print(MlflowClient(sys.argv[1]).create_experiment('peers-bench'))"),
-                            uri], capture_output=True, text=True, check=True)
-        cfg = dict(cfg, uri=uri, experiment_id=r.stdout.strip().splitlines()[-1])
+        request = urllib.request.Request(
+            f"{uri}/api/2.0/mlflow/experiments/create", method="POST",
+            data=json.dumps({"name": "peers-bench"}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            experiment_id = json.loads(answer.read())["experiment_id"]
+        cfg = dict(cfg, uri=uri, experiment_id=experiment_id)
         return run_child(str(venv_python("mlflow")), "mlflow", cfg, work)
     finally:
         _stop_group(server)
@@ -672,6 +675,32 @@ def verdicts(results: dict[str, dict[str, Any]],
     return lines
 
 
+def peer_headlines(results: dict[str, dict[str, Any]],
+                   refresh_ms: dict[str, float | None]) -> None:
+    from bench.common import headline, verdict
+
+    ours = results.get("monitor")
+    if ours is None or ours["visible_paced"]["p95_ms"] is None:
+        return
+    p95 = ours["visible_paced"]["p95_ms"]
+    reads = [r["visible_paced"]["p50_ms"] for t, r in results.items()
+             if t != "monitor" and r["visible_paced"]["p50_ms"] is not None]
+    headline("peers: a new best visible to a WebSocket subscriber, paced, p95 ms",
+             f"{p95:.1f}" + (f" (fastest peer API read p50 {min(reads):.1f})" if reads else ""),
+             f"< {BAR_VISIBLE_MS:.0f}, below every peer's read",
+             verdict(p95 < BAR_VISIBLE_MS and all(p95 < r for r in reads)))
+    intervals = [ms for t, ms in refresh_ms.items() if t != "monitor" and ms]
+    if intervals:
+        factor = min(intervals) / p95
+        headline("peers: fastest peer dashboard refresh ÷ our p95", f"{factor:,.0f}x",
+                 f"≥ {BAR_DASHBOARD_FACTOR:.0f}x", verdict(factor >= BAR_DASHBOARD_FACTOR))
+    rates = {t: r["percall"]["events"] / r["percall"]["calls_s"] for t, r in results.items()}
+    if "trackio" in rates:
+        headline("peers: log calls/s, ours vs Trackio's",
+                 f"{rates['monitor']:,.0f} vs {rates['trackio']:,.0f}", "≥ Trackio's",
+                 verdict(rates["monitor"] >= rates["trackio"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
         child_main(sys.argv[2], json.loads(sys.argv[3]), sys.argv[4])
@@ -679,7 +708,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.peers",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_STEPS} steps per run, {QUICK_RUNS} run per phase")
+                        help=f"{QUICK_STEPS} steps per run (eval_loss every {QUICK_SAMPLE_EVERY}th), "
+                             f"{QUICK_RUNS} run per phase")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"steps per run (default {STEPS:,}; {QUICK_STEPS} with --quick)")
     parser.add_argument("--runs", type=int, default=None,
@@ -692,7 +722,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
     runs = args.runs or (QUICK_RUNS if args.quick else RUNS)
-    steps = max(SAMPLE_EVERY, steps // SAMPLE_EVERY * SAMPLE_EVERY)
+    every = QUICK_SAMPLE_EVERY if args.quick else SAMPLE_EVERY
+    steps = max(every, steps // every * every)
     tools = [t.strip() for t in args.only.split(",") if t.strip()]
 
     import redis
@@ -720,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
                 if version is None:
                     notes[tool] = note
                     continue
-            cfg = {"steps": steps, "runs": runs, "tag": f"peers-{os.getpid()}"}
+            cfg = {"steps": steps, "runs": runs, "every": every, "tag": f"peers-{os.getpid()}"}
             sub = work / tool
             sub.mkdir()
             try:
@@ -739,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
         client.close()
         print(f"A trainer process logs {runs} run(s) × {steps:,} steps of one model (one "
               f"event = one step's `loss` and `eval_loss` in one call), then two more runs of "
-              f"{steps:,} steps with `eval_loss` every {SAMPLE_EVERY}th step, each a new best "
+              f"{steps:,} steps with `eval_loss` every {every}th step, each a new best "
               f"over all runs: one paced (a step every {PACE_S * 1e3:.0f} ms at most, a fast "
               f"trainer), one a burst (as fast as the trainer logs, so the queue it builds in "
               f"the tool counts). A reader process looks for the runs' minimum eval loss "
@@ -758,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
                     align=["l", "r", "r", "r", "r", "l", "l"]) + "\n")
         for line in verdicts(results, refresh_ms):
             print(f"- {line}")
+        peer_headlines(results, refresh_ms)
         spent = ", ".join(f"{t} {s:.0f}s" for t, s in timings.items())
         print(f"- Wall time per tool (install, servers, all phases): {spent}. Peers' venvs: "
               f"{PEERS_HOME}. Each one's own logs were in {work} (removed).")

@@ -35,6 +35,7 @@ from bench.common import (
     clean_env,
     cpu_seconds,
     delete_prefix,
+    headline,
     machine_line,
     median,
     monitor_command,
@@ -45,6 +46,7 @@ from bench.common import (
     table,
     unique_prefix,
     used_memory_mb,
+    verdict,
 )
 from bench.workload import Workload, generate
 from monitor.events import parse_event
@@ -274,6 +276,9 @@ def ceiling_section(rows: list[CeilingRow] | str, worker_rows: list[RowResult],
     worst_worker = min(w.events / w.seconds for w in worker_rows)
     best_worker = max(w.events / w.seconds for w in worker_rows)
     ratio = best / worst_worker
+    headline("Redis's own pipelined XADD rate (redis-benchmark) ÷ the worker's slowest row",
+             f"{_n(best)}/s ÷ {_n(worst_worker)}/s = {ratio:.1f}x",
+             f"goal ≤ {GOAL_CEILING_RATIO:.0f}x", verdict(None, ratio <= GOAL_CEILING_RATIO))
     span = (_n(worst_worker) if best_worker == worst_worker
             else f"{_n(worst_worker)}–{_n(best_worker)}")
     lines.append(f"- Redis's pipelined XADD ceiling {_n(best)}/s vs the worker's {span} "
@@ -393,6 +398,11 @@ def verdicts(rows: list[RowResult], runs: list[list[RowResult]]) -> list[str]:
     steady = big.steady_us_per_event / small.steady_us_per_event
     cpu = (big.cpu_s / big.events) / (small.cpu_s / small.events)
     worst = min(r.events / r.seconds for r in rows)
+    headline(f"worker events/s, slowest of {len(rows)} rows (up to {_n(big.workload.jobs)} jobs)",
+             _n(worst), f"≥ {_n(BAR_EVENTS_PER_S)} (goal {_n(GOAL_EVENTS_PER_S)})",
+             verdict(worst >= BAR_EVENTS_PER_S, worst >= GOAL_EVENTS_PER_S))
+    headline(f"worker µs/event, {_n(big.workload.jobs)} jobs ÷ {_n(small.workload.jobs)} jobs",
+             f"{ratio:.2f}", f"≤ {BAR_RATIO}", verdict(ratio <= BAR_RATIO))
     lines = [
         (f"µs/event ratio ({_n(big.workload.jobs)} jobs / {_n(small.workload.jobs)} jobs): "
          f"**{ratio:.2f}** (bar ≤ {BAR_RATIO}: {'met' if ratio <= BAR_RATIO else 'NOT met'}); "
@@ -513,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
             print(table(["call", "µs/call (median)", "min", "max", "rounds × calls", "notes"],
                         body, align=["l", "r", "r", "r", "r", "l"]) + "\n")
             log_us = max(log_medians)
+            headline("run.log() µs per call (trainer side, median)", f"{log_us:.2f}",
+                     f"goal < {GOAL_LOG_US:.0f}", verdict(None, log_us < GOAL_LOG_US))
             print(f"- run.log goal < {GOAL_LOG_US:.0f} µs/call: "
                   f"{'met' if log_us < GOAL_LOG_US else 'NOT met'} (slower variant {log_us:.2f})")
         return 0

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench import dashboards
+from bench import common, dashboards, run_all
 from bench.peers import _visibility, verdicts
 from bench.worker_throughput import parse_benchmark_csv, redis_benchmark_args
 
@@ -136,3 +137,27 @@ def test_trackio_refresh_reads_the_local_interval_and_the_write_interval(tmp_pat
 def test_a_missing_bundle_is_said_not_guessed(tmp_path: Path) -> None:
     assert dashboards.mlflow(tmp_path) == dashboards.Refresh("MLflow's UI bundle not found", None)
     assert dashboards.trackio(tmp_path).interval_ms is None
+
+
+def test_headlines_are_collected_into_the_summary_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "headlines.jsonl"
+    monkeypatch.setenv(common.HEADLINES_ENV, str(path))
+    monkeypatch.setattr(sys, "argv", ["/x/bench/latency.py"])
+    common.headline("p99 ms", "41.0", "< 50", common.verdict(True, False))
+    common.headline("clients", "1,000 of 1,000")
+    assert run_all.summary_table(run_all.read_headlines(path)).splitlines() == [
+        "| benchmark | what | measured | bar / goal | verdict |",
+        "| :--- | :--- | ---: | :--- | :--- |",
+        "| `bench.latency` | p99 ms | 41.0 | < 50 | bar met, goal not met |",
+        "| `bench.latency` | clients | 1,000 of 1,000 |  |  |",
+    ]
+    assert not path.exists()
+
+
+def test_headline_without_the_variable_writes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(common.HEADLINES_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    common.headline("x", "1")
+    assert list(tmp_path.iterdir()) == []
