@@ -9,13 +9,14 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from redis.exceptions import ResponseError
 
 from monitor import history
 from monitor.keys import GROUP, Keys, model_field
 from monitor.sdk import start_run
 from monitor.settings import WorkerSettings
 from worker.consumer import Worker
-from worker.store import LeaseLost
+from worker.store import MAX_ARGS, LeaseLost, _split
 
 Q = "Qwen/Qwen2.5-7B-Instruct"
 
@@ -369,6 +370,73 @@ async def test_a_commit_larger_than_a_script_takes_in_one_command_is_split(
         assert int(r.hget(keys.stats, "applied")) == 4201
     finally:
         await worker.redis.aclose()
+
+
+async def test_a_command_failing_in_a_commit_applies_the_rest_once_and_acknowledges_nothing(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    """As with MULTI/EXEC: the other writes and the applied id go through, so a restart does not
+    apply the batch again; the entries stay pending until a worker acknowledges them."""
+    settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, lease_ttl=5.0)
+    first = Worker(settings)
+    await first.store.ensure_group()
+    ids = [xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": loss})
+           for loss in (0.9, 0.8, 0.7)]
+    r.set(keys.stats, "not a hash")  # HINCRBY on it fails: WRONGTYPE
+    try:
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await first.step()
+    finally:
+        await first.redis.aclose()
+    assert r.get(keys.applied).decode() == ids[-1]
+    assert r.xinfo_groups(keys.events)[0]["pending"] == 3
+    assert len(r.xrange(keys.updates)) == 1
+    r.delete(keys.stats, keys.lease)
+
+    after = Worker(settings)
+    try:
+        await after.step()
+        assert r.xinfo_groups(keys.events)[0]["pending"] == 0
+        assert [orjson.loads(p)["loss"] for p in r.lrange(keys.metrics("a"), 0, -1)] == \
+            [0.9, 0.8, 0.7]
+    finally:
+        await after.redis.aclose()
+
+
+async def test_a_commit_without_the_lease_in_redis_writes_nothing(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    """The worker believes it holds the lease, but Redis says another does: the script refuses."""
+    worker = Worker(WorkerSettings(redis_url=redis_url, prefix=keys.prefix, lease_ttl=5.0))
+    await worker.store.ensure_group()
+    xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": 0.5})
+    try:
+        assert await worker.lease.hold()
+        entries = await worker.store.read(worker.lease.token, ">", 10)
+        r.set(keys.lease, "another worker")
+        with pytest.raises(LeaseLost):
+            await worker._process(entries)
+        assert r.get(keys.applied) is None
+        assert r.hget(keys.jobs, "a") is None
+        assert r.xinfo_groups(keys.events)[0]["pending"] == 1
+    finally:
+        await worker.redis.aclose()
+
+
+def test_split_keeps_pairs_order_and_the_fixed_arguments() -> None:
+    assert _split(("RPUSH", "k", *range(MAX_ARGS - 2))) == [("RPUSH", "k", *range(MAX_ARGS - 2))]
+    values = list(range(MAX_ARGS + 10))
+    parts = _split(("RPUSH", "k", *values))
+    assert [p[:2] for p in parts] == [("RPUSH", "k")] * 2
+    assert [v for p in parts for v in p[2:]] == values
+    assert all(len(p) <= MAX_ARGS for p in parts)
+    pairs = [x for i in range(MAX_ARGS) for x in (f"f{i}", i)]
+    parts = _split(("HSET", "h", *pairs))
+    assert all(len(p) % 2 == 0 and len(p) <= MAX_ARGS for p in parts)  # name, key, pairs
+    assert [x for p in parts for x in p[2:]] == pairs
+    parts = _split(("XACK", "s", "g", *values))
+    assert [p[:3] for p in parts] == [("XACK", "s", "g")] * 2
+    assert [v for p in parts for v in p[3:]] == values
+    with pytest.raises(ValueError, match="cannot be split"):
+        _split(("MSET", *pairs))
 
 
 async def test_values_at_the_edges_never_stop_the_worker(

@@ -14,6 +14,7 @@ import secrets
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("monitor.worker")
@@ -60,7 +61,10 @@ class Lease:
             if self.held:
                 try:
                     renewed = await self._renew(keys=[self.key], args=[self.token, self.ttl_ms])
-                except (RedisConnectionError, RedisTimeoutError, OSError):
+                except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as e:
+                    # ResponseError: e.g. BUSY while a long script runs. Treat it as a failed
+                    # renewal (the commit then re-checks) rather than let this task die.
+                    log.debug("lease renewal failed: %s", e)
                     renewed = False
                 if not renewed and self.held:
                     log.warning("lost the lease (not renewed in time)")

@@ -41,17 +41,29 @@ return dropped
 # nobody committed past ``expected``, then run the commit's commands, given flat in ARGV as
 # <argument count> <command> <arguments>... Returns the reply of command number ARGV[3] (the
 # updates XADD's id; 0: none), -1 without the lease, -2 when another worker committed.
+# As MULTI/EXEC does, a failing command does not stop the others (so the applied id still
+# moves with what was written, and nothing is applied twice); the commands from number
+# ARGV[4] on (the acknowledgements; 0: none) are skipped after a failure, and the first error
+# is returned.
 _COMMIT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 if (redis.call('GET', KEYS[2]) or '0-0') ~= ARGV[2] then return -2 end
-local want, i, k, result = tonumber(ARGV[3]), 4, 0, false
+local want, acks = tonumber(ARGV[3]), tonumber(ARGV[4])
+local i, k, result, failed = 5, 0, false, nil
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
-  local reply = redis.call(unpack(ARGV, i + 1, i + n))
   k = k + 1
-  if k == want then result = reply end
+  if not (failed and acks > 0 and k >= acks) then
+    local reply = redis.pcall(unpack(ARGV, i + 1, i + n))
+    if type(reply) == 'table' and reply.err then
+      failed = failed or reply.err
+    elseif k == want then
+      result = reply
+    end
+  end
   i = i + n + 1
 end
+if failed then return redis.error_reply(failed) end
 return result
 """
 # Lua's unpack() takes at most 8,000 values: longer commands are split (same effect, as the
@@ -178,13 +190,16 @@ class Store:
             raise LeaseLost("lease expired before commit")
         queue = self.redis.pipeline(transaction=False)  # only records the commands
         _queue_writes(queue, k, commit, updates_keep=updates_keep, dead_keep=dead_keep)
-        update_at = len(queue.command_stack) if commit.update is not None else 0
-        if ack:  # after the writes: should one fail, nothing is acknowledged
+        writes = len(queue.command_stack)
+        if ack:  # after the writes, and skipped if one of them fails
             queue.xack(k.events, GROUP, *ack)
             queue.xtrim(k.events, minid=commit.applied, approximate=True)
-        args: list[Any] = [lease.token, expected, 0]
+        update_at = writes if commit.update is not None else 0  # the updates XADD: last write
+        args: list[Any] = [lease.token, expected, 0, 0]
         count = 0
         for at, (command, _) in enumerate(queue.command_stack, 1):
+            if at == writes + 1:
+                args[3] = count + 1
             for part in _split(command):
                 count += 1
                 args += [len(part), *part]
