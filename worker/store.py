@@ -118,7 +118,9 @@ class Store:
 
     async def wait(self, after: str, block_ms: int) -> str | None:
         """Block until an entry newer than ``after`` exists; its id, or None on time-out."""
-        reply: Any = await self.redis.xread({self.keys.events: after}, count=1, block=block_ms)
+        # At least 1 ms: BLOCK 0 would wait forever (a --block under a millisecond rounds to 0).
+        reply: Any = await self.redis.xread({self.keys.events: after}, count=1,
+                                            block=max(1, block_ms))
         if not reply:
             return None
         return _text(reply[0][1][-1][0])
