@@ -4,10 +4,12 @@
 
 Each benchmark runs as its own subprocess (``python -m bench.<name> [--quick]``), one after
 the other; its stdout (a Markdown section) goes into the report, under a header with the
-machine, the date and the command. ``--quick`` passes ``--quick`` to each, and runs the peer
-comparison only with the peers already installed (``bench.peers --no-install``), so that the
-whole run stays under 2 minutes; without it the peers are installed into their own venvs
-(under ``~/.cache/monitor-bench-peers``) if missing.
+machine, the date and the command; the report opens with a summary of the key figures each
+benchmark recorded (``bench.common.headline``). ``--quick`` passes ``--quick`` to each and
+runs the peer comparison only with the peers already installed (``bench.peers
+--no-install``), to stay near 2 minutes (about 1 on a normal host of the 2-core class, 2 on a
+slow one, MLflow's server start being the largest part); without it the peers are installed
+into their own venvs (under ``~/.cache/monitor-bench-peers``) if missing.
 """
 
 from __future__ import annotations
