@@ -610,3 +610,20 @@ async def test_the_updates_stream_is_bounded_in_bytes_too(
         assert sizes < 1.3 * 1024 * 1024  # about the budget (trimming is approximate)
     finally:
         await w.redis.aclose()
+
+
+def test_hiredis_packing_gives_the_bytes_redis_py_would() -> None:
+    from redis.asyncio import Redis
+    from redis.asyncio.connection import Connection
+
+    from worker.packing import pack_with_hiredis
+
+    client = Redis()
+    assert pack_with_hiredis(client)
+    packing = client.connection_pool.connection_class()
+    plain = Connection()
+    for command in [("SET", "k", b"v"), ("HSET", "h", "f", 1, "g", 2.5, "é", b"\x00\xff"),
+                    ("EVALSHA", "a" * 40, 2, "k1", "k2", 0.1 + 0.2, -5, 2**70),
+                    ("CONFIG GET", "maxmemory")]:
+        assert b"".join(packing.pack_command(*command)) == \
+            b"".join(plain.pack_command(*command))

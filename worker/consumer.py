@@ -32,6 +32,7 @@ from monitor.rules import Board, parse_pos
 from monitor.settings import WorkerSettings
 from worker.batch import Decoded, Entry, build_commit, decode, fold, poisoned, rewrites
 from worker.lease import Lease
+from worker.packing import pack_with_hiredis
 from worker.store import LeaseLost, Store
 
 log = logging.getLogger("monitor.worker")
@@ -53,6 +54,7 @@ class Worker:
         # No silent retries: a command retried after its reply was lost could skip a batch.
         # A failed call resets the worker, which then recovers from what is committed.
         self.redis = Redis.from_url(settings.redis_url, retry=Retry(NoBackoff(), 0))
+        pack_with_hiredis(self.redis)
         self.name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.store = Store(self.redis, self.keys, self.name)
         self.lease = Lease(self.redis, self.keys.lease, settings.lease_ttl, self.name)

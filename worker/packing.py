@@ -1,0 +1,31 @@
+"""Pack the worker's commands with hiredis (C) rather than redis-py's asyncio packer (Python).
+
+A commit is one script call with thousands of arguments, and redis-py's asyncio connection
+packs them in Python (its sync connection already uses hiredis). hiredis' packer gives the
+same bytes about nine times faster, which was about a tenth of the worker's CPU per event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.connection import HiredisRespSerializer
+from redis.utils import HIREDIS_AVAILABLE
+
+
+def pack_with_hiredis(client: Redis) -> bool:
+    """Make the connections ``client`` opens from now on pack with hiredis; False (and no
+    change) when hiredis is not installed."""
+    if not HIREDIS_AVAILABLE:
+        return False
+    pool = client.connection_pool
+    serializer = HiredisRespSerializer()
+
+    class HiredisPacking(pool.connection_class):  # type: ignore[name-defined,misc]
+        def pack_command(self, *args: Any) -> list[bytes]:
+            return serializer.pack(*args)  # type: ignore[no-any-return]
+
+    HiredisPacking.__name__ = f"HiredisPacking{pool.connection_class.__name__}"
+    pool.connection_class = HiredisPacking
+    return True
