@@ -16,6 +16,7 @@ from starlette.websockets import WebSocketDisconnect
 from monitor.keys import Keys
 from monitor.rules import parse_pos
 from monitor.settings import GatewaySettings
+from tests.conftest import free_port
 from tests.gateway_helpers import RunningWorker, publish
 from web.app import create_app
 from web.hub import Hub
@@ -210,6 +211,22 @@ def test_a_foreign_origin_is_refused(redis_url: str, keys: Keys) -> None:
         for origin in ("http://127.0.0.1", "https://ops.example.com"):
             with client.websocket_connect("ws://127.0.0.1/ws", headers={"Origin": origin}) as ws:
                 assert ws.receive_json()["type"] == "snapshot"
+
+
+@pytest.mark.timeout(30)
+def test_while_redis_is_away_a_client_is_told_so_at_once(
+        keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Was: every connection waited START_WAIT for a hub that could not start, open and
+    # silent, so the page said "Live" while Redis was down. An hour's wait makes that hang.
+    monkeypatch.setattr("web.hub.START_WAIT", 3600.0)
+    away = f"redis://127.0.0.1:{free_port()}/0"
+    with make_client(away, keys) as client:
+        for _ in range(2):  # the hub has tried and failed by the second
+            with client.websocket_connect("ws://127.0.0.1/ws") as ws, \
+                    pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_json()
+            assert (closed.value.code, closed.value.reason) == (
+                1013, "Redis unreachable; reconnect")
 
 
 def test_clients_get_every_update_across_a_redis_restart(redis_server_factory: Any) -> None:

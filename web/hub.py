@@ -25,7 +25,7 @@ log = logging.getLogger("monitor.gateway")
 
 RESYNC = "resync"  # queued instead of updates when a subscriber must start over
 RETRY_MAX = 5.0
-START_WAIT = 5.0  # seconds a subscriber waits for the hub to start before going ahead
+START_WAIT = 5.0  # at most this long a subscriber waits for the hub's first try to reach Redis
 
 
 def _text(value: bytes | str) -> str:
@@ -112,13 +112,20 @@ class Hub:
         self.consumed = 0  # entries read since the stream began (its entries-added, when even)
         self.connected = asyncio.Event()
         self.started = asyncio.Event()  # the position is known
+        self.tried = asyncio.Event()  # the first attempt to learn it has ended, either way
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[Subscriber]:
-        """A queue that gets every update from now on, removed on leaving."""
-        if not self.started.is_set():  # just after start-up: know our position first
+        """A queue that gets every update from now on, removed on leaving.
+
+        Just after start-up it waits for the hub's first try to reach Redis, so a client
+        does not get a snapshot and then a resync straight away. When that try failed it
+        does not wait for Redis: the client's own snapshot fails at once and it is told
+        why, rather than being held on an open socket that looks live. (Whoever subscribed
+        before the hub started is resynced when it does.)"""
+        if not self.tried.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.started.wait(), START_WAIT)
+                await asyncio.wait_for(self.tried.wait(), START_WAIT)
         subscriber = Subscriber(asyncio.Queue(self.queue_size))
         self.subscribers.add(subscriber)
         try:
@@ -149,7 +156,10 @@ class Hub:
             _raise_if_cancelled()
             try:
                 if self.last is None:
-                    self.last, self.consumed = await self._position()
+                    try:
+                        self.last, self.consumed = await self._position()
+                    finally:
+                        self.tried.set()
                     self._resync_all()  # anyone who could not wait for us (Redis was away)
                     self.started.set()
                 self.connected.set()
