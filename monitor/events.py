@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, TypeAlias
 
+import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -57,16 +58,30 @@ class JobStarted(_Event):
     @classmethod
     def _config_size(cls, config: dict[str, Any] | None) -> dict[str, Any] | None:
         if config is not None:
-            try:
-                text = json.dumps(config, allow_nan=False, ensure_ascii=False,
-                                  separators=(",", ":"))
-            except ValueError:
-                raise ValueError("config holds NaN or an infinity; JSON has no such number") \
-                    from None
-            size = len(text.encode())
+            size = _json_size(config)
             if size > MAX_CONFIG_BYTES:
                 raise ValueError(f"config is {size} bytes as JSON, at most {MAX_CONFIG_BYTES}")
         return config
+
+
+def _json_size(config: dict[str, Any]) -> int:
+    """The bytes of ``config`` as compact JSON; ValueError if it holds NaN or an infinity.
+
+    orjson answers most configs about ten times faster than the standard library (this runs
+    for every job_started). It writes NaN and infinities as ``null``, so a text without
+    ``null`` has none; and it writes some numbers a byte or two longer (``0.00001`` for
+    ``1e-05``), so its size decides only far below the limit. Anything else, the exact way."""
+    try:
+        fast = orjson.dumps(config)
+    except orjson.JSONEncodeError:  # an integer past 64 bits, say
+        fast = None
+    if fast is not None and b"null" not in fast and len(fast) <= MAX_CONFIG_BYTES // 2:
+        return len(fast)
+    try:
+        text = json.dumps(config, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except ValueError:
+        raise ValueError("config holds NaN or an infinity; JSON has no such number") from None
+    return len(text.encode())
 
 
 class Metrics(_Event):

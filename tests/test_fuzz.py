@@ -116,3 +116,36 @@ def test_fuzzed_entries_never_stop_the_worker(data: st.DataObject, r: redis.Redi
     stored = orjson.loads(r.hget(keys.jobs, good))  # the valid neighbours were all applied
     assert stored["loss"] == pytest.approx(1 / 3)
     assert r.llen(keys.metrics(good)) == 3
+
+
+config_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=4),
+    max_leaves=20)
+
+
+@given(st.dictionaries(st.text(max_size=8), config_values, max_size=6))
+@settings(max_examples=500, deadline=None)
+def test_a_config_is_sized_and_refused_as_the_standard_library_would(
+        config: dict[str, Any]) -> None:
+    from monitor.events import MAX_CONFIG_BYTES, _json_size
+
+    try:
+        exact = len(json.dumps(config, allow_nan=False, ensure_ascii=False,
+                               separators=(",", ":")).encode())
+    except ValueError:
+        with pytest.raises(ValueError, match="NaN or an infinity"):
+            _json_size(config)
+        return
+    size = _json_size(config)
+    assert size == exact or (size <= MAX_CONFIG_BYTES // 2 and exact <= MAX_CONFIG_BYTES)
+
+
+def test_a_config_at_the_limit_is_sized_exactly() -> None:
+    from monitor.events import MAX_CONFIG_BYTES, _json_size
+
+    for size in (MAX_CONFIG_BYTES // 2 + 1, MAX_CONFIG_BYTES, MAX_CONFIG_BYTES + 1):
+        config: dict[str, Any] = {"s": "x" * (size - 8), "lr": 1e-05}  # '{"s":"',..'"}' = 8
+        config["s"] = config["s"][:size - 8 - len(',"lr":1e-05')]
+        assert _json_size(config) == size

@@ -351,6 +351,84 @@ async def test_a_crash_between_commit_and_ack_applies_nothing_twice(
     assert len(r.xrange(keys.updates)) == 1
 
 
+async def _run_until_applied(worker: Worker, r: redis.Redis, keys: Keys, count: int) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        for _ in range(400):
+            if task.done():
+                task.result()
+            if int(r.hget(keys.stats, "applied") or 0) >= count:
+                break
+            await asyncio.sleep(0.025)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+def _losses_in_order(jobs: int, per_job: int) -> list[dict[str, Any]]:
+    return [{"type": "metrics", "job_id": f"j{i % jobs}", "step": i // jobs,
+             "loss": 1.0 / (1 + i), "eval_loss": 1.0 / (1 + i) + (i % 7) / 100,
+             "ts": 1000.0 + i} for i in range(jobs * per_job)]
+
+
+async def test_batches_folded_while_the_last_commit_runs_apply_everything_once(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    """run() folds each full batch while the one before commits: 1,000 events in batches
+    of 50 end exactly as the same events applied one batch at a time."""
+    events = _losses_in_order(jobs=20, per_job=50)
+    for event in events:
+        xadd(r, keys, event)
+    settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, batch_size=50,
+                              block=0.05)
+    await _run_until_applied(Worker(settings), r, keys, len(events))
+    overlapped = (stored_jobs(r, keys), {f"j{i}": r.lrange(keys.metrics(f"j{i}"), 0, -1)
+                                         for i in range(20)})
+    assert int(r.hget(keys.stats, "applied")) == 1000 and r.hget(keys.stats, "duplicates") is None
+    assert r.xinfo_groups(keys.events)[0]["pending"] == 0
+
+    other = Keys(keys.prefix + "plain:")
+    with r.pipeline(transaction=False) as pipe:
+        for event in events:
+            pipe.xadd(other.events, {"data": orjson.dumps(event)})
+        pipe.execute()
+    plain = Worker(WorkerSettings(redis_url=redis_url, prefix=other.prefix, batch_size=1000))
+    try:
+        await plain.store.ensure_group()
+        await plain.step()
+    finally:
+        await plain.redis.aclose()
+    assert overlapped == (stored_jobs(r, other), {f"j{i}": r.lrange(other.metrics(f"j{i}"), 0, -1)
+                                                  for i in range(20)})
+
+
+async def test_a_commit_that_fails_while_the_next_batch_is_folded_loses_nothing(
+        redis_url: str, keys: Keys, r: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    """The failure of a commit left running surfaces while the next batch is being applied;
+    the worker starts again from what is committed instead of going on past the failed
+    batch, and every event still lands exactly once."""
+    events = _losses_in_order(jobs=10, per_job=30)
+    ids = [xadd(r, keys, event) for event in events]
+    bad = ids[75]  # in the second batch of 50
+    worker = Worker(WorkerSettings(redis_url=redis_url, prefix=keys.prefix, batch_size=50,
+                                   block=0.05))
+    commit = worker.store.commit
+
+    async def fails_for_a_batch_holding_bad(*args: Any, **kwargs: Any) -> str | None:
+        if bad in (kwargs.get("ack") or []):  # a whole batch, not one entry at a time
+            raise ValueError("a defect in the commit")
+        return await commit(*args, **kwargs)
+
+    worker.store.commit = fails_for_a_batch_holding_bad  # type: ignore[method-assign]
+    await _run_until_applied(worker, r, keys, len(events))
+    assert int(r.hget(keys.stats, "applied")) == 300 and r.hget(keys.stats, "duplicates") is None
+    assert r.xinfo_groups(keys.events)[0]["pending"] == 0
+    for j in range(10):
+        steps = [orjson.loads(p)["step"] for p in r.lrange(keys.metrics(f"j{j}"), 0, -1)]
+        assert steps == list(range(30))
+    assert "a commit failed: ValueError: a defect in the commit" in caplog.text
+
+
 async def test_a_commit_larger_than_a_script_takes_in_one_command_is_split(
         redis_url: str, keys: Keys, r: redis.Redis) -> None:
     """4,200 runs of one model in one batch: the jobs hash alone gets 8,400 values, more than
@@ -624,6 +702,7 @@ def test_hiredis_packing_gives_the_bytes_redis_py_would() -> None:
     plain = Connection()
     for command in [("SET", "k", b"v"), ("HSET", "h", "f", 1, "g", 2.5, "é", b"\x00\xff"),
                     ("EVALSHA", "a" * 40, 2, "k1", "k2", 0.1 + 0.2, -5, 2**70),
-                    ("CONFIG GET", "maxmemory")]:
+                    ("CONFIG GET", "maxmemory"), (b"CLIENT SETINFO", "LIB-NAME", "x"),
+                    ("RPUSH", b"l", memoryview(b"m"), bytearray(b"b"))]:
         assert b"".join(packing.pack_command(*command)) == \
             b"".join(plain.pack_command(*command))

@@ -6,7 +6,12 @@ checks the lease and the committed id first. (Only a batch applied one entry at 
 failure, is acknowledged after its commits.) After a crash the next holder of the lease
 re-reads every unacknowledged entry: those at or before the committed id are acknowledged
 without being applied again, the rest are applied. So each entry is applied exactly once,
-whenever the process dies."""
+whenever the process dies.
+
+In a backlog the worker and Redis work at the same time: it asks for the next batch just before
+sending a commit, decodes and folds that batch while Redis runs the commit, and sends the next
+commit only once the previous one has answered. A failed commit makes it start again from what
+is committed."""
 
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ import secrets
 import socket
 import time
 from collections import deque
+from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -44,6 +51,24 @@ RETRY_MAX = 5.0  # seconds between attempts while Redis is away
 BUG = (ArithmeticError, LookupError, TypeError, ValueError, AssertionError)
 PROGRESS_EVERY = 10.0  # seconds between progress lines
 
+Batch = tuple[list[Entry], list[Decoded]]
+
+
+class CommitFailed(Exception):
+    """A batch's commit, left running while the next batch was folded, failed (a defect).
+    The worker starts again from what is committed, where it applies batches one at a time
+    and so isolates the entry at fault."""
+
+
+@dataclass
+class InFlight:
+    """A commit sent to Redis and not yet answered."""
+
+    task: asyncio.Task[str | None]
+    expected: str  # the applied id it starts from
+    update_size: int | None  # bytes of its update, if it has one
+    applied: int  # events it applies
+
 
 class Worker:
     """One worker process's loop; several may run, one applies events at a time."""
@@ -62,10 +87,13 @@ class Worker:
         self._progress = (time.monotonic(), 0)
         self._update_sizes: deque[tuple[str, int]] = deque()  # what we added to updates
         self._update_bytes = 0
+        self._ahead: asyncio.Task[Batch] | None = None  # the next batch, read while one commits
+        self._committing: InFlight | None = None
         self._reset()
 
     def _reset(self) -> None:
         """Forget everything cached; the next step re-reads the committed state."""
+        self._drop_background()
         self._forget_state()
         self.applied = "0-0"
         self.last_seen = "0-0"
@@ -73,6 +101,17 @@ class Worker:
         # The last read came back short: wait for a newer entry before reading again (at a
         # trainer's pace, that saves a read that would return nothing after every batch).
         self.caught_up = False
+
+    def _drop_background(self) -> None:
+        """Forget the batch being read ahead and the commit in flight. What was read stays
+        pending in the group, and a commit lands whole or not at all, so the recovery that
+        follows a reset finds every entry again."""
+        tasks = [self._ahead, self._committing.task if self._committing else None]
+        self._ahead = self._committing = None
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+                task.add_done_callback(_retrieve)  # its error, if any, is not news
 
     def _forget_state(self) -> None:
         self.board = Board()
@@ -93,11 +132,14 @@ class Worker:
                     if not ready:
                         await self.store.ensure_group()
                         ready = True
-                    await self.step(stop)
+                    await self.step(stop, overlap=True)
                     delay = 0.1
                 except LeaseLost as e:
                     log.warning("stopped applying: %s", e)
                     self.lease.forget()
+                    self._reset()
+                except CommitFailed as e:
+                    log.error("%s; starting again from what is committed", e)
                     self._reset()
                 except ResponseError as e:
                     if "NOGROUP" not in str(e):
@@ -121,13 +163,26 @@ class Worker:
 
     async def _release(self) -> None:
         try:
+            await self._settle()  # let the last commit land (else the next worker redoes it)
+        except Exception as e:  # noqa: BLE001 - whatever it was, what is committed stands
+            log.warning("the last commit failed while stopping: %r", e)
+        ahead = self._ahead
+        self._drop_background()
+        if ahead is not None:
+            await asyncio.gather(ahead, return_exceptions=True)
+        try:
             await self.lease.release()
         except (RedisConnectionError, RedisTimeoutError, OSError):
             pass  # it runs out by itself after lease_ttl
         await self.redis.aclose()
 
-    async def step(self, stop: asyncio.Event | None = None) -> None:
-        """One turn: take or keep the lease, then apply one batch or wait for one."""
+    async def step(self, stop: asyncio.Event | None = None, overlap: bool = False) -> None:
+        """One turn: take or keep the lease, then apply one batch or wait for one.
+
+        With ``overlap``, when more entries are waiting the batch's commit may still be
+        running when this returns: the next step folds its batch meanwhile, and waits for
+        that commit only before sending its own. (Without, the batch is committed on return.)
+        """
         if not await self.lease.hold():
             if self.generation != -1:
                 log.info("another worker holds the lease; standing by")
@@ -136,16 +191,27 @@ class Worker:
             return
         if self.generation != self.lease.generation:
             await self._recover()
-        if self.caught_up:
-            seen = await self.store.wait(self.last_seen, int(self.settings.block * 1000))
-            if seen is None:
-                return
-            if parse_pos(seen) > parse_pos(self.last_seen):
-                self.last_seen = seen
-        entries = await self.store.read(self.lease.token, ">", self.settings.batch_size)
+        items: list[Decoded] | None = None
+        if self._ahead is not None:
+            ahead, self._ahead = self._ahead, None
+            entries, items = await ahead
+        else:
+            if self.caught_up:
+                seen = await self.store.wait(self.last_seen, int(self.settings.block * 1000))
+                if seen is None:
+                    return
+                if parse_pos(seen) > parse_pos(self.last_seen):
+                    self.last_seen = seen
+            entries = await self.store.read(self.lease.token, ">", self.settings.batch_size)
         self.caught_up = len(entries) < self.settings.batch_size
         if entries:
-            await self._process(entries)
+            await self._process(entries, items, read_next=not self.caught_up, overlap=overlap)
+        if self.caught_up:
+            await self._settle()  # nothing more to fold: no reason to leave it running
+
+    async def _read_batch(self, token: str) -> Batch:
+        entries = await self.store.read(token, ">", self.settings.batch_size)
+        return entries, decode(entries)
 
     async def _recover(self) -> None:
         """After taking the lease: adopt unacknowledged entries and finish them first."""
@@ -161,23 +227,29 @@ class Worker:
         self.generation = self.lease.generation
         log.info("worker %s is applying events (committed up to %s)", self.name, self.applied)
 
-    async def _process(self, entries: list[Entry]) -> None:
+    async def _process(self, entries: list[Entry], items: list[Decoded] | None = None,
+                       read_next: bool = False, overlap: bool = False) -> None:
         """Apply the entries not yet committed and commit them, acknowledging all of them and
-        trimming the stream in the same atomic step when the batch applies whole."""
+        trimming the stream in the same atomic step when the batch applies whole. ``items``:
+        the entries already decoded; ``read_next``: more are waiting, read them ahead (and,
+        with ``overlap``, leave this batch's commit running; see :meth:`step`)."""
         done = parse_pos(self.applied)
-        fresh = [entry for entry in entries if parse_pos(entry[0]) > done]
+        fresh = [item for item in (decode(entries) if items is None else items)
+                 if item.pos > done]
         ids = [entry_id for entry_id, _ in entries]
         acknowledged = False
         if fresh:
             try:
-                await self._apply(decode(fresh), ack=ids)
+                await self._apply(fresh, ack=ids, read_next=read_next,
+                                  keep_running=overlap and read_next)
                 acknowledged = True
             except BUG:
                 # Some entry makes the fold or the commit fail (a bug): find it, refuse it, and
                 # go on with the rest, rather than stopping every model's updates for good.
                 log.exception("a batch failed; applying its entries one at a time")
+                await self._settle()  # the batch before: reloading must see its writes
                 self._forget_state()
-                for item in decode(fresh):
+                for item in fresh:
                     try:
                         await self._apply([item])
                     except BUG as e:
@@ -192,21 +264,54 @@ class Worker:
         if parse_pos(last) > parse_pos(self.last_seen):
             self.last_seen = last
 
-    async def _apply(self, items: list[Decoded], ack: list[str] | None = None) -> None:
+    async def _apply(self, items: list[Decoded], ack: list[str] | None = None,
+                     read_next: bool = False, keep_running: bool = False) -> None:
         """Fold ``items`` into the board and commit them in one atomic step (acknowledging
-        ``ack`` with them)."""
+        ``ack`` with them); with ``read_next``, read the next batch ahead; with
+        ``keep_running``, return while the commit runs (:meth:`_settle` waits for it).
+
+        Folding while the previous commit runs is safe: that commit wrote only jobs and
+        groups already on the board, which :meth:`_load` never reads again. Only a history
+        about to be thinned is read back, so its points must have landed first."""
         await self._load([item.event for item in items if item.event is not None])
         folded = fold(self.board, items)
         to_read = rewrites(self.board, folded)
+        if to_read:
+            await self._settle()
         histories = await self.store.histories(to_read) if to_read else {}
         commit = build_commit(self.board, folded, self.keys, histories)
-        version = await self.store.commit(commit, self.lease, self.applied,
-                                          updates_keep=self.settings.updates_keep,
-                                          dead_keep=self.settings.dead_keep, ack=ack)
+        await self._settle()  # this commit starts where the previous one ends
+        if read_next:
+            # Ask for the next batch just before the commit: Redis answers that read first, so
+            # the worker decodes it while Redis runs the commit, instead of both taking turns.
+            self._ahead = asyncio.create_task(self._read_batch(self.lease.token))
+        task = asyncio.create_task(self.store.commit(
+            commit, self.lease, self.applied, updates_keep=self.settings.updates_keep,
+            dead_keep=self.settings.dead_keep, ack=ack))
+        self._committing = InFlight(task, self.applied, len(commit.update)
+                                    if commit.update is not None else None, folded.applied)
         self.applied = commit.applied
-        if version is not None and commit.update is not None:
-            await self._bound_updates(version, len(commit.update))
-        self.applied_total += folded.applied
+        if keep_running:
+            await asyncio.sleep(0)  # let it send the commit
+        else:
+            await self._settle(ours=True)
+
+    async def _settle(self, ours: bool = False) -> None:
+        """Wait for the commit in flight, if any. A defect it raises is the caller's to
+        isolate when the commit is ``ours``, else (the batch before) :class:`CommitFailed`."""
+        committing, self._committing = self._committing, None
+        if committing is None:
+            return
+        try:
+            version = await committing.task
+        except BaseException as e:
+            self.applied = committing.expected
+            if isinstance(e, BUG) and not ours:
+                raise CommitFailed(f"a commit failed: {type(e).__name__}: {e}") from e
+            raise
+        if version is not None and committing.update_size is not None:
+            await self._bound_updates(version, committing.update_size)
+        self.applied_total += committing.applied
         self._log_progress()
 
     async def _bound_updates(self, version: str, size: int) -> None:
@@ -255,6 +360,11 @@ class Worker:
             n = self.applied_total - count
             log.info("applied %d events in %.0fs (%.0f/s)", n, now - since, n / (now - since))
             self._progress = (now, self.applied_total)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _sleep(stop: asyncio.Event | None, seconds: float) -> None:

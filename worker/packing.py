@@ -19,11 +19,22 @@ def pack_with_hiredis(client: Redis) -> bool:
     change) when hiredis is not installed."""
     if not HIREDIS_AVAILABLE:
         return False
+    import hiredis
+
     pool = client.connection_pool
     serializer = HiredisRespSerializer()
 
     class HiredisPacking(pool.connection_class):  # type: ignore[name-defined,misc]
         def pack_command(self, *args: Any) -> list[bytes]:
+            # redis-py's serializer first splits a multi-word command name and copies
+            # bytearray and memoryview arguments, one Python step per argument; the worker's
+            # commands need neither, so hand them to hiredis as they are.
+            name = args[0]
+            if " " not in name if isinstance(name, str) else b" " not in name:
+                try:
+                    return [hiredis.pack_command(args)]
+                except TypeError:
+                    pass
             return serializer.pack(*args)  # type: ignore[no-any-return]
 
     HiredisPacking.__name__ = f"HiredisPacking{pool.connection_class.__name__}"
