@@ -429,6 +429,32 @@ async def test_a_commit_that_fails_while_the_next_batch_is_folded_loses_nothing(
     assert "a commit failed: ValueError: a defect in the commit" in caplog.text
 
 
+async def test_stopping_lets_a_commit_left_running_land_under_a_live_lease(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    """Stop arrives while a full batch's commit is still running and takes longer than the
+    lease lasts: the lease is renewed until it answers, so it lands, not the next worker."""
+    ids = [xadd(r, keys, event) for event in _losses_in_order(jobs=5, per_job=20)]
+    worker = Worker(WorkerSettings(redis_url=redis_url, prefix=keys.prefix, batch_size=50,
+                                   block=0.05, lease_ttl=0.6))
+    commit = worker.store.commit
+    sent = asyncio.Event()
+
+    async def slow(*args: Any, **kwargs: Any) -> str | None:
+        sent.set()
+        await asyncio.sleep(1.5)  # 2.5 lease lifetimes
+        return await commit(*args, **kwargs)
+
+    worker.store.commit = slow  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await asyncio.wait_for(sent.wait(), 10)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    applied = r.get(keys.applied)  # the batch stop came during may have gone through too
+    assert applied is not None and applied.decode() in (ids[49], ids[99])
+    assert int(r.hget(keys.stats, "applied")) == ids.index(applied.decode()) + 1
+
+
 async def test_a_commit_larger_than_a_script_takes_in_one_command_is_split(
         redis_url: str, keys: Keys, r: redis.Redis) -> None:
     """4,200 runs of one model in one batch: the jobs hash alone gets 8,400 values, more than

@@ -125,7 +125,9 @@ class Worker:
         """Apply events until ``stop`` is set; survives Redis going away and coming back."""
         delay = 0.1
         ready = False
-        keep_alive = asyncio.create_task(self.lease.keep_alive(stop), name="lease")
+        # Renewed until the last commit has answered, which may be after ``stop``.
+        released = asyncio.Event()
+        keep_alive = asyncio.create_task(self.lease.keep_alive(released), name="lease")
         try:
             while not stop.is_set():
                 try:
@@ -157,31 +159,41 @@ class Worker:
                     await _sleep(stop, delay)
                     delay = min(delay * 2, RETRY_MAX)
         finally:
-            stop.set()
-            await keep_alive
-            await self._release()
+            try:
+                await self._finish_commit()
+            finally:
+                stop.set()  # for whoever else waits on it, when run() ends by an error
+                released.set()
+                await keep_alive
+                await self._release()
+
+    async def _finish_commit(self) -> None:
+        """Wait for the commit in flight, if any, whatever it gives: what it committed stands,
+        and what it did not is found again by the recovery."""
+        try:
+            await self._settle()
+        except Exception as e:  # noqa: BLE001 - see above
+            log.warning("a commit left running failed: %r", e)
 
     async def _release(self) -> None:
-        try:
-            await self._settle()  # let the last commit land (else the next worker redoes it)
-        except Exception as e:  # noqa: BLE001 - whatever it was, what is committed stands
-            log.warning("the last commit failed while stopping: %r", e)
         ahead = self._ahead
         self._drop_background()
-        if ahead is not None:
-            await asyncio.gather(ahead, return_exceptions=True)
         try:
+            if ahead is not None:
+                await asyncio.gather(ahead, return_exceptions=True)
             await self.lease.release()
         except (RedisConnectionError, RedisTimeoutError, OSError):
             pass  # it runs out by itself after lease_ttl
-        await self.redis.aclose()
+        finally:
+            await self.redis.aclose()
 
     async def step(self, stop: asyncio.Event | None = None, overlap: bool = False) -> None:
         """One turn: take or keep the lease, then apply one batch or wait for one.
 
-        With ``overlap``, when more entries are waiting the batch's commit may still be
-        running when this returns: the next step folds its batch meanwhile, and waits for
-        that commit only before sending its own. (Without, the batch is committed on return.)
+        With ``overlap``, when more entries are waiting, the next batch is read ahead and this
+        batch's commit may still be running when this returns: the next step folds its batch
+        meanwhile, and waits for that commit only before sending its own. (Without, nothing
+        runs on after the return: the batch is committed.)
         """
         if not await self.lease.hold():
             if self.generation != -1:
@@ -205,7 +217,7 @@ class Worker:
             entries = await self.store.read(self.lease.token, ">", self.settings.batch_size)
         self.caught_up = len(entries) < self.settings.batch_size
         if entries:
-            await self._process(entries, items, read_next=not self.caught_up, overlap=overlap)
+            await self._process(entries, items, overlap=overlap and not self.caught_up)
         if self.caught_up:
             await self._settle()  # nothing more to fold: no reason to leave it running
 
@@ -215,6 +227,7 @@ class Worker:
 
     async def _recover(self) -> None:
         """After taking the lease: adopt unacknowledged entries and finish them first."""
+        await self._finish_commit()  # so that the applied id read below is final
         self._reset()
         self.applied = await self.store.applied()
         self.last_seen = self.applied
@@ -228,11 +241,10 @@ class Worker:
         log.info("worker %s is applying events (committed up to %s)", self.name, self.applied)
 
     async def _process(self, entries: list[Entry], items: list[Decoded] | None = None,
-                       read_next: bool = False, overlap: bool = False) -> None:
+                       overlap: bool = False) -> None:
         """Apply the entries not yet committed and commit them, acknowledging all of them and
         trimming the stream in the same atomic step when the batch applies whole. ``items``:
-        the entries already decoded; ``read_next``: more are waiting, read them ahead (and,
-        with ``overlap``, leave this batch's commit running; see :meth:`step`)."""
+        the entries already decoded; ``overlap``: more are waiting (see :meth:`step`)."""
         done = parse_pos(self.applied)
         fresh = [item for item in (decode(entries) if items is None else items)
                  if item.pos > done]
@@ -240,8 +252,7 @@ class Worker:
         acknowledged = False
         if fresh:
             try:
-                await self._apply(fresh, ack=ids, read_next=read_next,
-                                  keep_running=overlap and read_next)
+                await self._apply(fresh, ack=ids, overlap=overlap)
                 acknowledged = True
             except BUG:
                 # Some entry makes the fold or the commit fail (a bug): find it, refuse it, and
@@ -265,10 +276,10 @@ class Worker:
             self.last_seen = last
 
     async def _apply(self, items: list[Decoded], ack: list[str] | None = None,
-                     read_next: bool = False, keep_running: bool = False) -> None:
+                     overlap: bool = False) -> None:
         """Fold ``items`` into the board and commit them in one atomic step (acknowledging
-        ``ack`` with them); with ``read_next``, read the next batch ahead; with
-        ``keep_running``, return while the commit runs (:meth:`_settle` waits for it).
+        ``ack`` with them). With ``overlap``, read the next batch ahead and return while the
+        commit runs (:meth:`_settle` waits for it).
 
         Folding while the previous commit runs is safe: that commit wrote only jobs and
         groups already on the board, which :meth:`_load` never reads again. Only a history
@@ -281,7 +292,7 @@ class Worker:
         histories = await self.store.histories(to_read) if to_read else {}
         commit = build_commit(self.board, folded, self.keys, histories)
         await self._settle()  # this commit starts where the previous one ends
-        if read_next:
+        if overlap:
             # Ask for the next batch just before the commit: Redis answers that read first, so
             # the worker decodes it while Redis runs the commit, instead of both taking turns.
             self._ahead = asyncio.create_task(self._read_batch(self.lease.token))
@@ -291,7 +302,7 @@ class Worker:
         self._committing = InFlight(task, self.applied, len(commit.update)
                                     if commit.update is not None else None, folded.applied)
         self.applied = commit.applied
-        if keep_running:
+        if overlap:
             await asyncio.sleep(0)  # let it send the commit
         else:
             await self._settle(ours=True)
@@ -363,8 +374,8 @@ class Worker:
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.debug("a dropped background task had failed: %r", error)
 
 
 async def _sleep(stop: asyncio.Event | None, seconds: float) -> None:
