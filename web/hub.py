@@ -111,8 +111,7 @@ class Hub:
         self.last: str | None = None  # the last entry read; None until started
         self.consumed = 0  # entries read since the stream began (its entries-added, when even)
         self.connected = asyncio.Event()
-        self.started = asyncio.Event()  # the position is known
-        self.tried = asyncio.Event()  # the first attempt to learn it has ended, either way
+        self.tried = asyncio.Event()  # the first attempt to learn the position has ended
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[Subscriber]:
@@ -161,7 +160,6 @@ class Hub:
                     finally:
                         self.tried.set()
                     self._resync_all()  # anyone who could not wait for us (Redis was away)
-                    self.started.set()
                 self.connected.set()
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.xinfo_stream(self.keys.updates)
