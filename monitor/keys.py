@@ -60,6 +60,11 @@ class Keys:
         """List of a job's metric points (JSON), in arrival order."""
         return f"{self.prefix}metrics:{job_id}"
 
+    def seen(self, job_id: str) -> str:
+        """Set of a job's applied event ids that its fold state does not keep (ids not of the
+        SDK's ``<uid>:<n>`` form, and SDK ids past a long gap)."""
+        return f"{self.prefix}seen:{job_id}"
+
     @property
     def applied(self) -> str:
         """The id of the last events entry whose effects are committed."""
@@ -72,7 +77,7 @@ class Keys:
 
     @property
     def stats(self) -> str:
-        """Hash of counters: ``applied``, ``dead``, ``commits``."""
+        """Hash of counters: ``applied``, ``duplicates``, ``dead``."""
         return f"{self.prefix}stats"
 
     @property

@@ -66,8 +66,8 @@ def training_traffic(rng: random.Random, total: int) -> list[bytes]:
                      "step": step, "epoch": step / 500, "ts": 1000.0 + step}
         elif roll < 0.112:
             event = {"type": rng.choice(["job_archived", "job_restored"]), "job_id": job}
-        if rng.random() < 0.3:
-            event["event_id"] = f"sdk{job}:{step}"
+        if rng.random() < 0.3:  # half of the form the SDK sends, half of any other
+            event["event_id"] = f"sdk{job}:{step}" if rng.random() < 0.5 else f"{job}-{step}"
             sent_with_id.append(orjson.dumps(event))
         out.append(orjson.dumps(event))
     for job in jobs[2:]:

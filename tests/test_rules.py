@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from monitor.events import Event
-from monitor.rules import Board, SeenIds, delta_pct, model_display, shown, tier
+from monitor.rules import MAX_ABOVE, Board, SeenIds, delta_pct, model_display, shown, tier
 from tests.helpers import ev, fold, pos_of, ts_of
 
 Q = "Qwen/Qwen2.5-7B-Instruct"
@@ -293,7 +293,9 @@ def test_a_duplicate_changes_nothing() -> None:
 def test_seen_ids_are_exact(ids: list[str], duplicates: list[bool]) -> None:
     seen = SeenIds()
     assert [not seen.add(i) for i in ids] == duplicates
+    stored = seen.take_added()  # what the commit writes to the job's stored set
     again = SeenIds.from_json(seen.to_json())
+    again.know(i for i in ids if again.may_be_stored(i) and i in stored)
     assert all(not again.add(i) for i in ids)
 
 
@@ -301,4 +303,38 @@ def test_seen_ids_stay_compact_for_sdk_ids() -> None:
     seen = SeenIds()
     for n in [*range(1, 5000), 5001, 5000]:
         seen.add(f"run:{n}")
-    assert seen.to_json() == {"runs": {"run": [5001, []]}, "other": []}
+    assert seen.to_json() == {"runs": {"run": [5001, [], 0]}}
+    assert seen.take_added() == []
+
+
+def test_other_ids_go_to_the_stored_set_not_the_fold_state() -> None:
+    seen = SeenIds()
+    for n in range(60_000):
+        assert seen.add(f"9f1c-{n}")
+    assert seen.to_json() == {"runs": {}}
+    assert len(seen.take_added()) == 60_000
+    assert seen.may_be_stored("9f1c-7")  # the worker asks Redis, then says what it found
+    seen.know(["9f1c-7"])
+    assert not seen.add("9f1c-7")
+    assert seen.add("9f1c-new") and seen.take_added() == ["9f1c-new"]
+
+
+def test_sdk_ids_past_a_long_gap_go_to_the_stored_set() -> None:
+    seen = SeenIds()
+    assert all(seen.add(f"r:{n}") for n in range(2, 2 + MAX_ABOVE + 3))  # r:1 never came
+    assert seen.to_json() == {"runs": {"r": [0, list(range(2, 2 + MAX_ABOVE)), 2 + MAX_ABOVE + 2]}}
+    spilled = [f"r:{n}" for n in range(2 + MAX_ABOVE, 2 + MAX_ABOVE + 3)]
+    assert seen.take_added() == spilled
+    asked = [i for i in (f"r:{n}" for n in range(1, 2 + MAX_ABOVE + 9)) if seen.may_be_stored(i)]
+    assert asked == ["r:1", *spilled]  # numbers the fold state holds are never looked up
+    seen.know(spilled)
+    assert [seen.add(i) for i in spilled] == [False] * 3
+    assert seen.add("r:1") and seen.to_json()["runs"]["r"][0] == 1 + MAX_ABOVE
+
+
+def test_seen_ids_stored_before_the_stored_set_move_into_it() -> None:
+    old = {"runs": {"r": [3, list(range(5, 5 + MAX_ABOVE + 2))]}, "other": ["x", "y"]}
+    seen = SeenIds.from_json(old)
+    assert seen.to_json() == {"runs": {"r": [3, list(range(5, 5 + MAX_ABOVE)), 6 + MAX_ABOVE]}}
+    assert not seen.add("x") and not seen.add(f"r:{6 + MAX_ABOVE}") and not seen.add("r:2")
+    assert seen.take_added() == [f"r:{5 + MAX_ABOVE}", f"r:{6 + MAX_ABOVE}", "x", "y"]

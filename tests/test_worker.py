@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -400,6 +401,38 @@ async def test_batches_folded_while_the_last_commit_runs_apply_everything_once(
         await plain.redis.aclose()
     assert overlapped == (stored_jobs(r, other), {f"j{i}": r.lrange(other.metrics(f"j{i}"), 0, -1)
                                                   for i in range(20)})
+
+
+async def test_event_ids_of_any_form_are_applied_once_across_batches_and_restarts(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    """Ids not of the SDK's form live in the job's stored set, not in its fold state: re-sent
+    in the same batch, in the batch folded while the last one commits, or after a restart,
+    each is applied once."""
+    rng = random.Random(7)
+    fresh = [{"type": "metrics", "job_id": "j", "step": i, "loss": 1 / (1 + i),
+              "event_id": f"{rng.getrandbits(64):016x}-{i}"} for i in range(300)]
+    sent: list[dict[str, Any]] = []
+    for event in fresh:
+        sent.append(event)
+        if rng.random() < 0.3:
+            sent.append(rng.choice(sent))  # a retry, often of an event a batch or two back
+    for event in sent:
+        xadd(r, keys, event)
+    settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, batch_size=50,
+                              block=0.05)
+    await _run_until_applied(Worker(settings), r, keys, 300)
+    assert int(r.hget(keys.stats, "duplicates")) == len(sent) - 300
+    assert r.scard(keys.seen("j")) == 300
+    assert len(r.hget(keys.folds, "j")) < 300  # it does not grow with the ids
+    steps = [orjson.loads(p)["step"] for p in r.lrange(keys.metrics("j"), 0, -1)]
+    assert steps == list(range(300))
+
+    later = [*rng.sample(fresh, 40), {**fresh[0], "event_id": "new-1", "step": 300}]
+    for event in later:
+        xadd(r, keys, event)
+    await _run_until_applied(Worker(settings), r, keys, 301)
+    assert int(r.hget(keys.stats, "duplicates")) == len(sent) - 300 + 40
+    assert orjson.loads(r.lrange(keys.metrics("j"), -1, -1)[0])["step"] == 300
 
 
 async def test_a_commit_that_fails_while_the_next_batch_is_folded_loses_nothing(

@@ -116,6 +116,20 @@ def fold(board: Board, items: list[Decoded]) -> Folded:
     return folded
 
 
+def stored_id_lookups(board: Board, items: list[Decoded]) -> dict[str, list[str]]:
+    """The event ids of ``items`` to ask each job's stored set about before folding them
+    (see :class:`monitor.rules.SeenIds`), by job. A job not on the board has no stored set."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        event = item.event
+        if event is None or event.event_id is None:
+            continue
+        job = board.jobs.get(event.job_id)
+        if job is not None and job.seen.may_be_stored(event.event_id):
+            out.setdefault(event.job_id, []).append(event.event_id)
+    return out
+
+
 def rewrites(board: Board, folded: Folded) -> list[str]:
     """Jobs whose stored history must be read because this batch will thin it."""
     return [job_id for job_id, new in folded.points.items()
@@ -136,6 +150,7 @@ class Commit:
     group_remove: dict[str, list[str]] = field(default_factory=dict)
     append: dict[str, list[bytes]] = field(default_factory=dict)
     replace: dict[str, list[bytes]] = field(default_factory=dict)
+    seen_add: dict[str, list[str]] = field(default_factory=dict)  # key -> event ids
     update: bytes | None = None
     dead: list[dict[str, bytes | str]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
@@ -159,6 +174,8 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
         public = publics[job_id] = job.public()
         commit.jobs[job_id] = orjson.dumps(public)
         commit.folds[job_id] = orjson.dumps(job.private())
+        if added := job.seen.take_added():
+            commit.seen_add[keys.seen(job_id)] = added
         before_model, stored = folded.moved[job_id]
         if not stored or before_model != job.model_name:
             commit.group_add.setdefault(keys.group(job.model_name), []).append(job_id)

@@ -37,7 +37,16 @@ from monitor.events import Event
 from monitor.keys import Keys
 from monitor.rules import Board, parse_pos
 from monitor.settings import WorkerSettings
-from worker.batch import Decoded, Entry, build_commit, decode, fold, poisoned, rewrites
+from worker.batch import (
+    Decoded,
+    Entry,
+    build_commit,
+    decode,
+    fold,
+    poisoned,
+    rewrites,
+    stored_id_lookups,
+)
 from worker.lease import Lease
 from worker.packing import pack_with_hiredis
 from worker.store import LeaseLost, Store
@@ -68,6 +77,7 @@ class InFlight:
     expected: str  # the applied id it starts from
     update_size: int | None  # bytes of its update, if it has one
     applied: int  # events it applies
+    stored_ids: dict[str, list[str]]  # event ids it adds to stored sets, by key
 
 
 class Worker:
@@ -285,6 +295,7 @@ class Worker:
         groups already on the board, which :meth:`_load` never reads again. Only a history
         about to be thinned is read back, so its points must have landed first."""
         await self._load([item.event for item in items if item.event is not None])
+        await self._know_stored_ids(items)
         folded = fold(self.board, items)
         to_read = rewrites(self.board, folded)
         if to_read:
@@ -300,7 +311,8 @@ class Worker:
             commit, self.lease, self.applied, updates_keep=self.settings.updates_keep,
             dead_keep=self.settings.dead_keep, ack=ack))
         self._committing = InFlight(task, self.applied, len(commit.update)
-                                    if commit.update is not None else None, folded.applied)
+                                    if commit.update is not None else None, folded.applied,
+                                    commit.seen_add)
         self.applied = commit.applied
         if overlap:
             await asyncio.sleep(0)  # let it send the commit
@@ -338,6 +350,20 @@ class Worker:
             self._update_bytes -= self._update_sizes.popleft()[1]
         await self.redis.xtrim(self.keys.updates, minid=self._update_sizes[0][0],
                                approximate=True)
+
+    async def _know_stored_ids(self, items: list[Decoded]) -> None:
+        """Tell the board which event ids of ``items`` its jobs' stored sets hold: those
+        Redis has, and those of the commit in flight, which may not have landed yet."""
+        lookups = stored_id_lookups(self.board, items)
+        if not lookups:
+            return
+        found = await self.store.stored_ids(lookups)
+        flying = self._committing.stored_ids if self._committing is not None else {}
+        for job_id, event_ids in lookups.items():
+            stored = found[job_id]
+            if sent := flying.get(self.keys.seen(job_id)):
+                stored |= set(event_ids).intersection(sent)
+            self.board.jobs[job_id].seen.know(stored)
 
     async def _load(self, events: list[Event]) -> None:
         """Bring every stored job and whole model group these events touch onto the board."""

@@ -167,6 +167,15 @@ class Store:
             replies = await pipe.execute()
         return {model: {_text(m) for m in members} for model, members in zip(models, replies)}
 
+    async def stored_ids(self, lookups: dict[str, list[str]]) -> dict[str, set[str]]:
+        """Which of these event ids each job's stored set holds."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, event_ids in lookups.items():
+                pipe.smismember(self.keys.seen(job_id), event_ids)
+            replies = await pipe.execute()
+        return {job_id: {i for i, there in zip(event_ids, reply) if there}
+                for (job_id, event_ids), reply in zip(lookups.items(), replies)}
+
     async def histories(self, job_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         """The stored metric points of each job."""
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -256,6 +265,8 @@ def _queue_writes(pipe: Any, k: Keys, c: Commit, *, updates_keep: int, dead_keep
         pipe.rpush(key, *points)
     for key, points in c.append.items():
         pipe.rpush(key, *points)
+    for key, event_ids in c.seen_add.items():
+        pipe.sadd(key, *event_ids)
     for dead in c.dead:
         pipe.xadd(k.dead, dead, maxlen=dead_keep, approximate=True)
     for name, n in c.counts.items():
