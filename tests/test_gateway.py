@@ -168,7 +168,7 @@ def test_compare_exports_csv_and_json_downloads(client: TestClient) -> None:
     assert table[4] == ["Best Eval Loss", "0.2345", "0.3456", "0.2701", "0.2345"]
     assert table[5] == ["Delta vs Best (%)", "", "+47.4", "+15.2", ""]
     assert table[8] == ["Best Checkpoint Epoch", "5/12", "3/12", "7/12", "5/12"]
-    assert ["Consider archiving", "Run #2", "q-red", "+47.4% worse"] in table
+    assert ["Consider archiving", "Run #2", "q-red", "47.4% worse"] in table
 
     download = client.get("/api/compare", params={"ids": "q-best,q-red", "format": "json"})
     assert download.headers["content-disposition"].endswith('.json"')
@@ -280,3 +280,20 @@ def test_csv_export_quotes_formulas_from_trainers(
     assert table[1] == ["Model", "'=cmd|' /C calc'!A0", "'=cmd|' /C calc'!A0", ""]
     assert table[4] == ["Best Eval Loss", "0.5000", "-0.2500", "-0.2500"]  # numbers stay
     assert table[9][1] == "'@SUM(1+1)"
+
+
+def test_every_csv_cell_is_guarded_even_the_consider_archiving_row(
+        client: TestClient, r: redis.Redis, keys: Keys, worker: RunningWorker) -> None:
+    publish(r, keys, [
+        {"type": "metrics", "job_id": "-9-9", "eval_loss": 2.5},
+        {"type": "metrics", "job_id": "-5", "eval_loss": 1.0},
+    ])
+    worker.wait_applied()
+    text = client.get("/api/compare", params={"ids": "-9-9,-5", "format": "csv"}).text
+    table = list(csv.reader(io.StringIO(text)))
+    assert table[2] == ["Job ID", "'-9-9", "-5", ""]  # "-5" is a plain number
+    assert table[5] == ["Delta vs Best (%)", "+150.0", "", ""]
+    assert table[-1] == ["Consider archiving", "Run #1", "'-9-9", "150.0% worse"]
+    for row in table:
+        for cell in row:
+            assert cell[:1] not in "=+-@\t\r" or cell in ("-5", "+150.0") or cell == ""

@@ -91,6 +91,9 @@ def new_page(browser: Browser, base_url: str, dialogs: list[str], errors: list[s
 
     page.on("dialog", on_dialog)
     page.on("pageerror", lambda error: errors.append(str(error)))
+    # Whatever the page does must pass its Content-Security-Policy.
+    page.on("console", lambda message: errors.append(message.text)
+            if "Content Security Policy" in message.text else None)
     return page
 
 
@@ -252,7 +255,7 @@ def test_compare_selected_runs_and_export(page: Page, r: redis.Redis, keys: Keys
     assert "Job ID,qwen-a,qwen-b,qwen-c," in lines
     assert "Best Eval Loss,0.2345,0.2701,0.3456,0.2345" in lines
     assert "Delta vs Best (%),,+15.2,+47.4," in lines
-    assert "Consider archiving,Run #3,qwen-c,+47.4% worse" in lines
+    assert "Consider archiving,Run #3,qwen-c,47.4% worse" in lines
     with page.expect_download() as download_info:
         modal.get_by_test_id("export-json").click()
     exported = json.loads(Path(download_info.value.path()).read_text(encoding="utf-8"))
@@ -669,3 +672,22 @@ def test_error_state_while_redis_is_away_then_it_fills_in(
         page.context.close()
         gw.stop()
     assert errors == [] and dialogs == []
+
+
+def test_no_other_site_can_frame_the_page(browser: Browser, gateway: LiveGateway) -> None:
+    """A page elsewhere that shows the dashboard in a frame (to trick clicks on its archive
+    buttons) gets an empty frame."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        refused: list[str] = []
+        page.on("console", lambda message: refused.append(message.text))
+        page.set_content(f'<iframe src="{gateway.url}/" width="800" height="600"></iframe>')
+        deadline = time.monotonic() + 10
+        while not any("frame-ancestors" in text for text in refused):
+            assert time.monotonic() < deadline, refused
+            page.wait_for_timeout(50)
+        frame = page.frames[1]
+        assert frame.locator("[data-testid=group-toggle]").count() == 0
+    finally:
+        context.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from typing import Any
 
 from monitor.rules import delta_pct, shown, tier
@@ -79,38 +80,50 @@ def build_comparison(views: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _cell(value: Any) -> str:
-    """A table value as CSV text. Text from trainers that a spreadsheet would run as a
-    formula (``=cmd|...``) is quoted with a leading apostrophe."""
+    """A table value as CSV text (see :func:`guard`)."""
     if value is None:
         return ""
     if isinstance(value, float):
         return f"{value:.4f}"
-    text = str(value)
-    return "'" + text if isinstance(value, str) and text[:1] in FORMULA else text
+    return str(value)
 
 
 FORMULA = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
+
+
+def guard(text: str) -> str:
+    """A cell a spreadsheet would run as a formula (``=cmd|...``, ``-9-9``, ``+150% worse``)
+    gets a leading apostrophe; plain numbers (``-0.1234``, ``+15.2``) stay numbers."""
+    if text[:1] in FORMULA and not _PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
 
 
 def to_csv(comparison: dict[str, Any]) -> str:
-    """The comparison table as CSV: one row per metric, one column per run, then the best."""
+    """The comparison table as CSV: one row per metric, one column per run, then the best.
+    Every cell goes through :func:`guard`, whoever wrote it."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
+
+    def row(*cells: str) -> None:
+        writer.writerow([guard(cell) for cell in cells])
+
     count = len(comparison["jobs"])
-    writer.writerow(["Metric", *(f"Run #{i + 1}" for i in range(count)), "Best Value"])
-    for row in comparison["rows"]:
-        writer.writerow([row["label"], *(_cell(v) for v in row["values"]), _cell(row["best"])])
-        if "deltas" in row:
-            writer.writerow(["Delta vs Best (%)",
-                             *("" if d is None else f"+{shown(d)}" for d in row["deltas"]), ""])
+    row("Metric", *(f"Run #{i + 1}" for i in range(count)), "Best Value")
+    for table_row in comparison["rows"]:
+        row(table_row["label"], *(_cell(v) for v in table_row["values"]),
+            _cell(table_row["best"]))
+        if "deltas" in table_row:
+            row("Delta vs Best (%)",
+                *("" if d is None else f"+{shown(d)}" for d in table_row["deltas"]), "")
     recommendation = comparison["recommendation"]
     if recommendation["best_job_id"] is not None:
-        writer.writerow([])
-        writer.writerow(["Recommendation", f"Run #{recommendation['run_number']}",
-                         _cell(recommendation["best_job_id"]),
-                         _cell(recommendation["checkpoint_path"])])
+        row()
+        row("Recommendation", f"Run #{recommendation['run_number']}",
+            _cell(recommendation["best_job_id"]), _cell(recommendation["checkpoint_path"]))
         for other in recommendation["others"]:
             if other["consider_archiving"]:
-                writer.writerow(["Consider archiving", f"Run #{other['run_number']}",
-                                 other["job_id"], f"+{shown(other['delta_pct'])}% worse"])
+                row("Consider archiving", f"Run #{other['run_number']}", other["job_id"],
+                    f"{shown(other['delta_pct'])}% worse")  # as the page's badge says
     return out.getvalue()
