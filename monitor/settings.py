@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -17,6 +18,7 @@ from typing import Any, TypeVar, get_type_hints
 from urllib.parse import urlsplit
 
 ENV_PREFIX = "MONITOR_"
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
 class SettingsError(ValueError):
@@ -73,6 +75,9 @@ class CommonSettings:
     prefix: str = _setting("monitor:", "prefix of every Redis key", _prefix)
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR", _level)
 
+    def __post_init__(self) -> None:
+        """Checks across settings; each subclass adds its own and calls this one."""
+
 
 @dataclass(frozen=True)
 class WorkerSettings(CommonSettings):
@@ -92,6 +97,7 @@ class WorkerSettings(CommonSettings):
                               _positive)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.block * 2 > self.lease_ttl:
             raise SettingsError(f"--block / MONITOR_BLOCK ({self.block}) must be at most half of "
                                 f"--lease-ttl / MONITOR_LEASE_TTL ({self.lease_ttl}), or the "
@@ -107,6 +113,23 @@ def _origins(value: str) -> str | None:
 
 def _split(value: str) -> list[str]:
     return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+
+
+def _hosts(value: str) -> str | None:
+    for host in _split(value):
+        if not all(c.isalnum() or c in ".-:[]_" for c in host):
+            return f"{host!r} is not a host name like monitor.example.com (no scheme or port)"
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    """Can only this machine reach a server bound to ``host``?"""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: whatever it resolves to, assume the network
 
 
 def _port(value: int) -> str | None:
@@ -129,10 +152,29 @@ class GatewaySettings(CommonSettings):
                                     "as long again is dropped", _positive)
     ws_deflate: bool = _setting(False, "compress WebSocket messages (saves bandwidth to far "
                                        "clients, costs the gateway CPU)")
+    allowed_hosts: str = _setting("", "comma-separated host names this gateway answers to (the "
+                                      "Host header) besides the loopback ones; empty: only "
+                                      "loopback names when bound to loopback, else any",
+                                  _hosts)
+    insecure_no_token: bool = _setting(False, "listen on a non-loopback --host without "
+                                              "MONITOR_TOKEN: anyone who reaches the port can "
+                                              "read every run, archive runs and write events")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not is_loopback(self.host) and self.token is None and not self.insecure_no_token:
+            raise SettingsError(
+                f"--host / MONITOR_HOST {self.host!r} is reachable from the network, so set "
+                "MONITOR_TOKEN (a long random secret) or it is an open door to every run; "
+                "--insecure-no-token / MONITOR_INSECURE_NO_TOKEN=true accepts that risk")
 
     @property
     def origins(self) -> list[str]:
         return _split(self.allowed_origins)
+
+    @property
+    def hosts(self) -> list[str]:
+        return [host.lower() for host in _split(self.allowed_hosts)]
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from monitor.errors import PortInUse
 from monitor.settings import GatewaySettings, UpSettings, WorkerSettings, part
 from web.app import create_app
 from web.security import RedactTokens
+from web.ws import MAX_CLIENT_MESSAGE
 from worker.consumer import Worker
 
 log = logging.getLogger("monitor.up")
@@ -43,7 +44,8 @@ def server(settings: GatewaySettings) -> uvicorn.Server:
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port,
         ws_ping_interval=settings.ws_ping, ws_ping_timeout=settings.ws_ping,
-        ws_per_message_deflate=settings.ws_deflate, log_level=settings.log_level.lower(),
+        ws_per_message_deflate=settings.ws_deflate, ws_max_size=MAX_CLIENT_MESSAGE,
+        log_level=settings.log_level.lower(),
         ws="websockets-sansio", timeout_graceful_shutdown=5,
     )
     return uvicorn.Server(config)

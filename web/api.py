@@ -6,6 +6,7 @@ import json
 import time
 from typing import Annotated, Any, Literal
 
+import anyio
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import ValidationError
@@ -178,14 +179,8 @@ async def post_events(request: Request, gw: GW) -> Response:
         # Also what keeps a plain HTML form on another site from posting here.
         raise ApiError(415, "send the events as Content-Type: application/json")
     raw = await read_capped(request, MAX_BODY_BYTES)
-    try:
-        # NaN and Infinity parse here, to be refused by name in validate_events.
-        body = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as e:
-        msg = str(e) if not isinstance(e, RecursionError) else "nested too deeply"
-        raise ApiError(422, f"body: invalid JSON: {msg}", [{"loc": ["body"], "msg": msg}]) \
-            from None
-    events = validate_events(body)
+    async with gw.parsing:  # one body at a time, off the event loop: others keep being served
+        events = await anyio.to_thread.run_sync(parse_events, raw)
     async with gw.redis.pipeline(transaction=True) as pipe:
         for data in events:
             pipe.xadd(gw.keys.events, {"data": data})
@@ -193,15 +188,54 @@ async def post_events(request: Request, gw: GW) -> Response:
     return JSON({"accepted": len(events)}, status_code=202)
 
 
+def parse_events(raw: bytes) -> list[bytes]:
+    """The events of a request body, checked as :func:`validate_events` checks them."""
+    try:
+        # NaN and Infinity parse here, to be refused by name in validate_events; so do integers
+        # past 64 bits (orjson would read them as floats), to be refused as the worker would.
+        body = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:
+        msg = str(e) if not isinstance(e, RecursionError) else "nested too deeply"
+        raise ApiError(422, f"body: invalid JSON: {msg}", [{"loc": ["body"], "msg": msg}]) \
+            from None
+    return validate_events(body)
+
+
+class BodyShape:
+    """Counts, chunk by chunk as a body arrives, what parsing it would build: objects and
+    arrays, and commas (about one per value). An upper bound (brackets and commas inside
+    strings count too) that refuses a body of millions of tiny values before it is parsed,
+    where its size alone would let it through."""
+
+    MAX_CONTAINERS = 100_000  # 100 per event of a full batch
+    MAX_COMMAS = 1_000_000
+
+    def __init__(self) -> None:
+        self.containers = 0
+        self.commas = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.containers += chunk.count(b"{") + chunk.count(b"[")
+        self.commas += chunk.count(b",")
+        if self.containers > self.MAX_CONTAINERS:
+            raise ApiError(413, f"body holds more than {self.MAX_CONTAINERS} objects and "
+                                f"arrays; send at most {MAX_EVENTS} events")
+        if self.commas > self.MAX_COMMAS:
+            raise ApiError(413, f"body holds more than {self.MAX_COMMAS} values; send at most "
+                                f"{MAX_EVENTS} events")
+
+
 async def read_capped(request: Request, limit: int) -> bytes:
-    """The request body, refusing one over ``limit`` bytes without reading it all."""
+    """The request body, refusing one over ``limit`` bytes or of a shape no batch of events
+    has (see :class:`BodyShape`) without reading it all."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"body is {declared} bytes, at most {limit}")
-    chunks, size = [], 0
+    chunks, size, shape = [], 0, BodyShape()
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise ApiError(413, f"body is over {limit} bytes")
+        shape.feed(chunk)
         chunks.append(chunk)
     return b"".join(chunks)

@@ -17,16 +17,15 @@ from starlette.responses import FileResponse
 
 from monitor import __version__
 from monitor.events import event_adapter
-from monitor.settings import GatewaySettings
+from monitor.settings import LOOPBACK_NAMES, GatewaySettings, is_loopback
 from web import api, errors, metrics
 from web.gateway import Gateway
 from web.responses import JSON
 from web.schemas import Error, Health
-from web.security import COOKIE, LocalHostsOnly, token_ok
+from web.security import COOKIE, KnownHostsOnly, SecurityHeaders, token_ok
 from web.ws import websocket_endpoint
 
 STATIC = Path(__file__).parent / "static"
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DESCRIPTION = """\
 Live state of training runs: each model's best run (by best eval loss), how much worse the
 others are, comparisons and archiving. Trainers write events to the Redis stream (or to
@@ -52,10 +51,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                   lifespan=lifespan, default_response_class=JSON)
     app.state.gateway = gw
     errors.install(app)
-    if settings.host in LOOPBACK:
-        # Only this machine can reach it; refuse other Host names too (DNS rebinding).
-        hosts = {*LOOPBACK, *(urlsplit(o).hostname or "" for o in settings.origins if o != "*")}
-        app.add_middleware(LocalHostsOnly, allowed=frozenset(hosts))
+    if is_loopback(settings.host) or settings.hosts:
+        # Refuse requests addressed to other names (DNS rebinding): on loopback only this
+        # machine's names, elsewhere the names the deployment gave, and loopback ones for
+        # health checks on the machine itself.
+        origins = (urlsplit(o).hostname or "" for o in settings.origins if o != "*")
+        hosts = {*LOOPBACK_NAMES, *settings.hosts, *origins}
+        app.add_middleware(KnownHostsOnly, allowed=frozenset(hosts))
+    app.add_middleware(SecurityHeaders)
     app.include_router(api.router)
     app.add_api_websocket_route("/ws", websocket_endpoint)
 
@@ -77,7 +80,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         token = request.query_params.get("token")
         if token is not None and settings.token is not None and token_ok(settings, request,
                                                                           query=True):
-            answer.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+            answer.set_cookie(COOKIE, token, httponly=True, samesite="strict",
+                              secure=request.url.scheme == "https")
         return answer
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -23,6 +24,7 @@ class Gateway:
     keys: Keys
     reader: StateReader  # reads: retried, so a connection broken by a Redis restart heals
     hub: Hub
+    parsing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
 
     @classmethod
     def build(cls, settings: GatewaySettings) -> Gateway:

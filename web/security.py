@@ -1,4 +1,4 @@
-"""SPEC section 10: the optional token, and the Origin check of ``/ws``."""
+"""The optional token, the Origin and Host checks, and the headers every answer carries."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import secrets
 from urllib.parse import urlsplit
 
 from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from monitor.settings import GatewaySettings
 from web.errors import error_response
@@ -35,8 +35,12 @@ def token_ok(settings: GatewaySettings, conn: HTTPConnection, *, query: bool = F
     return given is not None and secrets.compare_digest(given.encode(), settings.token.encode())
 
 
+_HTTP_SCHEME = {"ws": "http", "wss": "https"}
+
+
 def origin_ok(settings: GatewaySettings, conn: HTTPConnection) -> bool:
-    """A browser may open ``/ws`` only from the server's own origin or an allowed one."""
+    """A browser may open ``/ws`` (or write) only from the server's own origin, scheme and
+    host and port alike, or from an allowed one."""
     origin = conn.headers.get("origin")
     if origin is None:
         return True  # not a browser: the token (if any) is what protects it
@@ -44,7 +48,10 @@ def origin_ok(settings: GatewaySettings, conn: HTTPConnection) -> bool:
     allowed = settings.origins
     if "*" in allowed or origin in allowed:
         return True
-    return urlsplit(origin).netloc.lower() == conn.headers.get("host", "").lower()
+    parts = urlsplit(origin)
+    scheme = conn.url.scheme
+    return (parts.scheme == _HTTP_SCHEME.get(scheme, scheme)
+            and parts.netloc.lower() == conn.headers.get("host", "").lower())
 
 
 class RedactTokens(logging.Filter):
@@ -61,9 +68,9 @@ class RedactTokens(logging.Filter):
         return True
 
 
-class LocalHostsOnly:
+class KnownHostsOnly:
     """Answer only requests addressed to an allowed host name: a page on another site that
-    rebinds its own name to 127.0.0.1 still sends its own name as ``Host``."""
+    rebinds its own name to this server's address still sends its own name as ``Host``."""
 
     def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
         self.app = app
@@ -77,8 +84,41 @@ class LocalHostsOnly:
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 1008})
                     return
+                names = " or ".join(sorted(self.allowed - {"::1"}))
                 answer = error_response(400, f"unknown host {host!r}; open this server as "
-                                             "127.0.0.1 or localhost")
+                                             f"{names} (MONITOR_ALLOWED_HOSTS)")
                 await answer(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+# The page loads nothing from elsewhere and runs no inline code; no other site may frame it
+# (its archive and stop buttons must not be clickable through a disguise).
+PAGE_POLICY = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+               "form-action 'self'; frame-ancestors 'none'")
+OTHER_POLICY = "frame-ancestors 'none'"  # /docs loads its viewer from a CDN
+_COMMON_HEADERS = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
+                   (b"referrer-policy", b"no-referrer")]
+
+
+class SecurityHeaders:
+    """Adds the page's Content-Security-Policy, and to every answer the headers that keep it
+    out of frames, stop content sniffing and keep ``?token=`` out of referrers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        policy = PAGE_POLICY if path == "/" or path.startswith("/static/") else OTHER_POLICY
+        extra = [(b"content-security-policy", policy.encode()), *_COMMON_HEADERS]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

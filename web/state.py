@@ -17,6 +17,30 @@ from monitor.keys import GROUP, Keys, model_field
 from monitor.rules import job_view, parse_pos
 
 NO_VERSION = "0-0"
+# A resume replays the updates a client missed when that is cheaper than a snapshot; else it
+# gets a snapshot. Replayed a page at a time, so a gateway holds one page per resuming client.
+MAX_REPLAY = 1000
+MAX_REPLAY_BYTES = 8 * 1024 * 1024
+REPLAY_PAGE = 16
+
+# The number of entries of a stream after ARGV[1] (exclusive start), or -1 as soon as there
+# are more than ARGV[2] or they weigh more than ARGV[3] bytes: read ARGV[4] at a time inside
+# Redis, so neither side ever holds more than a page of them.
+_COUNT_MISSED = """
+local limit, budget, page = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local n, bytes, start = 0, 0, ARGV[1]
+while true do
+  local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', page)
+  for _, entry in ipairs(entries) do
+    n = n + 1
+    local fields = entry[2]
+    for i = 2, #fields, 2 do bytes = bytes + #fields[i] end
+    if n > limit or bytes > budget then return -1 end
+  end
+  if #entries < page then return n end
+  start = '(' .. entries[#entries][1]
+end
+"""
 
 
 def _text(value: bytes | str) -> str:
@@ -109,6 +133,7 @@ class StateReader:
         self.keys = keys
         self._snapshot: Snapshot | None = None
         self._building = asyncio.Lock()
+        self._count_missed = redis.register_script(_COUNT_MISSED)
 
     async def _version(self) -> str:
         last: Any = await self.redis.xrevrange(self.keys.updates, count=1)
@@ -176,16 +201,33 @@ class StateReader:
         rows.sort(key=lambda r: (r["model_display"].lower(), r["model_name"] or ""))
         return rows
 
-    async def updates_after(self, version: str) -> list[tuple[str, bytes]] | None:
-        """The updates after ``version``, or None when some of them may no longer be kept (or
-        the version is not one of this stream's): the caller then sends a fresh snapshot."""
+    async def missed(self, version: str) -> int | None:
+        """How many updates came after ``version``, if a client may be sent them instead of a
+        snapshot: all still kept, at most MAX_REPLAY of them and MAX_REPLAY_BYTES in all.
+        None otherwise (or when the version is not one of this stream's). Counted inside
+        Redis, so a resume from far back costs the gateway no more than a snapshot."""
         if not valid_version(version):
             return None
         async with self.redis.pipeline(transaction=True) as pipe:
             kept_check(pipe, self.keys.updates, version)
-            pipe.xrange(self.keys.updates, min=f"({version}", max="+")
+            await self._count_missed(keys=[self.keys.updates], client=pipe,
+                                     args=[f"({version}", MAX_REPLAY, MAX_REPLAY_BYTES,
+                                           REPLAY_PAGE])
+            *check, count = await pipe.execute(raise_on_error=False)
+        if isinstance(count, Exception):
+            raise count
+        if not is_kept(version, *check) or count < 0:
+            return None
+        return int(count)
+
+    async def updates_page(self, after: str) -> list[tuple[str, bytes]] | None:
+        """The next REPLAY_PAGE updates after ``after``, or None when some of them may no
+        longer be kept (the caller then sends a fresh snapshot)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            kept_check(pipe, self.keys.updates, after)
+            pipe.xrange(self.keys.updates, min=f"({after}", max="+", count=REPLAY_PAGE)
             *check, entries = await pipe.execute(raise_on_error=False)
-        if not is_kept(version, *check):
+        if not is_kept(after, *check):
             return None
         return [(_text(entry_id), fields[b"data"]) for entry_id, fields in entries]
 

@@ -24,7 +24,9 @@ from web.security import origin_ok, token_ok
 
 log = logging.getLogger("monitor.gateway")
 
-MAX_REPLAY = 1000  # missed updates replayed on resume; past this a snapshot is cheaper
+# The page sends nothing; a client frame larger than this is closed with 1009 as its header
+# arrives, instead of being buffered (the server's default would take 16 MiB per client).
+MAX_CLIENT_MESSAGE = 64 * 1024
 TOO_SLOW = 3  # overflows within SLOW_WINDOW seconds that close the connection with 1013
 SLOW_WINDOW = 30.0
 CLOSE_POLICY = 1008
@@ -62,13 +64,20 @@ async def send_snapshot(websocket: WebSocket, gw: Gateway, subscriber: Subscribe
 
 async def start(websocket: WebSocket, gw: Gateway, subscriber: Subscriber,
                 since: str | None) -> str:
-    """Bring a new client up to date; the version it has reached."""
-    if since is not None:
-        missed = await gw.reader.updates_after(since)
-        if missed is not None and len(missed) <= MAX_REPLAY:
-            for version, data in missed:  # each missed update, in order
+    """Bring a new client up to date; the version it has reached. A client resuming from
+    ``since`` is sent what it missed, a page at a time, when that is cheaper than a snapshot
+    (the rest arrives through its queue, which it joined before the count)."""
+    if since is not None and (count := await gw.reader.missed(since)) is not None:
+        reached, left = since, count
+        while left > 0:
+            page = await gw.reader.updates_page(reached)
+            if not page:  # trimmed meanwhile: the snapshot below is the way back
+                break
+            for version, data in page[:left]:
                 await send(websocket, subscriber, update_message(version, data))
-            return missed[-1][0] if missed else since
+                reached, left = version, left - 1
+        else:
+            return reached
     return await send_snapshot(websocket, gw, subscriber)
 
 
