@@ -285,6 +285,177 @@ def test_monitor_up_refuses_a_redis_server_too_old_in_one_line(tmp_path: Path) -
     assert done.stderr == (f"monitor up: error: redis-server 5.0.7 ({old}) and redis-server "
                            f"6.0.16 ({bundled}) are {TOO_OLD}\n")
 
+# --- Keeping the data across restarts ---------------------------------------------------------
+
+PUBLISH = """\
+from monitor.sdk import start_run
+for model, runs in (("org/alpha", 3), ("org/beta", 2)):
+    for r in range(runs):
+        with start_run(model, job_id=f"{model[4:]}-{r}", total_epochs=2, config={"lr": r},
+                       flush_timeout=30) as run:
+            for step in range(1, 11):
+                run.log(epoch=(step - 1) // 5 + 1, step=step, loss=1 / (step + r),
+                        eval_loss=1.2 / step + 0.05 * r)
+                if step % 5 == 0:
+                    run.checkpoint(f"checkpoint-{step}", epoch=step // 5, step=step)
+            if r == 1:
+                run.finish("failed", error="out of memory")
+"""
+JOBS = ["alpha-0", "alpha-1", "alpha-2", "beta-0", "beta-1"]
+
+
+def user_env(tmp_path: Path) -> dict[str, str]:
+    """A home of the test's own, so a default data directory would land in ``tmp_path``."""
+    return {"HOME": str(tmp_path / "home"), "XDG_DATA_HOME": str(tmp_path / "xdg"),
+            "TMPDIR": str(tmp_path / "tmp")}
+
+
+def publish_runs(up: Up) -> None:
+    """Five runs of two models through the SDK, one of them archived, all applied."""
+    subprocess.run([sys.executable, "-c", PUBLISH], check=True, timeout=60,
+                   env={**env_without_settings(), "MONITOR_REDIS_URL": up.redis_url})
+    wait_for(lambda: len(up.get("/api/jobs?include_archived=true")["jobs"]) == len(JOBS))
+    up.post("/api/jobs/alpha-2/archive")
+    wait_for(lambda: up.get("/api/jobs/alpha-2")["archived"])
+
+
+def wait_for(condition: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def views(up: Up) -> dict[str, Any]:
+    """Everything a user sees: the job list (archived too, without its version), each job with
+    its config and its metric history, and the model rows."""
+    listing = up.get("/api/jobs?include_archived=true")
+    jobs = [job["id"] for job in listing["jobs"]]
+    return {"jobs": listing["jobs"], "models": up.get("/api/models"),
+            "each": {job: up.get(f"/api/jobs/{job}") for job in jobs},
+            "metrics": {job: up.get(f"/api/jobs/{job}/metrics") for job in jobs}}
+
+
+def wait_gone(pid: int, timeout: float = 15) -> None:
+    wait_for(lambda: not alive(pid), timeout)
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+def test_a_restart_shows_every_job_model_metric_and_archive_as_before(
+        tmp_path: Path, stop: str) -> None:
+    data = tmp_path / "data"
+    first = Up("--data-dir", str(data), env=user_env(tmp_path))
+    try:
+        assert first.redis.endswith(f", data in {data}")
+        publish_runs(first)
+        before = views(first)
+        redis_pid = first.redis_pid()
+    finally:
+        if stop == "SIGTERM":
+            first.stop()
+            assert first.proc.returncode == 0
+        else:
+            first.proc.kill()  # its Redis gets SIGTERM from the kernel as its parent dies
+            first.proc.wait(10)
+            assert first.proc.stdout is not None
+            first.proc.stdout.close()
+    wait_gone(redis_pid)
+
+    second = Up("--data-dir", str(data), env=user_env(tmp_path))
+    try:
+        assert second.redis_url == first.redis_url  # the same port: trainers reconnect
+        assert views(second) == before
+    finally:
+        second.stop()
+    assert [j["id"] for j in before["jobs"]] == ["beta-1", "beta-0", "alpha-2", "alpha-1",
+                                                 "alpha-0"]
+    assert [len(before["metrics"][j]["points"]) for j in JOBS] == [10] * 5
+    assert before["each"]["alpha-2"]["archived"] is True
+    assert before["each"]["alpha-1"]["status"] == "failed"
+    assert {m["model_name"]: m["best_job_id"] for m in before["models"]} == {
+        "org/alpha": "alpha-0", "org/beta": "beta-0"}
+    assert sorted(os.listdir(data)) == ["monitor.lock", "redis", "redis-port", "redis.log"]
+    assert not (tmp_path / "home").exists() and not (tmp_path / "xdg").exists()
+
+
+def test_a_second_monitor_up_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = Up("--data-dir", str(data), env=user_env(tmp_path))
+    try:
+        done = _fail("up", "--port", str(free_port()), env={
+            **user_env(tmp_path), "MONITOR_DATA_DIR": str(data)})
+        assert done.returncode == 1
+        assert done.stderr == (f"monitor up: error: another monitor up (pid {first.proc.pid}) "
+                               f"is using {data}; stop it, or choose another --data-dir (or "
+                               "--ephemeral)\n")
+        assert first.get("/api/jobs")["jobs"] == []  # the first one carries on
+        assert first.proc.poll() is None
+    finally:
+        first.stop()
+    assert first.proc.returncode == 0
+
+
+@pytest.mark.parametrize(("args", "env"), [(["--ephemeral"], {}),
+                                           ([], {"MONITOR_DATA_DIR": ""})])
+def test_ephemeral_leaves_nothing_behind(tmp_path: Path, args: list[str],
+                                         env: dict[str, str]) -> None:
+    (tmp_path / "tmp").mkdir()
+    up = Up(*args, env={**user_env(tmp_path), **env})
+    try:
+        assert up.redis.endswith(", ephemeral (deleted on exit)")
+        assert [p.name[:13] for p in (tmp_path / "tmp").iterdir()] == ["monitor-redis"]
+        publish_runs(up)
+    finally:
+        up.stop()
+    assert up.proc.returncode == 0
+    assert sorted(os.listdir(tmp_path)) == ["tmp"]  # no data directory in HOME or XDG
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+TRAINER = """\
+import sys, time
+from monitor.sdk import start_run
+points = int(sys.argv[1])
+with start_run("org/steady", job_id="steady", flush_timeout=60) as run:
+    for step in range(1, points + 1):
+        run.log(epoch=1, step=step, loss=1 / step, eval_loss=2 / step)
+        time.sleep(float(sys.argv[2]))
+    assert run.flush(60), "not every event was sent"
+"""
+
+
+def test_a_trainer_logging_across_a_restart_has_every_point_applied_once(
+        tmp_path: Path) -> None:
+    data, points = tmp_path / "data", 400
+    first = Up("--data-dir", str(data), env=user_env(tmp_path))
+    trainer = subprocess.Popen([sys.executable, "-c", TRAINER, str(points), "0.02"],
+                               env={**env_without_settings(), "MONITOR_REDIS_URL":
+                                    first.redis_url}, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(j["id"] == "steady" for j in first.get("/api/jobs")["jobs"]))
+        first.stop()
+        assert first.proc.returncode == 0
+        time.sleep(1)  # the trainer keeps logging into its buffer meanwhile
+        second = Up("--data-dir", str(data), env=user_env(tmp_path))
+        try:
+            assert trainer.wait(60) == 0
+            assert trainer.stderr is not None
+            said = trainer.stderr.read()
+            assert "buffering the events of run steady and retrying" in said  # it saw the gap
+            wait_for(lambda: second.get("/api/jobs/steady")["status"] == "completed")
+            steps = [p["step"] for p in second.get("/api/jobs/steady/metrics")["points"]]
+            assert steps == list(range(1, points + 1))
+            assert second.get("/api/jobs/steady")["best_eval_loss"] == 2 / points
+        finally:
+            second.stop()
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+            trainer.wait(10)
+        if trainer.stderr is not None:
+            trainer.stderr.close()
+
+
 # --- Deployment files -------------------------------------------------------------------------
 
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
