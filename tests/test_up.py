@@ -24,6 +24,7 @@ from websockets.sync.client import connect
 from monitor.cli import _parser
 from monitor.embedded import find_server
 from monitor.errors import EmbeddedRedisError
+from monitor.keys import Keys
 from monitor.settings import known_env_names
 from tests.conftest import free_port
 
@@ -410,6 +411,21 @@ def test_ephemeral_leaves_nothing_behind(tmp_path: Path, args: list[str],
     assert up.proc.returncode == 0
     assert sorted(os.listdir(tmp_path)) == ["tmp"]  # no data directory in HOME or XDG
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_with_monitor_redis_url_it_starts_no_redis_and_keeps_no_data_dir(
+        tmp_path: Path, redis_url: str, keys: Keys) -> None:
+    up = Up("--data-dir", str(tmp_path / "data"),
+            env={"MONITOR_REDIS_URL": redis_url, "MONITOR_PREFIX": keys.prefix})
+    try:
+        assert up.redis == ("Redis from MONITOR_REDIS_URL (it keeps the data; --data-dir and "
+                            "--ephemeral do not apply)")
+        assert up.redis_url == redis_url
+        assert not any("redis-server" in Path(f"/proc/{p}/cmdline").read_text()
+                       for p in children(up.proc.pid))
+    finally:
+        up.stop()
+    assert not (tmp_path / "data").exists()
 
 
 TRAINER = """\
