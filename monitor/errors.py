@@ -13,3 +13,7 @@ class PortInUse(StartError):
 
 class EmbeddedRedisError(StartError):
     """No embedded Redis server could be started."""
+
+
+class DataDirError(StartError):
+    """The data directory of the embedded Redis is in use, unreadable or cannot be created."""

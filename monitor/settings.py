@@ -12,6 +12,9 @@ import dataclasses
 import ipaddress
 import logging
 import math
+import os
+import posixpath
+import pwd
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_type_hints
@@ -25,8 +28,19 @@ class SettingsError(ValueError):
     """A setting is unknown or malformed; the message names it."""
 
 
-def _setting(default: Any, help: str, check: Callable[[Any], str | None] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "check": check})
+def _setting(default: Any, help: str, check: Callable[[Any], str | None] | None = None,
+             from_environ: EnvironDefault | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "check": check,
+                                            "from_environ": from_environ})
+
+
+@dataclass(frozen=True)
+class EnvironDefault:
+    """A default that ``load`` computes from the environ it is given (e.g. a path under HOME);
+    ``text`` says what it is in ``--help``."""
+
+    compute: Callable[[Mapping[str, str]], Any]
+    text: str
 
 
 def check_redis_url(url: str) -> str | None:
@@ -190,6 +204,16 @@ class DemoSettings(CommonSettings):
     loop: bool = _setting(False, "keep starting new runs until stopped")
 
 
+def _user_data_dir(environ: Mapping[str, str]) -> str:
+    """The per-user data directory: ``$XDG_DATA_HOME/training-monitor`` when that is an
+    absolute path, else ``~/.local/share/training-monitor``."""
+    base = environ.get("XDG_DATA_HOME", "")
+    if not posixpath.isabs(base):
+        home = environ.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir
+        base = posixpath.join(home, ".local", "share")
+    return posixpath.join(base, "training-monitor")
+
+
 @dataclass(frozen=True)
 class UpSettings(GatewaySettings, WorkerSettings):
     """``monitor up``: worker, gateway and page in one process (and the demo, if asked)."""
@@ -197,6 +221,19 @@ class UpSettings(GatewaySettings, WorkerSettings):
     redis_url: str | None = _setting(None, "Redis to use; unset: start an embedded one",  # type: ignore[assignment]
                                      check_redis_url)
     demo: bool = _setting(False, "also run simulated trainers")
+    data_dir: str | None = _setting(
+        None, "where the embedded Redis keeps its data (append-only file), its port and a "
+              "lock; empty: --ephemeral. Only without MONITOR_REDIS_URL",
+        from_environ=EnvironDefault(_user_data_dir, "$XDG_DATA_HOME/training-monitor or "
+                                    "~/.local/share/training-monitor"))
+    ephemeral: bool = _setting(False, "run the embedded Redis in a temporary directory "
+                                      "deleted on exit, keeping nothing. Only without "
+                                      "MONITOR_REDIS_URL")
+
+    @property
+    def persistent_dir(self) -> str | None:
+        """The data directory of the embedded Redis, or None when it keeps nothing."""
+        return None if self.ephemeral or not self.data_dir else self.data_dir
 
 
 SETTINGS_CLASSES: tuple[type[CommonSettings], ...] = (WorkerSettings, GatewaySettings,
@@ -266,7 +303,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[CommonSettings]) ->
     """One flag per setting of ``cls``, with its variable and default in the help."""
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        help_text = f"{f.metadata['help']} [env {env_name(f.name)}, default {f.default!r}]"
+        from_environ = f.metadata["from_environ"]
+        default = from_environ.text if from_environ is not None else repr(f.default)
+        help_text = f"{f.metadata['help']} [env {env_name(f.name)}, default {default}]"
         if hints[f.name] is bool:
             parser.add_argument(flag_name(f.name), dest=f.name, action="store_const",
                                 const="true", default=None, help=help_text)
@@ -288,6 +327,8 @@ def load(cls: type[S], flags: Mapping[str, Any] | None = None,
         if raw is None and env_name(f.name) in environ:
             raw, where = environ[env_name(f.name)], env_name(f.name)
         if raw is None:
+            if f.metadata["from_environ"] is not None:
+                values[f.name] = f.metadata["from_environ"].compute(environ)
             continue
         value = _parse(str(raw), hints[f.name], where)
         check = f.metadata["check"]

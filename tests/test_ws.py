@@ -308,6 +308,9 @@ def test_updates_read_together_reach_clients_as_one_message() -> None:
 
 async def test_a_hub_that_fell_behind_the_trimming_resyncs_everyone(
         redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    if int(r.info("server")["redis_version"].split(".")[0]) < 7:
+        pytest.skip("Redis 6.2 does not count the entries a stream ever had, so a hub that "
+                    "never read cannot tell that some were trimmed")
     hub = Hub(redis.asyncio.Redis.from_url(redis_url), keys, queue_size=10, block_ms=50)
     async with hub.subscribe() as subscriber:
         hub.last, hub.consumed = "0-0", 0  # as if started long ago and never read since

@@ -91,6 +91,29 @@ class Subscriber:
         return item
 
 
+def entries_added(info: Any) -> int | None:
+    """How many entries a stream ever had (XINFO STREAM, Redis 7); None from Redis 6.2,
+    which does not count them."""
+    added = info.get("entries-added")
+    return None if added is None else int(added)
+
+
+def _trimmed_unread(info: Any, last: str, consumed: int) -> bool:
+    """Whether entries after ``last`` were trimmed before the hub read them."""
+    added = entries_added(info)
+    if added is not None:
+        return added - consumed > int(info["length"])
+    # Redis 6.2: trimming drops the oldest first, so once ``last`` itself is gone the entries
+    # after it may be too; resync rather than risk a client missing one.
+    first = info.get("first-entry")
+    return last != "0-0" and first is not None and _entry_id(_text(first[0])) > _entry_id(last)
+
+
+def _entry_id(text: str) -> tuple[int, int]:
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _raise_if_cancelled() -> None:
     """redis-py can swallow a cancellation that lands in a blocking read (the call returns
     normally, or raises a time-out error); honour it instead of reading on."""
@@ -142,7 +165,7 @@ class Hub:
             info: Any = await self.redis.xinfo_stream(self.keys.updates)
         except ResponseError:  # no stream yet
             return "0-0", 0
-        return _text(info["last-generated-id"]), int(info["entries-added"])
+        return _text(info["last-generated-id"]), entries_added(info) or 0
 
     def _resync_all(self) -> None:
         for subscriber in list(self.subscribers):
@@ -168,14 +191,14 @@ class Hub:
                 if isinstance(reply, Exception):
                     raise reply
                 delay = 0.1
-                if not isinstance(info, Exception) and (
-                        int(info["entries-added"]) - self.consumed > int(info["length"])):
+                if not isinstance(info, Exception) and _trimmed_unread(info, self.last,
+                                                                       self.consumed):
                     # More entries are unread than the stream still holds: the hub fell
                     # so far behind that some were trimmed unread. Everyone starts over.
                     log.warning("updates after %s were trimmed before they were read; "
                                 "resyncing every client", self.last)
                     self.last = _text(info["last-generated-id"])
-                    self.consumed = int(info["entries-added"])
+                    self.consumed = entries_added(info) or 0
                     self._resync_all()
                     continue
                 batch = []
