@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from monitor.events import BadEvent, event_adapter, parse_event
 from web.compare import MAX_IDS, MIN_IDS, build_comparison, to_csv
 from web.errors import ApiError, validation_errors
-from web.gateway import Gateway
+from web.gateway import Gateway, gateway_of
 from web.responses import JSON
 from web.schemas import Accepted, Comparison, Error, JobDetail, JobList, JobMetrics, ModelRow
 from web.security import origin_ok, token_ok
@@ -23,13 +23,8 @@ MAX_EVENTS = 1000
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
-def gateway(request: Request) -> Gateway:
-    gw: Gateway = request.app.state.gateway
-    return gw
-
-
 def require_token(request: Request) -> None:
-    settings = gateway(request).settings
+    settings = gateway_of(request).settings
     if not token_ok(settings, request):
         raise ApiError(401, "missing or wrong token (Authorization: Bearer <token>)",
                        headers={"WWW-Authenticate": "Bearer"})
@@ -38,7 +33,7 @@ def require_token(request: Request) -> None:
         raise ApiError(403, "cross-site request refused (Origin not allowed)")
 
 
-GW = Annotated[Gateway, Depends(gateway)]
+GW = Annotated[Gateway, Depends(gateway_of)]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description": "unknown job"}}
 router = APIRouter(prefix="/api", dependencies=[Depends(require_token)],
                    responses={401: {"model": Error, "description": "missing or wrong token"},

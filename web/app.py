@@ -106,8 +106,3 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         "required": True, "content": {"application/json": {"schema": body}}}
     app.openapi_schema = schema
     return schema
-
-
-def request_gateway(request: Request) -> Gateway:
-    gw: Gateway = request.app.state.gateway
-    return gw

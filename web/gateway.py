@@ -10,6 +10,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.requests import HTTPConnection
 
 from monitor.keys import Keys
 from monitor.settings import GatewaySettings
@@ -39,3 +40,9 @@ class Gateway:
     async def close(self) -> None:
         await self.redis.aclose()
         await self.reader.redis.aclose()
+
+
+def gateway_of(conn: HTTPConnection) -> Gateway:
+    """The gateway serving a request or WebSocket (set on the app by ``create_app``)."""
+    gw: Gateway = conn.app.state.gateway
+    return gw

@@ -20,16 +20,13 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from monitor.keys import Keys
+from monitor.redistools import backoff, text
 
 log = logging.getLogger("monitor.gateway")
 
 RESYNC = "resync"  # queued instead of updates when a subscriber must start over
-RETRY_MAX = 5.0
 START_WAIT = 5.0  # at most this long a subscriber waits for the hub's first try to reach Redis
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def update_message(version: str, data: bytes) -> str:
@@ -106,7 +103,7 @@ def _trimmed_unread(info: Any, last: str, consumed: int) -> bool:
     # Redis 6.2: trimming drops the oldest first, so once ``last`` itself is gone the entries
     # after it may be too; resync rather than risk a client missing one.
     first = info.get("first-entry")
-    return last != "0-0" and first is not None and _entry_id(_text(first[0])) > _entry_id(last)
+    return last != "0-0" and first is not None and _entry_id(text(first[0])) > _entry_id(last)
 
 
 def _entry_id(text: str) -> tuple[int, int]:
@@ -165,7 +162,7 @@ class Hub:
             info: Any = await self.redis.xinfo_stream(self.keys.updates)
         except ResponseError:  # no stream yet
             return "0-0", 0
-        return _text(info["last-generated-id"]), entries_added(info) or 0
+        return text(info["last-generated-id"]), entries_added(info) or 0
 
     def _resync_all(self) -> None:
         for subscriber in list(self.subscribers):
@@ -197,7 +194,7 @@ class Hub:
                     # so far behind that some were trimmed unread. Everyone starts over.
                     log.warning("updates after %s were trimmed before they were read; "
                                 "resyncing every client", self.last)
-                    self.last = _text(info["last-generated-id"])
+                    self.last = text(info["last-generated-id"])
                     self.consumed = entries_added(info) or 0
                     self._resync_all()
                     continue
@@ -205,7 +202,7 @@ class Hub:
                 for _, entries in reply or []:
                     self.consumed += len(entries)
                     for entry_id, fields in entries:
-                        version = _text(entry_id)
+                        version = text(entry_id)
                         self.last = version
                         data = fields.get(b"data")
                         if data is None:
@@ -220,9 +217,9 @@ class Hub:
                     log.warning("Redis unreachable (%s); WebSocket updates wait", e)
                 self.connected.clear()
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+                delay = backoff(delay)
             except Exception:
                 log.exception("reading updates failed; retrying in %.1fs", delay)
                 self.connected.clear()
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+                delay = backoff(delay)

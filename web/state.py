@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from monitor.keys import GROUP, Keys, model_field
+from monitor.redistools import text
 from monitor.rules import job_view, parse_pos
 
 NO_VERSION = "0-0"
@@ -44,9 +45,6 @@ end
 """
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
 
 def best_runs(models: dict[bytes, bytes]) -> dict[str, tuple[str, float]]:
     """Model field -> (best job id, its best eval loss), from the ``models`` hash."""
@@ -54,7 +52,7 @@ def best_runs(models: dict[bytes, bytes]) -> dict[str, tuple[str, float]]:
     for field, raw in models.items():
         row = orjson.loads(raw)
         if row["best_job_id"] is not None:
-            best[_text(field)] = (row["best_job_id"], row["best_eval_loss"])
+            best[text(field)] = (row["best_job_id"], row["best_eval_loss"])
     return best
 
 
@@ -139,7 +137,7 @@ class StateReader:
 
     async def _version(self) -> str:
         last: Any = await self.redis.xrevrange(self.keys.updates, count=1)
-        return _text(last[0][0]) if last else NO_VERSION
+        return text(last[0][0]) if last else NO_VERSION
 
     async def snapshot(self) -> Snapshot:
         """Every job view and the version they are at, read atomically (no update falls
@@ -155,7 +153,7 @@ class StateReader:
                 pipe.hgetall(k.models)
                 pipe.xrevrange(k.updates, count=1)
                 jobs, models, last = await pipe.execute()
-            version = _text(last[0][0]) if last else NO_VERSION
+            version = text(last[0][0]) if last else NO_VERSION
             self._snapshot = Snapshot(version, build_views(list(jobs.values()), models))
             return self._snapshot
 
@@ -231,7 +229,7 @@ class StateReader:
             *check, entries = await pipe.execute(raise_on_error=False)
         if not is_kept(after, *check):
             return None
-        return [(_text(entry_id), fields[b"data"]) for entry_id, fields in entries]
+        return [(text(entry_id), fields[b"data"]) for entry_id, fields in entries]
 
     async def health(self) -> dict[str, Any]:
         """Redis answers; how far behind the worker is."""
@@ -240,14 +238,14 @@ class StateReader:
             groups = await self.redis.xinfo_groups(k.events)
         except ResponseError:  # no stream yet
             groups = []
-        group = next((g for g in groups if _text(g["name"]) == GROUP), None)
+        group = next((g for g in groups if text(g["name"]) == GROUP), None)
         if group is None:
             backlog = await self.redis.xlen(k.events)
             return {"status": "ok", "redis": "ok", "worker_lag": backlog, "pending": 0}
         lag = group.get("lag")
         if lag is None:  # Redis 6.2 does not say; count what the group has not read yet
             lag = await self._count_missed(
-                keys=[k.events], args=[f"({_text(group['last-delivered-id'])}", LAG_COUNT_MAX,
+                keys=[k.events], args=[f"({text(group['last-delivered-id'])}", LAG_COUNT_MAX,
                                        2**62, 1000])
         return {"status": "ok", "redis": "ok",
                 "worker_lag": None if lag is None or int(lag) < 0 else int(lag),
@@ -255,4 +253,4 @@ class StateReader:
 
     async def stats(self) -> dict[str, int]:
         raw = await self.redis.hgetall(self.keys.stats)
-        return {_text(name): int(value) for name, value in raw.items()}
+        return {text(name): int(value) for name, value in raw.items()}

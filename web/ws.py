@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from monitor.rules import parse_pos
-from web.gateway import Gateway
+from web.gateway import Gateway, gateway_of
 from web.hub import Subscriber, update_message
 from web.security import origin_ok, token_ok
 
@@ -110,7 +110,7 @@ async def read_until_closed(websocket: WebSocket) -> None:
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
-    gw: Gateway = websocket.app.state.gateway
+    gw = gateway_of(websocket)
     if not origin_ok(gw.settings, websocket):
         await websocket.close(CLOSE_POLICY, "origin not allowed")  # before accept: HTTP 403
         return

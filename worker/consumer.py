@@ -35,6 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from monitor.events import Event
 from monitor.keys import Keys
+from monitor.redistools import backoff
 from monitor.rules import Board, parse_pos
 from monitor.settings import WorkerSettings
 from worker.batch import (
@@ -52,9 +53,6 @@ from worker.packing import pack_with_hiredis
 from worker.store import LeaseLost, Store
 
 log = logging.getLogger("monitor.worker")
-
-RETRY_MAX = 5.0  # seconds between attempts while Redis is away
-
 
 # What a batch may raise that is not about Redis or the lease: a defect to isolate, not retry.
 BUG = (ArithmeticError, LookupError, TypeError, ValueError, AssertionError)
@@ -167,7 +165,7 @@ class Worker:
                     self.lease.forget()
                     self._reset()
                     await _sleep(stop, delay)
-                    delay = min(delay * 2, RETRY_MAX)
+                    delay = backoff(delay)
         finally:
             try:
                 await self._finish_commit()

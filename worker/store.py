@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from monitor.keys import GROUP, Keys
+from monitor.redistools import text
 from monitor.rules import JobState
 from worker.batch import Commit, Entry
 from worker.lease import Lease
@@ -78,9 +79,6 @@ class LeaseLost(Exception):
     """Another worker holds the lease, or committed since we last read: stop and re-check."""
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
 
 class Store:
     """Reads and writes of one worker process, under ``keys``."""
@@ -113,7 +111,7 @@ class Store:
         out: list[Entry] = []
         for entry_id, flat in entries:
             fields = dict(zip(flat[::2], flat[1::2])) if flat else None
-            out.append((_text(entry_id), fields))
+            out.append((text(entry_id), fields))
         return out
 
     async def wait(self, after: str, block_ms: int) -> str | None:
@@ -123,7 +121,7 @@ class Store:
                                             block=max(1, block_ms))
         if not reply:
             return None
-        return _text(reply[0][1][-1][0])
+        return text(reply[0][1][-1][0])
 
     async def adopt_pending(self, token: str) -> None:
         """Claim every entry other consumers read but did not acknowledge, then forget the
@@ -132,7 +130,7 @@ class Store:
         while True:
             reply = await self.redis.xautoclaim(self.keys.events, GROUP, self.consumer,
                                                 min_idle_time=0, start_id=cursor, count=1000)
-            cursor = _text(reply[0])
+            cursor = text(reply[0])
             if cursor == "0-0":
                 break
         dropped = await self._drop_idle(keys=[self.keys.lease, self.keys.events],
@@ -143,7 +141,7 @@ class Store:
     async def applied(self) -> str:
         """The id of the last entry whose effects are committed ("0-0" before the first)."""
         value = await self.redis.get(self.keys.applied)
-        return _text(value) if value is not None else "0-0"
+        return text(value) if value is not None else "0-0"
 
     async def load_jobs(self, job_ids: list[str]) -> dict[str, JobState]:
         """The stored jobs among ``job_ids`` (missing ones are left out)."""
@@ -165,7 +163,7 @@ class Store:
             for model in models:
                 pipe.smembers(self.keys.group(model))
             replies = await pipe.execute()
-        return {model: {_text(m) for m in members} for model, members in zip(models, replies)}
+        return {model: {text(m) for m in members} for model, members in zip(models, replies)}
 
     async def stored_ids(self, lookups: dict[str, list[str]]) -> dict[str, set[str]]:
         """Which of these event ids each job's stored set holds."""
@@ -221,7 +219,7 @@ class Store:
             raise LeaseLost("lease expired or taken over before commit")
         if reply == -2:
             raise LeaseLost(f"another worker committed past {expected}")
-        return _text(reply) if update_at else None
+        return text(reply) if update_at else None
 
     async def ack(self, entry_ids: list[str]) -> None:
         if entry_ids:
