@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from monitor.embedded import embedded_redis, find_server
+from monitor.cli.embedded import embedded_redis, find_server
 from monitor.keys import Keys
 from tests.gateway_helpers import RunningWorker
 

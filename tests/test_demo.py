@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from monitor.demo import MODELS, CurveSpec, DemoOptions, loss_curve, plan_runs, run_demo
+from monitor.cli.demo import MODELS, CurveSpec, DemoOptions, loss_curve, plan_runs, run_demo
 from monitor.keys import Keys
 from tests.helpers import read_events
 

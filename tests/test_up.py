@@ -21,8 +21,8 @@ import pytest
 import yaml
 from websockets.sync.client import connect
 
-from monitor.cli import _parser
-from monitor.embedded import find_server
+from monitor.cli.embedded import find_server
+from monitor.cli.main import _parser
 from monitor.errors import EmbeddedRedisError
 from monitor.keys import Keys
 from monitor.settings import known_env_names

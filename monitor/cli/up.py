@@ -9,47 +9,15 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
 import sys
 import threading
 
-import uvicorn
-
-from monitor.embedded import embedded_redis
-from monitor.errors import PortInUse
+from monitor.cli.embedded import embedded_redis
 from monitor.settings import GatewaySettings, UpSettings, WorkerSettings, part
-from web.app import create_app
-from web.security import RedactTokens
-from web.ws import MAX_CLIENT_MESSAGE
-from worker.consumer import Worker
+from web.server import check_port, gateway_server
+from worker.consumer import run_worker
 
 log = logging.getLogger("monitor.up")
-
-
-def check_port(host: str, port: int) -> None:
-    """Fail early and plainly if the gateway could not listen there."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise PortInUse(f"cannot listen on {host}:{port} ({e.strerror}); another program "
-                            "has it: choose another with --port / MONITOR_PORT") from None
-
-
-def server(settings: GatewaySettings) -> uvicorn.Server:
-    """The gateway as a uvicorn server (it handles Ctrl-C and SIGTERM itself)."""
-    for name in ("uvicorn.access", "uvicorn.error"):
-        logging.getLogger(name).addFilter(RedactTokens())
-    config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port,
-        ws_ping_interval=settings.ws_ping, ws_ping_timeout=settings.ws_ping,
-        ws_per_message_deflate=settings.ws_deflate, ws_max_size=MAX_CLIENT_MESSAGE,
-        log_level=settings.log_level.lower(),
-        ws="websockets-sansio", timeout_graceful_shutdown=5,
-    )
-    return uvicorn.Server(config)
 
 
 def run_up(settings: UpSettings) -> int:
@@ -83,12 +51,12 @@ def _stopping(signum: int, frame: object) -> None:
 
 async def _serve(settings: UpSettings, url: str) -> None:
     stop = asyncio.Event()
-    worker = Worker(part(settings, WorkerSettings, redis_url=url))
-    worker_task = asyncio.create_task(worker.run(stop), name="worker")
+    worker = run_worker(part(settings, WorkerSettings, redis_url=url), stop)
+    worker_task = asyncio.create_task(worker, name="worker")
     demo_stop = threading.Event()
     demo = _start_demo(settings, url, demo_stop) if settings.demo else None
     try:
-        await server(part(settings, GatewaySettings, redis_url=url)).serve()
+        await gateway_server(part(settings, GatewaySettings, redis_url=url)).serve()
     finally:
         demo_stop.set()
         stop.set()
@@ -98,7 +66,7 @@ async def _serve(settings: UpSettings, url: str) -> None:
 
 
 def _start_demo(settings: UpSettings, url: str, stop: threading.Event) -> threading.Thread:
-    from monitor.demo import DemoOptions, run_demo
+    from monitor.cli.demo import DemoOptions, run_demo
 
     options = DemoOptions(redis_url=url, prefix=settings.prefix, step_seconds=0.1, loop=True)
     thread = threading.Thread(target=run_demo, args=(options, stop), name="demo", daemon=True)

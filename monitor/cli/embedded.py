@@ -22,7 +22,7 @@ from pathlib import Path
 
 import redis
 
-from monitor.datadir import DataDir
+from monitor.cli.datadir import DataDir
 from monitor.errors import DataDirError, EmbeddedRedisError
 
 START_TIMEOUT = 10.0  # seconds for redis-server to answer at all

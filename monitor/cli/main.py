@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the events",
                                  description="Print the JSON Schema of one event of "
-                                             "<prefix>events (SPEC section 3).")
+                                             "<prefix>events (docs/events.md).")
     schema.set_defaults(handler=_schema, settings=None)
     return parser
 
@@ -97,21 +97,21 @@ def _worker(settings: WorkerSettings) -> int:
 
 
 def _up(settings: UpSettings) -> int:
-    from monitor.up import run_up
+    from monitor.cli.up import run_up
 
     return run_up(settings)
 
 
 def _gateway(settings: GatewaySettings) -> int:
-    from monitor.up import check_port, server
+    from web.server import check_port, gateway_server
 
     check_port(settings.host, settings.port)
-    server(settings).run()
+    gateway_server(settings).run()
     return 0
 
 
 def _demo(settings: DemoSettings) -> int:
-    from monitor.demo import DemoOptions, run_demo
+    from monitor.cli.demo import DemoOptions, run_demo
 
     stop = threading.Event()
     _on_signals(lambda: stop.set())
@@ -158,7 +158,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartError as e:
         print(f"monitor {args.command}: error: {e}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
