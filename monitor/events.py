@@ -1,4 +1,4 @@
-"""The wire contract: pydantic models for every event a trainer may write (SPEC section 3)."""
+"""The wire contract: pydantic models for every event a trainer may write (docs/events.md)."""
 
 from __future__ import annotations
 
@@ -18,14 +18,23 @@ from pydantic import (
     model_validator,
 )
 
-MAX_CONFIG_BYTES = 64 * 1024
-MAX_ENTRY_BYTES = 256 * 1024  # a whole stream entry; far above any valid event
-MAX_TEXT = 16 * 1024  # error texts are cut to this (a traceback fits)
-MAX_NAME = 512  # display names are cut to this
-MAX_INT = 2**53 - 1  # the largest integer every JSON reader (a browser too) keeps exact
+from monitor.limits import (
+    JOB_ID_PATTERN,
+    MAX_CONFIG_BYTES,
+    MAX_ENTRY_BYTES,
+    MAX_EVENT_ID,
+    MAX_INT,
+    MAX_JOB_ID,
+    MAX_MODEL_NAME,
+    MAX_NAME,
+    MAX_PATH,
+    MAX_TEXT,
+    Status,
+)
 
-JobId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
-ModelName = Annotated[str, StringConstraints(max_length=512)]
+JobId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_JOB_ID,
+                                         pattern=JOB_ID_PATTERN)]
+ModelName = Annotated[str, StringConstraints(max_length=MAX_MODEL_NAME)]
 NonNegInt = Annotated[int, Field(ge=0, le=MAX_INT)]
 NonNegNumber = Annotated[float, Field(ge=0)]
 
@@ -44,7 +53,7 @@ class _Event(BaseModel):
     job_id: JobId
     model_name: ModelName | None = None
     ts: NonNegNumber | None = None
-    event_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    event_id: Annotated[str, StringConstraints(max_length=MAX_EVENT_ID)] | None = None
 
 
 class JobStarted(_Event):
@@ -100,7 +109,7 @@ class Metrics(_Event):
 
 class Checkpoint(_Event):
     type: Literal["checkpoint"]
-    path: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    path: Annotated[str, StringConstraints(min_length=1, max_length=MAX_PATH)]
     epoch: NonNegNumber | None = None
     step: NonNegInt | None = None
     eval_loss: float | None = None
@@ -108,7 +117,7 @@ class Checkpoint(_Event):
 
 class JobFinished(_Event):
     type: Literal["job_finished"]
-    status: Literal["completed", "failed", "cancelled"]
+    status: Status
     error: Annotated[str, _cut(MAX_TEXT)] | None = None
     final_loss: float | None = None
     final_eval_loss: float | None = None

@@ -26,9 +26,9 @@ from monitor.events import (
     JobStarted,
     Metrics,
 )
+from monitor.limits import RUNNING
 
 UNKNOWN_MODEL = "Unknown Model"
-RUNNING = "running"
 
 Pos = tuple[int, int]
 """A stream entry id ``<ms>-<seq>`` as numbers: the order events were written in."""

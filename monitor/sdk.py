@@ -1,4 +1,4 @@
-"""Trainer SDK (SPEC section 13): ``start_run`` / ``Run``; buffered, batched, never blocks training.
+"""Trainer SDK (docs/sdk.md): ``start_run`` / ``Run``; buffered, batched, never blocks training.
 
 ``Run.log`` only builds a dict and appends it to an in-memory deque; a daemon thread per run
 sends the deque to ``<prefix>events`` in pipelined batches and retries while Redis is away.
@@ -19,7 +19,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -27,24 +27,30 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from monitor.events import MAX_CONFIG_BYTES, MAX_TEXT
 from monitor.keys import Keys
+from monitor.limits import (
+    DEFAULT_PREFIX,
+    DEFAULT_REDIS_URL,
+    JOB_ID_PATTERN,
+    MAX_CONFIG_BYTES,
+    MAX_JOB_ID,
+    MAX_MODEL_NAME,
+    MAX_NAME,
+    MAX_TEXT,
+    STATUSES,
+    Status,
+)
 
 __all__ = ["Run", "RunStats", "Status", "start_run"]
 
 logger = logging.getLogger("monitor.sdk")
 
-Status = Literal["completed", "failed", "cancelled"]
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_PREFIX = "monitor:"
 BATCH_SIZE = 500
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 DROP_WARNING_INTERVAL = 10.0
-_JOB_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_STATUSES = ("completed", "failed", "cancelled")
-_MAX_NAME = 512
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,21 +86,22 @@ def start_run(
     uid = secrets.token_hex(6)
     if job_id is None:
         job_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uid[:6]}"
-    elif not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
-        raise ValueError(f"job_id must be 1-128 characters of A-Za-z0-9._:- , got {job_id!r}")
+    elif (not isinstance(job_id, str) or len(job_id) > MAX_JOB_ID
+          or not _JOB_ID.fullmatch(job_id)):
+        raise ValueError(f"job_id must be 1-{MAX_JOB_ID} characters of A-Za-z0-9._:- , "
+                         f"got {job_id!r}")
     started: dict[str, Any] = {"type": "job_started"}
     if model_name is not None and not isinstance(model_name, str):
         raise TypeError(f"model_name must be a str or None, got {type(model_name).__name__}")
-    if model_name is not None and len(model_name) > _MAX_NAME:
-        raise ValueError(f"model_name is {len(model_name)} characters, at most {_MAX_NAME}")
+    if model_name is not None and len(model_name) > MAX_MODEL_NAME:
+        raise ValueError(f"model_name is {len(model_name)} characters, at most "
+                         f"{MAX_MODEL_NAME}")
     if total_epochs is not None:
         started["total_epochs"] = _count("total_epochs", total_epochs, minimum=1)
     if name is not None:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str or None, got {type(name).__name__}")
-        if len(name) > _MAX_NAME:
-            raise ValueError(f"name is {len(name)} characters, at most {_MAX_NAME}")
-        started["name"] = name
+        started["name"] = name[:MAX_NAME]  # cut, as the event contract cuts it
     if config is not None:
         started["config"] = _config_snapshot(config)
     if gpu_count is not None:
@@ -199,8 +206,8 @@ class Run:
         final_loss: float | None = None, final_eval_loss: float | None = None,
     ) -> None:
         """Enqueue ``job_finished``; only the first call sends, later ones do nothing."""
-        if status not in _STATUSES:
-            raise ValueError(f"status must be one of {', '.join(_STATUSES)}, got {status!r}")
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
         if error is not None and not isinstance(error, str):
             raise TypeError(f"error must be a str or None, got {type(error).__name__}")
         event: dict[str, Any] = {"type": "job_finished", "status": status}

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_type_hints
 from urllib.parse import urlsplit
 
+from monitor.limits import DEFAULT_PREFIX, DEFAULT_REDIS_URL
+
 ENV_PREFIX = "MONITOR_"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
@@ -85,8 +87,8 @@ def _prefix(value: str) -> str | None:
 class CommonSettings:
     """What every process needs."""
 
-    redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis to use", check_redis_url)
-    prefix: str = _setting("monitor:", "prefix of every Redis key", _prefix)
+    redis_url: str = _setting(DEFAULT_REDIS_URL, "Redis to use", check_redis_url)
+    prefix: str = _setting(DEFAULT_PREFIX, "prefix of every Redis key", _prefix)
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR", _level)
 
     def __post_init__(self) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import redis
 
-from monitor.events import MAX_TEXT
 from monitor.keys import Keys
+from monitor.limits import MAX_NAME, MAX_TEXT
 from monitor.sdk import Run, RunStats, start_run
 from tests.conftest import RedisServer
 from tests.helpers import read_events
@@ -118,6 +118,14 @@ def test_long_error_text_is_cut_to_the_contract_limit(
     assert len(error) == MAX_TEXT
 
 
+def test_a_long_display_name_is_cut_as_the_event_contract_cuts_it(
+        r: redis.Redis, keys: Keys, redis_url: str) -> None:
+    with start_run(MODEL, job_id="job-1", name="n" * 600, redis_url=redis_url,
+                   prefix=keys.prefix):
+        pass
+    assert read_events(r, keys)[0]["name"] == "n" * MAX_NAME
+
+
 def test_keyboard_interrupt_sends_cancelled(r: redis.Redis, keys: Keys, redis_url: str) -> None:
     with (
         pytest.raises(KeyboardInterrupt),
@@ -207,6 +215,7 @@ def test_bad_log_arguments_raise_at_once(
         ({"config": {"f": object()}}, ValueError, "config"),
         ({"config": {"big": "x" * 70_000}}, ValueError, "config"),
         ({"model_name": 7}, TypeError, "model_name"),
+        ({"model_name": "m" * 513}, ValueError, "model_name"),
         ({"buffer_size": 0}, ValueError, "buffer_size"),
     ],
 )
