@@ -1,8 +1,11 @@
-"""Pure folds of SPEC sections 4 to 6: job state, best run per model, delta, tier, clean name.
+"""The pure fold of events into state (docs/state.md), in the order data flows: an event folds
+into its job; the job's best eval loss places it in its model group, whose best run it may
+become; each job's view then says how it stands against that best (delta, tier) and by which
+clean name; the board holds them all and says what each event changed.
 
 No I/O and no clock: every function takes state and an event (with its stream position and
 time) and returns the new state and what changed. The worker wraps this with Redis; the
-tests drive it directly.
+tests drive it directly. Which event ids were already applied is :mod:`monitor.seen`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from monitor.events import (
     Metrics,
 )
 from monitor.limits import RUNNING
+from monitor.seen import SeenIds
 
 UNKNOWN_MODEL = "Unknown Model"
 
@@ -51,170 +55,7 @@ def obs_key(step: int | None, epoch: float | None, pos: Pos) -> ObsKey:
     return (step is not None, step or 0, epoch is not None, float(epoch or 0.0), pos[0], pos[1])
 
 
-# --- Section 6: the clean model name -------------------------------------------------------
-
-
-@lru_cache(maxsize=4096)
-def model_display(model_name: str | None) -> str:
-    """The clean name a person reads: ``.../huggingface_models/Qwen-Qwen3-1.7B/...`` -> ``Qwen/Qwen3-1.7B``."""
-    if model_name is None:
-        return UNKNOWN_MODEL
-    marker = "huggingface_models/"
-    if marker in model_name:
-        segment = model_name.split(marker, 1)[1].split("/", 1)[0]
-        return segment.replace("-", "/", 1)
-    if "/" in model_name:
-        parts = [p for p in model_name.split("/") if p]
-        return "/".join(parts[-2:])
-    return model_name
-
-
-# --- Section 5: delta and tier ---------------------------------------------------------------
-
-
-def delta_pct(best_eval_loss: float, best: float) -> float | None:
-    """How much worse than the group's best, in percent; None when the best is 0 (or the
-    ratio is too large for a float)."""
-    if best == 0:
-        return None
-    delta = (best_eval_loss - best) / abs(best) * 100
-    return delta if math.isfinite(delta) else None
-
-
-_EXACT = Context(prec=400, Emax=400, Emin=-400)  # room for any finite float, to 0.1
-
-
-def shown(delta: float) -> Decimal:
-    """``delta`` rounded to one decimal exactly as the page shows it (JS ``toFixed(1)``)."""
-    return Decimal(delta).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP, context=_EXACT)
-
-
-def tier(delta: float | None) -> str | None:
-    """Colour of a delta, decided on the shown value so colour and text always agree."""
-    if delta is None:
-        return None
-    value = shown(delta)
-    if value > 25:
-        return "red"
-    if value > 10:
-        return "orange"
-    if value > 5:
-        return "yellow"
-    return None
-
-
-# --- Event ids already applied ---------------------------------------------------------------
-
-
-MAX_ABOVE = 64  # numbers past a run's mark kept in the fold state; more go to the stored set
-
-
-@dataclass(slots=True)
-class Run:
-    """What is known of the SDK ids ``<uid>:<n>`` of one run: every number up to ``mark`` was
-    applied, and so were those in ``above``; those in the stored set are at most ``spilled``."""
-
-    mark: int = 0
-    above: set[int] = field(default_factory=set)
-    spilled: int = 0
-
-
-@dataclass(slots=True)
-class SeenIds:
-    """The event ids applied to one job, exactly, at a cost per event that does not grow with
-    how many were applied.
-
-    Ids of the SDK's form (a run uid, a colon, a counter from 1) are kept as a :class:`Run`:
-    a mark, and a few numbers that came early. Every other id (of any other form, or a number
-    past a long gap) belongs in the job's stored set (``Keys.seen``), which this state does
-    not carry, so a job's fold state stays small however many such ids it has seen. The
-    worker asks the stored set about the ids of a batch that may be there
-    (:meth:`may_be_stored`) before folding it, hands in the answer (:meth:`know`), and
-    writes :meth:`take_added` with the commit.
-    """
-
-    runs: dict[str, Run] = field(default_factory=dict)
-    known: set[str] = field(default_factory=set)  # in the stored set, or added since
-    added: list[str] = field(default_factory=list)  # applied, not yet handed to a commit
-
-    def add(self, event_id: str) -> bool:
-        """Record ``event_id``; False if it was already applied."""
-        uid, n = _sdk_form(event_id)
-        if n is None:
-            return self._store(event_id)
-        run = self.runs.get(uid)
-        if run is None:
-            run = self.runs[uid] = Run()
-        if n <= run.mark or n in run.above or event_id in self.known:
-            return False
-        if n == run.mark + 1:
-            run.mark = n
-            while run.mark + 1 in run.above:
-                run.mark += 1
-                run.above.remove(run.mark)
-        elif len(run.above) < MAX_ABOVE:
-            run.above.add(n)
-        else:  # a long gap: the stored set takes it
-            run.spilled = max(run.spilled, n)
-            return self._store(event_id)
-        return True
-
-    def _store(self, event_id: str) -> bool:
-        if event_id in self.known:
-            return False
-        self.known.add(event_id)
-        self.added.append(event_id)
-        return True
-
-    def may_be_stored(self, event_id: str) -> bool:
-        """Must the stored set be asked about ``event_id`` before it is folded? (Not for a
-        run's numbers that this state decides alone.)"""
-        if event_id in self.known:
-            return False
-        uid, n = _sdk_form(event_id)
-        if n is None:
-            return True
-        run = self.runs.get(uid)
-        return run is not None and run.mark < n <= run.spilled and n not in run.above
-
-    def know(self, stored: Iterable[str]) -> None:
-        """These ids are in the stored set."""
-        self.known.update(stored)
-
-    def take_added(self) -> list[str]:
-        """The ids to add to the stored set with the next commit; forgets what it knew of
-        the stored set (the next batch asks again)."""
-        added, self.added = self.added, []
-        self.known.clear()
-        return added
-
-    def to_json(self) -> dict[str, Any]:
-        return {"runs": {uid: [run.mark, sorted(run.above), run.spilled]
-                         for uid, run in self.runs.items()}}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> SeenIds:
-        seen = cls()
-        for uid, (mark, above, *spilled) in data["runs"].items():
-            kept = sorted(above)[:MAX_ABOVE]
-            run = seen.runs[uid] = Run(mark, set(kept), spilled[0] if spilled else 0)
-            for n in sorted(above)[MAX_ABOVE:]:  # stored before the bound existed
-                seen.added.append(f"{uid}:{n}")
-                run.spilled = n
-        seen.added.extend(data.get("other", ()))  # likewise: ids of other forms
-        seen.known.update(seen.added)
-        return seen
-
-
-def _sdk_form(event_id: str) -> tuple[str, int | None]:
-    """``("run", 7)`` for ``"run:7"``; ``(event_id, None)`` for an id of any other form."""
-    uid, colon, number = event_id.rpartition(":")
-    if not colon or not number.isdigit() or not number.isascii() or number[0] == "0":
-        return event_id, None
-    return uid, int(number)
-
-
-# --- Section 4: one job ----------------------------------------------------------------------
+# --- One job: its state, and how an event changes it ------------------------------------------
 
 PUBLIC_FIELDS = (
     "id", "model_name", "model_display", "name", "status", "archived", "loss", "eval_loss",
@@ -285,7 +126,7 @@ class JobState:
 
     @property
     def is_candidate(self) -> bool:
-        """May this job be its group's best run (SPEC 5)?"""
+        """May this job be its group's best run (docs/state.md, Best run)?"""
         return not self.archived and self.best_eval_loss is not None
 
     @property
@@ -296,7 +137,7 @@ class JobState:
         return (self.best_eval_loss, self.created_at, self.id)
 
     def public(self) -> dict[str, Any]:
-        """The job state of SPEC section 4 (without ``config``), as stored for readers."""
+        """The job state (docs/state.md, Job state) without ``config``, as stored for readers."""
         out = dict(zip(_OWN_PUBLIC, _own_public_values(self)))
         out["model_display"] = model_display(self.model_name)
         return out
@@ -351,7 +192,7 @@ def _matches(ckpt: Ckpt, step: int | None, epoch: float | None) -> bool:
 
 
 def best_checkpoint(job: JobState) -> str | None:
-    """The checkpoint kept where the best eval loss was observed (SPEC 4).
+    """The checkpoint kept where the best eval loss was observed (docs/state.md, Job state).
 
     When the best observation is itself a checkpoint, that one. Otherwise, among the
     checkpoints taken there, those that carried the best eval loss come first; then the
@@ -396,7 +237,7 @@ DUPLICATE = JobChange(applied=False)
 
 
 def apply_to_job(job: JobState, event: Event, pos: Pos, ts: float) -> JobChange:
-    """Fold one event into ``job`` (in place): the rules of SPEC section 4."""
+    """Fold one event into ``job`` (in place): the rules of docs/state.md, Job state."""
     if event.event_id is not None and not job.seen.add(event.event_id):
         return DUPLICATE
     if job.model_name is None and event.model_name is not None:
@@ -443,7 +284,7 @@ def apply_to_job(job: JobState, event: Event, pos: Pos, ts: float) -> JobChange:
     return JobChange(applied=True)
 
 
-# --- Section 5: per-model groups -------------------------------------------------------------
+# --- A model group: its jobs ranked, and its best run -----------------------------------------
 
 
 @dataclass(slots=True)
@@ -484,8 +325,12 @@ class Group:
             self.ranking.remove(key)
 
 
+# --- What a reader sees: the view, delta, tier, clean name ------------------------------------
+
+
 def job_view(public: dict[str, Any], best: tuple[str, float] | None) -> dict[str, Any]:
-    """A job view (SPEC 7): the public state plus ``is_best``, ``delta_pct`` and ``tier``.
+    """A job view (docs/state.md, Views): the public state plus ``is_best``, ``delta_pct`` and
+    ``tier``.
 
     ``best`` is the group's best run as (job id, best eval loss), or None.
     """
@@ -501,6 +346,55 @@ def job_view(public: dict[str, Any], best: tuple[str, float] | None) -> dict[str
     return view
 
 
+def delta_pct(best_eval_loss: float, best: float) -> float | None:
+    """How much worse than the group's best, in percent; None when the best is 0 (or the
+    ratio is too large for a float)."""
+    if best == 0:
+        return None
+    delta = (best_eval_loss - best) / abs(best) * 100
+    return delta if math.isfinite(delta) else None
+
+
+_EXACT = Context(prec=400, Emax=400, Emin=-400)  # room for any finite float, to 0.1
+
+
+def shown(delta: float) -> Decimal:
+    """``delta`` rounded to one decimal exactly as the page shows it (JS ``toFixed(1)``)."""
+    return Decimal(delta).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP, context=_EXACT)
+
+
+def tier(delta: float | None) -> str | None:
+    """Colour of a delta, decided on the shown value so colour and text always agree."""
+    if delta is None:
+        return None
+    value = shown(delta)
+    if value > 25:
+        return "red"
+    if value > 10:
+        return "orange"
+    if value > 5:
+        return "yellow"
+    return None
+
+
+@lru_cache(maxsize=4096)
+def model_display(model_name: str | None) -> str:
+    """The clean name a person reads: ``.../huggingface_models/Qwen-Qwen3-1.7B/...`` -> ``Qwen/Qwen3-1.7B``."""
+    if model_name is None:
+        return UNKNOWN_MODEL
+    marker = "huggingface_models/"
+    if marker in model_name:
+        segment = model_name.split(marker, 1)[1].split("/", 1)[0]
+        return segment.replace("-", "/", 1)
+    if "/" in model_name:
+        parts = [p for p in model_name.split("/") if p]
+        return "/".join(parts[-2:])
+    return model_name
+
+
+# --- The board: every job and group, and what one event changed -------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """What one event changed on the board."""
@@ -512,7 +406,7 @@ class Change:
 
 @dataclass
 class Board:
-    """Every job and model group, folded incrementally: the whole state of SPEC 4 and 5.
+    """Every job and model group, folded incrementally: the whole derived state.
 
     One event costs work in proportion to what it changes: a new best in a group of n jobs
     changes n views, a new non-best loss changes one.

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from monitor.events import Event
-from monitor.rules import MAX_ABOVE, Board, SeenIds, delta_pct, model_display, shown, tier
+from monitor.rules import Board, delta_pct, model_display, shown, tier
+from monitor.seen import MAX_ABOVE, SeenIds
 from tests.helpers import ev, fold, pos_of, ts_of
 
 Q = "Qwen/Qwen2.5-7B-Instruct"

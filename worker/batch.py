@@ -118,7 +118,7 @@ def fold(board: Board, items: list[Decoded]) -> Folded:
 
 def stored_id_lookups(board: Board, items: list[Decoded]) -> dict[str, list[str]]:
     """The event ids of ``items`` to ask each job's stored set about before folding them
-    (see :class:`monitor.rules.SeenIds`), by job. A job not on the board has no stored set."""
+    (see :class:`monitor.seen.SeenIds`), by job. A job not on the board has no stored set."""
     out: dict[str, list[str]] = {}
     for item in items:
         event = item.event
