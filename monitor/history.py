@@ -1,4 +1,5 @@
-"""The metric history of a job (SPEC 4): the first points exactly, then downsampled, never unbounded."""
+"""The metric history of a job (docs/state.md, Metric history): the first points exactly, then
+downsampled, never unbounded."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""A from-scratch recomputation of SPEC sections 4 and 5, written independently of the
-incremental fold in ``monitor.rules``: for each job it reads all its events at once and takes
-minima and maxima directly. Tests compare the two. (It borrows only the leaf formulas
+"""A from-scratch recomputation of the job state and best runs of docs/state.md, written
+independently of the incremental fold in ``monitor.rules``: for each job it reads all its
+events at once and takes minima and maxima directly. Tests compare the two. (It borrows only the leaf formulas
 ``delta_pct``, ``tier`` and ``model_display``, which test_rules pins with tables.)"""
 
 from __future__ import annotations

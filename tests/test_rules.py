@@ -1,4 +1,4 @@
-"""The rules of SPEC sections 4 to 6, one table row per rule and edge case."""
+"""The rules of docs/state.md, one table row per rule and edge case."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The REST API of SPEC section 8."""
+"""The REST API (docs/rest.md)."""
 
 from __future__ import annotations
 

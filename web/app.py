@@ -1,4 +1,4 @@
-"""The FastAPI gateway: REST (SPEC 8), ``/ws`` (SPEC 9), health and metrics."""
+"""The FastAPI gateway: REST (docs/rest.md), ``/ws`` (docs/websocket.md), health and metrics."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``/ws`` (SPEC section 9): a snapshot with its version, then every update, in order.
+"""``/ws`` (docs/websocket.md): a snapshot with its version, then every update, in order.
 
 ``?since=V`` resumes after V with nothing missed (or a fresh snapshot when V is no longer
 kept). A client whose queue overflows is sent a fresh snapshot; one that keeps overflowing is

@@ -1,7 +1,7 @@
 """Which worker may apply events: a token in Redis with a time to live.
 
 Only the holder reads (the read is fenced by the token, see :mod:`worker.store`) and commits
-(the commit watches the token). A standby polls; when the holder dies its lease runs out and
+(the commit script checks the token before it writes). A standby polls; when the holder dies its lease runs out and
 the standby takes over, so one worker applies events at a time.
 """
 
