@@ -626,7 +626,7 @@ def report_rows(results: dict[str, dict[str, Any]], notes: dict[str, str],
 
 def verdicts(results: dict[str, dict[str, Any]],
              refresh_ms: dict[str, float | None]) -> list[str]:
-    """This project against the issue's bars, from this run's numbers only; each bar is also
+    """This project against its performance bars, from this run's numbers only; each bar is also
     recorded for run_all's summary (``headline``)."""
     from bench.common import headline, verdict
 
