@@ -58,8 +58,8 @@ def obs_key(step: int | None, epoch: float | None, pos: Pos) -> ObsKey:
 # --- One job: its state, and how an event changes it ------------------------------------------
 
 PUBLIC_FIELDS = (
-    "id", "model_name", "model_display", "name", "status", "archived", "loss", "eval_loss",
-    "best_eval_loss", "best_epoch", "best_step", "best_checkpoint_path", "final_loss",
+    "id", "model_name", "model_display", "name", "status", "archived", "epoch", "step", "loss",
+    "eval_loss", "best_eval_loss", "best_epoch", "best_step", "best_checkpoint_path", "final_loss",
     "final_eval_loss", "total_epochs", "created_at", "updated_at", "finished_at", "gpu_count",
     "error",
 )
@@ -87,6 +87,8 @@ class JobState:
     name: str | None = None
     status: str = RUNNING
     archived: bool = False
+    epoch: float | None = None  # of the latest observation
+    step: int | None = None
     loss: float | None = None
     eval_loss: float | None = None
     best_eval_loss: float | None = None
@@ -98,6 +100,7 @@ class JobState:
     gpu_count: int | None = None
     error: str | None = None
     # Private to the fold.
+    latest_key: ObsKey | None = None  # of the latest observation, loss or eval loss
     loss_key: ObsKey | None = None
     eval_key: ObsKey | None = None
     best_key: ObsKey | None = None
@@ -145,6 +148,7 @@ class JobState:
     def private(self) -> dict[str, Any]:
         """What the fold needs beyond :meth:`public` to go on after a restart."""
         return {
+            "latest_key": self.latest_key,
             "loss_key": self.loss_key,
             "eval_key": self.eval_key,
             "best_key": self.best_key,
@@ -161,6 +165,7 @@ class JobState:
         fields = {k: v for k, v in public.items() if k in _STORED_PUBLIC}
         return cls(
             **fields,
+            latest_key=_key(private.get("latest_key")),  # absent: stored before it existed
             loss_key=_key(private["loss_key"]),
             eval_key=_key(private["eval_key"]),
             best_key=_key(private["best_key"]),
@@ -209,6 +214,12 @@ def best_checkpoint(job: JobState) -> str | None:
     return chosen.path if chosen is not None else None
 
 
+def _observe(job: JobState, key: ObsKey, step: int | None, epoch: float | None) -> None:
+    """Where the job is: the step and epoch of its latest observation."""
+    if job.latest_key is None or key > job.latest_key:
+        job.latest_key, job.step, job.epoch = key, step, epoch
+
+
 def _observe_eval(job: JobState, value: float, key: ObsKey, step: int | None,
                   epoch: float | None) -> None:
     if job.eval_key is None or key > job.eval_key:
@@ -247,6 +258,7 @@ def apply_to_job(job: JobState, event: Event, pos: Pos, ts: float) -> JobChange:
 
     if isinstance(event, Metrics):
         key = obs_key(event.step, event.epoch, pos)
+        _observe(job, key, event.step, event.epoch)
         if event.loss is not None and (job.loss_key is None or key > job.loss_key):
             job.loss, job.loss_key = event.loss, key
         if event.eval_loss is not None:
@@ -257,6 +269,7 @@ def apply_to_job(job: JobState, event: Event, pos: Pos, ts: float) -> JobChange:
         return JobChange(applied=True, point=point)
     if isinstance(event, Checkpoint):
         key = obs_key(event.step, event.epoch, pos)
+        _observe(job, key, event.step, event.epoch)
         job.ckpts.append(Ckpt(event.step, event.epoch, event.path, event.eval_loss, key))
         if event.eval_loss is not None:
             _observe_eval(job, event.eval_loss, key, event.step, event.epoch)

@@ -74,6 +74,9 @@ def _job(job_id: str, events: list[tuple[Pos, float, Event]]) -> dict[str, Any]:
                     for p, _, e in events
                     if isinstance(e, Metrics | Checkpoint) and e.eval_loss is not None]
     latest_loss = max(losses)[1] if losses else None
+    where = [(_key(e.step, e.epoch, p), e.step, e.epoch) for p, _, e in events
+             if isinstance(e, Metrics | Checkpoint)]
+    latest_where = max(where, key=lambda w: w[0]) if where else (None, None, None)
     latest_eval = max(observations, key=lambda o: o[1])[0] if observations else None
     best = min(observations, key=lambda o: (o[0], o[1])) if observations else None
 
@@ -104,6 +107,8 @@ def _job(job_id: str, events: list[tuple[Pos, float, Event]]) -> dict[str, Any]:
         "name": started_field("name"),
         "status": finish.status if finish else "running",
         "archived": marks[-1] if marks else False,
+        "epoch": latest_where[2],
+        "step": latest_where[1],
         "loss": latest_loss,
         "eval_loss": latest_eval,
         "best_eval_loss": best[0] if best else None,

@@ -88,7 +88,8 @@ def test_one_job_has_its_config_and_every_field(client: TestClient) -> None:
     JobDetail.model_validate(body)
     assert body == {
         "id": "q-best", "model_name": Q, "model_display": Q, "name": "lr=2e-4",
-        "status": "completed", "archived": False, "loss": 0.1234, "eval_loss": 0.2401,
+        "status": "completed", "archived": False, "epoch": 6.0, "step": 60, "loss": 0.1234,
+        "eval_loss": 0.2401,
         "best_eval_loss": 0.2345, "best_epoch": 5.0, "best_step": 50,
         "best_checkpoint_path": "checkpoint-5", "final_loss": 0.1234, "final_eval_loss": 0.2401,
         "total_epochs": 12, "created_at": 100.0, "updated_at": 104.0, "finished_at": 104.0,

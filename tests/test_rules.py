@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from monitor.events import Event
-from monitor.rules import Board, delta_pct, model_display, shown, tier
+from monitor.rules import Board, JobState, delta_pct, model_display, shown, tier
 from monitor.seen import MAX_ABOVE, SeenIds
 from tests.helpers import ev, fold, pos_of, ts_of
 
@@ -218,6 +218,24 @@ CASES: list[tuple[str, list[Event], dict[str, dict[str, Any]]]] = [
     ("the latest job_started restates the run",
      [started("a", total_epochs=3, name="x"), started("a", total_epochs=5)],
      {"a": {"total_epochs": 5, "name": "x"}}),
+    ("epoch and step: where the latest observation was, not the best one",
+     [started("a"), evals("a", 0.3, step=200, epoch=2.0), evals("a", 0.5, step=400, epoch=4.0)],
+     {"a": {"epoch": 4.0, "step": 400, "best_epoch": 2.0, "best_step": 200}}),
+    ("epoch and step: a late-arriving earlier step does not move them back",
+     [started("a"), ev("metrics", "a", loss=0.5, step=400, epoch=4.0),
+      ev("metrics", "a", loss=0.6, step=300, epoch=3.0)],
+     {"a": {"epoch": 4.0, "step": 400, "loss": 0.5}}),
+    ("epoch and step: a checkpoint is an observation too",
+     [started("a"), ev("metrics", "a", loss=0.5, step=400, epoch=4.0),
+      ev("checkpoint", "a", path="checkpoint-500", step=500, epoch=5.0)],
+     {"a": {"epoch": 5.0, "step": 500}}),
+    ("epoch and step: an observation without a step counts lower than one with",
+     [started("a"), ev("metrics", "a", loss=0.5, step=10, epoch=1.0),
+      ev("metrics", "a", loss=0.4, epoch=2.0)],
+     {"a": {"epoch": 1.0, "step": 10, "loss": 0.5}}),
+    ("epoch and step: null before any observation",
+     [started("a")],
+     {"a": {"epoch": None, "step": None}}),
     ("created_at is the earliest event time, updated_at the latest",
      [ev("metrics", "a", loss=1.0, ts=50.0), started("a", ts=40.0),
       ev("metrics", "a", loss=0.9, ts=45.0)],
@@ -339,3 +357,15 @@ def test_seen_ids_stored_before_the_stored_set_move_into_it() -> None:
     assert seen.to_json() == {"runs": {"r": [3, list(range(5, 5 + MAX_ABOVE)), 6 + MAX_ABOVE]}}
     assert not seen.add("x") and not seen.add(f"r:{6 + MAX_ABOVE}") and not seen.add("r:2")
     assert seen.take_added() == [f"r:{5 + MAX_ABOVE}", f"r:{6 + MAX_ABOVE}", "x", "y"]
+
+
+def test_a_job_stored_before_epoch_and_step_existed_restores_and_catches_up() -> None:
+    job = fold([started("a"), evals("a", 0.3, step=200, epoch=2.0)]).jobs["a"]
+    public = {k: v for k, v in job.public().items() if k not in ("epoch", "step")}
+    private = {k: v for k, v in job.private().items() if k != "latest_key"}
+    restored = JobState.restore(public, private)
+    assert (restored.epoch, restored.step) == (None, None)
+    restored_board = Board()
+    restored_board.load([restored])
+    restored_board.apply(evals("a", 0.4, step=300, epoch=3.0), pos_of(5), 5.0)
+    assert (restored.epoch, restored.step, restored.best_step) == (3.0, 300, 200)

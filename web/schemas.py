@@ -24,6 +24,8 @@ class JobView(BaseModel):
     name: str | None
     status: Status
     archived: bool
+    epoch: float | None = Field(description="the epoch of the latest observation")
+    step: int | None = Field(description="the step of the latest observation")
     loss: float | None
     eval_loss: float | None
     best_eval_loss: float | None
