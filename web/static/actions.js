@@ -29,6 +29,16 @@ export function actionButton(action, attrs = {}) {
     label);
 }
 
+/** On a click on an archive or restore button inside `container`: `run(action, button)`. */
+export function onArchiveClick(container, run) {
+  container.addEventListener("click", (event) => {
+    const button = event.target.closest("[data-action]");
+    if (button && container.contains(button) && isArchiveAction(button.dataset.action)) {
+      run(button.dataset.action, button);
+    }
+  });
+}
+
 /**
  * Archive or restore job `id`. Resolves to null once the gateway took the call (the job stays
  * pending until its update arrives), or to what to show when it failed.

@@ -2,7 +2,7 @@
 // selected runs overlaid, CSV and JSON export, a shareable link and archive buttons. It
 // refetches (debounced) while open whenever one of its jobs changes.
 
-import { actionButton, archiveActionOf, isArchiveAction, runArchiveAction } from "./actions.js";
+import { actionButton, archiveActionOf, onArchiveClick, runArchiveAction } from "./actions.js";
 import { compareUrl, getComparison, getMetrics } from "./api.js";
 import { legend, lineChart, pointsOf, xAxisFor } from "./chart.js";
 import { h, setText, trapFocus } from "./dom.js";
@@ -268,12 +268,7 @@ function renderCompare() {
 export function initCompare() {
   trapFocus(modal);
   closeButton.addEventListener("click", closeCompare);
-  body.addEventListener("click", (event) => {
-    const button = event.target.closest("[data-action]");
-    if (button && isArchiveAction(button.dataset.action)) {
-      act(button.dataset.action, button.dataset.jobId);
-    }
-  });
+  onArchiveClick(body, (action, button) => act(action, button.dataset.jobId));
   modal.addEventListener("close", () => {
     state.compareIds = null;
     generation += 1;

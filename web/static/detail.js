@@ -1,7 +1,7 @@
 // A job's live view (a side panel): its loss and eval-loss curves and its fields. The fields
 // follow the job's live copy; the curves are refetched (debounced) when the job changes.
 
-import { actionButton, archiveActionOf, isArchiveAction, runArchiveAction } from "./actions.js";
+import { actionButton, archiveActionOf, onArchiveClick, runArchiveAction } from "./actions.js";
 import { getJob, getMetrics } from "./api.js";
 import { legend, lineChart, pointsOf, xAxisFor } from "./chart.js";
 import { h, setText, trapFocus } from "./dom.js";
@@ -201,10 +201,7 @@ function renderDetail() {
 export function initDetail() {
   trapFocus(panel);
   panel.querySelector('[data-action="close"]').addEventListener("click", () => panel.close());
-  body.addEventListener("click", (event) => {
-    const button = event.target.closest("[data-action]");
-    if (button && isArchiveAction(button.dataset.action)) act(button.dataset.action, state.detailId);
-  });
+  onArchiveClick(body, (action) => act(action, state.detailId));
   panel.addEventListener("close", () => {
     generation += 1;
     clearTimeout(timer);
