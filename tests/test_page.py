@@ -1,4 +1,4 @@
-"""The dashboard page (SPEC 11) in a real browser: Debian's Chromium driven by Playwright,
+"""The dashboard page in a real browser: Debian's Chromium driven by Playwright,
 against the real gateway (uvicorn in a thread) and a real worker applying published events.
 
 The workflows are the original design's: find the best run of a model, compare runs and
