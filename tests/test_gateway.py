@@ -131,6 +131,9 @@ def test_compare_gives_the_table_and_the_recommendation(client: TestClient) -> N
     rows = {row["label"]: row for row in body["rows"]}
     assert list(rows) == ["Model", "Job ID", "Status", "Best Eval Loss", "Final Training Loss",
                           "Final Eval Loss", "Best Checkpoint Epoch", "Checkpoint Path"]
+    assert [row["key"] for row in body["rows"]] == [
+        "model", "job_id", "status", "best_eval_loss", "final_loss", "final_eval_loss",
+        "best_checkpoint_epoch", "checkpoint_path"]
     loss_row = rows["Best Eval Loss"]
     assert loss_row["values"] == [0.2345, 0.3456, 0.2701]
     assert loss_row["best"] == 0.2345

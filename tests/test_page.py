@@ -1,4 +1,4 @@
-"""The dashboard page (SPEC 11) in a real browser: Debian's Chromium driven by Playwright,
+"""The dashboard page in a real browser: Debian's Chromium driven by Playwright,
 against the real gateway (uvicorn in a thread) and a real worker applying published events.
 
 The workflows are the original design's: find the best run of a model, compare runs and
@@ -328,6 +328,39 @@ def test_archive_from_the_modal_moves_the_trophy_live(page: Page, r: redis.Redis
     card(page, "qwen-b").get_by_test_id("archive-button").click()
     expect(card(page, "qwen-b").get_by_test_id("restore-button")).to_be_visible()
     expect(page.get_by_test_id("job-detail")).to_be_hidden()  # the button never opens the job
+
+
+def test_a_refused_archive_says_why_in_every_view(page: Page, r: redis.Redis, keys: Keys,
+                                                  worker: RunningWorker) -> None:
+    """The cards, the job view and the comparison share one archive action: when the gateway
+    refuses it, each says so where the click was, and its button can be clicked again."""
+    seed(r, keys, worker, board(time.time()))
+    page.route("**/api/jobs/*/archive",
+               lambda route: route.fulfill(status=503, json={"detail": "the disk is full"}))
+    refused = "Could not archive qwen-b: the disk is full"
+    open_live(page)
+    button = card(page, "qwen-b").get_by_test_id("archive-button")
+    button.click()
+    expect(page.locator("#banner")).to_have_text(refused)
+    expect(button).to_be_enabled()
+    expect(page.get_by_test_id("job-detail")).to_be_hidden()
+
+    card(page, "qwen-b").locator(".card-title").click()
+    detail = page.get_by_test_id("job-detail")
+    detail.get_by_test_id("archive-button").click()
+    expect(detail.get_by_role("alert")).to_have_text(refused)
+    expect(detail.get_by_test_id("archive-button")).to_be_enabled()
+    detail.get_by_test_id("detail-close").click()
+
+    for job_id in ("qwen-a", "qwen-b"):
+        card(page, job_id).get_by_test_id("job-select").check()
+    page.get_by_test_id("compare-button").click()
+    modal = page.get_by_test_id("compare-modal")
+    button = modal.locator('thead th[data-job-id="qwen-b"]').get_by_test_id("archive-button")
+    button.click()
+    expect(modal.locator(".compare-status")).to_have_text(refused)
+    expect(button).to_be_enabled()
+    expect(card(page, "qwen-b")).to_have_count(1)  # nothing was archived
 
 
 # --- Live -----------------------------------------------------------------------------------------

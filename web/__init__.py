@@ -1,1 +1,1 @@
-"""The FastAPI gateway (REST and /ws) and the static page (built in a later issue)."""
+"""The FastAPI gateway: the REST API, the ``/ws`` live feed and the static page it serves."""

@@ -1,4 +1,8 @@
-"""The comparison of 2 to 5 runs (SPEC section 8): table rows, recommendation, CSV. Pure."""
+"""The comparison of 2 to 5 runs (docs/rest.md, Comparison): table rows, recommendation, CSV.
+
+Pure. Each table row carries a machine ``key`` (what the page keys behaviour on) and a display
+``label`` (what people and the CSV read).
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ def _epoch_text(view: dict[str, Any]) -> str | None:
 
 
 def selection_best(views: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The lowest best eval loss among the selection (archived too); ties as in SPEC 5."""
+    """The lowest best eval loss among the selection (archived too); a tie goes to the older
+    run, then to the smaller id, as for the best run of a model."""
     scored = [v for v in views if v["best_eval_loss"] is not None]
     if not scored:
         return None
@@ -41,23 +46,24 @@ def build_comparison(views: list[dict[str, Any]]) -> dict[str, Any]:
     ]
     tiers = [tier(d) for d in deltas]
 
-    def row(label: str, values: list[Any], best_cell: Any = None) -> dict[str, Any]:
-        return {"label": label, "values": values, "best": best_cell}
+    def row(key: str, label: str, values: list[Any], best_cell: Any = None) -> dict[str, Any]:
+        return {"key": key, "label": label, "values": values, "best": best_cell}
 
     rows = [
-        row("Model", [v["model_display"] for v in views]),
-        row("Job ID", [v["id"] for v in views]),
-        row("Status", [v["status"] for v in views]),
-        {**row("Best Eval Loss", [v["best_eval_loss"] for v in views], best_value),
+        row("model", "Model", [v["model_display"] for v in views]),
+        row("job_id", "Job ID", [v["id"] for v in views]),
+        row("status", "Status", [v["status"] for v in views]),
+        {**row("best_eval_loss", "Best Eval Loss", [v["best_eval_loss"] for v in views],
+               best_value),
          "deltas": deltas, "tiers": tiers},
-        row("Final Training Loss",
+        row("final_loss", "Final Training Loss",
             [v["final_loss"] if v["final_loss"] is not None else v["loss"] for v in views]),
-        row("Final Eval Loss",
+        row("final_eval_loss", "Final Eval Loss",
             [v["final_eval_loss"] if v["final_eval_loss"] is not None else v["eval_loss"]
              for v in views]),
-        row("Best Checkpoint Epoch", [_epoch_text(v) for v in views],
+        row("best_checkpoint_epoch", "Best Checkpoint Epoch", [_epoch_text(v) for v in views],
             _epoch_text(best) if best else None),
-        row("Checkpoint Path", [v["best_checkpoint_path"] for v in views],
+        row("checkpoint_path", "Checkpoint Path", [v["best_checkpoint_path"] for v in views],
             best["best_checkpoint_path"] if best else None),
     ]
     others = [

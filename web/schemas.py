@@ -1,4 +1,4 @@
-"""Response shapes of the REST API (SPEC sections 7 and 8), for OpenAPI at ``/docs``.
+"""Response shapes of the REST API (docs/rest.md), for OpenAPI at ``/docs``.
 
 Handlers build plain dicts and send them as JSON directly (100,000 jobs must not be
 re-validated on every request); these models document what they send, and a test checks the
@@ -13,10 +13,12 @@ from pydantic import BaseModel, Field
 
 Tier = Literal["yellow", "orange", "red"]
 Status = Literal["running", "completed", "failed", "cancelled"]
+CompareKey = Literal["model", "job_id", "status", "best_eval_loss", "final_loss",
+                     "final_eval_loss", "best_checkpoint_epoch", "checkpoint_path"]
 
 
 class JobView(BaseModel):
-    """A job's state (SPEC 4) with its place in its model group (SPEC 5)."""
+    """A job's state with its place in its model group (docs/rest.md)."""
 
     id: str
     model_name: str | None
@@ -77,7 +79,10 @@ class ModelRow(BaseModel):
 
 
 class CompareRow(BaseModel):
-    label: str
+    """One metric of the comparison table (docs/rest.md, Comparison): a value per run."""
+
+    key: CompareKey = Field(description="what the metric is, for code: `best_eval_loss`")
+    label: str = Field(description="its name for people and the CSV: `Best Eval Loss`")
     values: list[str | float | int | None]
     best: str | float | int | None
     deltas: list[float | None] | None = None

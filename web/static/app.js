@@ -1,12 +1,13 @@
 // The page's entry point: reads the address, wires the controls, keeps the live connection,
 // and draws the page's frame (toolbar, connection, empty and error states, selection bar).
 
-import { TOKEN_MESSAGE, archiveJob, restoreJob, setUnauthorizedHandler } from "./api.js";
+import { runArchiveAction } from "./actions.js";
+import { TOKEN_MESSAGE, setUnauthorizedHandler } from "./api.js";
 import { compareSawChanges, initCompare, openCompare } from "./compare.js";
 import { detailSawChanges, initDetail, openDetail } from "./detail.js";
 import { h, setAttr, setText } from "./dom.js";
 import { countText } from "./format.js";
-import { initList, redrawCards } from "./list.js";
+import { initList } from "./list.js";
 import { connectLive } from "./live.js";
 import { registerRenderer, schedule, stats } from "./render.js";
 import {
@@ -69,18 +70,16 @@ function select(id, on, checkbox) {
   schedule();
 }
 
-async function act(id, archive) {
-  try {
-    await (archive ? archiveJob(id) : restoreJob(id));
-    state.notice = "";
-  } catch (e) {
-    state.notice = `Could not ${archive ? "archive" : "restore"} ${id}: ${e.message}`;
+/** Archive or restore from a card: a failure shows in the banner for a while. */
+async function archiveFromCard(action, id) {
+  const failed = await runArchiveAction(action, id);
+  state.notice = failed ?? "";
+  if (failed) {
     clearTimeout(noticeTimer);
     noticeTimer = setTimeout(() => {
       state.notice = "";
       schedule();
     }, NOTICE_MS);
-    redrawCards(); // the card's button, disabled while the call was out, comes back
   }
   schedule();
 }
@@ -241,8 +240,7 @@ function start() {
   initList({
     onOpen: (id) => openDetail(id),
     onSelect: select,
-    onArchive: (id) => act(id, true),
-    onRestore: (id) => act(id, false),
+    onArchiveAction: archiveFromCard,
   });
   initCompare();
   initDetail();

@@ -2,7 +2,8 @@
 // selected runs overlaid, CSV and JSON export, a shareable link and archive buttons. It
 // refetches (debounced) while open whenever one of its jobs changes.
 
-import { archiveJob, compareUrl, getComparison, getMetrics, restoreJob } from "./api.js";
+import { actionButton, archiveActionOf, onArchiveClick, runArchiveAction } from "./actions.js";
+import { compareUrl, getComparison, getMetrics } from "./api.js";
 import { legend, lineChart, pointsOf, xAxisFor } from "./chart.js";
 import { h, setText, trapFocus } from "./dom.js";
 import {
@@ -19,11 +20,13 @@ import { noteMetrics, shareUrl, state } from "./state.js";
 
 const REFRESH_MS = 300; // wait this long after a change before refetching the comparison
 const RUN_COLORS = ["var(--run-1)", "var(--run-2)", "var(--run-3)", "var(--run-4)", "var(--run-5)"];
+const LOSS_ROW = "best_eval_loss"; // the key of the row with deltas and tiers
 
 const modal = document.getElementById("compare-modal");
 const body = modal.querySelector(".modal-body");
 const footer = modal.querySelector(".modal-footer");
 const status = modal.querySelector(".compare-status");
+const closeButton = modal.querySelector('[data-action="close"]');
 
 let data = null; // the last comparison answer
 let histories = null; // job id -> metric points
@@ -33,7 +36,6 @@ let dirty = false;
 let timer = null;
 let generation = 0; // answers to older requests are dropped
 let shared = ""; // the share link shown after a click on it
-const pendingActions = new Set(); // job ids with an archive/restore on its way
 
 async function load() {
   const ids = state.compareIds;
@@ -71,7 +73,6 @@ export function openCompare(ids) {
   histories = null;
   error = "";
   shared = "";
-  pendingActions.clear();
   dirty = true;
   if (!modal.open) modal.showModal();
   load();
@@ -87,7 +88,6 @@ export function compareSawChanges(ids) {
   if (!state.compareIds) return;
   const watched = new Set(state.compareIds);
   if (!ids.some((id) => watched.has(id))) return;
-  for (const id of ids) pendingActions.delete(id);
   dirty = true; // archive buttons follow the live state at once
   clearTimeout(timer);
   timer = setTimeout(load, REFRESH_MS);
@@ -98,13 +98,8 @@ export function compareSawChanges(ids) {
 function runHeader(job, index, isBest) {
   const live = state.jobs.get(job.id) || job;
   const archived = live.archived;
-  const busy = pendingActions.has(job.id);
-  const button = archived
-    ? h("button", { type: "button", class: "small", "data-testid": "restore-button",
-      "data-job-id": job.id, disabled: busy }, "Restore")
-    : h("button", { type: "button", class: "small", "data-testid": "archive-button",
-      "data-job-id": job.id, disabled: busy }, "Archive");
-  button.addEventListener("click", () => act(job.id, archived));
+  const button = actionButton(archiveActionOf(live), { class: "small", "data-job-id": job.id,
+    disabled: state.pending.has(job.id) });
   const swatch = h("span", { class: "swatch", "aria-hidden": "true" });
   swatch.style.background = RUN_COLORS[index];
   return h("th", { scope: "col", class: isBest ? "best-col" : null, "data-job-id": job.id },
@@ -117,7 +112,7 @@ function runHeader(job, index, isBest) {
 
 function valueCell(row, value, i, isBest) {
   const cls = isBest ? "best-col" : null;
-  if (row.label === "Best Eval Loss") {
+  if (row.key === LOSS_ROW) {
     const delta = row.deltas ? row.deltas[i] : null;
     const tier = row.tiers ? row.tiers[i] : null;
     const text = h("span", { class: tier ? `tier-text tier-${tier}` : null,
@@ -139,7 +134,7 @@ function table(answer) {
       h("th", { scope: "row" }, row.label),
       row.values.map((value, i) => valueCell(row, value, i, i === bestIndex)),
       h("td", { class: "best-value" },
-        row.best === null ? "–" : row.label === "Best Eval Loss" ? lossText(row.best)
+        row.best === null ? "–" : row.key === LOSS_ROW ? lossText(row.best)
           : cellText(row.best))));
   return h("div", { class: "table-wrap" },
     h("table", { class: "compare-table", "data-testid": "compare-table" },
@@ -229,15 +224,12 @@ function footerLinks(ids) {
   return parts;
 }
 
-async function act(id, archived) {
-  pendingActions.add(id);
-  dirty = true;
-  schedule();
-  try {
-    await (archived ? restoreJob(id) : archiveJob(id));
-  } catch (e) {
-    pendingActions.delete(id);
-    setText(status, `Could not ${archived ? "restore" : "archive"} ${id}: ${e.message}`);
+/** Archive or restore from a column's head: a failure shows in the modal's status line. */
+async function act(action, id) {
+  dirty = true; // the button is disabled at once
+  const failed = await runArchiveAction(action, id);
+  if (failed) {
+    setText(status, failed);
     dirty = true;
     schedule();
   }
@@ -263,19 +255,20 @@ function renderCompare() {
     body.replaceChildren(table(data), recommendation(data), chart(data));
     if (focusKey) { // keep keyboard users where they were across a live refresh
       const again = body.querySelector(`button[data-job-id="${CSS.escape(focusKey)}"]`);
-      (again || modal.querySelector("[data-testid=modal-close]")).focus();
+      (again || closeButton).focus();
     }
   }
   modal.classList.toggle("loading", loading);
-  const focusedFooter = document.activeElement && footer.contains(document.activeElement)
-    ? document.activeElement.dataset.testid : null;
+  // Keep the focus on the same footer control (they come in a fixed order).
+  const focusedAt = [...footer.children].indexOf(document.activeElement);
   footer.replaceChildren(...footerLinks(ids));
-  if (focusedFooter) footer.querySelector(`[data-testid="${focusedFooter}"]`)?.focus();
+  if (focusedAt !== -1) footer.children[focusedAt]?.focus();
 }
 
 export function initCompare() {
   trapFocus(modal);
-  modal.querySelector("[data-testid=modal-close]").addEventListener("click", closeCompare);
+  closeButton.addEventListener("click", closeCompare);
+  onArchiveClick(body, (action, button) => act(action, button.dataset.jobId));
   modal.addEventListener("close", () => {
     state.compareIds = null;
     generation += 1;

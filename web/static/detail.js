@@ -1,7 +1,8 @@
 // A job's live view (a side panel): its loss and eval-loss curves and its fields. The fields
 // follow the job's live copy; the curves are refetched (debounced) when the job changes.
 
-import { archiveJob, getJob, getMetrics, restoreJob } from "./api.js";
+import { actionButton, archiveActionOf, onArchiveClick, runArchiveAction } from "./actions.js";
+import { getJob, getMetrics } from "./api.js";
 import { legend, lineChart, pointsOf, xAxisFor } from "./chart.js";
 import { h, setText, trapFocus } from "./dom.js";
 import {
@@ -31,7 +32,6 @@ let configOpen = false; // keep the config open across live redraws
 let dirty = false;
 let timer = null;
 let generation = 0;
-let busy = false;
 
 async function loadMetrics() {
   const id = state.detailId;
@@ -73,7 +73,6 @@ export function openDetail(id) {
   config = undefined;
   error = "";
   configOpen = false;
-  busy = false;
   dirty = true;
   if (!panel.open) panel.showModal();
   loadMetrics();
@@ -84,7 +83,6 @@ export function openDetail(id) {
 /** Jobs changed (from /ws): redraw at once, refetch the curves shortly after. */
 export function detailSawChanges(ids) {
   if (state.detailId === null || !ids.includes(state.detailId)) return;
-  busy = false;
   dirty = true;
   clearTimeout(timer);
   timer = setTimeout(loadMetrics, REFRESH_MS);
@@ -140,15 +138,12 @@ function curves() {
     legend(series));
 }
 
-async function act(job) {
-  busy = true;
-  dirty = true;
-  schedule();
-  try {
-    await (job.archived ? restoreJob(job.id) : archiveJob(job.id));
-  } catch (e) {
-    busy = false;
-    error = e.message;
+/** Archive or restore the job on view: a failure shows under its head. */
+async function act(action, id) {
+  dirty = true; // the button is disabled at once
+  const failed = await runArchiveAction(action, id);
+  if (failed) {
+    error = failed;
     dirty = true;
     schedule();
   }
@@ -189,10 +184,8 @@ function renderDetail() {
     job.best_eval_loss !== null
       ? h("span", { class: "badge badge-loss" }, `Loss: ${lossText(job.best_eval_loss)}`) : null,
     job.archived ? h("span", { class: "badge badge-archived" }, "Archived") : null);
-  const action = h("button", { type: "button", class: "small",
-    "data-testid": job.archived ? "restore-button" : "archive-button", disabled: busy },
-  job.archived ? "Restore" : "Archive");
-  action.addEventListener("click", () => act(job));
+  const action = actionButton(archiveActionOf(job), { class: "small",
+    disabled: state.pending.has(job.id) });
   const hadFocus = body.contains(document.activeElement);
   const parts = [
     h("div", { class: "detail-head" }, badges, action),
@@ -207,7 +200,8 @@ function renderDetail() {
 
 export function initDetail() {
   trapFocus(panel);
-  panel.querySelector("[data-testid=detail-close]").addEventListener("click", () => panel.close());
+  panel.querySelector('[data-action="close"]').addEventListener("click", () => panel.close());
+  onArchiveClick(body, (action) => act(action, state.detailId));
   panel.addEventListener("close", () => {
     generation += 1;
     clearTimeout(timer);

@@ -124,12 +124,3 @@ export function cellText(value) {
   if (typeof value === "number") return Number.isInteger(value) ? String(value) : value.toFixed(4);
   return String(value);
 }
-
-/** The recommendation's line about another run. */
-export function otherRunText(other) {
-  if (other.delta_pct === null || other.delta_pct === undefined) {
-    return `Run #${other.run_number} has no eval loss to compare`;
-  }
-  const base = `Run #${other.run_number} is ${deltaText(other.delta_pct)}`;
-  return other.consider_archiving ? `${base} (consider archiving)` : base;
-}

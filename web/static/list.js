@@ -1,8 +1,9 @@
 // The job list: cards in a grid that reflows with the window, flat or in a section per model.
 // Only what is on screen (plus a margin) is in the DOM: 100,000 jobs cost as much to draw as
 // the 30 that fit in the window. Cards are kept by job id and refilled only when their job,
-// selection or mode changed.
+// selection, mode or pending archive/restore changed.
 
+import { actionButton, isArchiveAction } from "./actions.js";
 import { currentEpoch, derive, state } from "./state.js";
 import { h, fromTemplate, setAttr, setText } from "./dom.js";
 import {
@@ -73,10 +74,11 @@ function newCard() {
     selected: null,
     grouped: null,
     epoch: undefined,
+    pending: null,
     x: null,
     y: null,
     w: null,
-    check: el.querySelector("[data-testid=job-select]"),
+    check: el.querySelector(".card-select input"),
     title: el.querySelector(".card-title"),
     status: el.querySelector(".status"),
     model: el.querySelector(".card-model"),
@@ -86,15 +88,13 @@ function newCard() {
     best: h("span", { class: "badge badge-best", "data-testid": "badge-best" }, "🏆 Best"),
     loss: h("span", { class: "badge badge-loss", "data-testid": "badge-loss" }),
     delta: h("span", { class: "badge badge-delta", "data-testid": "badge-delta" }),
-    archive: h("button", { type: "button", class: "card-action", "data-testid": "archive-button" },
-      "Archive"),
-    restore: h("button", { type: "button", class: "card-action", "data-testid": "restore-button" },
-      "Restore"),
+    archive: actionButton("archive", { class: "card-action" }),
+    restore: actionButton("restore", { class: "card-action" }),
   };
   return rec;
 }
 
-function fillCard(rec, job, selected, grouped, epoch) {
+function fillCard(rec, job, selected, grouped, epoch, pending) {
   const { el } = rec;
   setAttr(el, "data-job-id", job.id);
   setAttr(el, "data-status", job.status);
@@ -136,7 +136,7 @@ function fillCard(rec, job, selected, grouped, epoch) {
   if (job.archived) badges.push(h("span", { class: "badge badge-archived" }, "Archived"));
   rec.badges.replaceChildren(...badges);
   const action = job.archived ? rec.restore : rec.archive;
-  action.disabled = false;
+  action.disabled = pending;
   setAttr(action, "aria-label", `${job.archived ? "Restore" : "Archive"} ${title}`);
   if (rec.actions.firstChild !== action) rec.actions.replaceChildren(action);
 }
@@ -153,13 +153,15 @@ function placeCard(id, parent, x, y, w) {
   rec.frame = frameNo;
   const selected = state.selected.includes(id);
   const epoch = currentEpoch(job);
+  const pending = state.pending.has(id);
   if (rec.job !== job || rec.selected !== selected || rec.grouped !== state.grouped ||
-      rec.epoch !== epoch) {
-    fillCard(rec, job, selected, state.grouped, epoch);
+      rec.epoch !== epoch || rec.pending !== pending) {
+    fillCard(rec, job, selected, state.grouped, epoch, pending);
     rec.job = job;
     rec.selected = selected;
     rec.grouped = state.grouped;
     rec.epoch = epoch;
+    rec.pending = pending;
   }
   if (rec.x !== x || rec.y !== y) {
     rec.el.style.transform = `translate(${x}px, ${y}px)`;
@@ -277,34 +279,23 @@ function renderList() {
   }
 }
 
-/** Fill every card on screen again at the next frame (after a failed archive, say). */
-export function redrawCards() {
-  for (const rec of cards.values()) rec.job = null;
-  schedule();
-}
-
-/** Wire the list's clicks: a card opens its job, its checkbox and buttons do not. */
-export function initList({ onOpen, onSelect, onArchive, onRestore }) {
+/**
+ * Wire the list's clicks by their `data-action`: the card (`open`) opens its job, its
+ * checkbox (`select`) and its archive or restore button do not.
+ */
+export function initList({ onOpen, onSelect, onArchiveAction }) {
   list.addEventListener("click", (event) => {
-    const card = event.target.closest("[data-testid=job-card]");
-    if (!card) return;
-    const id = card.getAttribute("data-job-id");
-    const button = event.target.closest("button");
-    if (event.target.closest(".card-select")) return; // ticking never opens the job
-    if (button && button.dataset.testid === "archive-button") {
-      button.disabled = true;
-      onArchive(id);
-    } else if (button && button.dataset.testid === "restore-button") {
-      button.disabled = true;
-      onRestore(id);
-    } else {
-      onOpen(id);
-    }
+    const target = event.target.closest("[data-action]");
+    const card = event.target.closest("[data-job-id]");
+    if (!target || !card) return;
+    const { action } = target.dataset;
+    if (action === "open") onOpen(card.dataset.jobId);
+    else if (isArchiveAction(action)) onArchiveAction(action, card.dataset.jobId);
   });
   list.addEventListener("change", (event) => {
-    if (event.target.dataset.testid !== "job-select") return;
-    const card = event.target.closest("[data-testid=job-card]");
-    onSelect(card.getAttribute("data-job-id"), event.target.checked, event.target);
+    if (!event.target.closest('[data-action="select"]')) return;
+    const card = event.target.closest("[data-job-id]");
+    onSelect(card.dataset.jobId, event.target.checked, event.target);
   });
   window.addEventListener("scroll", schedule, { passive: true });
   window.addEventListener("resize", () => {

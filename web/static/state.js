@@ -17,6 +17,7 @@ export const state = {
   selected: [], // job ids in the order they were ticked: Run #1, Run #2, ...
   selectionMessage: "", // the visible "at most 5" message, while shown
   notice: "", // a failed action, shown until the next one
+  pending: new Set(), // job ids with an archive or restore on its way, until their next update
   detailId: null, // the job whose live view is open
   compareIds: null, // the job ids of the open comparison, else null
   latestEpoch: new Map(), // job id -> latest epoch seen in its metric points
@@ -69,6 +70,7 @@ export function applyMessage(message) {
     state.version = message.version;
     state.loaded = true;
     state.derivedDirty = true;
+    state.pending.clear();
     return { snapshot: true, ids: state.order };
   }
   if (message.type !== "update") return { snapshot: false, ids: [] };
@@ -84,6 +86,7 @@ export function applyMessage(message) {
     if (moved) state.order.splice(position(old), 1);
     if (wasShown && (moved || !isShown(job, needle))) unshow(derived, old);
     state.jobs.set(job.id, job); // a job in an update replaces our copy whole
+    state.pending.delete(job.id); // and answers any archive or restore of it
     if (old === undefined || moved) state.order.splice(position(job), 0, job.id);
     if (derived !== null) {
       derived.archived += Number(job.archived) - Number(old !== undefined && old.archived);
