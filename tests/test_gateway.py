@@ -130,10 +130,11 @@ def test_compare_gives_the_table_and_the_recommendation(client: TestClient) -> N
     assert body["best_job_id"] == "q-best"
     rows = {row["label"]: row for row in body["rows"]}
     assert list(rows) == ["Model", "Job ID", "Status", "Best Eval Loss", "Final Training Loss",
-                          "Final Eval Loss", "Best Checkpoint Epoch", "Checkpoint Path"]
+                          "Final Eval Loss", "Best Checkpoint Epoch", "Checkpoint Path",
+                          "Progress"]
     assert [row["key"] for row in body["rows"]] == [
         "model", "job_id", "status", "best_eval_loss", "final_loss", "final_eval_loss",
-        "best_checkpoint_epoch", "checkpoint_path"]
+        "best_checkpoint_epoch", "checkpoint_path", "progress"]
     loss_row = rows["Best Eval Loss"]
     assert loss_row["values"] == [0.2345, 0.3456, 0.2701]
     assert loss_row["best"] == 0.2345
@@ -145,6 +146,8 @@ def test_compare_gives_the_table_and_the_recommendation(client: TestClient) -> N
     assert rows["Best Checkpoint Epoch"]["values"] == ["5/12", "3/12", "7/12"]
     assert rows["Best Checkpoint Epoch"]["best"] == "5/12"
     assert rows["Checkpoint Path"]["values"] == ["checkpoint-5", "checkpoint-3", None]
+    assert rows["Progress"]["values"] == ["epoch 6/12, step 60", "epoch 3/12, step 30",
+                                          "epoch 7/12, step 70"]  # where each is, not its best
     rec = body["recommendation"]
     assert {k: rec[k] for k in rec if k != "others"} == {
         "best_job_id": "q-best", "run_number": 1, "model_display": Q, "best_eval_loss": 0.2345,

@@ -220,7 +220,7 @@ def test_compare_selected_runs_and_export(page: Page, r: redis.Redis, keys: Keys
          re.compile(r"^Run #3"), re.compile(r"^Best Value$")])
     expect(table.locator("tbody th")).to_have_text(
         ["Model", "Job ID", "Status", "Best Eval Loss", "Final Training Loss", "Final Eval Loss",
-         "Best Checkpoint Epoch", "Checkpoint Path"])
+         "Best Checkpoint Epoch", "Checkpoint Path", "Progress"])
     best_row = table.locator('tr[data-row="Best Eval Loss"] td')
     expect(best_row).to_have_text(["0.2345", "0.2701 (+15.2%)", "0.3456 (+47.4%)", "0.2345"])
     expect(best_row.nth(1).locator("[data-tier]")).to_have_attribute("data-tier", "orange")
@@ -232,7 +232,7 @@ def test_compare_selected_runs_and_export(page: Page, r: redis.Redis, keys: Keys
     # The best run's column is highlighted, the others not.
     expect(table.locator("thead th.best-col")).to_have_count(1)
     expect(table.locator("thead th.best-col")).to_contain_text("Run #1")
-    expect(table.locator("tbody td.best-col")).to_have_count(8)
+    expect(table.locator("tbody td.best-col")).to_have_count(9)  # one per row
 
     recommendation = modal.get_by_test_id("recommendation")
     expect(recommendation).to_contain_text("Best Checkpoint: Run #1 - Qwen/Qwen2.5-7B-Instruct")
@@ -586,15 +586,17 @@ def test_the_page_rounds_deltas_as_the_server_decides_tiers(page: Page) -> None:
           f.compareLossText(0.3456, (0.3456 - 0.2345) / 0.2345 * 100),
           f.compareLossText(0.2345, null),
           f.epochText(5, 12), f.epochText(2.5, null), f.epochText(null, 12),
-          f.statusText({status: 'running', total_epochs: 12}, 3),
-          f.statusText({status: 'running', total_epochs: null}, null),
-          f.statusText({status: 'failed', total_epochs: 12}, 3),
+          f.statusText({status: 'running', total_epochs: 12, epoch: 3, step: 300}),
+          f.statusText({status: 'running', total_epochs: null, epoch: null, step: null}),
+          f.statusText({status: 'failed', total_epochs: 12, epoch: 3, step: 300}),
+          f.statusText({status: 'running', total_epochs: 12, epoch: null, step: 400}),
           f.runCountText(1), f.runCountText(3), f.shortId('0123456789abcdef'), f.shortId('run-1'),
           f.cellText(0.12345678), f.cellText(null), f.cellText('5/12'),
         ];
     }""")
     assert cases == ["⚠️ 15.2% worse", "Loss: 0.2345", "0.3456 (+47.4%)", "0.2345", "5/12",
-                     "2.5", None, "Running · epoch 3/12", "Running", "Failed", "1 run", "3 runs",
+                     "2.5", None, "Running · epoch 3/12", "Running", "Failed",
+                     "Running · step 400", "1 run", "3 runs",
                      "01234567…", "run-1", "0.1235", "N/A", "5/12"]
 
 
@@ -724,3 +726,37 @@ def test_no_other_site_can_frame_the_page(browser: Browser, gateway: LiveGateway
         assert frame.locator("[data-testid=group-toggle]").count() == 0
     finally:
         context.close()
+
+
+def test_a_running_card_says_where_the_run_is_not_where_its_best_was(
+        page: Page, r: redis.Redis, keys: Keys, worker: RunningWorker) -> None:
+    """Best at epoch 2, now training epoch 4: the card, the job view and the comparison say
+    epoch 4, without the job being opened first."""
+    seed(r, keys, worker, [
+        {"type": "job_started", "job_id": "late", "model_name": Q, "total_epochs": 5},
+        {"type": "metrics", "job_id": "late", "step": 200, "epoch": 2, "loss": 0.5,
+         "eval_loss": 0.30},
+        {"type": "metrics", "job_id": "late", "step": 400, "epoch": 4, "loss": 0.4,
+         "eval_loss": 0.35},
+        {"type": "job_started", "job_id": "steps", "model_name": Q},
+        {"type": "metrics", "job_id": "steps", "step": 750, "loss": 0.6},
+    ])
+    open_live(page)
+    expect(card(page, "late").locator(".status")).to_have_text("Running · epoch 4/5")
+    expect(card(page, "steps").locator(".status")).to_have_text("Running · step 750")
+    send(r, keys, [{"type": "metrics", "job_id": "late", "step": 500, "epoch": 5, "loss": 0.3}])
+    expect(card(page, "late").locator(".status")).to_have_text("Running · epoch 5/5")  # live
+
+    card(page, "late").locator(".card-title").click()
+    detail = page.get_by_test_id("job-detail")
+    expect(detail.get_by_text("epoch 5/5", exact=True)).to_be_visible()
+    expect(detail).to_contain_text("0.3000 (epoch 2/5, step 200)")  # the best stays where it was
+    page.keyboard.press("Escape")
+    expect(detail).to_be_hidden()
+
+    for job_id in ("late", "steps"):
+        card(page, job_id).get_by_test_id("job-select").check()
+    page.get_by_test_id("compare-button").click()
+    table = page.get_by_test_id("compare-table")
+    expect(table.locator("tr", has_text="Progress")).to_contain_text("epoch 5/5, step 500")
+    expect(table.locator("tr", has_text="Progress")).to_contain_text("step 750")

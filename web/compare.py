@@ -16,13 +16,23 @@ from monitor.rules import delta_pct, shown, tier
 MIN_IDS, MAX_IDS = 2, 5
 
 
-def _epoch_text(view: dict[str, Any]) -> str | None:
-    """``"5/12"``: the best checkpoint's epoch out of the run's epochs."""
-    epoch = view["best_epoch"]
+def _epoch_text(view: dict[str, Any], epoch: float | None = None) -> str | None:
+    """``"5/12"``: an epoch (the best checkpoint's, unless given) out of the run's epochs."""
+    epoch = view["best_epoch"] if epoch is None else epoch
     if epoch is None:
         return None
     text = str(int(epoch)) if float(epoch).is_integer() else f"{epoch:.2f}".rstrip("0")
     return f"{text}/{view['total_epochs']}" if view["total_epochs"] is not None else text
+
+
+def _progress_text(view: dict[str, Any]) -> str | None:
+    """Where a run is, from its latest observation: ``"epoch 4/5, step 400"``."""
+    parts = []
+    if view["epoch"] is not None:
+        parts.append(f"epoch {_epoch_text(view, view['epoch'])}")
+    if view["step"] is not None:
+        parts.append(f"step {view['step']}")
+    return ", ".join(parts) or None
 
 
 def selection_best(views: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -65,6 +75,7 @@ def build_comparison(views: list[dict[str, Any]]) -> dict[str, Any]:
             _epoch_text(best) if best else None),
         row("checkpoint_path", "Checkpoint Path", [v["best_checkpoint_path"] for v in views],
             best["best_checkpoint_path"] if best else None),
+        row("progress", "Progress", [_progress_text(v) for v in views]),
     ]
     others = [
         {"job_id": v["id"], "run_number": i + 1, "delta_pct": deltas[i], "tier": tiers[i],

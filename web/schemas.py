@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 Tier = Literal["yellow", "orange", "red"]
 Status = Literal["running", "completed", "failed", "cancelled"]
 CompareKey = Literal["model", "job_id", "status", "best_eval_loss", "final_loss",
-                     "final_eval_loss", "best_checkpoint_epoch", "checkpoint_path"]
+                     "final_eval_loss", "best_checkpoint_epoch", "checkpoint_path", "progress"]
 
 
 class JobView(BaseModel):

@@ -16,7 +16,7 @@ import {
   tierTitle,
 } from "./format.js";
 import { registerRenderer, schedule } from "./render.js";
-import { noteMetrics, shareUrl, state } from "./state.js";
+import { shareUrl, state } from "./state.js";
 
 const REFRESH_MS = 300; // wait this long after a change before refetching the comparison
 const RUN_COLORS = ["var(--run-1)", "var(--run-2)", "var(--run-3)", "var(--run-4)", "var(--run-5)"];
@@ -52,7 +52,6 @@ async function load() {
     if (mine !== generation) return;
     data = answer;
     histories = new Map(ids.map((id, i) => [id, points[i]]));
-    ids.forEach((id, i) => noteMetrics(id, points[i]));
     error = "";
   } catch (e) {
     if (mine !== generation) return;

@@ -11,12 +11,13 @@ import {
   epochText,
   jobTitle,
   lossText,
+  progressText,
   statusText,
   tierTitle,
   timeText,
 } from "./format.js";
 import { registerRenderer, schedule } from "./render.js";
-import { currentEpoch, noteMetrics, state } from "./state.js";
+import { state } from "./state.js";
 
 const REFRESH_MS = 500;
 
@@ -40,7 +41,6 @@ async function loadMetrics() {
     const answer = await getMetrics(id);
     if (mine !== generation) return;
     points = answer.points;
-    noteMetrics(id, points);
     error = "";
   } catch (e) {
     if (mine !== generation) return;
@@ -93,7 +93,6 @@ function field(label, value, attrs = {}) {
 }
 
 function fields(job) {
-  const epoch = epochText(currentEpoch(job), job.total_epochs);
   const bestAt = [
     job.best_epoch !== null ? `epoch ${epochText(job.best_epoch, job.total_epochs)}` : null,
     job.best_step !== null ? `step ${job.best_step}` : null,
@@ -106,9 +105,9 @@ function fields(job) {
   return h("dl", { class: "fields" },
     field("Job ID", h("code", {}, job.id)),
     field("Model", job.model_name === null ? "Unknown Model" : job.model_name),
-    field("Status", statusText(job, currentEpoch(job))),
+    field("Status", statusText(job)),
     job.error ? field("Error", job.error, { class: "error-text" }) : null,
-    field("Epoch", epoch ?? "–"),
+    field("Where it is", progressText(job) ?? "–"),
     field("Best eval loss", `${lossText(job.best_eval_loss)}${bestAt ? ` (${bestAt})` : ""}`),
     field("Against the best", delta),
     field("Best checkpoint", job.best_checkpoint_path
@@ -179,7 +178,7 @@ function renderDetail() {
   setText(subtitle, job.model_display);
   panel.dataset.jobId = job.id;
   const badges = h("div", { class: "badges" },
-    h("span", { class: `status status-${job.status}` }, statusText(job, currentEpoch(job))),
+    h("span", { class: `status status-${job.status}` }, statusText(job)),
     job.is_best ? h("span", { class: "badge badge-best" }, "🏆 Best") : null,
     job.best_eval_loss !== null
       ? h("span", { class: "badge badge-loss" }, `Loss: ${lossText(job.best_eval_loss)}`) : null,

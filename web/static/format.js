@@ -77,14 +77,20 @@ const STATUS_WORDS = {
 };
 
 /**
- * The status line of a card: `Running · epoch 3/12`, `Completed`, `Failed`.
- * `epoch` is the latest epoch known for the job (from its metrics, else its best epoch).
+ * Where a job is, from its latest observation: `epoch 3/12`, `step 400` (no epoch), or null.
  */
-export function statusText(job, epoch) {
+export function progressText(job) {
+  const epoch = epochText(job.epoch, job.total_epochs);
+  if (epoch !== null) return `epoch ${epoch}`;
+  return job.step !== null && job.step !== undefined ? `step ${job.step}` : null;
+}
+
+/** The status line of a card: `Running · epoch 3/12`, `Running · step 400`, `Completed`. */
+export function statusText(job) {
   const word = STATUS_WORDS[job.status] ?? job.status;
   if (job.status !== "running") return word;
-  const progress = epochText(epoch, job.total_epochs);
-  if (progress !== null) return `${word} · epoch ${progress}`;
+  const progress = progressText(job);
+  if (progress !== null) return `${word} · ${progress}`;
   return job.total_epochs ? `${word} · ${job.total_epochs} epochs` : word;
 }
 

@@ -4,7 +4,7 @@
 // selection, mode or pending archive/restore changed.
 
 import { actionButton, isArchiveAction } from "./actions.js";
-import { currentEpoch, derive, state } from "./state.js";
+import { derive, state } from "./state.js";
 import { h, fromTemplate, setAttr, setText } from "./dom.js";
 import {
   deltaBadgeText,
@@ -73,7 +73,6 @@ function newCard() {
     job: null,
     selected: null,
     grouped: null,
-    epoch: undefined,
     pending: null,
     x: null,
     y: null,
@@ -94,7 +93,7 @@ function newCard() {
   return rec;
 }
 
-function fillCard(rec, job, selected, grouped, epoch, pending) {
+function fillCard(rec, job, selected, grouped, pending) {
   const { el } = rec;
   setAttr(el, "data-job-id", job.id);
   setAttr(el, "data-status", job.status);
@@ -106,7 +105,7 @@ function fillCard(rec, job, selected, grouped, epoch, pending) {
   setText(rec.title, title);
   setAttr(rec.title, "title", job.name || job.id);
   setAttr(rec.check, "aria-label", `Select ${title} for comparison`);
-  setText(rec.status, statusText(job, epoch));
+  setText(rec.status, statusText(job));
   rec.status.className = `status status-${job.status}`;
   setAttr(rec.status, "title",
     job.status === "failed" ? (job.error ? `Failed: ${job.error}` : "Failed") : null);
@@ -152,15 +151,13 @@ function placeCard(id, parent, x, y, w) {
   }
   rec.frame = frameNo;
   const selected = state.selected.includes(id);
-  const epoch = currentEpoch(job);
   const pending = state.pending.has(id);
   if (rec.job !== job || rec.selected !== selected || rec.grouped !== state.grouped ||
-      rec.epoch !== epoch || rec.pending !== pending) {
-    fillCard(rec, job, selected, state.grouped, epoch, pending);
+      rec.pending !== pending) {
+    fillCard(rec, job, selected, state.grouped, pending);
     rec.job = job;
     rec.selected = selected;
     rec.grouped = state.grouped;
-    rec.epoch = epoch;
     rec.pending = pending;
   }
   if (rec.x !== x || rec.y !== y) {

@@ -20,7 +20,6 @@ export const state = {
   pending: new Set(), // job ids with an archive or restore on its way, until their next update
   detailId: null, // the job whose live view is open
   compareIds: null, // the job ids of the open comparison, else null
-  latestEpoch: new Map(), // job id -> latest epoch seen in its metric points
   derived: null, // see derive()
   derivedDirty: true,
 };
@@ -199,22 +198,6 @@ export function derive() {
   return state.derived;
 }
 
-/** The latest epoch known for a job: from its metric points if seen, else its best epoch. */
-export function currentEpoch(job) {
-  const seen = state.latestEpoch.get(job.id);
-  const best = job.best_epoch;
-  if (seen === undefined || seen === null) return best;
-  return best === null || seen > best ? seen : best;
-}
-
-/** Remember the latest epoch in a job's metric points (for its card's progress). */
-export function noteMetrics(jobId, points) {
-  let latest = null;
-  for (const point of points) {
-    if (point.epoch !== null && (latest === null || point.epoch > latest)) latest = point.epoch;
-  }
-  if (latest !== null) state.latestEpoch.set(jobId, latest);
-}
 
 // --- Selection ----------------------------------------------------------------------------------
 
