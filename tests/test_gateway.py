@@ -304,3 +304,14 @@ def test_every_csv_cell_is_guarded_even_the_consider_archiving_row(
     for row in table:
         for cell in row:
             assert cell[:1] not in "=+-@\t\r" or cell in ("-5", "+150.0") or cell == ""
+
+
+def test_whoami_says_whether_a_page_at_an_origin_may_connect(client: TestClient) -> None:
+    def asked(origin: str | None) -> Any:
+        return client.get("/api/whoami", params={} if origin is None else {"origin": origin}
+                          ).json()
+    assert asked("http://127.0.0.1") == {"origin": "http://127.0.0.1", "origin_allowed": True}
+    assert asked("http://127.0.0.1:9999")["origin_allowed"] is False  # another port
+    assert asked("https://127.0.0.1")["origin_allowed"] is False  # another scheme
+    assert asked("https://evil.example")["origin_allowed"] is False
+    assert asked(None) == {"origin": None, "origin_allowed": True}

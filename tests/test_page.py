@@ -8,10 +8,13 @@ reconnecting after the gateway restarts, share links, and trainer strings shown 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -760,3 +763,145 @@ def test_a_running_card_says_where_the_run_is_not_where_its_best_was(
     table = page.get_by_test_id("compare-table")
     expect(table.locator("tr", has_text="Progress")).to_contain_text("epoch 5/5, step 500")
     expect(table.locator("tr", has_text="Progress")).to_contain_text("step 750")
+
+
+AXE = (ROOT / "tests" / "vendor" / "axe-core-4.14.1.min.js").read_text()  # for tests, not served
+
+
+def axe_violations(page: Page) -> list[str]:
+    """Serious and critical accessibility violations axe-core finds on the page as it is."""
+    page.evaluate(AXE)
+    found = page.evaluate("""async () => {
+        const result = await axe.run(document, {resultTypes: ['violations']});
+        return result.violations
+            .filter(v => v.impact === 'serious' || v.impact === 'critical')
+            .map(v => `${v.id} (${v.impact}): ` + v.nodes.map(n => n.target.join(' ')).join(', '));
+    }""")
+    return list(found)
+
+
+@pytest.mark.parametrize("color_scheme", ["light", "dark"])
+def test_every_view_passes_an_accessibility_audit(
+        browser: Browser, gateway: LiveGateway, r: redis.Redis, keys: Keys,
+        worker: RunningWorker, color_scheme: str) -> None:
+    """axe-core on the flat and grouped list, a job's view and the comparison modal: no
+    serious or critical violation, in light and dark mode."""
+    seed(r, keys, worker, board(time.time()))
+    # The audit is injected with eval, which the page's Content-Security-Policy forbids.
+    context = browser.new_context(viewport=VIEWPORT, base_url=gateway.url, bypass_csp=True,
+                                  color_scheme=color_scheme)  # type: ignore[arg-type]
+    try:
+        page = context.new_page()
+        open_live(page)
+        found = {"flat list": axe_violations(page)}
+        page.get_by_test_id("group-toggle").check()
+        expect(page.get_by_test_id("model-group").first).to_be_visible()
+        found["grouped list"] = axe_violations(page)
+        card(page, "qwen-b").locator(".card-title").click()
+        expect(page.get_by_test_id("job-detail").locator(".chart-svg")).to_be_visible()
+        found["job view"] = axe_violations(page)
+        page.keyboard.press("Escape")
+        for job_id in ("qwen-a", "qwen-b", "qwen-c"):
+            card(page, job_id).get_by_test_id("job-select").check()
+        page.get_by_test_id("compare-button").click()
+        expect(page.get_by_test_id("compare-modal").locator(".chart-svg").first).to_be_visible()
+        found["comparison"] = axe_violations(page)
+    finally:
+        context.close()
+    assert found == {"flat list": [], "grouped list": [], "job view": [], "comparison": []}
+
+
+def test_everything_works_from_the_keyboard_with_a_visible_focus(page: Page, r: redis.Redis,
+                                                                 keys: Keys,
+                                                                 worker: RunningWorker) -> None:
+    seed(r, keys, worker, board(time.time()))
+    open_live(page)
+
+    def focus_until(selector: str) -> None:
+        for _ in range(80):
+            page.keyboard.press("Tab")
+            if page.evaluate(f"!!document.activeElement.closest({selector!r})"):
+                outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+                assert outline != "none", selector  # the focus shows
+                return
+        raise AssertionError(f"Tab never reached {selector}")
+
+    focus_until('[data-job-id="qwen-b"] .card-title')
+    page.keyboard.press("Enter")
+    detail = page.get_by_test_id("job-detail")
+    expect(detail).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(detail).to_be_hidden()
+    for job_id in ("qwen-a", "qwen-b"):
+        focus_until(f'[data-job-id="{job_id}"] [data-testid=job-select]')
+        page.keyboard.press("Space")
+    focus_until("[data-testid=compare-button]")
+    page.keyboard.press("Enter")
+    modal = page.get_by_test_id("compare-modal")
+    expect(modal).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(modal).to_be_hidden()
+    focus_until("[data-testid=group-toggle]")
+    page.keyboard.press("Space")
+    expect(page.get_by_test_id("model-group").first).to_be_visible()
+
+
+class HostRewritingProxy:
+    """A proxy in front of the gateway that sends it another Host than the browser used (a
+    misconfigured reverse proxy): the page loads, but the gateway refuses its WebSocket."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.server.settimeout(0.2)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+            ours, theirs = f"127.0.0.1:{self.port}".encode(), f"127.0.0.1:{self.target}".encode()
+            threading.Thread(target=self._pipe, args=(client, upstream, ours, theirs),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, b"", b""),
+                             daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, old: bytes, new: bytes) -> None:
+        with contextlib.suppress(OSError):
+            while not self.stopped.is_set():
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data.replace(b"Host: " + old, b"Host: " + new) if old else data)
+        for s in (source, sink):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        source.close()  # each socket is the source of one pipe, which closes it
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+        self.server.close()
+
+
+def test_a_page_whose_origin_the_gateway_refuses_says_so(page: Page,
+                                                          gateway: LiveGateway) -> None:
+    proxy = HostRewritingProxy(gateway.port)
+    try:
+        page.goto(f"http://127.0.0.1:{proxy.port}/")
+        status = page.get_by_test_id("connection-status")
+        expect(status).to_have_attribute("data-state", "refused")
+        expect(status).to_have_text("Not allowed")
+        panel = page.locator("#error-state")
+        expect(panel).to_be_visible()
+        expect(panel).to_contain_text("This page's address is not allowed by the monitor "
+                                      "(MONITOR_ALLOWED_ORIGINS).")
+        expect(panel).to_contain_text(f"http://127.0.0.1:{proxy.port}")
+    finally:
+        proxy.close()

@@ -16,8 +16,17 @@ from web.compare import MAX_IDS, MIN_IDS, build_comparison, to_csv
 from web.errors import ApiError, validation_errors
 from web.gateway import Gateway, gateway_of
 from web.responses import JSON
-from web.schemas import Accepted, Comparison, Error, JobDetail, JobList, JobMetrics, ModelRow
-from web.security import origin_ok, token_ok
+from web.schemas import (
+    Accepted,
+    Comparison,
+    Error,
+    JobDetail,
+    JobList,
+    JobMetrics,
+    ModelRow,
+    WhoAmI,
+)
+from web.security import origin_allowed, origin_ok, token_ok
 
 MAX_EVENTS = 1000
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -38,6 +47,19 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description
 router = APIRouter(prefix="/api", dependencies=[Depends(require_token)],
                    responses={401: {"model": Error, "description": "missing or wrong token"},
                               503: {"model": Error, "description": "Redis is unreachable"}})
+
+
+@router.get("/whoami", response_model=WhoAmI,
+            summary="Whether a page at this origin may open /ws through this address")
+async def whoami(
+    request: Request, gw: GW,
+    origin: Annotated[str | None, Query(max_length=2048,
+                                        description="the page's location.origin")] = None,
+) -> Response:
+    """Browsers hide why a WebSocket handshake was refused; a page that cannot connect asks
+    here, with its own origin, and can say so instead of "unreachable"."""
+    allowed = origin is None or origin_allowed(gw.settings, origin, request)
+    return JSON({"origin": origin, "origin_allowed": allowed})
 
 
 def unknown(job_id: str) -> ApiError:

@@ -89,6 +89,12 @@ class CompareRow(BaseModel):
     tiers: list[Tier | None] | None = None
 
 
+class WhoAmI(BaseModel):
+    origin: str | None = Field(description="the origin asked about")
+    origin_allowed: bool = Field(description="whether a page there may open /ws and write "
+                                             "(else: MONITOR_ALLOWED_ORIGINS)")
+
+
 class OtherRun(BaseModel):
     job_id: str
     run_number: int

@@ -66,3 +66,19 @@ export const archiveJob = (id) =>
   api(`/api/jobs/${encodeURIComponent(id)}/archive`, { method: "POST" });
 export const restoreJob = (id) =>
   api(`/api/jobs/${encodeURIComponent(id)}/restore`, { method: "POST" });
+
+export const REFUSED_ORIGIN_MESSAGE =
+  "This page's address is not allowed by the monitor (MONITOR_ALLOWED_ORIGINS).";
+
+/**
+ * Why the WebSocket cannot open, when the gateway can say: browsers hide a refused handshake,
+ * so ask whether this page's origin is allowed. A reason, or null (unknown: keep trying).
+ */
+export async function refusalReason() {
+  try {
+    const answer = await api(`/api/whoami?origin=${encodeURIComponent(location.origin)}`);
+    return answer.origin_allowed ? null : REFUSED_ORIGIN_MESSAGE;
+  } catch {
+    return null; // unreachable, or a token is missing (the page says that itself)
+  }
+}

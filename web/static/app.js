@@ -2,7 +2,7 @@
 // and draws the page's frame (toolbar, connection, empty and error states, selection bar).
 
 import { runArchiveAction } from "./actions.js";
-import { TOKEN_MESSAGE, setUnauthorizedHandler } from "./api.js";
+import { TOKEN_MESSAGE, refusalReason, setUnauthorizedHandler } from "./api.js";
 import { compareSawChanges, initCompare, openCompare } from "./compare.js";
 import { detailSawChanges, initDetail, openDetail } from "./detail.js";
 import { h, setAttr, setText } from "./dom.js";
@@ -43,6 +43,7 @@ const CONNECTION_WORDS = {
   reconnecting: "Reconnecting…",
   offline: "Offline",
   unauthorized: "Needs a token",
+  refused: "Not allowed",
 };
 
 // --- Actions ---------------------------------------------------------------------------------------
@@ -113,6 +114,7 @@ function renderConnection() {
     reconnecting: "The connection to the gateway dropped; reconnecting",
     offline: "The gateway cannot be reached; still trying",
     unauthorized: TOKEN_MESSAGE,
+    refused: "The gateway refuses pages at this address",
     connecting: "Connecting to the gateway",
   }[state.connection];
   setAttr(connection, "title", state.connectionDetail ? `${title} (${state.connectionDetail})` : title);
@@ -121,10 +123,17 @@ function renderConnection() {
 function renderStates(derived) {
   const errorState = $("error-state");
   const unauthorized = state.connection === "unauthorized";
+  const refused = state.connection === "refused";
   const unreachable = !state.loaded && (state.connection === "reconnecting" ||
     state.connection === "offline");
-  show(errorState, unauthorized || unreachable);
-  if (unauthorized) {
+  show(errorState, unauthorized || refused || unreachable);
+  if (refused) {
+    setText(errorState.querySelector(".panel-title"), "This page's address is not allowed");
+    setText(errorState.querySelector(".panel-text"),
+      `${state.connectionDetail} The gateway refuses pages at ${location.origin}: open the `
+      + "dashboard at the address the gateway serves it under, or add this one to "
+      + "MONITOR_ALLOWED_ORIGINS.");
+  } else if (unauthorized) {
     setText(errorState.querySelector(".panel-title"), "This monitor needs a token");
     setText(errorState.querySelector(".panel-text"),
       `${TOKEN_MESSAGE}${state.connectionDetail ? ` (the gateway said: ${state.connectionDetail})` : ""}`);
@@ -246,7 +255,7 @@ function start() {
   initDetail();
   registerRenderer("frame", renderFrame);
 
-  connectLive({ onMessage, onStatus, since: () => state.version });
+  connectLive({ onMessage, onStatus, since: () => state.version, diagnose: refusalReason });
   if (state.selected.length >= 2) openCompare(state.selected);
   schedule();
   // For the benchmark and for debugging from the console.

@@ -8,10 +8,11 @@ const STEADY_MS = 5000; // a connection open this long resets the backoff
 
 /**
  * Keep a live connection. `onMessage(message)` gets every parsed message; `onStatus(status,
- * detail)` hears "live", "reconnecting", "offline" or "unauthorized"; `since()` gives the
- * version to resume from (null: start with a snapshot).
+ * detail)` hears "live", "reconnecting", "offline", "unauthorized" or "refused"; `since()`
+ * gives the version to resume from (null: start with a snapshot); `diagnose()` is asked, when
+ * a first connection fails before it opens, for a reason it will never open (or null).
  */
-export function connectLive({ onMessage, onStatus, since }) {
+export function connectLive({ onMessage, onStatus, since, diagnose = async () => null }) {
   let socket = null;
   let failures = 0;
   let timer = null;
@@ -31,8 +32,10 @@ export function connectLive({ onMessage, onStatus, since }) {
     timer = null;
     if (stopped || socket) return;
     const ws = new WebSocket(url());
+    let opened = false;
     socket = ws;
     ws.onopen = () => {
+      opened = true;
       if (!performance.getEntriesByName("monitor:ws-open").length) {
         performance.mark("monitor:ws-open");
       }
@@ -63,7 +66,18 @@ export function connectLive({ onMessage, onStatus, since }) {
       onStatus(failures > OFFLINE_AFTER || !navigator.onLine ? "offline" : "reconnecting", detail);
       const delay = BACKOFF_MS[Math.min(failures - 1, BACKOFF_MS.length - 1)];
       timer = setTimeout(open, delay);
+      if (!opened && failures === 1) explain();
     };
+  }
+
+  // A handshake refused before it opened: if the gateway says it always will be, stop.
+  async function explain() {
+    const reason = await diagnose();
+    if (reason === null || stopped) return;
+    stopped = true;
+    clearTimeout(timer);
+    if (socket) socket.close(); // a retry under way is refused as well
+    onStatus("refused", reason);
   }
 
   // Come back at once when the machine is back online or the tab is looked at again.
