@@ -752,7 +752,7 @@ def test_a_running_card_says_where_the_run_is_not_where_its_best_was(
 
     card(page, "late").locator(".card-title").click()
     detail = page.get_by_test_id("job-detail")
-    expect(detail.get_by_text("epoch 5/5", exact=True)).to_be_visible()
+    expect(detail.get_by_text("epoch 5/5, step 500", exact=True)).to_be_visible()
     expect(detail).to_contain_text("0.3000 (epoch 2/5, step 200)")  # the best stays where it was
     page.keyboard.press("Escape")
     expect(detail).to_be_hidden()

@@ -11,10 +11,10 @@ import {
   epochText,
   jobTitle,
   lossText,
-  progressText,
   statusText,
   tierTitle,
   timeText,
+  whereText,
 } from "./format.js";
 import { registerRenderer, schedule } from "./render.js";
 import { state } from "./state.js";
@@ -107,7 +107,7 @@ function fields(job) {
     field("Model", job.model_name === null ? "Unknown Model" : job.model_name),
     field("Status", statusText(job)),
     job.error ? field("Error", job.error, { class: "error-text" }) : null,
-    field("Where it is", progressText(job) ?? "–"),
+    field("Where it is", whereText(job) ?? "–"),
     field("Best eval loss", `${lossText(job.best_eval_loss)}${bestAt ? ` (${bestAt})` : ""}`),
     field("Against the best", delta),
     field("Best checkpoint", job.best_checkpoint_path

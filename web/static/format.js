@@ -85,6 +85,15 @@ export function progressText(job) {
   return job.step !== null && job.step !== undefined ? `step ${job.step}` : null;
 }
 
+/** Where a job is, in full: `epoch 3/12, step 300` (either part alone when the other is
+ * missing), or null; as the comparison's Progress row says it. */
+export function whereText(job) {
+  const epoch = epochText(job.epoch, job.total_epochs);
+  const parts = [epoch !== null ? `epoch ${epoch}` : null,
+    job.step !== null && job.step !== undefined ? `step ${job.step}` : null];
+  return parts.filter(Boolean).join(", ") || null;
+}
+
 /** The status line of a card: `Running · epoch 3/12`, `Running · step 400`, `Completed`. */
 export function statusText(job) {
   const word = STATUS_WORDS[job.status] ?? job.status;
