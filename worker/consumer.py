@@ -89,8 +89,6 @@ class Worker:
         self.board = Board()
         self.loaded_groups = set()
 
-    # -- the loop ----------------------------------------------------------------------------
-
     async def run(self, stop: asyncio.Event) -> None:
         """Apply events until ``stop`` is set; survives Redis going away and coming back."""
         delay = 0.1
@@ -184,11 +182,10 @@ class Worker:
         await _sleep(stop, min(0.25, self.settings.lease_ttl / 4))
 
     async def _apply_and_settle(self, batch: Batch) -> None:
+        """Apply ``batch``, and return once nothing is in flight any more."""
         if batch.entries:
             await self._apply(batch, self.pipeline.commit)
         await self.pipeline.settle()  # nothing more to fold: no reason to leave it running
-
-    # -- recover -----------------------------------------------------------------------------
 
     async def _recover(self) -> None:
         """After taking the lease: adopt unacknowledged entries and finish them first."""
@@ -208,8 +205,6 @@ class Worker:
     async def _process(self, entries: list[Entry]) -> None:
         """Apply ``entries`` and wait for their commit (see :meth:`_apply`)."""
         await self._apply(Batch.of(entries), self.pipeline.commit)
-
-    # -- apply: fold, commit -----------------------------------------------------------------
 
     async def _apply(self, batch: Batch, send: Send) -> None:
         """Apply the entries not yet committed and ``send`` their commit, acknowledging all of
@@ -258,7 +253,7 @@ class Worker:
         folded = fold(self.board, items)
         to_read = rewrites(self.board, folded)
         if to_read:
-            await self.pipeline.settle()
+            await self.pipeline.settle()  # the points about to be read back must have landed
         histories = await self.store.histories(to_read) if to_read else {}
         return build_commit(self.board, folded, self.keys, histories)
 

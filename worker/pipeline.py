@@ -102,8 +102,6 @@ class Pipeline:
             task.add_done_callback(_retrieve)  # its error, if any, is not news
         return tasks
 
-    # -- read --------------------------------------------------------------------------------
-
     async def read(self) -> Batch | None:
         """The next batch: the one read ahead, else the next new entries, after waiting for
         one when caught up. None: no new entry came within ``block``."""
@@ -128,8 +126,6 @@ class Pipeline:
         """``entry_id`` is in the stream: a wait for new entries waits for a newer one."""
         if parse_pos(entry_id) > parse_pos(self.last_seen):
             self.last_seen = entry_id
-
-    # -- commit ------------------------------------------------------------------------------
 
     @property
     def stored_ids_in_flight(self) -> dict[str, list[str]]:
