@@ -76,6 +76,7 @@ class Pipeline:
         self.caught_up = False
         self._ahead: asyncio.Task[Batch] | None = None
         self._in_flight: InFlight | None = None
+        # Kept across restarts: what this process's commits applied, and added to updates.
         self.applied_total = 0
         self._progress = (time.monotonic(), 0)
         self._update_sizes: deque[tuple[str, int]] = deque()  # what we added to updates
