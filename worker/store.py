@@ -229,6 +229,10 @@ class Store:
         """Drop applied entries from the events stream (never one that is not applied)."""
         await self.redis.xtrim(self.keys.events, minid=applied, approximate=True)
 
+    async def trim_updates(self, oldest: str) -> None:
+        """Drop the updates older than ``oldest`` (an entry id) from ``<prefix>updates``."""
+        await self.redis.xtrim(self.keys.updates, minid=oldest, approximate=True)
+
 
 def _split(command: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     """``command`` as commands of at most MAX_ARGS values, with the same effect in order."""
