@@ -25,6 +25,8 @@ class Gateway:
     keys: Keys
     reader: StateReader  # reads: retried, so a connection broken by a Redis restart heals
     hub: Hub
+    # POST /api/events bodies are parsed one at a time (in a thread), so a burst of large
+    # ones holds at most one body's objects at once.
     parsing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
 
     @classmethod
