@@ -342,8 +342,8 @@ class Group:
 
 
 def job_view(public: dict[str, Any], best: tuple[str, float] | None) -> dict[str, Any]:
-    """A job view (docs/state.md, Views): the public state plus ``is_best``, ``delta_pct`` and
-    ``tier``.
+    """A job view (docs/state.md, Views): the public state plus ``is_best``, ``delta_pct``,
+    ``tier`` and ``gpu_hours``.
 
     ``best`` is the group's best run as (job id, best eval loss), or None.
     """
@@ -356,7 +356,17 @@ def job_view(public: dict[str, Any], best: tuple[str, float] | None) -> dict[str
     view["is_best"] = is_best
     view["delta_pct"] = delta
     view["tier"] = tier(delta)
+    view["gpu_hours"] = gpu_hours(public)
     return view
+
+
+def gpu_hours(public: dict[str, Any]) -> float | None:
+    """GPU-hours a job has used: ``gpu_count`` times its time from ``created_at`` to its end
+    (``finished_at`` once finished, else ``updated_at``); None without ``gpu_count``."""
+    if public.get("gpu_count") is None:
+        return None
+    end = public["finished_at"] if public["finished_at"] is not None else public["updated_at"]
+    return float(public["gpu_count"] * max(0.0, end - public["created_at"]) / 3600)
 
 
 def delta_pct(best_eval_loss: float, best: float) -> float | None:

@@ -43,7 +43,11 @@ def reference_views(stream: list[tuple[Pos, float, Event]]) -> dict[str, dict[st
         candidate = not s["archived"] and s["best_eval_loss"] is not None
         delta = (delta_pct(s["best_eval_loss"], group_best[0])
                  if group_best is not None and candidate and not is_best else None)
-        views[job_id] = {**s, "is_best": is_best, "delta_pct": delta, "tier": tier(delta)}
+        end = s["finished_at"] if s["finished_at"] is not None else s["updated_at"]
+        hours = (None if s["gpu_count"] is None
+                 else float(s["gpu_count"] * max(0.0, end - s["created_at"]) / 3600))
+        views[job_id] = {**s, "is_best": is_best, "delta_pct": delta, "tier": tier(delta),
+                         "gpu_hours": hours}
     return views
 
 

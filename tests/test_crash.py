@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 MODELS = ["Qwen/Qwen2.5-7B-Instruct", "/data/huggingface_models/Qwen-Qwen3-1.7B/snapshots/a1",
           "meta-llama/Llama-3.2-3B", None]
-VIEW_ONLY = ("is_best", "delta_pct", "tier")
+VIEW_ONLY = ("is_best", "delta_pct", "tier", "gpu_hours")  # derived, not stored
 
 
 def spawn_worker(redis_url: str, keys: Keys, log: Path) -> subprocess.Popen[bytes]:

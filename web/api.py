@@ -12,7 +12,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import ValidationError
 
 from monitor.events import BadEvent, event_adapter, parse_event
-from web.compare import MAX_IDS, MIN_IDS, build_comparison, to_csv
+from monitor.insights import model_insights
+from web.compare import MAX_IDS, MIN_IDS, build_comparison, selection_best, to_csv
 from web.errors import ApiError, validation_errors
 from web.gateway import Gateway, gateway_of
 from web.responses import JSON
@@ -20,6 +21,7 @@ from web.schemas import (
     Accepted,
     Comparison,
     Error,
+    Insights,
     JobDetail,
     JobList,
     JobMetrics,
@@ -60,6 +62,21 @@ async def whoami(
     here, with its own origin, and can say so instead of "unreachable"."""
     allowed = origin is None or origin_allowed(gw.settings, origin, request)
     return JSON({"origin": origin, "origin_allowed": allowed})
+
+
+@router.get("/insights", response_model=Insights,
+            responses={404: {"model": Error, "description": "unknown model"}},
+            summary="One model's cost, Pareto front, seed noise and hyperparameter effects")
+async def insights(
+    gw: GW,
+    model: Annotated[str | None, Query(max_length=512, description=(
+        "the exact model_name; omitted: the jobs that never named a model"))] = None,
+) -> Response:
+    found = await gw.reader.model_jobs(model)
+    if found is None:
+        raise ApiError(404, f"unknown model {model!r}")
+    row, views = found
+    return JSON(model_insights(row["model_name"], row["model_display"], views))
 
 
 def unknown(job_id: str) -> ApiError:
@@ -120,7 +137,10 @@ async def compare(
     missing = [job_id for job_id, view in zip(wanted, views) if view is None]
     if missing:
         raise unknown(missing[0])
-    comparison = build_comparison([v for v in views if v is not None])
+    found = [v for v in views if v is not None]
+    best = selection_best(found)
+    group = await gw.reader.model_jobs(best["model_name"]) if best is not None else None
+    comparison = build_comparison(found, group[1] if group is not None else None)
     if format is None:
         return JSON(comparison)
     name = f"comparison-{time.strftime('%Y%m%d-%H%M%S')}.{format}"

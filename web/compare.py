@@ -11,6 +11,7 @@ import io
 import re
 from typing import Any
 
+from monitor.insights import significance
 from monitor.rules import delta_pct, shown, tier
 
 MIN_IDS, MAX_IDS = 2, 5
@@ -44,8 +45,23 @@ def selection_best(views: list[dict[str, Any]]) -> dict[str, Any] | None:
     return min(scored, key=lambda v: (v["best_eval_loss"], v["created_at"], v["id"]))
 
 
-def build_comparison(views: list[dict[str, Any]]) -> dict[str, Any]:
-    """The comparison of ``views``, in the order the user asked for them."""
+UNKNOWN = {"verdict": "unknown", "p_value": None, "method": None}
+
+
+def _significance(view: dict[str, Any], best: dict[str, Any] | None,
+                  model_views: list[dict[str, Any]]) -> dict[str, Any]:
+    """Is ``view`` worse than the selection's best by more than seed noise? Measured against
+    the best run's model only: runs of other models (or without a loss) are ``unknown``."""
+    if (best is None or view["best_eval_loss"] is None
+            or view["model_name"] != best["model_name"]):
+        return {"job_id": view["id"], **UNKNOWN}
+    return significance(view, best, model_views)
+
+
+def build_comparison(views: list[dict[str, Any]],
+                     model_views: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The comparison of ``views``, in the order the user asked for them. ``model_views``: the
+    jobs (with configs) of the best run's model, whose replicates measure seed noise."""
     best = selection_best(views)
     best_value = best["best_eval_loss"] if best else None
     deltas = [
@@ -77,9 +93,11 @@ def build_comparison(views: list[dict[str, Any]]) -> dict[str, Any]:
             best["best_checkpoint_path"] if best else None),
         row("progress", "Progress", [_progress_text(v) for v in views]),
     ]
+    verdicts = [_significance(v, best, model_views or []) for v in views if v is not best]
     others = [
         {"job_id": v["id"], "run_number": i + 1, "delta_pct": deltas[i], "tier": tiers[i],
-         "consider_archiving": tiers[i] == "red"}
+         "consider_archiving": tiers[i] == "red",
+         "verdict": next(s["verdict"] for s in verdicts if s["job_id"] == v["id"])}
         for i, v in enumerate(views) if v is not best
     ]
     recommendation = {
@@ -93,7 +111,7 @@ def build_comparison(views: list[dict[str, Any]]) -> dict[str, Any]:
         "others": others,
     }
     return {"jobs": views, "best_job_id": best["id"] if best else None, "rows": rows,
-            "recommendation": recommendation}
+            "recommendation": recommendation, "significance": verdicts}
 
 
 def _cell(value: Any) -> str:

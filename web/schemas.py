@@ -45,6 +45,8 @@ class JobView(BaseModel):
     is_best: bool
     delta_pct: float | None = Field(description="how much worse than the group's best, in %")
     tier: Tier | None
+    gpu_hours: float | None = Field(description="gpu_count times the time from start to end "
+                                                "(or to the latest event while running)")
 
 
 class JobDetail(JobView):
@@ -95,12 +97,54 @@ class WhoAmI(BaseModel):
                                              "(else: MONITOR_ALLOWED_ORIGINS)")
 
 
+Verdict = Literal["real", "within_noise", "unknown"]
+
+
 class OtherRun(BaseModel):
     job_id: str
     run_number: int
     delta_pct: float | None
     tier: Tier | None
     consider_archiving: bool
+    verdict: Verdict = Field(description="the run's significance (see `significance`)")
+
+
+class Significance(BaseModel):
+    """Is a run worse than the selection's best by more than seed noise (docs/insights.md)?"""
+
+    job_id: str
+    verdict: Verdict
+    p_value: float | None
+    method: str | None = Field(description="how it was decided, e.g. Welch's t-test")
+
+
+class Replicates(BaseModel):
+    config: dict[str, object] = Field(description="the configuration, without seed keys")
+    job_ids: list[str]
+    n: int
+    best_eval_loss_mean: float
+    best_eval_loss_std: float
+    ci95: list[float] = Field(description="95% interval for the mean")
+
+
+class Hyperparameter(BaseModel):
+    name: str = Field(description="the config key, nested keys joined with dots")
+    kind: Literal["numeric", "categorical"]
+    runs: int
+    effect: float | None = Field(description="Spearman's rank correlation with best eval "
+                                             "loss (numeric keys; negative: larger is better)")
+    p_value: float
+    importance: float = Field(description="share of the variance explained, 0 to 1")
+
+
+class Insights(BaseModel):
+    model_name: str | None
+    model_display: str
+    gpu_hours: float | None
+    pareto: list[str] = Field(description="candidates on the GPU-hours / best eval loss front")
+    replicates: list[Replicates]
+    noise_pct: float | None = Field(description="pooled seed noise, % of the mean")
+    hyperparameters: list[Hyperparameter]
 
 
 class Recommendation(BaseModel):
@@ -119,6 +163,7 @@ class Comparison(BaseModel):
     best_job_id: str | None
     rows: list[CompareRow]
     recommendation: Recommendation
+    significance: list[Significance]
 
 
 class Accepted(BaseModel):

@@ -184,6 +184,34 @@ class StateReader:
         by_id = {v["id"]: v for v in await self._with_models([r for r in raws if r is not None])}
         return [by_id.get(job_id) for job_id in job_ids]
 
+    async def model_jobs(self, model_name: str | None
+                         ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """One model's row and the views of all its jobs, each with its ``config``; None for a
+        model no job has."""
+        k = self.keys
+        field = model_field(model_name)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hget(k.models, field)
+            pipe.smembers(k.group(model_name))
+            row, members = await pipe.execute()
+        if row is None:
+            return None
+        ids = sorted(text(m) for m in members)
+        if not ids:
+            return orjson.loads(row), []
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(k.jobs, ids)
+            pipe.hmget(k.configs, ids)
+            raws, configs = await pipe.execute()
+        best = best_runs({field.encode(): row})
+        views = []
+        for raw, config in zip(raws, configs):
+            if raw is not None:
+                view = job_view(orjson.loads(raw), best.get(field))
+                view["config"] = orjson.loads(config) if config is not None else None
+                views.append(view)
+        return orjson.loads(row), views
+
     async def exists(self, job_id: str) -> bool:
         return bool(await self.redis.hexists(self.keys.jobs, job_id))
 
