@@ -72,13 +72,15 @@ class LiveGateway:
 def run_events(job_id: str, model: str | None, best: float | None, *, ts: float,
                name: str | None = None, epochs: int = 12, best_epoch: int = 5,
                upto: int | None = None, status: str | None = "completed",
-               error: str | None = None) -> list[dict[str, Any]]:
+               error: str | None = None, config: dict[str, Any] | None = None
+               ) -> list[dict[str, Any]]:
     """The events of one training run: started, a metric point per epoch (eval loss lowest,
     exactly ``best``, at ``best_epoch``), a checkpoint at the best epoch, then finished.
     ``upto`` stops after that many epochs (a run still going when ``status`` is None)."""
     events: list[dict[str, Any]] = [{"type": "job_started", "job_id": job_id, "model_name": model,
                                      "total_epochs": epochs, "name": name, "ts": ts,
-                                     "gpu_count": 2, "config": {"lr": 2e-5, "lora_rank": 16}}]
+                                     "gpu_count": 2,
+                                     "config": config or {"lr": 2e-5, "lora_rank": 16}}]
     last = epochs if upto is None else upto
     for epoch in range(1, last + 1):
         point: dict[str, Any] = {"type": "metrics", "job_id": job_id, "epoch": epoch,
@@ -108,9 +110,10 @@ def board(now: float) -> list[dict[str, Any]]:
     model path is cleaned; a failed and a running run; a job that never named its model."""
     events: list[dict[str, Any]] = []
     events += run_events("qwen-a", Q, 0.2345, ts=now - 9000, name="qwen7b-lr2e-5-r16")
-    events += run_events("qwen-b", Q, 0.2701, ts=now - 8000, name="qwen7b-lr1e-4-r32")
+    events += run_events("qwen-b", Q, 0.2701, ts=now - 8000, name="qwen7b-lr1e-4-r32",
+                         config={"lr": 1e-4, "lora_rank": 32})
     events += run_events("qwen-c", Q, 0.3456, ts=now - 7000, name="qwen7b-lr3e-4-r64",
-                         best_epoch=3)
+                         best_epoch=3, config={"lr": 3e-4, "lora_rank": 64})
     events += run_events("llama-a", "meta-llama/Llama-3.2-3B-Instruct", 0.6712, ts=now - 6000,
                          name="llama3b-baseline", epochs=8, best_epoch=6)
     events += run_events("llama-b", "meta-llama/Llama-3.2-3B-Instruct", 0.7160, ts=now - 5000,

@@ -242,9 +242,10 @@ def test_compare_selected_runs_and_export(page: Page, r: redis.Redis, keys: Keys
     expect(recommendation).to_contain_text("Best eval loss: 0.2345 (at epoch 5/12)")
     expect(recommendation).to_contain_text("Checkpoint: checkpoint-5")
     expect(recommendation).to_contain_text("Job ID: qwen-a")
-    expect(recommendation.locator("li", has_text="Run #2")).to_have_text("Run #2 is 15.2% worse")
+    expect(recommendation.locator("li", has_text="Run #2")).to_have_text(
+        "Run #2 is 15.2% worse, seed noise unknown")  # these configs have no seed replicates
     expect(recommendation.locator("li", has_text="Run #3")).to_have_text(
-        "Run #3 is 47.4% worse (consider archiving)")
+        "Run #3 is 47.4% worse, seed noise unknown (consider archiving)")
     # The curves of the three runs, overlaid: eval loss and loss of each.
     expect(modal.locator(".chart-svg path.chart-line")).to_have_count(6)
     screenshot(modal, "compare-modal.png")
@@ -905,3 +906,24 @@ def test_a_page_whose_origin_the_gateway_refuses_says_so(page: Page,
         expect(panel).to_contain_text(f"http://127.0.0.1:{proxy.port}")
     finally:
         proxy.close()
+
+
+def test_the_comparison_says_in_words_whether_a_difference_is_seed_noise(
+        page: Page, r: redis.Redis, keys: Keys, worker: RunningWorker) -> None:
+    events: list[dict[str, Any]] = []
+    for job_id, lr, number, loss in [("s0", 1e-4, 0, 0.500), ("s1", 1e-4, 1, 0.5025),
+                                     ("f0", 1e-3, 0, 0.700), ("f1", 1e-3, 1, 0.702)]:
+        events += [{"type": "job_started", "job_id": job_id, "model_name": Q,
+                    "config": {"learning_rate": lr, "seed": number}},
+                   {"type": "metrics", "job_id": job_id, "step": 1, "eval_loss": loss}]
+    seed(r, keys, worker, events)
+    open_live(page, "/?compare=s0,s1,f0")
+    recommendation = page.get_by_test_id("compare-modal").get_by_test_id("recommendation")
+    expect(recommendation.locator("li", has_text="Run #2")).to_have_text(
+        "Run #2 is 0.5% worse, within seed noise")
+    expect(recommendation.locator("li", has_text="Run #3")).to_contain_text(
+        "Run #3 is 40.0% worse, a real difference (p ")
+    verdicts = recommendation.get_by_test_id("significance")
+    expect(verdicts).to_have_count(2)
+    assert [verdicts.nth(i).get_attribute("data-verdict") for i in range(2)] == [
+        "within_noise", "real"]

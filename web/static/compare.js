@@ -13,6 +13,7 @@ import {
   epochText,
   jobTitle,
   lossText,
+  significanceText,
   tierTitle,
 } from "./format.js";
 import { registerRenderer, schedule } from "./render.js";
@@ -163,9 +164,14 @@ function recommendation(answer) {
         if (other.delta_pct === null) {
           return h("li", {}, `Run #${other.run_number} has no eval loss to compare`);
         }
+        const judged = answer.significance.find((s) => s.job_id === other.job_id);
         return h("li", { "data-job-id": other.job_id }, `Run #${other.run_number} is `,
           h("span", { class: other.tier ? `tier-text tier-${other.tier}` : "neutral",
             "data-tier": other.tier }, deltaText(other.delta_pct)),
+          ", ",
+          h("span", { class: "significance", "data-testid": "significance",
+            "data-verdict": other.verdict, title: judged?.method ?? "no seed replicates yet" },
+          significanceText(other.verdict, judged?.p_value ?? null)),
           other.consider_archiving ? " (consider archiving)" : "");
       })));
   }

@@ -23,6 +23,24 @@ export function deltaText(delta) {
   return `${pctText(delta)}% worse`;
 }
 
+/**
+ * What a difference from the best means, in words: `within seed noise`, `a real difference
+ * (p 0.003)`, or, without replicates to measure noise with, `seed noise unknown`.
+ */
+export function significanceText(verdict, pValue) {
+  if (verdict === "within_noise") return "within seed noise";
+  if (verdict === "real") {
+    return pValue === null ? "a real difference" : `a real difference (p ${pText(pValue)})`;
+  }
+  return "seed noise unknown";
+}
+
+/** A p-value for people: `0.03`, `0.004`, `< 0.001`. */
+export function pText(p) {
+  if (p < 0.001) return "< 0.001";
+  return String(Number(p.toPrecision(1)));
+}
+
 /** The delta badge of a card: `⚠️ 15.2% worse`. */
 export function deltaBadgeText(delta) {
   return `⚠️ ${deltaText(delta)}`;
