@@ -62,6 +62,7 @@ class JobStarted(_Event):
     name: Annotated[str, _cut(MAX_NAME)] | None = None
     config: dict[str, Any] | None = None
     gpu_count: NonNegInt | None = None
+    total_steps: Annotated[int, Field(ge=1, le=MAX_INT)] | None = None
 
     @field_validator("config")
     @classmethod

@@ -60,8 +60,8 @@ def obs_key(step: int | None, epoch: float | None, pos: Pos) -> ObsKey:
 PUBLIC_FIELDS = (
     "id", "model_name", "model_display", "name", "status", "archived", "epoch", "step", "loss",
     "eval_loss", "best_eval_loss", "best_epoch", "best_step", "best_checkpoint_path", "final_loss",
-    "final_eval_loss", "total_epochs", "created_at", "updated_at", "finished_at", "gpu_count",
-    "error",
+    "final_eval_loss", "total_epochs", "total_steps", "created_at", "updated_at", "finished_at",
+    "gpu_count", "error",
 )
 _OWN_PUBLIC = tuple(name for name in PUBLIC_FIELDS if name != "model_display")
 _own_public_values = operator.attrgetter(*_OWN_PUBLIC)  # one C call instead of a getattr each
@@ -96,6 +96,7 @@ class JobState:
     best_step: int | None = None
     best_checkpoint_path: str | None = None
     total_epochs: int | None = None
+    total_steps: int | None = None
     finished_at: float | None = None
     gpu_count: int | None = None
     error: str | None = None
@@ -282,6 +283,8 @@ def apply_to_job(job: JobState, event: Event, pos: Pos, ts: float) -> JobChange:
             job.name = event.name
         if event.gpu_count is not None:
             job.gpu_count = event.gpu_count
+        if event.total_steps is not None:
+            job.total_steps = event.total_steps
         return JobChange(applied=True, config=event.config)
     elif isinstance(event, JobFinished):
         if not job.finished:  # the first job_finished in stream order decides

@@ -71,6 +71,7 @@ def start_run(
     name: str | None = None,
     config: dict[str, Any] | None = None,
     gpu_count: int | None = None,
+    total_steps: int | None = None,
     redis_url: str | None = None,
     prefix: str | None = None,
     buffer_size: int = 100_000,
@@ -106,6 +107,8 @@ def start_run(
         started["config"] = _config_snapshot(config)
     if gpu_count is not None:
         started["gpu_count"] = _count("gpu_count", gpu_count, minimum=0)
+    if total_steps is not None:
+        started["total_steps"] = _count("total_steps", total_steps, minimum=1)
     if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
         raise ValueError(f"buffer_size must be an int >= 1, got {buffer_size!r}")
     if not flush_timeout >= 0:

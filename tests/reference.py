@@ -124,6 +124,7 @@ def _job(job_id: str, events: list[tuple[Pos, float, Event]]) -> dict[str, Any]:
         "final_eval_loss": (finish.final_eval_loss if finish and finish.final_eval_loss is not None
                             else latest_eval) if finished else None,
         "total_epochs": started_field("total_epochs"),
+        "total_steps": started_field("total_steps"),
         "created_at": min(ts for _, ts, _ in events),
         "updated_at": max(ts for _, ts, _ in events),
         "finished_at": first_finish[0] if first_finish else None,

@@ -92,7 +92,8 @@ def test_one_job_has_its_config_and_every_field(client: TestClient) -> None:
         "eval_loss": 0.2401,
         "best_eval_loss": 0.2345, "best_epoch": 5.0, "best_step": 50,
         "best_checkpoint_path": "checkpoint-5", "final_loss": 0.1234, "final_eval_loss": 0.2401,
-        "total_epochs": 12, "created_at": 100.0, "updated_at": 104.0, "finished_at": 104.0,
+        "total_epochs": 12, "total_steps": None, "created_at": 100.0, "updated_at": 104.0,
+        "finished_at": 104.0,
         "gpu_count": 2, "error": None, "is_best": True, "delta_pct": None, "tier": None,
         "gpu_hours": 2 * (104.0 - 100.0) / 3600, "config": {"learning_rate": 2e-4},
     }

@@ -93,6 +93,7 @@ def test_a_real_trainer_run_reports_everything(
     assert job["model_name"] == str(tmp_path / "huggingface_models" / "Tiny-gpt2-test")
     assert job["model_display"] == "Tiny/gpt2-test"
     assert job["total_epochs"] == 2
+    assert job["total_steps"] == trainer.state.max_steps > 0  # the Trainer's horizon
     assert job["status"] == "completed"
     assert job["name"] == "tiny-lr5e-3"
     assert job["best_eval_loss"] == pytest.approx(best["eval_loss"])

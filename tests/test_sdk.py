@@ -68,7 +68,7 @@ def test_stream_holds_exactly_what_was_logged_in_order(
     before = time.time()
     with start_run(
         MODEL, job_id="job-1", total_epochs=2, name="lr=2e-4 r=16",
-        config={"learning_rate": 2e-4, "lora_r": 16}, gpu_count=4,
+        config={"learning_rate": 2e-4, "lora_r": 16}, gpu_count=4, total_steps=300,
         redis_url=redis_url, prefix=keys.prefix,
     ) as run:
         run.log(epoch=0.5, step=10, loss=1.25)
@@ -78,7 +78,8 @@ def test_stream_holds_exactly_what_was_logged_in_order(
     events = read_events(r, keys)
     assert bodies(events) == [
         {"type": "job_started", "total_epochs": 2, "name": "lr=2e-4 r=16",
-         "config": {"learning_rate": 2e-4, "lora_r": 16}, "gpu_count": 4, **COMMON},
+         "config": {"learning_rate": 2e-4, "lora_r": 16}, "gpu_count": 4, "total_steps": 300,
+         **COMMON},
         {"type": "metrics", "epoch": 0.5, "step": 10, "loss": 1.25, **COMMON},
         {"type": "metrics", "epoch": 1, "step": 20, "loss": 0.61, "eval_loss": 0.72, **COMMON},
         {"type": "checkpoint", "path": "checkpoint-20", "epoch": 1, "step": 20, **COMMON},
@@ -212,6 +213,7 @@ def test_bad_log_arguments_raise_at_once(
         ({"total_epochs": 0}, ValueError, "total_epochs"),
         ({"total_epochs": 2.0}, TypeError, "total_epochs"),
         ({"gpu_count": -1}, ValueError, "gpu_count"),
+        ({"total_steps": 0}, ValueError, "total_steps"),
         ({"config": {"f": object()}}, ValueError, "config"),
         ({"config": {"big": "x" * 70_000}}, ValueError, "config"),
         ({"model_name": 7}, TypeError, "model_name"),

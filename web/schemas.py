@@ -37,6 +37,7 @@ class JobView(BaseModel):
     final_loss: float | None
     final_eval_loss: float | None
     total_epochs: int | None
+    total_steps: int | None = Field(description="the step the run is planned to end at")
     created_at: float
     updated_at: float
     finished_at: float | None

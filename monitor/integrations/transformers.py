@@ -70,6 +70,7 @@ class MonitorCallback(TrainerCallback):
             name=self.name or args.run_name,
             config=json.loads(args.to_json_string()),  # type: ignore[no-untyped-call]
             gpu_count=_gpu_count(args),
+            total_steps=state.max_steps if state.max_steps and state.max_steps > 0 else None,
             redis_url=self.redis_url,
             prefix=self.prefix,
         )
