@@ -171,7 +171,7 @@ export function scatterChart({ points, xLabel, yLabel, width = 560, height = 300
     text.textContent = "No runs to place yet";
     return root;
   }
-  const margin = { left: 70, right: 18, top: 14, bottom: 40 };
+  const margin = { left: 70, right: 18, top: 24, bottom: 40 };
   const plotW = width - margin.left - margin.right;
   const plotH = height - margin.top - margin.bottom;
   let [x0, x1] = extent(points.map((p) => p.x), 0.08);
@@ -194,7 +194,7 @@ export function scatterChart({ points, xLabel, yLabel, width = 560, height = 300
   for (const p of [...points.filter((q) => !q.front), ...front]) { // the front drawn on top
     const cx = sx(p.x);
     const cy = sy(p.y);
-    const dot = svg("circle", { cx: cx.toFixed(1), cy: cy.toFixed(1), r: p.front ? 5 : 3.5,
+    const dot = svg("circle", { cx: cx.toFixed(1), cy: cy.toFixed(1), r: p.front ? 5.5 : 4,
       class: p.front ? "scatter-point front" : "scatter-point" }, dots);
     svg("title", {}, dot).textContent = p.title ?? p.label;
     if (!p.front) continue;

@@ -83,7 +83,7 @@ function summary(answer) {
     h("dt", {}, "GPU-hours"),
     h("dd", { class: "insights-gpu-hours" }, answer.gpu_hours === null
       ? "unknown: no run sent its gpu_count" : gpuHoursText(answer.gpu_hours)),
-    h("dt", {}, "Seed noise"),
+    h("dt", {}, "Noise"),
     h("dd", { class: "insights-noise" }, noiseText(answer.noise_pct, answer.replicates.length)));
 }
 
@@ -132,8 +132,8 @@ function pareto(answer, modelName) {
     scatterChart({ points, xLabel: "GPU-hours", yLabel: "best eval loss", width: 560,
       height: 300, title: `Best eval loss against GPU-hours: ${front.size} of `
         + `${runCountText(points.length)} on the Pareto front` }),
-    h("p", { class: "muted chart-note" }, `${front.size} on the front (highlighted): no other `
-      + "run is both as cheap and better. Hover a point for its run."));
+    h("p", { class: "muted chart-note" }, `${front.size} on the Pareto front (green, `
+      + "labelled): no other run is both as cheap and better. Hover a point for its run."));
 }
 
 function replicates(answer) {
@@ -161,8 +161,11 @@ function renderInsights() {
     return;
   }
   const { modelName } = state.insights;
-  setText(heading, `Insights: ${data ? data.model_display : modelName ?? "Unknown Model"}`);
-  setText(subtitle, modelName === null ? "runs that never named a model" : modelName);
+  const display = data ? data.model_display : modelName ?? "Unknown Model";
+  setText(heading, `Insights: ${display}`);
+  setText(subtitle, modelName === null ? "the runs that never named a model"
+    : modelName !== display ? modelName : "");
+  subtitle.hidden = subtitle.textContent === "";
   if (error) {
     body.replaceChildren(h("p", { class: "error-text", role: "alert" }, error));
     return;
