@@ -807,9 +807,14 @@ def test_every_view_passes_an_accessibility_audit(
         page.get_by_test_id("compare-button").click()
         expect(page.get_by_test_id("compare-modal").locator(".chart-svg").first).to_be_visible()
         found["comparison"] = axe_violations(page)
+        page.keyboard.press("Escape")
+        group(page, Q).get_by_test_id("insights-button").click()
+        expect(page.get_by_test_id("model-insights").locator(".chart-svg")).to_be_visible()
+        found["insights panel"] = axe_violations(page)
     finally:
         context.close()
-    assert found == {"flat list": [], "grouped list": [], "job view": [], "comparison": []}
+    assert found == {"flat list": [], "grouped list": [], "job view": [], "comparison": [],
+                     "insights panel": []}
 
 
 def test_everything_works_from_the_keyboard_with_a_visible_focus(page: Page, r: redis.Redis,
@@ -927,3 +932,109 @@ def test_the_comparison_says_in_words_whether_a_difference_is_seed_noise(
     expect(verdicts).to_have_count(2)
     assert [verdicts.nth(i).get_attribute("data-verdict") for i in range(2)] == [
         "within_noise", "real"]
+
+
+SWEEP = "acme/sweep-1b"
+
+
+def sweep_run(job_id: str, lr: float, number: int, loss: float, gpus: int, hours: float,
+              ts: float) -> list[dict[str, Any]]:
+    """A finished run of the sweep: ``gpus`` GPUs for ``hours``, best eval loss ``loss``."""
+    return [{"type": "job_started", "job_id": job_id, "model_name": SWEEP, "ts": ts,
+             "name": f"lr{lr:g}-seed{number}", "gpu_count": gpus,
+             "config": {"learning_rate": lr, "seed": number}},
+            {"type": "metrics", "job_id": job_id, "step": 100, "ts": ts + 60, "loss": loss + 0.1,
+             "eval_loss": loss + 0.02},
+            {"type": "metrics", "job_id": job_id, "step": 200, "ts": ts + 120, "loss": loss,
+             "eval_loss": loss},
+            {"type": "job_finished", "job_id": job_id, "status": "completed",
+             "ts": ts + hours * 3600}]
+
+
+def test_a_models_insights_panel_says_what_drives_the_loss(
+        page: Page, r: redis.Redis, keys: Keys, worker: RunningWorker) -> None:
+    """A learning-rate sweep with seeds: the panel puts learning_rate first with its direction
+    in words, draws the GPU-hours / loss front, lists the replicate groups and follows new
+    runs live; the model-less group says in words that there is too little to tell."""
+    now = time.time()
+    # (id, learning rate, seed, best eval loss, GPUs, hours): the front is a, c, e and g.
+    runs = [("sw-a", 1e-4, 0, 0.900, 1, 1), ("sw-b", 1e-4, 1, 0.905, 1, 2),
+            ("sw-c", 3e-4, 0, 0.700, 2, 1), ("sw-d", 3e-4, 1, 0.710, 2, 2),
+            ("sw-e", 1e-3, 0, 0.500, 4, 1), ("sw-f", 1e-3, 1, 0.503, 4, 2),
+            ("sw-g", 3e-3, 0, 0.400, 8, 2)]
+    events: list[dict[str, Any]] = []
+    for i, (job_id, lr, number, loss, gpus, hours) in enumerate(runs):
+        events += sweep_run(job_id, lr, number, loss, gpus, hours, ts=now - 90_000 + i * 10)
+    events.append({"type": "job_started", "job_id": "nameless-1", "ts": now - 500})
+    events.append({"type": "metrics", "job_id": "nameless-1", "step": 1, "eval_loss": 1.5})
+    seed(r, keys, worker, events)
+    open_live(page, "/?group=1")
+    expect(group(page, SWEEP)).to_contain_text("7 runs")
+
+    # Tab reaches the group's button, Enter opens the panel.
+    for _ in range(80):
+        page.keyboard.press("Tab")
+        if page.evaluate(f"document.activeElement.closest('[data-model=\"{SWEEP}\"]') !== null"
+                         " && document.activeElement.dataset.testid === 'insights-button'"):
+            break
+    else:
+        raise AssertionError("Tab never reached the sweep's insights button")
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
+    page.keyboard.press("Enter")
+    panel = page.get_by_test_id("model-insights")
+    expect(panel).to_be_visible()
+    expect(panel.locator(".detail-title")).to_have_text(f"Insights: {SWEEP}")
+    expect(panel.locator(".insights-gpu-hours")).to_have_text("37.0")  # 1+2+2+4+4+8+16
+    expect(panel.locator(".insights-noise")).to_have_text(
+        re.compile(r"^seed noise ±\d+\.\d% \(pooled over 3 replicate groups\)$"))
+
+    rows = panel.get_by_test_id("insights-hparams").locator("tbody tr")
+    expect(rows.first.locator("th")).to_have_text("learning_rate")
+    expect(rows.first.locator(".insights-effect")).to_have_text("lower loss with larger values")
+    expect(rows.first.locator(".importance")).to_contain_text("%")
+
+    chart = panel.get_by_test_id("insights-pareto")
+    expect(chart.locator(".scatter-point")).to_have_count(7)
+    expect(chart.locator(".scatter-point.front")).to_have_count(4)
+    expect(chart.locator(".scatter-label")).to_have_text(
+        ["lr0.0001-seed0", "lr0.0003-seed0", "lr0.001-seed0", "lr0.003-seed0"])
+
+    groups = panel.get_by_test_id("insights-replicates").locator("li")
+    expect(groups).to_have_count(3)
+    expect(groups.first).to_contain_text("learning_rate=0.001")
+    expect(groups.first).to_contain_text("0.5015 ± ")  # the best group first: mean of 0.5, 0.503
+
+    # Focus stays in the panel, as in the job view.
+    for _ in range(4):
+        page.keyboard.press("Tab")
+        assert page.evaluate("!!document.activeElement.closest('[data-testid=model-insights]')")
+
+    page.set_viewport_size({"width": 1280, "height": 1000})  # the whole panel in the picture
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)  # type: ignore[arg-type]
+        screenshot(page, f"insights-{scheme}.png")
+        if os.environ.get("UPDATE_SCREENSHOT") == "1":
+            page.screenshot(path=str(ROOT / "docs" / "screenshots" / f"insights-{scheme}.png"))
+    page.emulate_media(color_scheme="light")
+    page.set_viewport_size(VIEWPORT)
+
+    # A cheap, better run arrives: the panel follows it while open.
+    seed(r, keys, worker, sweep_run("sw-h", 3e-3, 1, 0.390, 1, 1, ts=now - 20_000))
+    expect(chart.locator(".scatter-point.front")).to_have_count(1, timeout=5_000)
+    chart = panel.get_by_test_id("insights-pareto")
+    expect(chart.locator(".scatter-point")).to_have_count(8)
+    expect(chart.locator(".scatter-label")).to_have_text(["lr0.003-seed1"])
+    expect(panel.get_by_test_id("insights-replicates").locator("li")).to_have_count(4)
+
+    page.keyboard.press("Escape")
+    expect(panel).to_be_hidden()
+
+    # The runs that never named a model: too few to tell, in words.
+    group(page, "").get_by_test_id("insights-button").click()
+    expect(panel).to_be_visible()
+    expect(panel.locator(".detail-title")).to_have_text("Insights: Unknown Model")
+    expect(panel).to_contain_text("Too few runs to tell yet")
+    expect(panel).to_contain_text("No replicates yet: run a config with another seed")
+    expect(panel.get_by_test_id("insights-pareto")).to_contain_text("No run to place yet")
+    expect(panel.locator(".insights-noise")).to_have_text(
+        "no replicates yet: run a config with another seed to measure noise")

@@ -62,6 +62,9 @@ export function compareUrl(ids, format) {
 export const getComparison = (ids) => api(compareUrl(ids));
 export const getMetrics = (id) => api(`/api/jobs/${encodeURIComponent(id)}/metrics`);
 export const getJob = (id) => api(`/api/jobs/${encodeURIComponent(id)}`);
+/** One model's insights (`modelName` exact; null: the jobs that never named a model). */
+export const getInsights = (modelName) =>
+  api(modelName === null ? "/api/insights" : `/api/insights?model=${encodeURIComponent(modelName)}`);
 export const archiveJob = (id) =>
   api(`/api/jobs/${encodeURIComponent(id)}/archive`, { method: "POST" });
 export const restoreJob = (id) =>

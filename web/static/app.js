@@ -6,6 +6,7 @@ import { TOKEN_MESSAGE, refusalReason, setUnauthorizedHandler } from "./api.js";
 import { compareSawChanges, initCompare, openCompare } from "./compare.js";
 import { detailSawChanges, initDetail, openDetail } from "./detail.js";
 import { h, setAttr, setText } from "./dom.js";
+import { initInsights, insightsSawChanges, openInsights } from "./insights.js";
 import { countText } from "./format.js";
 import { initList } from "./list.js";
 import { connectLive } from "./live.js";
@@ -91,6 +92,7 @@ function onMessage(message) {
   if (changed.snapshot && stats.messages === 1) performance.mark("monitor:snapshot");
   compareSawChanges(changed.ids);
   detailSawChanges(changed.ids);
+  insightsSawChanges(changed.ids);
   schedule();
 }
 
@@ -250,9 +252,11 @@ function start() {
     onOpen: (id) => openDetail(id),
     onSelect: select,
     onArchiveAction: archiveFromCard,
+    onInsights: (modelName) => openInsights(modelName),
   });
   initCompare();
   initDetail();
+  initInsights();
   registerRenderer("frame", renderFrame);
 
   connectLive({ onMessage, onStatus, since: () => state.version, diagnose: refusalReason });

@@ -1,5 +1,6 @@
-// Line charts in hand-written SVG (no library): loss and eval-loss curves, one run or several
-// overlaid. Pure DOM building: give it series, get an element back.
+// Charts in hand-written SVG (no library): loss and eval-loss curves, one run or several
+// overlaid, and a scatter with its front (GPU-hours against best eval loss). Pure DOM
+// building: give it series or points, get an element back.
 
 const SVG = "http://www.w3.org/2000/svg";
 const MAX_DRAWN = 1200; // points per line drawn; longer histories are thinned (min and max kept)
@@ -70,6 +71,37 @@ function extent(values, pad) {
   return [lo, hi];
 }
 
+/** The grid, tick labels, frame and axis names of a chart, behind what is drawn next. */
+function drawAxes(root, { width, height, margin, x0, x1, y0, y1, sx, sy, xLabel, yLabel = "" }) {
+  const plotW = width - margin.left - margin.right;
+  const plotH = height - margin.top - margin.bottom;
+  const grid = svg("g", { class: "chart-grid" }, root);
+  const yTicks = niceTicks(y0, y1, 5);
+  for (const v of yTicks.ticks) {
+    const y = sy(v);
+    svg("line", { x1: margin.left, x2: width - margin.right, y1: y, y2: y }, grid);
+    const label = svg("text", { x: margin.left - 8, y: y + 4, class: "chart-tick y" }, grid);
+    label.textContent = tickText(v, yTicks.step);
+  }
+  const xTicks = niceTicks(x0, x1, 6);
+  for (const v of xTicks.ticks) {
+    const x = sx(v);
+    svg("line", { x1: x, x2: x, y1: margin.top, y2: height - margin.bottom, class: "v" }, grid);
+    const label = svg("text", { x, y: height - margin.bottom + 16, class: "chart-tick x" }, grid);
+    label.textContent = tickText(v, xTicks.step);
+  }
+  svg("rect", { x: margin.left, y: margin.top, width: plotW, height: plotH, class: "chart-frame" },
+    root);
+  const axis = svg("text", { x: margin.left + plotW / 2, y: height - 6, class: "chart-axis" }, root);
+  axis.textContent = xLabel;
+  if (yLabel) {
+    const cy = margin.top + plotH / 2;
+    const name = svg("text", { x: 14, y: cy, class: "chart-axis",
+      transform: `rotate(-90 14 ${cy})` }, root);
+    name.textContent = yLabel;
+  }
+}
+
 /**
  * An SVG line chart. `series`: [{label, color, dashed, width, markers, points: [[x, y], ...]}]
  * (colour: any CSS colour or var()). `xLabel` names the x axis.
@@ -103,25 +135,7 @@ export function lineChart({ series, xLabel, width = 720, height = 280, title = "
   const sx = (x) => margin.left + ((x - x0) / (x1 - x0)) * plotW;
   const sy = (y) => margin.top + (1 - (y - y0) / (y1 - y0)) * plotH;
 
-  const grid = svg("g", { class: "chart-grid" }, root);
-  const yTicks = niceTicks(y0, y1, 5);
-  for (const v of yTicks.ticks) {
-    const y = sy(v);
-    svg("line", { x1: margin.left, x2: width - margin.right, y1: y, y2: y }, grid);
-    const label = svg("text", { x: margin.left - 8, y: y + 4, class: "chart-tick y" }, grid);
-    label.textContent = tickText(v, yTicks.step);
-  }
-  const xTicks = niceTicks(x0, x1, 6);
-  for (const v of xTicks.ticks) {
-    const x = sx(v);
-    svg("line", { x1: x, x2: x, y1: margin.top, y2: height - margin.bottom, class: "v" }, grid);
-    const label = svg("text", { x, y: height - margin.bottom + 16, class: "chart-tick x" }, grid);
-    label.textContent = tickText(v, xTicks.step);
-  }
-  svg("rect", { x: margin.left, y: margin.top, width: plotW, height: plotH, class: "chart-frame" },
-    root);
-  const axis = svg("text", { x: margin.left + plotW / 2, y: height - 6, class: "chart-axis" }, root);
-  axis.textContent = xLabel;
+  drawAxes(root, { width, height, margin, x0, x1, y0, y1, sx, sy, xLabel });
 
   for (const s of drawn) {
     const line = thin(s.points);
@@ -138,6 +152,57 @@ export function lineChart({ series, xLabel, width = 720, height = 280, title = "
         svg("title", {}, dot).textContent = `${s.label}: ${y.toFixed(4)} at ${xLabel} ${x}`;
       }
     }
+  }
+  return root;
+}
+
+const LABEL_MAX = 22; // characters of a point's label drawn; the whole label is its hover title
+
+/**
+ * An SVG scatter chart with a front: `points` are [{x, y, label, front, title}]; front points
+ * are highlighted, joined as a staircase (in x order) and labelled. `xLabel`, `yLabel` name
+ * the axes.
+ */
+export function scatterChart({ points, xLabel, yLabel, width = 560, height = 300, title = "" }) {
+  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart-svg", role: "img" });
+  if (title) svg("title", {}, root).textContent = title;
+  if (points.length === 0) {
+    const text = svg("text", { x: width / 2, y: height / 2, class: "chart-empty" }, root);
+    text.textContent = "No runs to place yet";
+    return root;
+  }
+  const margin = { left: 70, right: 18, top: 24, bottom: 40 };
+  const plotW = width - margin.left - margin.right;
+  const plotH = height - margin.top - margin.bottom;
+  let [x0, x1] = extent(points.map((p) => p.x), 0.08);
+  const [y0, y1] = extent(points.map((p) => p.y), 0.1);
+  if (x0 < 0 && points.every((p) => p.x >= 0)) x0 = 0;
+  if (x1 <= x0) x1 = x0 + 1;
+  const sx = (x) => margin.left + ((x - x0) / (x1 - x0)) * plotW;
+  const sy = (y) => margin.top + (1 - (y - y0) / (y1 - y0)) * plotH;
+  drawAxes(root, { width, height, margin, x0, x1, y0, y1, sx, sy, xLabel, yLabel });
+
+  const front = points.filter((p) => p.front).sort((a, b) => a.x - b.x);
+  if (front.length > 1) {
+    const d = front.map((p, i) => {
+      const here = `${sx(p.x).toFixed(1)},${sy(p.y).toFixed(1)}`;
+      return i === 0 ? `M${here}` : `H${sx(p.x).toFixed(1)}V${sy(p.y).toFixed(1)}`;
+    });
+    svg("path", { d: d.join(""), class: "scatter-front", fill: "none" }, root);
+  }
+  const dots = svg("g", { class: "scatter-points" }, root);
+  for (const p of [...points.filter((q) => !q.front), ...front]) { // the front drawn on top
+    const cx = sx(p.x);
+    const cy = sy(p.y);
+    const dot = svg("circle", { cx: cx.toFixed(1), cy: cy.toFixed(1), r: p.front ? 5.5 : 4,
+      class: p.front ? "scatter-point front" : "scatter-point" }, dots);
+    svg("title", {}, dot).textContent = p.title ?? p.label;
+    if (!p.front) continue;
+    const text = p.label.length > LABEL_MAX ? `${p.label.slice(0, LABEL_MAX - 1)}…` : p.label;
+    const right = cx > width - margin.right - 150;
+    const label = svg("text", { x: (right ? cx - 8 : cx + 8).toFixed(1),
+      y: (cy - 8).toFixed(1), class: right ? "scatter-label end" : "scatter-label" }, dots);
+    label.textContent = text;
   }
   return root;
 }

@@ -157,3 +157,46 @@ export function cellText(value) {
   if (typeof value === "number") return Number.isInteger(value) ? String(value) : value.toFixed(4);
   return String(value);
 }
+
+/** GPU-hours for people: `12.4`, `0.35`, `1,204`; N/A for none. */
+export function gpuHoursText(hours) {
+  if (hours === null || hours === undefined) return NA;
+  if (hours >= 100) return Math.round(hours).toLocaleString("en-US");
+  return hours >= 10 ? hours.toFixed(1) : String(Number(hours.toPrecision(2)));
+}
+
+/**
+ * A model's seed noise in words: `seed noise ±0.8% (pooled over 3 replicate groups)`, or how
+ * to measure it when there are no replicates.
+ */
+export function noiseText(noisePct, groups) {
+  if (noisePct === null || noisePct === undefined || groups === 0) {
+    return "no replicates yet: run a config with another seed to measure noise";
+  }
+  const noun = groups === 1 ? "replicate group" : "replicate groups";
+  return `seed noise ±${noisePct.toFixed(1)}% (pooled over ${groups} ${noun})`;
+}
+
+/** Which way a hyperparameter moves the loss: words for a numeric key's effect (Spearman). */
+export function effectText(kind, effect) {
+  if (kind !== "numeric" || effect === null || effect === undefined) return "depends on the value";
+  if (effect < 0) return "lower loss with larger values";
+  if (effect > 0) return "higher loss with larger values";
+  return "no trend";
+}
+
+/** A share in 0..1 as a whole percentage: `42%` (`< 1%` for a small non-zero one). */
+export function shareText(share) {
+  if (share === null || share === undefined) return NA;
+  if (share > 0 && share < 0.005) return "< 1%";
+  return `${Math.round(share * 100)}%`;
+}
+
+/** A config without its seeds, short: `learning_rate=0.001, optim={"beta":0.9}`. */
+export function configText(config) {
+  const entries = Object.entries(config ?? {});
+  if (entries.length === 0) return "(empty config)";
+  return entries.map(([key, value]) =>
+    `${key}=${value !== null && typeof value === "object" ? JSON.stringify(value) : value}`)
+    .join(", ");
+}

@@ -27,6 +27,7 @@ let layout = null;
 let frameNo = 0;
 const cards = new Map(); // job id -> card record
 const sections = new Map(); // model key -> section record
+const sectionModel = new WeakMap(); // section element -> its exact model_name (null: none)
 const pool = [];
 let firstShown = false;
 
@@ -189,6 +190,9 @@ function placeSection(entry) {
       height: null,
     };
     setAttr(el, "data-model", group.modelName === null ? "" : group.modelName);
+    sectionModel.set(el, group.modelName);
+    setAttr(el.querySelector('[data-action="insights"]'), "aria-label",
+      `Insights for ${group.display}`);
     setText(rec.name, group.display);
     const full = group.modelName === null ? "" : group.modelName;
     setText(rec.full, full !== group.display ? full : "");
@@ -278,11 +282,17 @@ function renderList() {
 
 /**
  * Wire the list's clicks by their `data-action`: the card (`open`) opens its job, its
- * checkbox (`select`) and its archive or restore button do not.
+ * checkbox (`select`) and its archive or restore button do not; a model section's
+ * `insights` button opens that model's insights (with its exact model_name, null for none).
  */
-export function initList({ onOpen, onSelect, onArchiveAction }) {
+export function initList({ onOpen, onSelect, onArchiveAction, onInsights }) {
   list.addEventListener("click", (event) => {
     const target = event.target.closest("[data-action]");
+    if (target && target.dataset.action === "insights") {
+      const section = target.closest(".group");
+      if (section && sectionModel.has(section)) onInsights(sectionModel.get(section));
+      return;
+    }
     const card = event.target.closest("[data-job-id]");
     if (!target || !card) return;
     const { action } = target.dataset;
