@@ -32,6 +32,7 @@ from monitor.forecast import (
     CurveFit,
     calibrate,
     fit_curve,
+    forecast,
     predict,
     verdict,
 )
@@ -62,17 +63,21 @@ class RunTrack:
         return len(self.fits)
 
 
-def track(run: Run, horizon: int, seed: int, cpu: dict[str, list[float]]) -> RunTrack:
-    """Fit both model-based methods after every eval point of ``run`` but its last."""
+def track(run: Run, horizon: int, group_best: float, seed: int,
+          cpu: dict[str, list[float]]) -> RunTrack:
+    """Fit both model-based methods after every eval point of ``run`` but its last. The
+    ensemble's CPU is that of whole forecasts against ``group_best`` (the best of all runs, so
+    that most calls take the second fit a ``cannot_win`` needs)."""
     t = RunTrack(run)
     losses = run.eval_loss
     steps = [(i + 1) * run.steps_per_epoch for i in range(len(losses))]
     rng = np.random.default_rng(seed)
     for k in range(1, len(losses)):
         started = time.thread_time_ns()
-        fit = fit_curve(steps[:k], losses[:k], horizon * run.steps_per_epoch)
-        predict(fit, min(losses[:k]), horizon, steps[k - 1], k, min(losses))
+        forecast(list(zip(steps[:k], losses[:k], strict=True)), horizon * run.steps_per_epoch,
+                 group_best)
         cpu["ensemble"].append((time.thread_time_ns() - started) / 1e6)
+        fit = fit_curve(steps[:k], losses[:k], horizon * run.steps_per_epoch)
         started = time.thread_time_ns()
         t.boot.append(bootstrap_power_law(steps[:k], losses[:k], horizon * run.steps_per_epoch,
                                           rng))
@@ -162,7 +167,8 @@ def replay(d: Dataset, tracks: dict[str, RunTrack], finished: Sequence[str],
             others = min([base, *now[:j], *now[j + 1:]])
             beat = t.run.best_eval_loss < others
             fit = t.fits[k]
-            f = predict(fit, now[j], d.epochs, k + 1, k + 1, others, calibration=calibration)
+            f = predict(fit, now[j], d.epochs, k + 1, k + 1, others, calibration=calibration,
+                        previous=t.fits[k - 1] if k + 1 > 3 else None)
             if f["verdict"] in ("cannot_win", "may_win"):
                 calls.append((f["p_beat_best"], beat))
             said = {"ensemble": f["verdict"] == "cannot_win"}
@@ -230,15 +236,30 @@ def calibration_rows(calls: Sequence[tuple[float, bool]]) -> list[list[str]]:
     return rows
 
 
-def measured_errors(tracks: Sequence[RunTrack]) -> tuple[list[float], list[float]]:
-    """The standardized errors of the ensemble's future best, with the progress of each."""
-    progress, z = [], []
+def measured_errors(tracks: Sequence[RunTrack]
+                    ) -> tuple[list[float], list[float], list[float]]:
+    """The standardized errors of the ensemble's future best, with each fit's progress and
+    trend."""
+    progress, trend, z = [], [], []
     for t in tracks:
         for k, fit in enumerate(t.fits):
             if k + 1 >= 3:
                 progress.append(fit.progress)
+                trend.append(fit.trend)
                 z.append((float(np.log(t.future_best[k])) - fit.mu) / fit.scale)
-    return progress, z
+    return progress, trend, z
+
+
+def source(c: Calibration) -> str:
+    """The table as the Python literal ``monitor.forecast.DEFAULT_CALIBRATION`` holds."""
+    def row(q: tuple[float, ...]) -> str:
+        half = len(q) // 2
+        return (f"        ({', '.join(map(repr, q[:half]))},\n"
+                f"         {', '.join(map(repr, q[half:]))}),\n")
+
+    return ("DEFAULT_CALIBRATION = Calibration(\n    progress_edges=PROGRESS_EDGES,\n"
+            "    trend_edges=TREND_EDGES,\n    levels=LEVELS,\n    quantiles=(\n"
+            f"{''.join(row(q) for q in c.quantiles)}    ),\n)")
 
 
 def ms(values: Sequence[float]) -> str:
@@ -262,11 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         runs = list(d.runs)
         if args.quick:
             runs = [runs[i] for i in sorted(rng.choice(len(runs), QUICK_RUNS, replace=False))]
-        tracks[d.name] = {r.run_id: track(r, d.epochs, 1000 * n + i, cpu)
+        group_best = min(r.best_eval_loss for r in d.runs)
+        tracks[d.name] = {r.run_id: track(r, d.epochs, group_best, 1000 * n + i, cpu)
                           for i, r in enumerate(runs)}
     if args.calibrate:
         every = [t for ts in tracks.values() for t in ts.values()]
-        print(repr(calibrate(*measured_errors(every))))
+        print(source(calibrate(*measured_errors(every))))
         return 0
     return report(datasets, tracks, cpu, args.quick, rng)
 

@@ -10,6 +10,7 @@ a dict out; no clock, no randomness.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ MAX_POINTS = 60  # longer histories are thinned to about this many points (first
 HUBER_K = 1.5  # residuals beyond this many robust sigmas are down-weighted
 FLOOR_SCALE = 0.01  # the smallest predictive scale, in log-loss units (1%)
 EARLY_SCALE = 1.0  # the scale with too few points to fit: a factor e either way
+# Per unit of log-time still to extrapolate (ln(horizon / at_step)), the predictive scale
+# grows by this much: fits alone are far too sure of themselves (docs/insights.md#forecast).
+EXTRAPOLATION_SCALE = 0.2
 
 # The rate grids, in horizon units (x = step / horizon, so the horizon is x = 1).
 _POWER_C = np.geomspace(0.05, 4.0, 16)  # a + b x^-c
@@ -50,51 +54,86 @@ def _bases(x: Array) -> Array:
 @dataclass(frozen=True)
 class Calibration:
     """Empirical quantiles of the standardized error ``z = (ln actual - mu) / scale`` of the
-    future best, one row per band of progress (share of the horizon done)."""
+    future best, one row per cell of progress (share of the horizon done) times trend (the
+    local slope of ln loss against ln step): the fits err differently on a steep curve than
+    on a flat or rising one, so each kind is calibrated on its own."""
 
-    progress_edges: tuple[float, ...]  # band i is [edges[i], edges[i + 1])
+    progress_edges: tuple[float, ...]  # inner edges: band i is [edges[i - 1], edges[i])
+    trend_edges: tuple[float, ...]  # inner edges, likewise
     levels: tuple[float, ...]  # the probabilities of the quantiles, increasing
-    quantiles: tuple[tuple[float, ...], ...]  # per band, z at each level
+    quantiles: tuple[tuple[float, ...], ...]  # per cell (band-major), z at each level
 
-    def band(self, progress: float) -> int:
-        inner = self.progress_edges[1:-1]
-        return int(np.searchsorted(np.asarray(inner), progress, side="right"))
+    def cell(self, progress: float, trend: float) -> tuple[float, ...]:
+        band = bisect.bisect_right(self.progress_edges, progress)
+        kind = bisect.bisect_right(self.trend_edges, trend)
+        return self.quantiles[band * (len(self.trend_edges) + 1) + kind]
 
-    def cdf(self, progress: float, z: float) -> float:
+    def cdf(self, progress: float, trend: float, z: float) -> float:
         """P(Z <= z); outside the table, half the outermost level (never exactly 0 or 1)."""
-        qs, levels = self.quantiles[self.band(progress)], self.levels
-        return float(np.interp(z, qs, levels, left=levels[0] / 2, right=1 - levels[0] / 2))
+        low = self.levels[0] / 2
+        return float(np.interp(z, self.cell(progress, trend), self.levels,
+                               left=low, right=1 - low))
 
-    def quantile(self, progress: float, p: float) -> float:
-        return float(np.interp(p, self.levels, self.quantiles[self.band(progress)]))
+    def quantile(self, progress: float, trend: float, p: float) -> float:
+        return float(np.interp(p, self.levels, self.cell(progress, trend)))
 
 
 LEVELS = (0.0025, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95,
           0.975, 0.99, 0.9975)
+PROGRESS_EDGES = (0.3, 0.6)
+TREND_EDGES = (-0.5, -0.1, 0.01)
 
 
-def calibrate(progress: Sequence[float], z: Sequence[float],
-              edges: Sequence[float] = (0.0, 0.2, 0.35, 0.5, 0.7, 1.0)) -> Calibration:
-    """The table from measured standardized errors (each with the progress it was made at)."""
-    prog, errs = np.asarray(progress, dtype=float), np.asarray(z, dtype=float)
+def calibrate(progress: Sequence[float], trend: Sequence[float], z: Sequence[float],
+              progress_edges: tuple[float, ...] = PROGRESS_EDGES,
+              trend_edges: tuple[float, ...] = TREND_EDGES) -> Calibration:
+    """The table from measured standardized errors, each with the progress and trend of the
+    fit that made it."""
+    bands = np.searchsorted(progress_edges, np.asarray(progress, dtype=float), side="right")
+    kinds = np.searchsorted(trend_edges, np.asarray(trend, dtype=float), side="right")
+    errs = np.asarray(z, dtype=float)
     rows = []
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        inside = errs[(prog >= lo) & (prog < hi)]
-        if inside.size < len(LEVELS):
-            raise ValueError(f"too few errors in progress band [{lo}, {hi}) to calibrate")
-        rows.append(tuple(round(float(q), 4) for q in np.quantile(inside, LEVELS)))
-    return Calibration(tuple(edges), LEVELS, tuple(rows))
+    for band in range(len(progress_edges) + 1):
+        for kind in range(len(trend_edges) + 1):
+            inside = errs[(bands == band) & (kinds == kind)]
+            if inside.size < len(LEVELS):
+                raise ValueError(f"too few errors to calibrate cell {band}, {kind}")
+            rows.append(tuple(round(float(q), 3) for q in np.quantile(inside, LEVELS)))
+    return Calibration(progress_edges, trend_edges, LEVELS, tuple(rows))
 
 
 # Measured on the 280 real curves of bench/data/curves.json by
 # ``python -m bench.forecast_backtest --calibrate`` (every run, every eval point).
 DEFAULT_CALIBRATION = Calibration(
-    progress_edges=(0.0, 0.2, 0.35, 0.5, 0.7, 1.0),
+    progress_edges=PROGRESS_EDGES,
+    trend_edges=TREND_EDGES,
     levels=LEVELS,
     quantiles=(
-        (-8.0, -6.0, -4.0, -3.0, -2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 2.0, 3.0,
-         4.0, 6.0, 8.0),
-    ) * 5,
+        (-4.25, -4.005, -3.601, -3.135, -2.55, -1.756, -1.313, -0.933,
+         -0.666, -0.352, -0.113, 0.107, 0.463, 0.733, 0.953, 1.426, 1.643),
+        (-2.696, -2.17, -1.681, -1.449, -1.168, -0.698, -0.371, -0.185,
+         -0.036, 0.088, 0.186, 0.302, 0.455, 0.612, 0.758, 1.007, 1.459),
+        (-3.213, -1.608, -1.025, -0.787, -0.535, -0.109, -0.016, 0.004,
+         0.022, 0.046, 0.069, 0.116, 0.225, 0.331, 0.428, 0.566, 0.627),
+        (-2.595, -1.828, -1.472, -0.981, -0.009, 0.02, 0.035, 0.05,
+         0.064, 0.08, 0.105, 0.152, 0.247, 0.321, 0.457, 0.704, 0.811),
+        (-4.3, -3.976, -3.715, -3.455, -2.881, -2.22, -1.877, -1.588,
+         -1.295, -0.981, -0.61, -0.212, 0.084, 0.424, 0.722, 0.86, 1.177),
+        (-2.822, -1.989, -1.662, -1.365, -1.005, -0.546, -0.35, -0.234,
+         -0.121, 0.015, 0.128, 0.23, 0.313, 0.376, 0.487, 0.64, 0.687),
+        (-2.045, -0.51, -0.431, -0.351, -0.113, -0.041, -0.009, 0.004,
+         0.024, 0.081, 0.149, 0.255, 0.324, 0.391, 0.415, 0.537, 0.606),
+        (-2.557, -2.2, -1.713, -0.683, -0.117, 0.005, 0.019, 0.031,
+         0.043, 0.056, 0.074, 0.108, 0.193, 0.266, 0.353, 0.473, 0.604),
+        (-4.049, -3.586, -2.851, -2.538, -2.245, -1.604, -1.2, -0.922,
+         -0.752, -0.564, -0.289, -0.09, 0.182, 0.545, 0.747, 0.871, 1.029),
+        (-3.271, -2.005, -1.515, -1.275, -0.956, -0.605, -0.413, -0.199,
+         -0.06, 0.048, 0.13, 0.286, 0.467, 0.644, 0.83, 0.978, 1.272),
+        (-6.832, -1.297, -0.859, -0.578, -0.331, -0.08, -0.052, -0.033,
+         0.012, 0.049, 0.119, 0.228, 0.361, 0.487, 0.758, 1.126, 1.515),
+        (-5.494, -3.202, -1.617, -0.898, -0.062, 0.031, 0.076, 0.117,
+         0.161, 0.223, 0.318, 0.463, 0.714, 1.045, 1.375, 1.669, 1.921),
+    ),
 )
 
 
@@ -105,6 +144,7 @@ class CurveFit:
     """What the fit predicts of the run's future best: ``ln(future best) ~ mu + scale * Z``."""
 
     progress: float  # at_step / horizon_step
+    trend: float  # d ln(loss) / d ln(step) over the last quarter of the steps so far
     mu: float
     scale: float
 
@@ -121,8 +161,9 @@ def fit_curve(steps: Sequence[float], losses: Sequence[float], horizon_step: flo
     x_all = np.asarray(steps, dtype=float) / float(horizon_step)
     y_all = np.asarray(losses, dtype=float)
     progress = float(x_all[-1])
+    trend = _trend(x_all, y_all)
     if y_all.size < MIN_OBSERVATIONS:
-        return CurveFit(progress, math.log(float(y_all[-1])), EARLY_SCALE)
+        return CurveFit(progress, trend, math.log(float(y_all[-1])), EARLY_SCALE)
     x, y = _thin(np.maximum(x_all, 1e-9), y_all)
     # Relative errors (losses span decades), and recent points count more than early ones.
     recency = x / x[-1]
@@ -145,7 +186,18 @@ def fit_curve(steps: Sequence[float], losses: Sequence[float], horizon_step: flo
     mu = float(post @ log_future)
     spread = float(np.sqrt(post @ (log_future - mu) ** 2))
     noise = float(np.sqrt(post @ rss))
-    return CurveFit(progress, mu, max(math.hypot(spread, noise), FLOOR_SCALE))
+    reach = EXTRAPOLATION_SCALE * math.log(1.0 / min(progress, 1.0))
+    return CurveFit(progress, trend, mu, max(math.sqrt(spread**2 + noise**2 + reach**2), FLOOR_SCALE))
+
+
+def _trend(x: Array, y: Array) -> float:
+    """The local log-log slope: from the last point at or before 3/4 of the latest step."""
+    if y.size < 2:
+        return 0.0
+    ref = min(int(np.searchsorted(x, 0.75 * x[-1], side="right")) - 1, y.size - 2)
+    ref = max(ref, 0)
+    span = math.log(max(x[-1], 1e-12) / max(x[ref], 1e-12))
+    return float(math.log(y[-1] / y[ref]) / span) if span > 0 else 0.0
 
 
 def _solve(g: Array, y: Array, w: Array) -> tuple[Array, Array, Array]:
@@ -173,27 +225,33 @@ def _huber(scaled: Array) -> Array:
 
 def predict(fit: CurveFit, best_so_far: float, horizon_step: float, at_step: float,
             n_observations: int, other_best: float | None, stop_below: float = STOP_BELOW,
-            calibration: Calibration = DEFAULT_CALIBRATION) -> dict[str, Any]:
+            calibration: Calibration = DEFAULT_CALIBRATION,
+            previous: CurveFit | None = None) -> dict[str, Any]:
     """The forecast dict from a fit: percentiles of the best at the horizon, p_beat_best and
-    the verdict."""
+    the verdict. With ``previous`` (the fit without the latest point), a p_beat_best below
+    ``stop_below`` must hold for both fits: it is the larger of the two."""
     def best_at(p: float) -> float:
-        z = calibration.quantile(fit.progress, p)
+        z = calibration.quantile(fit.progress, fit.trend, p)
         return min(best_so_far, math.exp(fit.mu + fit.scale * z))
 
     p_beat: float | None = None
     if other_best is not None:
-        if best_so_far < other_best:
-            p_beat = 1.0
-        elif other_best <= 0:
-            p_beat = calibration.levels[0] / 2
-        else:
-            z = (math.log(other_best) - fit.mu) / fit.scale
-            p_beat = calibration.cdf(fit.progress, z)
+        p_beat = 1.0 if best_so_far < other_best else _p_beat(fit, other_best, calibration)
+        if previous is not None and p_beat < stop_below:
+            p_beat = max(p_beat, _p_beat(previous, other_best, calibration))
     return {"at_step": at_step, "horizon_step": horizon_step,
             "best_p10": best_at(0.1), "best_p50": best_at(0.5), "best_p90": best_at(0.9),
             "p_beat_best": p_beat,
             "verdict": verdict(best_so_far, other_best, p_beat, n_observations,
                                fit.progress, stop_below)}
+
+
+def _p_beat(fit: CurveFit, other_best: float, calibration: Calibration) -> float:
+    """P(the run's future best < other_best) under the calibrated predictive distribution."""
+    if other_best <= 0:
+        return calibration.levels[0] / 2
+    z = (math.log(other_best) - fit.mu) / fit.scale
+    return calibration.cdf(fit.progress, fit.trend, z)
 
 
 def verdict(best_so_far: float, other_best: float | None, p_beat: float | None,
@@ -220,5 +278,10 @@ def forecast(observations: Sequence[tuple[float, float]], horizon_step: float,
     steps = [float(s) for s, _ in observations]
     losses = [float(v) for _, v in observations]
     fit = fit_curve(steps, losses, horizon_step)
-    return predict(fit, min(losses), horizon_step, observations[-1][0], len(losses),
-                   other_best, stop_below, calibration)
+    args = (fit, min(losses), horizon_step, observations[-1][0], len(losses), other_best,
+            stop_below, calibration)
+    said = predict(*args)
+    if said["verdict"] == "cannot_win" and len(losses) > MIN_OBSERVATIONS:
+        # A stop cannot be taken back: the call must survive leaving out the latest point.
+        said = predict(*args, previous=fit_curve(steps[:-1], losses[:-1], horizon_step))
+    return said
