@@ -3,9 +3,11 @@ when it reaches its horizon, and how likely that is to beat the best of the rest
 
 An ensemble of learning-curve families (power law, exponential, inverse log), each fitted by
 separable weighted least squares over a grid of its rate parameter, averaged by profile
-likelihood; its predictive spread is then calibrated by an empirical table of standardized
-errors measured on real curves (``bench.forecast_backtest --calibrate``). Pure: numbers in,
-a dict out; no clock, no randomness.
+likelihood. Its predictive scale adds the ensemble's spread, the fit's noise, a term growing
+with the distance still to extrapolate, and how wrong the same fit from the first half of the
+run was about its second half; the standardized errors are then calibrated by an empirical
+table measured on real curves (``bench.forecast_backtest --calibrate``). Pure: numbers in, a
+dict out; no clock, no randomness.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ MAX_POINTS = 60  # longer histories are thinned to about this many points (first
 HUBER_K = 1.5  # residuals beyond this many robust sigmas are down-weighted
 FLOOR_SCALE = 0.01  # the smallest predictive scale, in log-loss units (1%)
 EARLY_SCALE = 1.0  # the scale with too few points to fit: a factor e either way
-# Per unit of log-time still to extrapolate (ln(horizon / at_step)), the predictive scale
-# grows by this much: fits alone are far too sure of themselves (docs/insights.md#forecast).
-EXTRAPOLATION_SCALE = 0.2
+# Fits alone are far too sure of themselves (docs/insights.md#forecast). Per unit of log-time
+# still to extrapolate (ln(horizon / at_step)), the predictive scale grows by this share of
+# the curve's local log-log slope (plus a floor, so a flat curve is not certain either).
+EXTRAPOLATION_SCALE = 0.5
+TREND_FLOOR = 0.05
 
 # The rate grids, in horizon units (x = step / horizon, so the horizon is x = 1).
 _POWER_C = np.geomspace(0.05, 4.0, 16)  # a + b x^-c
@@ -109,30 +113,30 @@ DEFAULT_CALIBRATION = Calibration(
     trend_edges=TREND_EDGES,
     levels=LEVELS,
     quantiles=(
-        (-4.25, -4.005, -3.601, -3.135, -2.55, -1.756, -1.313, -0.933,
-         -0.666, -0.352, -0.113, 0.107, 0.463, 0.733, 0.953, 1.426, 1.643),
-        (-2.696, -2.17, -1.681, -1.449, -1.168, -0.698, -0.371, -0.185,
-         -0.036, 0.088, 0.186, 0.302, 0.455, 0.612, 0.758, 1.007, 1.459),
-        (-3.213, -1.608, -1.025, -0.787, -0.535, -0.109, -0.016, 0.004,
-         0.022, 0.046, 0.069, 0.116, 0.225, 0.331, 0.428, 0.566, 0.627),
-        (-2.595, -1.828, -1.472, -0.981, -0.009, 0.02, 0.035, 0.05,
-         0.064, 0.08, 0.105, 0.152, 0.247, 0.321, 0.457, 0.704, 0.811),
-        (-4.3, -3.976, -3.715, -3.455, -2.881, -2.22, -1.877, -1.588,
-         -1.295, -0.981, -0.61, -0.212, 0.084, 0.424, 0.722, 0.86, 1.177),
-        (-2.822, -1.989, -1.662, -1.365, -1.005, -0.546, -0.35, -0.234,
-         -0.121, 0.015, 0.128, 0.23, 0.313, 0.376, 0.487, 0.64, 0.687),
-        (-2.045, -0.51, -0.431, -0.351, -0.113, -0.041, -0.009, 0.004,
-         0.024, 0.081, 0.149, 0.255, 0.324, 0.391, 0.415, 0.537, 0.606),
-        (-2.557, -2.2, -1.713, -0.683, -0.117, 0.005, 0.019, 0.031,
-         0.043, 0.056, 0.074, 0.108, 0.193, 0.266, 0.353, 0.473, 0.604),
-        (-4.049, -3.586, -2.851, -2.538, -2.245, -1.604, -1.2, -0.922,
-         -0.752, -0.564, -0.289, -0.09, 0.182, 0.545, 0.747, 0.871, 1.029),
-        (-3.271, -2.005, -1.515, -1.275, -0.956, -0.605, -0.413, -0.199,
-         -0.06, 0.048, 0.13, 0.286, 0.467, 0.644, 0.83, 0.978, 1.272),
-        (-6.832, -1.297, -0.859, -0.578, -0.331, -0.08, -0.052, -0.033,
-         0.012, 0.049, 0.119, 0.228, 0.361, 0.487, 0.758, 1.126, 1.515),
-        (-5.494, -3.202, -1.617, -0.898, -0.062, 0.031, 0.076, 0.117,
-         0.161, 0.223, 0.318, 0.463, 0.714, 1.045, 1.375, 1.669, 1.921),
+        (-1.56, -1.455, -1.331, -1.216, -1.057, -0.866, -0.684, -0.491,
+         -0.359, -0.193, -0.063, 0.061, 0.294, 0.475, 0.614, 0.741, 0.944),
+        (-3.117, -2.418, -2.056, -1.559, -1.122, -0.673, -0.388, -0.207,
+         -0.038, 0.104, 0.216, 0.369, 0.53, 0.684, 0.833, 1.012, 1.263),
+        (-7.776, -2.336, -2.2, -1.727, -0.977, -0.224, -0.046, 0.008,
+         0.043, 0.112, 0.195, 0.291, 0.458, 0.553, 0.844, 0.991, 1.059),
+        (-4.589, -1.047, -0.64, -0.271, -0.014, 0.047, 0.072, 0.099,
+         0.127, 0.158, 0.187, 0.227, 0.292, 0.435, 0.551, 0.612, 0.809),
+        (-1.691, -1.55, -1.435, -1.35, -1.181, -1.019, -0.919, -0.806,
+         -0.623, -0.427, -0.279, -0.078, 0.034, 0.186, 0.304, 0.344, 0.383),
+        (-1.61, -1.43, -1.305, -1.128, -0.854, -0.564, -0.357, -0.246,
+         -0.119, 0.014, 0.15, 0.267, 0.421, 0.529, 0.648, 0.96, 1.147),
+        (-1.294, -1.221, -0.902, -0.526, -0.253, -0.1, -0.027, 0.018,
+         0.084, 0.233, 0.371, 0.559, 0.808, 0.925, 1.007, 1.068, 1.114),
+        (-2.6, -1.666, -0.93, -0.611, -0.19, 0.01, 0.036, 0.06,
+         0.086, 0.122, 0.17, 0.258, 0.373, 0.484, 0.602, 0.697, 0.785),
+        (-2.167, -1.938, -1.558, -1.263, -1.029, -0.78, -0.599, -0.483,
+         -0.372, -0.264, -0.133, -0.044, 0.097, 0.294, 0.433, 0.548, 0.798),
+        (-4.191, -2.011, -1.423, -1.155, -0.881, -0.589, -0.385, -0.178,
+         -0.053, 0.051, 0.13, 0.368, 0.631, 0.806, 1.026, 1.25, 1.493),
+        (-8.182, -1.594, -1.433, -1.216, -0.7, -0.236, -0.137, -0.078,
+         0.034, 0.118, 0.33, 0.64, 0.973, 1.296, 1.519, 1.699, 1.988),
+        (-5.998, -2.997, -1.425, -0.847, -0.141, 0.067, 0.135, 0.209,
+         0.296, 0.427, 0.55, 0.728, 1.022, 1.338, 1.583, 1.81, 2.015),
     ),
 )
 
@@ -165,6 +169,24 @@ def fit_curve(steps: Sequence[float], losses: Sequence[float], horizon_step: flo
     if y_all.size < MIN_OBSERVATIONS:
         return CurveFit(progress, trend, math.log(float(y_all[-1])), EARLY_SCALE)
     x, y = _thin(np.maximum(x_all, 1e-9), y_all)
+    mu, spread, noise = _ensemble(x, y, 1.0)
+    reach = (EXTRAPOLATION_SCALE * math.log(1.0 / min(progress, 1.0))
+             * (abs(trend) + TREND_FLOOR))
+    scale = math.sqrt(spread**2 + noise**2 + reach**2)
+    half = y.size // 2
+    if half >= MIN_OBSERVATIONS:
+        # How wrong the same fit was about the run's own recent past, from its first half,
+        # widened to the distance still to extrapolate.
+        past, _, _ = _ensemble(x[:half], y[:half], float(x[-1]))
+        miss = math.log(float(y[half:].min())) - past
+        ratio = math.log(1.0 / min(progress, 1.0)) / math.log(float(x[-1] / x[half - 1]))
+        scale = math.hypot(scale, miss * ratio)
+    return CurveFit(progress, trend, mu, max(scale, FLOOR_SCALE))
+
+
+def _ensemble(x: Array, y: Array, until: float) -> tuple[float, float, float]:
+    """The ensemble's mean and spread of ln(its lowest loss over (x[-1], until]), and its
+    relative noise."""
     # Relative errors (losses span decades), and recent points count more than early ones.
     recency = x / x[-1]
     g = _bases(x)
@@ -179,15 +201,13 @@ def fit_curve(steps: Sequence[float], losses: Sequence[float], horizon_step: flo
     loglik = -0.5 * n_eff * np.log(np.maximum(rss, 1e-300))
     post = np.exp(loglik - loglik.max())
     post /= post.sum()
-    g_last, g_end = g[:, -1], _bases(np.array([1.0]))[:, 0]
+    g_last, g_end = g[:, -1], _bases(np.array([until]))[:, 0]
     # Each family is monotone, so its minimum over what is left is at one end.
     future = np.minimum(a + b * g_last, a + b * g_end)
     log_future = np.log(np.maximum(future, y.min() * 1e-3))
     mu = float(post @ log_future)
     spread = float(np.sqrt(post @ (log_future - mu) ** 2))
-    noise = float(np.sqrt(post @ rss))
-    reach = EXTRAPOLATION_SCALE * math.log(1.0 / min(progress, 1.0))
-    return CurveFit(progress, trend, mu, max(math.sqrt(spread**2 + noise**2 + reach**2), FLOOR_SCALE))
+    return mu, spread, float(np.sqrt(post @ rss))
 
 
 def _trend(x: Array, y: Array) -> float:
