@@ -41,7 +41,6 @@ TREND_FLOOR = 0.05
 _POWER_C = np.geomspace(0.05, 4.0, 16)  # a + b x^-c
 _EXP_C = np.geomspace(0.5, 60.0, 16)  # a + b exp(-c x)
 _LOG_C = np.geomspace(2.0, 2000.0, 16)  # a + b / ln(1 + c x), Domhan et al.'s ilog2
-FAMILIES = ("power", "exp", "ilog")
 
 
 def _bases(x: Array) -> Array:
@@ -161,20 +160,23 @@ def _thin(steps: Array, losses: Array) -> tuple[Array, Array]:
 
 
 def fit_curve(steps: Sequence[float], losses: Sequence[float], horizon_step: float) -> CurveFit:
-    """Fit the ensemble to a run's eval losses (at least one, in step order, all positive)."""
+    """Fit the ensemble to a run's eval losses (at least one, in step order, all positive).
+    Points at step 0 or below count for nothing but the trend: no curve family is defined
+    there."""
     x_all = np.asarray(steps, dtype=float) / float(horizon_step)
     y_all = np.asarray(losses, dtype=float)
     progress = float(x_all[-1])
-    trend = _trend(x_all, y_all)
-    if y_all.size < MIN_OBSERVATIONS:
+    x, y = x_all[x_all > 0], y_all[x_all > 0]
+    trend = _trend(x, y)
+    if y.size < MIN_OBSERVATIONS:
         return CurveFit(progress, trend, math.log(float(y_all[-1])), EARLY_SCALE)
-    x, y = _thin(np.maximum(x_all, 1e-9), y_all)
-    mu, spread, noise = _ensemble(x, y, 1.0)
+    x, y = _thin(x, y)
+    mu, spread, noise = _ensemble(x, y, max(1.0, float(x[-1])))
     reach = (EXTRAPOLATION_SCALE * math.log(1.0 / min(progress, 1.0))
              * (abs(trend) + TREND_FLOOR))
     scale = math.sqrt(spread**2 + noise**2 + reach**2)
     half = y.size // 2
-    if half >= MIN_OBSERVATIONS:
+    if half >= MIN_OBSERVATIONS and x[-1] > x[half - 1]:
         # How wrong the same fit was about the run's own recent past, from its first half,
         # widened to the distance still to extrapolate.
         past, _, _ = _ensemble(x[:half], y[:half], float(x[-1]))
@@ -297,6 +299,8 @@ def forecast(observations: Sequence[tuple[float, float]], horizon_step: float,
         raise ValueError("the horizon step must be positive")
     steps = [float(s) for s, _ in observations]
     losses = [float(v) for _, v in observations]
+    if not all(math.isfinite(v) and v > 0 for v in losses):
+        raise ValueError("the forecast needs eval losses that are finite positive numbers")
     fit = fit_curve(steps, losses, horizon_step)
     args = (fit, min(losses), horizon_step, observations[-1][0], len(losses), other_best,
             stop_below, calibration)

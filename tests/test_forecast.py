@@ -58,6 +58,17 @@ def test_the_percentiles_are_ordered_and_never_above_the_best_so_far(
     assert f["best_p10"] <= f["best_p50"] <= f["best_p90"] <= best
 
 
+def test_an_eval_at_step_0_is_left_out_of_the_fit() -> None:
+    with_zero = forecast([(0, 5.0), *CLEAN], HORIZON, 0.5)
+    assert with_zero["best_p50"] == pytest.approx(forecast(CLEAN, HORIZON, 0.5)["best_p50"])
+
+
+def test_a_run_past_its_horizon_is_forecast_from_its_best_so_far() -> None:
+    f = forecast(power_law(0.1, 0.5, 0.5, until=1200), HORIZON, 0.5)
+    assert f["best_p10"] <= f["best_p50"] <= f["best_p90"] <= 0.1 + 0.5 * 1.2**-0.5
+    assert f["verdict"] == "cannot_win"
+
+
 def test_p_beat_best_is_a_probability_none_without_rivals_and_one_when_leading() -> None:
     assert forecast(CLEAN, HORIZON, None)["p_beat_best"] is None
     assert forecast(CLEAN, HORIZON, 1.5)["p_beat_best"] == 1.0
@@ -77,7 +88,9 @@ def test_the_same_input_gives_the_same_forecast() -> None:
     assert all(forecast(STEEP, HORIZON, 0.4) == first for _ in range(3))
 
 
-@pytest.mark.parametrize(("observations", "horizon"), [([], HORIZON), (CLEAN, 0)])
+@pytest.mark.parametrize(("observations", "horizon"), [
+    ([], HORIZON), (CLEAN, 0), ([*CLEAN, (310, 0.0)], HORIZON),
+    ([*CLEAN, (310, math.nan)], HORIZON)])
 def test_nonsense_is_refused(observations: list[tuple[float, float]], horizon: int) -> None:
     with pytest.raises(ValueError):
         forecast(observations, horizon, 0.5)
