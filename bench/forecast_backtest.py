@@ -1,0 +1,354 @@
+"""Backtest of the forecast on real learning curves: ``python -m bench.forecast_backtest``.
+
+Replays ``bench/data/curves.json`` offline. Per dataset (one model group), a few runs chosen at
+random (seeded) finish first and set the best; the rest then run in step, one eval point at a
+time, and after each point every running run is forecast against the best of the finished
+runs and of the other running runs so far. Three methods are judged side by side: the
+calibrated ensemble of ``monitor.forecast``, a fixed bootstrap power law, and the rule "more
+than 25% worse at half-way". The ensemble is calibrated leave-one-dataset-out: the table used
+on a dataset is measured on the other three.
+
+``--quick`` (a subset of runs, one draw, the shipped calibration) takes a few seconds;
+``--calibrate`` prints the calibration table measured on every curve, for ``monitor.forecast``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bench.common import table
+from bench.curves import Dataset, Run, load_curves
+from monitor.forecast import (
+    DEFAULT_CALIBRATION,
+    STOP_BELOW,
+    Calibration,
+    CurveFit,
+    calibrate,
+    fit_curve,
+    forecast,
+    predict,
+    verdict,
+)
+
+FINISHED_FIRST = 5  # runs per dataset that finish before the rest start
+DRAWS = 5  # random choices of the runs that finish first (full mode)
+QUICK_RUNS = 18  # runs per dataset in --quick mode
+BOOTSTRAP = 100  # resamples of the baseline power law
+HALF_WAY_WORSE = 1.25  # the rule: more than 25% worse than the best at half-way
+P_BINS = ((0.0, 0.05), (0.05, 0.2), (0.2, 0.5), (0.5, 1.0001))
+METHODS = ("ensemble", "bootstrap power law", "25% worse at half-way")
+
+
+# --- What each method says at one point of one run -------------------------------------------
+
+@dataclass
+class RunTrack:
+    """One run's precomputed forecasts, one per eval point but the last."""
+
+    run: Run
+    fits: list[CurveFit] = field(default_factory=list)
+    boot: list[np.ndarray] = field(default_factory=list)  # sorted bootstrap future bests
+    best_so_far: list[float] = field(default_factory=list)
+    future_best: list[float] = field(default_factory=list)
+
+    @property
+    def points(self) -> int:
+        return len(self.fits)
+
+
+def track(run: Run, horizon: int, group_best: float, seed: int,
+          cpu: dict[str, list[float]]) -> RunTrack:
+    """Fit both model-based methods after every eval point of ``run`` but its last. The
+    ensemble's CPU is that of whole forecasts against ``group_best`` (the best of all runs, so
+    that most calls take the second fit a ``cannot_win`` needs)."""
+    t = RunTrack(run)
+    losses = run.eval_loss
+    steps = [(i + 1) * run.steps_per_epoch for i in range(len(losses))]
+    rng = np.random.default_rng(seed)
+    for k in range(1, len(losses)):
+        started = time.thread_time_ns()
+        forecast(list(zip(steps[:k], losses[:k], strict=True)), horizon * run.steps_per_epoch,
+                 group_best)
+        cpu["ensemble"].append((time.thread_time_ns() - started) / 1e6)
+        fit = fit_curve(steps[:k], losses[:k], horizon * run.steps_per_epoch)
+        started = time.thread_time_ns()
+        t.boot.append(bootstrap_power_law(steps[:k], losses[:k], horizon * run.steps_per_epoch,
+                                          rng))
+        cpu["bootstrap power law"].append((time.thread_time_ns() - started) / 1e6)
+        t.fits.append(fit)
+        t.best_so_far.append(min(losses[:k]))
+        t.future_best.append(min(losses[k:]))
+    return t
+
+
+_C = np.geomspace(0.05, 4.0, 24)
+
+
+def bootstrap_power_law(steps: Sequence[float], losses: Sequence[float], horizon: float,
+                        rng: np.random.Generator) -> np.ndarray:
+    """The baseline: a + b x^-c fitted by least squares (relative errors), then refitted to
+    ``BOOTSTRAP`` residual resamples; the sorted predicted bests still to come."""
+    x = np.asarray(steps, dtype=float) / horizon
+    y = np.asarray(losses, dtype=float)
+    if y.size < 3:
+        return np.full(BOOTSTRAP, y[-1])
+    g = x[None, :] ** -_C[:, None]  # (c, n)
+
+    def fit(ys: np.ndarray) -> np.ndarray:  # ys (m, n) -> future best per row (m,)
+        w = 1.0 / ys**2  # (m, n)
+        sw, sy = w.sum(1)[:, None], (w * ys).sum(1)[:, None]
+        sg, sgg = w @ g.T, w @ (g * g).T  # (m, c)
+        sgy = (w * ys) @ g.T
+        det = np.where(np.abs(sw * sgg - sg**2) > 1e-300, sw * sgg - sg**2, 1e-300)
+        b = (sw * sgy - sg * sy) / det
+        a = (sy - b * sg) / sw
+        fitted = a[:, :, None] + b[:, :, None] * g[None]  # (m, c, n)
+        rss = (w[:, None, :] * (ys[:, None, :] - fitted) ** 2).sum(2)
+        best = rss.argmin(1)
+        rows = np.arange(ys.shape[0])
+        a, b = a[rows, best], b[rows, best]
+        return np.asarray(np.minimum(a + b * g[best, -1], a + b), dtype=float)
+
+    base_w = 1.0 / y**2
+    sw, sy, sg = base_w.sum(), base_w @ y, g @ base_w
+    sgg, sgy = (g * g) @ base_w, g @ (base_w * y)
+    det = np.where(np.abs(sw * sgg - sg**2) > 1e-300, sw * sgg - sg**2, 1e-300)
+    b = (sw * sgy - sg * sy) / det
+    a = (sy - b * sg) / sw
+    fitted_all = a[:, None] + b[:, None] * g
+    c = int(((base_w * (y - fitted_all) ** 2).sum(1)).argmin())
+    fitted = fitted_all[c]
+    rel = (y - fitted) / fitted
+    draws = fitted[None, :] * (1 + rng.choice(rel, size=(BOOTSTRAP, y.size)))
+    return np.sort(fit(np.maximum(draws, 1e-12)))
+
+
+# --- One replay --------------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """What one method said about one running run during one replay."""
+
+    final_best: float
+    is_winner: bool
+    epochs: int
+    first_stop: int | None = None  # eval points seen at its first cannot_win
+    stop_bests: list[float] = field(default_factory=list)  # the bests it was told it can't beat
+
+
+@dataclass
+class Replay:
+    outcomes: dict[str, list[Outcome]]
+    calls: list[tuple[float, bool]]  # the ensemble's (p_beat_best, beat that best in the end)
+    boot_calls: list[tuple[float, bool]]
+
+
+def replay(d: Dataset, tracks: dict[str, RunTrack], finished: Sequence[str],
+           calibration: Calibration) -> Replay:
+    """Run the others in step against the runs in ``finished``, and collect what was said."""
+    base = min(tracks[r].run.best_eval_loss for r in finished)
+    running = [t for r, t in tracks.items() if r not in finished]
+    final_best = min(min(t.run.best_eval_loss for t in running), base)
+    outcomes = {m: [Outcome(t.run.best_eval_loss, t.run.best_eval_loss == final_best
+                            and t.run.best_eval_loss < base, d.epochs) for t in running]
+                for m in METHODS}
+    calls: list[tuple[float, bool]] = []
+    boot_calls: list[tuple[float, bool]] = []
+    for k in range(running[0].points):
+        now = [t.best_so_far[k] for t in running]
+        for j, t in enumerate(running):
+            others = min([base, *now[:j], *now[j + 1:]])
+            beat = t.run.best_eval_loss < others
+            fit = t.fits[k]
+            f = predict(fit, now[j], d.epochs, k + 1, k + 1, others, calibration=calibration,
+                        previous=t.fits[k - 1] if k + 1 > 3 else None)
+            if f["verdict"] in ("cannot_win", "may_win"):
+                calls.append((f["p_beat_best"], beat))
+            said = {"ensemble": f["verdict"] == "cannot_win"}
+            p_boot = 1.0 if now[j] < others else float(
+                np.searchsorted(t.boot[k], others) / t.boot[k].size)
+            v_boot = verdict(now[j], others, p_boot, k + 1, fit.progress)
+            if v_boot in ("cannot_win", "may_win"):
+                boot_calls.append((p_boot, beat))
+            said["bootstrap power law"] = v_boot == "cannot_win"
+            half = (k + 1) / d.epochs >= 0.5 > k / d.epochs
+            said["25% worse at half-way"] = half and now[j] > HALF_WAY_WORSE * others
+            for m, stop in said.items():
+                o = outcomes[m][j]
+                if stop:
+                    o.first_stop = k + 1 if o.first_stop is None else o.first_stop
+                    o.stop_bests.append(others)
+    return Replay(outcomes, calls, boot_calls)
+
+
+# --- The report --------------------------------------------------------------------------------
+
+@dataclass
+class Tally:
+    told: int = 0
+    right: int = 0
+    wrong: int = 0  # ended below a best it was told it could not beat
+    winners: int = 0
+    winners_told: int = 0
+    loser_epochs: int = 0
+    saved_epochs: int = 0
+
+    def add(self, outcomes: Sequence[Outcome]) -> None:
+        for o in outcomes:
+            self.winners += o.is_winner
+            told = o.first_stop is not None
+            if o.is_winner:
+                self.winners_told += told
+            else:
+                self.loser_epochs += o.epochs
+                if o.first_stop is not None:
+                    self.saved_epochs += o.epochs - o.first_stop
+            if told:
+                self.told += 1
+                ok = all(o.final_best >= b for b in o.stop_bests)
+                self.right += ok
+                self.wrong += not ok
+
+    def row(self, name: str, method: str) -> list[str]:
+        precision = f"{self.right / self.told:.1%}" if self.told else "-"
+        saved = f"{self.saved_epochs / self.loser_epochs:.0%}" if self.loser_epochs else "-"
+        return [name, method, str(self.told), precision, str(self.wrong),
+                f"{self.winners_told} / {self.winners}", saved]
+
+
+def calibration_rows(calls: Sequence[tuple[float, bool]]) -> list[list[str]]:
+    rows = []
+    for lo, hi in P_BINS:
+        inside = [(p, b) for p, b in calls if lo <= p < hi]
+        label = f"[{lo:g}, {min(hi, 1):g}{']' if hi > 1 else ')'}"
+        if not inside:
+            rows.append([label, "0", "-", "-"])
+            continue
+        rows.append([label, str(len(inside)), f"{statistics.fmean(p for p, _ in inside):.3f}",
+                     f"{sum(b for _, b in inside) / len(inside):.3f}"])
+    return rows
+
+
+def measured_errors(tracks: Sequence[RunTrack]
+                    ) -> tuple[list[float], list[float], list[float]]:
+    """The standardized errors of the ensemble's future best, with each fit's progress and
+    trend."""
+    progress, trend, z = [], [], []
+    for t in tracks:
+        for k, fit in enumerate(t.fits):
+            if k + 1 >= 3:
+                progress.append(fit.progress)
+                trend.append(fit.trend)
+                z.append((float(np.log(t.future_best[k])) - fit.mu) / fit.scale)
+    return progress, trend, z
+
+
+def source(c: Calibration) -> str:
+    """The table as the Python literal ``monitor.forecast.DEFAULT_CALIBRATION`` holds."""
+    def row(q: tuple[float, ...]) -> str:
+        half = len(q) // 2
+        return (f"        ({', '.join(map(repr, q[:half]))},\n"
+                f"         {', '.join(map(repr, q[half:]))}),\n")
+
+    return ("DEFAULT_CALIBRATION = Calibration(\n    progress_edges=PROGRESS_EDGES,\n"
+            "    trend_edges=TREND_EDGES,\n    levels=LEVELS,\n    quantiles=(\n"
+            f"{''.join(row(q) for q in c.quantiles)}    ),\n)")
+
+
+def long_history_cpu(calls: int = 200) -> list[float]:
+    """CPU of forecasts of a noisy 100-point power law against a best it cannot beat (so each
+    takes the second fit a cannot_win needs)."""
+    rng = np.random.default_rng(1)
+    steps = np.arange(1, 101) * 10.0
+    losses = (0.2 + np.asarray(steps / 2000.0) ** -0.5) * np.exp(rng.normal(0, 0.02, 100))
+    history = list(zip(steps.tolist(), losses.tolist(), strict=True))
+    spent = []
+    for _ in range(calls):
+        started = time.thread_time_ns()
+        forecast(history, 2000.0, 0.1)
+        spent.append((time.thread_time_ns() - started) / 1e6)
+    return spent
+
+
+def ms(values: Sequence[float]) -> str:
+    return (f"{statistics.median(values):.2f} / "
+            f"{float(np.quantile(np.asarray(values), 0.95)):.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.forecast_backtest",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_RUNS} runs per dataset, one draw, the shipped calibration")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="print the calibration table measured on every curve and exit")
+    args = parser.parse_args(argv)
+    datasets = load_curves()
+    rng = np.random.default_rng(0)
+    cpu: dict[str, list[float]] = {"ensemble": [], "bootstrap power law": []}
+    tracks: dict[str, dict[str, RunTrack]] = {}
+    for n, d in enumerate(datasets):
+        runs = list(d.runs)
+        if args.quick:
+            runs = [runs[i] for i in sorted(rng.choice(len(runs), QUICK_RUNS, replace=False))]
+        group_best = min(r.best_eval_loss for r in d.runs)
+        tracks[d.name] = {r.run_id: track(r, d.epochs, group_best, 1000 * n + i, cpu)
+                          for i, r in enumerate(runs)}
+    if args.calibrate:
+        every = [t for ts in tracks.values() for t in ts.values()]
+        print(source(calibrate(*measured_errors(every))))
+        return 0
+    return report(datasets, tracks, cpu, args.quick, rng)
+
+
+def report(datasets: Sequence[Dataset], tracks: dict[str, dict[str, RunTrack]],
+           cpu: dict[str, list[float]], quick: bool, rng: np.random.Generator) -> int:
+    rows, overall = [], {m: Tally() for m in METHODS}
+    calls: list[tuple[float, bool]] = []
+    boot_calls: list[tuple[float, bool]] = []
+    for d in datasets:
+        if quick:
+            calibration = DEFAULT_CALIBRATION
+        else:  # leave this dataset out of its own calibration
+            rest = [t for name, ts in tracks.items() if name != d.name for t in ts.values()]
+            calibration = calibrate(*measured_errors(rest))
+        tallies = {m: Tally() for m in METHODS}
+        ids = list(tracks[d.name])
+        for _ in range(1 if quick else DRAWS):
+            finished = [ids[i] for i in rng.choice(len(ids), FINISHED_FIRST, replace=False)]
+            r = replay(d, tracks[d.name], finished, calibration)
+            calls += r.calls
+            boot_calls += r.boot_calls
+            for m in METHODS:
+                tallies[m].add(r.outcomes[m])
+                overall[m].add(r.outcomes[m])
+        rows += [tallies[m].row(d.name, m) for m in METHODS]
+    rows += [overall[m].row("**all**", m) for m in METHODS]
+    heads = ["dataset", "method", "runs told cannot_win", "precision", "wrong calls",
+             "winners told cannot_win", "losers' compute saved"]
+    draws = 1 if quick else DRAWS
+    print(f"## Forecast backtest{' (quick)' if quick else ''}\n\n"
+          f"{sum(len(ts) for ts in tracks.values())} real curves, {draws} draw(s) of "
+          f"{FINISHED_FIRST} runs finishing first per dataset; stop threshold "
+          f"p_beat_best < {STOP_BELOW}. "
+          f"{'Calibration: the shipped table.' if quick else 'Calibration: leave one dataset out.'}"
+          f"\n\n{table(heads, rows, align=['l', 'l', 'r', 'r', 'r', 'r', 'r'])}\n")
+    cal_heads = ["p_beat_best", "forecasts", "mean p", "share that beat the best"]
+    for name, c in (("ensemble", calls), ("bootstrap power law", boot_calls)):
+        print(f"### Calibration: {name}\n\n{table(cal_heads, calibration_rows(c))}\n")
+    cpu["ensemble, 100-point history"] = long_history_cpu()
+    print("### CPU per forecast (ms, median / p95, one thread)\n\n" + table(
+        ["method", "calls", "ms"], [[m, str(len(v)), ms(v)] for m, v in cpu.items()],
+        align=["l", "r", "r"]))
+    return 0 if overall["ensemble"].winners_told == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
