@@ -264,9 +264,9 @@ def test_a_huge_client_frame_is_closed_with_1009_as_its_header_arrives(
 
 
 def test_a_query_string_of_100000_commas_gets_an_answer_not_a_reset(gateway: Gateway) -> None:
-    status, body = gateway.get("/api/compare?ids=" + "," * 100_000)
-    assert status in (414, 422), (status, body[:200])
-    assert json.loads(body)["status"] == status
+    for _ in range(20):  # it used to reset now and then, when the URL came in two reads
+        status, body = gateway.get("/api/compare?ids=" + "," * 100_000)
+        assert (status, json.loads(body)["detail"]) == (414, "the URL is over 16384 bytes")
 
 
 def test_the_page_and_its_files_carry_their_security_headers(gateway: Gateway) -> None:

@@ -22,7 +22,7 @@ from web import api, errors, metrics
 from web.gateway import Gateway
 from web.responses import JSON
 from web.schemas import Error, Health
-from web.security import COOKIE, KnownHostsOnly, SecurityHeaders, token_ok
+from web.security import COOKIE, KnownHostsOnly, LongUrlsRefused, SecurityHeaders, token_ok
 from web.ws import websocket_endpoint
 
 STATIC = Path(__file__).parent / "static"
@@ -58,6 +58,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         origins = (urlsplit(o).hostname or "" for o in settings.origins if o != "*")
         hosts = {*LOOPBACK_NAMES, *settings.hosts, *origins}
         app.add_middleware(KnownHostsOnly, allowed=frozenset(hosts))
+    app.add_middleware(LongUrlsRefused)
     app.add_middleware(SecurityHeaders)
     app.include_router(api.router)
     app.add_api_websocket_route("/ws", websocket_endpoint)

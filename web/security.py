@@ -97,6 +97,24 @@ class KnownHostsOnly:
         await self.app(scope, receive, send)
 
 
+MAX_URL = 16 * 1024  # a longer path and query string is refused with 414
+MAX_REQUEST_HEAD = 256 * 1024  # what the server reads of a request's line and headers
+
+
+class LongUrlsRefused:
+    """414 for a URL over MAX_URL: no route takes one (2 to 5 job ids, a version, a token)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and len(scope["path"]) + len(scope["query_string"]) > MAX_URL:
+            answer = error_response(414, f"the URL is over {MAX_URL} bytes")
+            await answer(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 # The page loads nothing from elsewhere and runs no inline code; no other site may frame it
 # (its archive and stop buttons must not be clickable through a disguise).
 PAGE_POLICY = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "

@@ -11,7 +11,7 @@ import uvicorn
 from monitor.errors import PortInUse
 from monitor.settings import GatewaySettings
 from web.app import create_app
-from web.security import RedactTokens
+from web.security import MAX_REQUEST_HEAD, RedactTokens
 from web.ws import MAX_CLIENT_MESSAGE
 
 
@@ -37,5 +37,9 @@ def gateway_server(settings: GatewaySettings) -> uvicorn.Server:
         ws_per_message_deflate=settings.ws_deflate, ws_max_size=MAX_CLIENT_MESSAGE,
         log_level=settings.log_level.lower(),
         ws="websockets-sansio", timeout_graceful_shutdown=5,
+        # A request head (line and headers) is read whole up to this size, so a very long URL
+        # gets the gateway's 414 instead of a reset: past h11's default of 16 KiB it answers
+        # 400 and closes while the client is still sending, and the client sees a reset.
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
     )
     return uvicorn.Server(config)
