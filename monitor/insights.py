@@ -95,7 +95,10 @@ def replicates(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def pooled_noise(views: list[dict[str, Any]]) -> float | None:
     """The pooled within-replicate standard deviation of best eval loss (absolute); None
     without replicates."""
-    groups = replicate_groups(views)
+    return _pooled(replicate_groups(views))
+
+
+def _pooled(groups: list[list[dict[str, Any]]]) -> float | None:
     dof = sum(len(g) - 1 for g in groups)
     if dof == 0:
         return None
@@ -105,10 +108,11 @@ def pooled_noise(views: list[dict[str, Any]]) -> float | None:
 
 def noise_pct(views: list[dict[str, Any]]) -> float | None:
     """:func:`pooled_noise` in % of the mean best eval loss of the replicates."""
-    sigma = pooled_noise(views)
+    groups = replicate_groups(views)
+    sigma = _pooled(groups)
     if sigma is None:
         return None
-    mean = float(np.mean([v["best_eval_loss"] for g in replicate_groups(views) for v in g]))
+    mean = float(np.mean([v["best_eval_loss"] for g in groups for v in g]))
     return None if mean == 0 else sigma / abs(mean) * 100
 
 
@@ -202,7 +206,7 @@ def significance(run: dict[str, Any], best: dict[str, Any],
         other = [v["best_eval_loss"] for v in groups[theirs]]
         p = float(stats.ttest_ind(ours, other, equal_var=False).pvalue)
         return _verdict(run, p, "Welch's t-test over replicates")
-    sigma = pooled_noise(model_views)
+    sigma = _pooled(groups)
     if sigma is None:
         return {"job_id": run["id"], "verdict": "unknown", "p_value": None, "method": None}
     difference = abs(run["best_eval_loss"] - best["best_eval_loss"])

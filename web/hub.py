@@ -21,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from monitor.keys import Keys
 from monitor.redistools import backoff, text
+from monitor.rules import parse_pos
 
 log = logging.getLogger("monitor.gateway")
 
@@ -103,12 +104,7 @@ def _trimmed_unread(info: Any, last: str, consumed: int) -> bool:
     # Redis 6.2: trimming drops the oldest first, so once ``last`` itself is gone the entries
     # after it may be too; resync rather than risk a client missing one.
     first = info.get("first-entry")
-    return last != "0-0" and first is not None and _entry_id(text(first[0])) > _entry_id(last)
-
-
-def _entry_id(text: str) -> tuple[int, int]:
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
+    return last != "0-0" and first is not None and parse_pos(text(first[0])) > parse_pos(last)
 
 
 def _raise_if_cancelled() -> None:
