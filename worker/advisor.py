@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -57,6 +58,7 @@ class Counters:
     written: int = 0  # differed from the view's, so written as events
     cpu_seconds: float = 0.0  # thread CPU time spent computing them
     snapshots: int = 0
+    recent_cpu: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))  # each, s
 
 
 class Advisor:
@@ -113,6 +115,10 @@ class Advisor:
             self._woken.set()
             await forecaster
             await self.redis.aclose()
+            c = self.counters
+            log.info("advisor stopped: %d forecasts computed (%.1f ms of CPU each on "
+                     "average), %d written", c.forecasts,
+                     1000 * c.cpu_seconds / max(c.forecasts, 1), c.written)
 
     # --- Following the committed state ------------------------------------------------------
 
@@ -267,16 +273,20 @@ class Advisor:
     def _compute(self, jobs: dict[str, dict[str, Any]], bases: dict[str, Basis],
                  histories: dict[str, list[dict[str, Any]]]
                  ) -> tuple[dict[str, dict[str, Any] | None], float]:
-        started = time.thread_time()
         said = {}
+        spent = 0.0
         for job_id, job in jobs.items():
+            started = time.thread_time()
             try:
                 said[job_id] = advise(job, histories[job_id], bases[job_id].other_best,
                                       self.settings.stop_below)
             except (ArithmeticError, ValueError):  # a defect: say so, keep the rest going
                 log.exception("could not forecast job %s", job_id)
                 said[job_id] = None
-        return said, time.thread_time() - started
+            took = time.thread_time() - started
+            self.counters.recent_cpu.append(took)
+            spent += took
+        return said, spent
 
     async def _histories(self, job_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         if not job_ids:
