@@ -15,6 +15,7 @@ on a dataset is measured on the other three.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -42,7 +43,8 @@ DRAWS = 5  # random choices of the runs that finish first (full mode)
 QUICK_RUNS = 18  # runs per dataset in --quick mode
 BOOTSTRAP = 100  # resamples of the baseline power law
 HALF_WAY_WORSE = 1.25  # the rule: more than 25% worse than the best at half-way
-P_BINS = ((0.0, 0.05), (0.05, 0.2), (0.2, 0.5), (0.5, 1.0001))
+P_BINS = ((0.0, 0.01), (0.01, 0.05), (0.05, 0.1), (0.1, 0.2), (0.2, 0.35), (0.35, 0.5),
+          (0.5, 0.75), (0.75, 1.0001))
 METHODS = ("ensemble", "bootstrap power law", "25% worse at half-way")
 
 
@@ -143,11 +145,20 @@ class Outcome:
     stop_bests: list[float] = field(default_factory=list)  # the bests it was told it can't beat
 
 
+@dataclass(frozen=True)
+class Call:
+    """One forecast of p_beat_best, and whether the run went on to beat that best."""
+
+    p: float
+    beat: bool
+    run: str  # "dataset/run_id": a run's forecasts are one outcome seen many times
+
+
 @dataclass
 class Replay:
     outcomes: dict[str, list[Outcome]]
-    calls: list[tuple[float, bool]]  # the ensemble's (p_beat_best, beat that best in the end)
-    boot_calls: list[tuple[float, bool]]
+    calls: list[Call]  # the ensemble's
+    boot_calls: list[Call]
 
 
 def replay(d: Dataset, tracks: dict[str, RunTrack], finished: Sequence[str],
@@ -159,24 +170,25 @@ def replay(d: Dataset, tracks: dict[str, RunTrack], finished: Sequence[str],
     outcomes = {m: [Outcome(t.run.best_eval_loss, t.run.best_eval_loss == final_best
                             and t.run.best_eval_loss < base, d.epochs) for t in running]
                 for m in METHODS}
-    calls: list[tuple[float, bool]] = []
-    boot_calls: list[tuple[float, bool]] = []
+    calls: list[Call] = []
+    boot_calls: list[Call] = []
     for k in range(running[0].points):
         now = [t.best_so_far[k] for t in running]
         for j, t in enumerate(running):
             others = min([base, *now[:j], *now[j + 1:]])
             beat = t.run.best_eval_loss < others
+            run = f"{d.name}/{t.run.run_id}"
             fit = t.fits[k]
             f = predict(fit, now[j], d.epochs, k + 1, k + 1, others, calibration=calibration,
                         previous=t.fits[k - 1] if k + 1 > 3 else None)
             if f["verdict"] in ("cannot_win", "may_win"):
-                calls.append((f["p_beat_best"], beat))
+                calls.append(Call(f["p_beat_best"], beat, run))
             said = {"ensemble": f["verdict"] == "cannot_win"}
             p_boot = 1.0 if now[j] < others else float(
                 np.searchsorted(t.boot[k], others) / t.boot[k].size)
             v_boot = verdict(now[j], others, p_boot, k + 1, fit.progress)
             if v_boot in ("cannot_win", "may_win"):
-                boot_calls.append((p_boot, beat))
+                boot_calls.append(Call(p_boot, beat, run))
             said["bootstrap power law"] = v_boot == "cannot_win"
             half = (k + 1) / d.epochs >= 0.5 > k / d.epochs
             said["25% worse at half-way"] = half and now[j] > HALF_WAY_WORSE * others
@@ -223,17 +235,45 @@ class Tally:
                 f"{self.winners_told} / {self.winners}", saved]
 
 
-def calibration_rows(calls: Sequence[tuple[float, bool]]) -> list[list[str]]:
+def calibration_rows(calls: Sequence[Call]) -> list[list[str]]:
+    """Per bin of p_beat_best: how many forecasts, of how many runs (the independent evidence
+    behind the bin), how many of those runs beat the best they were given, the mean p told
+    and the share of forecasts that beat their best."""
     rows = []
     for lo, hi in P_BINS:
-        inside = [(p, b) for p, b in calls if lo <= p < hi]
+        inside = [c for c in calls if lo <= c.p < hi]
         label = f"[{lo:g}, {min(hi, 1):g}{']' if hi > 1 else ')'}"
         if not inside:
-            rows.append([label, "0", "-", "-"])
+            rows.append([label, "0", "0", "0", "-", "-"])
             continue
-        rows.append([label, str(len(inside)), f"{statistics.fmean(p for p, _ in inside):.3f}",
-                     f"{sum(b for _, b in inside) / len(inside):.3f}"])
+        runs = {c.run for c in inside}
+        beaten = {c.run for c in inside if c.beat}
+        rows.append([label, str(len(inside)), str(len(runs)), str(len(beaten)),
+                     f"{statistics.fmean(c.p for c in inside):.3f}",
+                     f"{sum(c.beat for c in inside) / len(inside):.3f}"])
     return rows
+
+
+def expected_calibration_error(calls: Sequence[Call]) -> float:
+    """The mean, over forecasts, of |mean p told - share that beat| in their bin of P_BINS."""
+    gap = 0.0
+    for lo, hi in P_BINS:
+        inside = [c for c in calls if lo <= c.p < hi]
+        if inside:
+            gap += abs(sum(c.p - c.beat for c in inside))
+    return gap / len(calls) if calls else math.nan
+
+
+def brier(calls: Sequence[Call]) -> float:
+    """The mean squared difference between p told and what happened (1 beat, 0 not)."""
+    return statistics.fmean((c.p - c.beat) ** 2 for c in calls) if calls else math.nan
+
+
+def summary_row(name: str, calls: Sequence[Call]) -> list[str]:
+    runs = {c.run for c in calls}
+    beaten = {c.run for c in calls if c.beat}
+    return [name, str(len(calls)), str(len(runs)), str(len(beaten)),
+            f"{expected_calibration_error(calls):.4f}", f"{brier(calls):.4f}"]
 
 
 def measured_errors(tracks: Sequence[RunTrack]
@@ -311,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
 def report(datasets: Sequence[Dataset], tracks: dict[str, dict[str, RunTrack]],
            cpu: dict[str, list[float]], quick: bool, rng: np.random.Generator) -> int:
     rows, overall = [], {m: Tally() for m in METHODS}
-    calls: list[tuple[float, bool]] = []
-    boot_calls: list[tuple[float, bool]] = []
+    calls: dict[str, list[Call]] = {}
+    boot_calls: list[Call] = []
     for d in datasets:
         if quick:
             calibration = DEFAULT_CALIBRATION
@@ -321,10 +361,11 @@ def report(datasets: Sequence[Dataset], tracks: dict[str, dict[str, RunTrack]],
             calibration = calibrate(*measured_errors(rest))
         tallies = {m: Tally() for m in METHODS}
         ids = list(tracks[d.name])
+        calls[d.name] = []
         for _ in range(1 if quick else DRAWS):
             finished = [ids[i] for i in rng.choice(len(ids), FINISHED_FIRST, replace=False)]
             r = replay(d, tracks[d.name], finished, calibration)
-            calls += r.calls
+            calls[d.name] += r.calls
             boot_calls += r.boot_calls
             for m in METHODS:
                 tallies[m].add(r.outcomes[m])
@@ -340,9 +381,17 @@ def report(datasets: Sequence[Dataset], tracks: dict[str, dict[str, RunTrack]],
           f"p_beat_best < {STOP_BELOW}. "
           f"{'Calibration: the shipped table.' if quick else 'Calibration: leave one dataset out.'}"
           f"\n\n{table(heads, rows, align=['l', 'l', 'r', 'r', 'r', 'r', 'r'])}\n")
-    cal_heads = ["p_beat_best", "forecasts", "mean p", "share that beat the best"]
-    for name, c in (("ensemble", calls), ("bootstrap power law", boot_calls)):
+    every = [c for cs in calls.values() for c in cs]
+    cal_heads = ["p_beat_best", "forecasts", "runs", "runs that beat", "mean p",
+                 "share that beat the best"]
+    for name, c in (("ensemble", every), ("bootstrap power law", boot_calls)):
         print(f"### Calibration: {name}\n\n{table(cal_heads, calibration_rows(c))}\n")
+    summary = [summary_row(name, c) for name, c in calls.items()]
+    summary += [summary_row("**overall**", every), summary_row("**overall**, bootstrap power law",
+                                                         boot_calls)]
+    print("### Calibration per dataset (ECE over the bins above, Brier score)\n\n" + table(
+        ["dataset", "forecasts", "runs", "runs that beat", "ECE", "Brier"], summary,
+        align=["l", "r", "r", "r", "r", "r"]) + "\n")
     cpu["ensemble, 100-point history"] = long_history_cpu()
     print("### CPU per forecast (ms, median / p95, one thread)\n\n" + table(
         ["method", "calls", "ms"], [[m, str(len(v)), ms(v)] for m, v in cpu.items()],
