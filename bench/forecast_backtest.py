@@ -5,11 +5,15 @@ random (seeded) finish first and set the best; the rest then run in step, one ev
 time, and after each point every running run is forecast against the best of the finished
 runs and of the other running runs so far. Three methods are judged side by side: the
 calibrated ensemble of ``monitor.forecast``, a fixed bootstrap power law, and the rule "more
-than 25% worse at half-way". The ensemble is calibrated leave-one-dataset-out: the table used
-on a dataset is measured on the other three.
+than 25% worse at half-way" (and, to show why the forecast does not do it, the ensemble
+stopping on its recalibrated p_beat_best alone). The ensemble is calibrated
+leave-one-dataset-out: the quantile table used on a dataset is measured on the other three,
+and so is its recalibration, on forecasts of each of those three made with the quantiles of
+the remaining two. The calibration of p_beat_best is shown before and after recalibration,
+per bin (with the runs behind each) and per dataset (expected calibration error, Brier score).
 
 ``--quick`` (a subset of runs, one draw, the shipped calibration) takes a few seconds;
-``--calibrate`` prints the calibration table measured on every curve, for ``monitor.forecast``.
+``--calibrate`` prints the calibration measured on every curve, for ``monitor.forecast``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ BOOTSTRAP = 100  # resamples of the baseline power law
 HALF_WAY_WORSE = 1.25  # the rule: more than 25% worse than the best at half-way
 P_BINS = ((0.0, 0.01), (0.01, 0.05), (0.05, 0.1), (0.1, 0.2), (0.2, 0.35), (0.35, 0.5),
           (0.5, 0.75), (0.75, 1.0001))
+COARSE_BINS = ((0.0, 0.05), (0.05, 0.2), (0.2, 0.5), (0.5, 1.0001))  # for each dataset apart
 # The last is not what the forecast does: it shows what stopping on p_beat_best alone would do.
 ALONE = "ensemble, on p_beat_best alone"
 METHODS = ("ensemble", "bootstrap power law", "25% worse at half-way", ALONE)
@@ -242,12 +247,13 @@ class Tally:
                 f"{self.winners_told} / {self.winners}", saved]
 
 
-def calibration_rows(calls: Sequence[Call]) -> list[list[str]]:
+def calibration_rows(calls: Sequence[Call], bins: Sequence[tuple[float, float]] = P_BINS
+                     ) -> list[list[str]]:
     """Per bin of p_beat_best: how many forecasts, of how many runs (the independent evidence
     behind the bin), how many of those runs beat the best they were given, the mean p told
     and the share of forecasts that beat their best."""
     rows = []
-    for lo, hi in P_BINS:
+    for lo, hi in bins:
         inside = [c for c in calls if lo <= c.p < hi]
         label = f"[{lo:g}, {min(hi, 1):g}{']' if hi > 1 else ')'}"
         if not inside:
@@ -446,10 +452,20 @@ def report(datasets: Sequence[Dataset], tracks: dict[str, dict[str, RunTrack]],
     for name, c in (("ensemble", every), ("ensemble before recalibration", every_before),
                     ("bootstrap power law", boot_calls)):
         print(f"### Calibration: {name}\n\n{table(cal_heads, calibration_rows(c))}\n")
+    by_bin = []
+    for name, c in calls.items():
+        for was, now in zip(calibration_rows(before[name], COARSE_BINS),
+                            calibration_rows(c, COARSE_BINS), strict=True):
+            by_bin.append([name, was[0], f"{was[1]} ({was[2]}, {was[3]})", *was[4:],
+                           f"{now[1]} ({now[2]}, {now[3]})", *now[4:]])
+    print("### Calibration per dataset, before and after recalibration\n\n" + table(
+        ["dataset", "p_beat_best", "before: forecasts (runs, that beat)", "mean p", "share",
+         "after: forecasts (runs, that beat)", "mean p", "share"], by_bin,
+        align=["l", "r", "r", "r", "r", "r", "r", "r"]) + "\n")
     summary = [summary_row(name, before[name], c) for name, c in calls.items()]
     summary += [summary_row("**overall**", every_before, every),
                 summary_row("**overall**, bootstrap power law", boot_calls, boot_calls)]
-    print("### Calibration per dataset (ECE over the bins above, Brier score)\n\n" + table(
+    print("### Calibration scores (ECE over the bins of the first tables, Brier score)\n\n" + table(
         ["dataset", "forecasts", "runs", "runs that beat", "ECE before", "ECE", "Brier before",
          "Brier"], summary, align=["l", "r", "r", "r", "r", "r", "r", "r"]) + "\n")
     cpu["ensemble, 100-point history"] = long_history_cpu()

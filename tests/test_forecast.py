@@ -210,6 +210,7 @@ def test_the_quick_backtest_prints_its_tables_and_tells_no_winner_it_cannot_win(
     for heading in ("## Forecast backtest (quick)", "### Calibration: ensemble",
                     "### Calibration: ensemble before recalibration",
                     "### Calibration: bootstrap power law", "### Calibration per dataset",
+                    "### Calibration scores",
                     "### CPU per forecast"):
         assert heading in out
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| **all** |")]
