@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         ["request sent → `run.should_stop` (on_stop called), p50", f"{p50:.0f} ms", ""],
         ["... p95", f"{p95:.0f} ms", "< 1,000 ms"],
         ["... max", f"{max(ms):.0f} ms", "< 2,000 ms"],
-        [f"`run.log()` with the channel polling for {RUNS} runs (median of "
-         f"{len(costs['on'])} × {calls:,})", f"{on:.2f} µs", ""],
+        [(f"`run.log()` with the channel polling for {RUNS} runs (median of "
+          f"{len(costs['on'])} × {calls:,})"), f"{on:.2f} µs", ""],
         ["`run.log()` with the channel idle", f"{off:.2f} µs", ""],
         ["on ÷ off", f"{on / off:.2f}", "≈ 1"],
     ], align=["l", "r", "r"]))
