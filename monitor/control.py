@@ -67,6 +67,8 @@ class Channel:
         with self._lock:
             self._runs[run] = None
             if self._thread is None:
+                # A run's job_started is its first sign of life: the first beat is due later.
+                self._last_beat = time.monotonic()
                 self._thread = threading.Thread(target=self._loop, name="monitor-sdk-control",
                                                 daemon=True)
                 self._thread.start()

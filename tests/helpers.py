@@ -41,11 +41,14 @@ def fold(events: list[Event]) -> Board:
 
 
 def read_events(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
-    """Every event on the stream, each validated against the contract, as plain dicts."""
+    """Every event on the stream, each validated against the contract, as plain dicts; but
+    the heartbeats, which the SDK's control thread sends on a clock of its own."""
     events = []
     for _entry_id, fields in client.xrange(keys.events):
         parse_event(fields[b"data"])
-        events.append(orjson.loads(fields[b"data"]))
+        event = orjson.loads(fields[b"data"])
+        if event["type"] != "job_heartbeat":
+            events.append(event)
     return events
 
 
