@@ -124,6 +124,39 @@ class JobFinished(_Event):
     final_eval_loss: float | None = None
 
 
+Verdict = Literal["leading", "too_early", "cannot_win", "may_win"]
+PositiveLoss = Annotated[float, Field(gt=0)]
+
+
+class Forecast(BaseModel):
+    """A running job's forecast (docs/insights.md#forecast), as the advisor computed it."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
+
+    at_step: NonNegInt
+    horizon_step: Annotated[int, Field(ge=1, le=MAX_INT)]
+    best_p10: PositiveLoss
+    best_p50: PositiveLoss
+    best_p90: PositiveLoss
+    p_beat_best: Annotated[float, Field(ge=0, le=1)] | None
+    verdict: Verdict
+    gpu_hours_left: NonNegNumber | None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Forecast:
+        if not self.best_p10 <= self.best_p50 <= self.best_p90:
+            raise ValueError("best_p10 <= best_p50 <= best_p90 must hold")
+        return self
+
+
+class JobForecast(_Event):
+    """Written by the advisor, not by trainers: the job's forecast replaces the one before
+    (docs/events.md). It never creates a job and never moves its times."""
+
+    type: Literal["job_forecast"]
+    forecast: Forecast
+
+
 class JobArchived(_Event):
     type: Literal["job_archived"]
 
@@ -133,10 +166,11 @@ class JobRestored(_Event):
 
 
 Event: TypeAlias = Annotated[
-    JobStarted | Metrics | Checkpoint | JobFinished | JobArchived | JobRestored,
+    JobStarted | Metrics | Checkpoint | JobFinished | JobArchived | JobRestored | JobForecast,
     Field(discriminator="type"),
 ]
-EVENT_TYPES = ("job_started", "metrics", "checkpoint", "job_finished", "job_archived", "job_restored")
+EVENT_TYPES = ("job_started", "metrics", "checkpoint", "job_finished", "job_archived",
+               "job_restored", "job_forecast")
 
 event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
 

@@ -25,6 +25,7 @@ from monitor.events import (
     Event,
     JobArchived,
     JobFinished,
+    JobForecast,
     JobRestored,
     JobStarted,
     Metrics,
@@ -61,7 +62,7 @@ PUBLIC_FIELDS = (
     "id", "model_name", "model_display", "name", "status", "archived", "epoch", "step", "loss",
     "eval_loss", "best_eval_loss", "best_epoch", "best_step", "best_checkpoint_path", "final_loss",
     "final_eval_loss", "total_epochs", "total_steps", "created_at", "updated_at", "finished_at",
-    "gpu_count", "error",
+    "gpu_count", "error", "eval_count", "forecast",
 )
 _OWN_PUBLIC = tuple(name for name in PUBLIC_FIELDS if name != "model_display")
 _own_public_values = operator.attrgetter(*_OWN_PUBLIC)  # one C call instead of a getattr each
@@ -100,6 +101,8 @@ class JobState:
     finished_at: float | None = None
     gpu_count: int | None = None
     error: str | None = None
+    eval_count: int = 0  # eval observations applied (an advisor recomputes on each new one)
+    forecast: dict[str, Any] | None = None  # the advisor's latest, shown while running
     # Private to the fold.
     latest_key: ObsKey | None = None  # of the latest observation, loss or eval loss
     loss_key: ObsKey | None = None
@@ -223,6 +226,7 @@ def _observe(job: JobState, key: ObsKey, step: int | None, epoch: float | None) 
 
 def _observe_eval(job: JobState, value: float, key: ObsKey, step: int | None,
                   epoch: float | None) -> None:
+    job.eval_count += 1
     if job.eval_key is None or key > job.eval_key:
         job.eval_loss, job.eval_key = value, key
     best, best_key = job.best_eval_loss, job.best_key
@@ -252,6 +256,12 @@ def apply_to_job(job: JobState, event: Event, pos: Pos, ts: float) -> JobChange:
     """Fold one event into ``job`` (in place): the rules of docs/state.md, Job state."""
     if event.event_id is not None and not job.seen.add(event.event_id):
         return DUPLICATE
+    if isinstance(event, JobForecast):  # derived, not the trainer's: no times, no model
+        forecast = event.forecast.model_dump()
+        if forecast == job.forecast:
+            return DUPLICATE
+        job.forecast = forecast
+        return JobChange(applied=True)
     if job.model_name is None and event.model_name is not None:
         job.model_name = event.model_name
     job.created_at = min(job.created_at, ts)
@@ -346,7 +356,7 @@ class Group:
 
 def job_view(public: dict[str, Any], best: tuple[str, float] | None) -> dict[str, Any]:
     """A job view (docs/state.md, Views): the public state plus ``is_best``, ``delta_pct``,
-    ``tier`` and ``gpu_hours``.
+    ``tier`` and ``gpu_hours``; its ``forecast`` only while the job is running.
 
     ``best`` is the group's best run as (job id, best eval loss), or None.
     """
@@ -360,6 +370,8 @@ def job_view(public: dict[str, Any], best: tuple[str, float] | None) -> dict[str
     view["delta_pct"] = delta
     view["tier"] = tier(delta)
     view["gpu_hours"] = gpu_hours(public)
+    view["forecast"] = public.get("forecast") if public["status"] == RUNNING else None
+    view.setdefault("eval_count", 0)  # stored before it was counted
     return view
 
 
@@ -457,6 +469,8 @@ class Board:
         """Fold one event; ``ts`` is the event's time (its ``ts``, else the entry's time)."""
         job = self.jobs.get(event.job_id)
         created = job is None
+        if created and isinstance(event, JobForecast):
+            return Change(DUPLICATE)  # a forecast of a job that is gone creates nothing
         if job is None:
             job = self.jobs[event.job_id] = new_job(event.job_id, ts)
         before_model, before_archived, before_key = job.model_name, job.archived, job.rank_key

@@ -120,6 +120,28 @@ class WorkerSettings(CommonSettings):
                                 "lease runs out while the worker waits")
 
 
+def _probability(value: float) -> str | None:
+    return None if 0 < value < 1 else "must be between 0 and 1 (exclusive)"
+
+
+def _share(value: float) -> str | None:
+    return None if 0 < value <= 1 else "must be more than 0 and at most 1"
+
+
+@dataclass(frozen=True)
+class AdvisorSettings(CommonSettings):
+    """``monitor advisor``: the forecast of every running job (docs/insights.md)."""
+
+    stop_below: float = _setting(0.05, "a running job whose probability of beating its "
+                                       "group's best is below this is told cannot_win",
+                                 _probability)
+    advisor_debounce: float = _setting(0.2, "seconds the advisor waits after a job's change "
+                                            "before forecasting it (changes meanwhile are "
+                                            "taken together)", _non_negative)
+    advisor_cpu: float = _setting(0.5, "share of one core the advisor's forecasts may use "
+                                       "at most", _share)
+
+
 def _origins(value: str) -> str | None:
     for origin in _split(value):
         if origin != "*" and urlsplit(origin).scheme not in ("http", "https"):
@@ -217,7 +239,7 @@ def _user_data_dir(environ: Mapping[str, str]) -> str:
 
 
 @dataclass(frozen=True)
-class UpSettings(GatewaySettings, WorkerSettings):
+class UpSettings(GatewaySettings, WorkerSettings, AdvisorSettings):
     """``monitor up``: worker, gateway and page in one process (and the demo, if asked)."""
 
     redis_url: str | None = _setting(None, "Redis to use; unset: start an embedded one",  # type: ignore[assignment]
@@ -239,7 +261,7 @@ class UpSettings(GatewaySettings, WorkerSettings):
 
 
 SETTINGS_CLASSES: tuple[type[CommonSettings], ...] = (WorkerSettings, GatewaySettings,
-                                                       DemoSettings, UpSettings)
+                                                       AdvisorSettings, DemoSettings, UpSettings)
 
 
 def part(settings: CommonSettings, cls: type[S], **changes: Any) -> S:

@@ -12,6 +12,7 @@ from monitor.events import (
     Event,
     JobArchived,
     JobFinished,
+    JobForecast,
     JobRestored,
     JobStarted,
     Metrics,
@@ -27,6 +28,8 @@ def reference_views(stream: list[tuple[Pos, float, Event]]) -> dict[str, dict[st
     """Every job's view from the whole stream of (position, time, event), in stream order."""
     per_job: dict[str, list[tuple[Pos, float, Event]]] = {}
     for pos, ts, event in sorted(stream, key=lambda x: x[0]):
+        if isinstance(event, JobForecast) and event.job_id not in per_job:
+            continue  # a forecast never creates a job
         per_job.setdefault(event.job_id, []).append((pos, ts, event))
     states = {job_id: _job(job_id, _dedup(events)) for job_id, events in per_job.items()}
 
@@ -47,7 +50,8 @@ def reference_views(stream: list[tuple[Pos, float, Event]]) -> dict[str, dict[st
         hours = (None if s["gpu_count"] is None
                  else float(s["gpu_count"] * max(0.0, end - s["created_at"]) / 3600))
         views[job_id] = {**s, "is_best": is_best, "delta_pct": delta, "tier": tier(delta),
-                         "gpu_hours": hours}
+                         "gpu_hours": hours,
+                         "forecast": s["forecast"] if s["status"] == "running" else None}
     return views
 
 
@@ -64,7 +68,9 @@ def _dedup(events: list[tuple[Pos, float, Event]]) -> list[tuple[Pos, float, Eve
     return out
 
 
-def _job(job_id: str, events: list[tuple[Pos, float, Event]]) -> dict[str, Any]:
+def _job(job_id: str, all_events: list[tuple[Pos, float, Event]]) -> dict[str, Any]:
+    forecasts = [e.forecast.model_dump() for _, _, e in all_events if isinstance(e, JobForecast)]
+    events = [item for item in all_events if not isinstance(item[2], JobForecast)]
     named = [e.model_name for _, _, e in events if e.model_name is not None]
     model = named[0] if named else None
     finishes = [(ts, e) for _, ts, e in events if isinstance(e, JobFinished)]
@@ -130,6 +136,8 @@ def _job(job_id: str, events: list[tuple[Pos, float, Event]]) -> dict[str, Any]:
         "finished_at": first_finish[0] if first_finish else None,
         "gpu_count": started_field("gpu_count"),
         "error": finish.error if finish else None,
+        "eval_count": len(observations),
+        "forecast": forecasts[-1] if forecasts else None,
     }
 
 

@@ -18,6 +18,13 @@ LOSSES = [0.0, 0.1, 0.2, 0.21, 0.25, 0.3, 1.5, 1e25, 3.4e38]  # few: ties are co
 STEPS = [None, 0, 1, 5, 10]
 EPOCHS = [None, 0.0, 1.0, 1.5]
 
+FORECASTS = [
+    {"at_step": 5, "horizon_step": 10, "best_p10": 0.1, "best_p50": 0.2, "best_p90": 0.3,
+     "p_beat_best": 0.5, "verdict": "may_win", "gpu_hours_left": None},
+    {"at_step": 10, "horizon_step": 10, "best_p10": 0.2, "best_p50": 0.2, "best_p90": 0.2,
+     "p_beat_best": None, "verdict": "leading", "gpu_hours_left": 1.5},
+]
+
 common = {
     "job_id": st.sampled_from(JOBS),
     "model_name": st.sampled_from(MODELS),
@@ -44,6 +51,8 @@ event_dicts = st.one_of(
                            "status": st.sampled_from(["completed", "failed", "cancelled"]),
                            "final_loss": optional_loss}),
     st.fixed_dictionaries({"type": st.sampled_from(["job_archived", "job_restored"]), **common}),
+    st.fixed_dictionaries({"type": st.just("job_forecast"), **common,
+                           "forecast": st.sampled_from(FORECASTS)}),
 )
 
 

@@ -88,6 +88,7 @@ async def test_raw_events_become_job_views_model_rows_and_one_update_per_commit(
         "best_epoch": 5.0, "best_step": 5, "best_checkpoint_path": "checkpoint-5",
         "final_loss": None, "final_eval_loss": None, "total_epochs": 12, "total_steps": None,
         "created_at": 100.0, "updated_at": 101.5, "finished_at": None, "gpu_count": None, "error": None,
+        "eval_count": 1, "forecast": None,
     }
     assert orjson.loads(r.hget(keys.configs, "a")) == {"lr": 2e-4}
     assert orjson.loads(r.hget(keys.models, model_field(Q))) == {
@@ -108,6 +109,36 @@ async def test_raw_events_become_job_views_model_rows_and_one_update_per_commit(
     assert {v["id"]: (v["is_best"], v["archived"], v["delta_pct"]) for v in views} == {
         "a": (False, True, None), "b": (True, False, None)}
     assert r.xinfo_groups(keys.events)[0]["pending"] == 0
+
+
+FORECAST = {"at_step": 5, "horizon_step": 50, "best_p10": 0.2, "best_p50": 0.22,
+            "best_p90": 0.23, "p_beat_best": 0.01, "verdict": "cannot_win", "gpu_hours_left": 2.5}
+
+
+async def test_a_forecast_is_folded_into_its_running_view_once_and_hidden_when_finished(
+        r: redis.Redis, keys: Keys, drain: Drain) -> None:
+    xadd(r, keys, {"type": "job_started", "job_id": "a", "model_name": Q, "ts": 100.0,
+                   "total_steps": 50})
+    xadd(r, keys, {"type": "metrics", "job_id": "a", "step": 5, "eval_loss": 0.25, "ts": 101.0})
+    xadd(r, keys, {"type": "job_forecast", "job_id": "a", "forecast": FORECAST, "ts": 900.0})
+    xadd(r, keys, {"type": "job_forecast", "job_id": "gone", "forecast": FORECAST})
+    await drain()
+    job = stored_jobs(r, keys)["a"]
+    assert job["forecast"] == FORECAST
+    assert (job["created_at"], job["updated_at"]) == (100.0, 101.0)  # a forecast is no event
+    assert "gone" not in stored_jobs(r, keys)
+    last = updates(r, keys)[-1][1]
+    assert [(v["id"], v["forecast"]) for v in last] == [("a", FORECAST)]
+
+    # The same forecast again changes nothing and sends no update.
+    versions = len(updates(r, keys))
+    xadd(r, keys, {"type": "job_forecast", "job_id": "a", "forecast": FORECAST})
+    await drain()
+    assert len(updates(r, keys)) == versions
+
+    xadd(r, keys, {"type": "job_finished", "job_id": "a", "status": "completed", "ts": 102.0})
+    await drain()
+    assert updates(r, keys)[-1][1][0]["forecast"] is None
 
 
 async def test_a_malformed_entry_is_dead_lettered_and_its_neighbours_applied(

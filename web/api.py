@@ -172,6 +172,9 @@ async def restore(job_id: str, gw: GW) -> Response:
     return await _mark(gw, job_id, "job_restored")
 
 
+DERIVED_TYPES = ("job_forecast",)  # events the monitor derives itself (docs/events.md)
+
+
 def validate_events(body: Any) -> list[bytes]:
     """The events of a request body (one object or a list), each checked exactly as the
     worker will check it; all or nothing. Returns what to append, one JSON text each."""
@@ -187,6 +190,10 @@ def validate_events(body: Any) -> list[bytes]:
     out = []
     for index, item in enumerate(items):
         where: list[Any] = ["body", index] if many else ["body"]
+        if isinstance(item, dict) and item.get("type") in DERIVED_TYPES:
+            errors.append({"loc": [*where, "type"],
+                           "msg": f"{item['type']} is written by the monitor, not sent to it"})
+            continue
         try:
             # Field by field first: Python's JSON reader takes NaN, which must be named.
             event_adapter.validate_python(item)

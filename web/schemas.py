@@ -17,6 +17,26 @@ CompareKey = Literal["model", "job_id", "status", "best_eval_loss", "final_loss"
                      "final_eval_loss", "best_checkpoint_epoch", "checkpoint_path", "progress"]
 
 
+ForecastVerdict = Literal["leading", "too_early", "cannot_win", "may_win"]
+
+
+class Forecast(BaseModel):
+    """Where a running job's best eval loss will be at its horizon (docs/insights.md#forecast)."""
+
+    at_step: int = Field(description="the step of the last eval observation it used")
+    horizon_step: int = Field(description="the step the run is expected to end at")
+    best_p10: float
+    best_p50: float = Field(description="the median of its best eval loss at the horizon; "
+                                        "never above its best so far")
+    best_p90: float
+    p_beat_best: float | None = Field(description="the probability that it ends below the "
+                                                  "best of the rest of its group; null when "
+                                                  "it has no rival")
+    verdict: ForecastVerdict
+    gpu_hours_left: float | None = Field(description="GPU-hours to the horizon at its pace "
+                                                     "so far; null without gpu_count")
+
+
 class JobView(BaseModel):
     """A job's state with its place in its model group (docs/rest.md)."""
 
@@ -48,6 +68,9 @@ class JobView(BaseModel):
     tier: Tier | None
     gpu_hours: float | None = Field(description="gpu_count times the time from start to end "
                                                 "(or to the latest event while running)")
+    eval_count: int = Field(description="how many eval observations the job has had")
+    forecast: Forecast | None = Field(description="the advisor's forecast; null unless the "
+                                                  "job is running with a known horizon")
 
 
 class JobDetail(JobView):

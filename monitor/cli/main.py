@@ -9,12 +9,13 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from monitor import __version__
 from monitor.errors import StartError
 from monitor.settings import (
+    AdvisorSettings,
     CommonSettings,
     DemoSettings,
     GatewaySettings,
@@ -59,6 +60,17 @@ def _parser() -> argparse.ArgumentParser:
     add_arguments(worker, WorkerSettings)
     worker.set_defaults(handler=_worker, settings=WorkerSettings)
 
+    advisor = commands.add_parser(
+        "advisor", help="forecast every running job: can it still beat its model's best?",
+        description="Follow the committed changes and forecast each running job's best eval "
+                    "loss at its horizon, the probability that it beats its group's best, a "
+                    "verdict (leading, too_early, cannot_win, may_win) and the GPU-hours "
+                    "left, whenever it has a new eval point or its group's best moves. The "
+                    "forecasts reach every view through the worker (docs/insights.md). "
+                    "monitor up runs one; run one per deployment.")
+    add_arguments(advisor, AdvisorSettings)
+    advisor.set_defaults(handler=_advisor, settings=AdvisorSettings)
+
     gateway = commands.add_parser(
         "gateway", help="REST API and WebSocket push of the committed state",
         description="Serve the REST API (OpenAPI at /docs), /ws (a snapshot, then every "
@@ -82,18 +94,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _worker(settings: WorkerSettings) -> int:
-    from worker.consumer import run_worker
-
+def _until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    """Run ``run(stop)`` until Ctrl-C or SIGTERM sets ``stop``."""
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_worker(settings, stop)
+        await run(stop)
 
     asyncio.run(main())
     return 0
+
+
+def _worker(settings: WorkerSettings) -> int:
+    from worker.consumer import run_worker
+
+    return _until_signalled(lambda stop: run_worker(settings, stop))
+
+
+def _advisor(settings: AdvisorSettings) -> int:
+    from worker.advisor import run_advisor
+
+    return _until_signalled(lambda stop: run_advisor(settings, stop))
 
 
 def _up(settings: UpSettings) -> int:

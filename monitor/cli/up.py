@@ -1,5 +1,5 @@
-"""``monitor up``: everything for one machine in one process. The worker and the gateway share
-one event loop; the demo trainers (``--demo``) run in threads; Redis is the configured one,
+"""``monitor up``: everything for one machine in one process. The worker, the advisor and the
+gateway share one event loop (the advisor's forecasts run in a thread); the demo trainers (``--demo``) run in threads; Redis is the configured one,
 else an embedded ``redis-server`` child that keeps its data in the data directory (or nothing,
 ``--ephemeral``) and stops with us."""
 
@@ -13,8 +13,9 @@ import sys
 import threading
 
 from monitor.cli.embedded import embedded_redis
-from monitor.settings import GatewaySettings, UpSettings, WorkerSettings, part
+from monitor.settings import AdvisorSettings, GatewaySettings, UpSettings, WorkerSettings, part
 from web.server import check_port, gateway_server
+from worker.advisor import run_advisor
 from worker.consumer import run_worker
 
 log = logging.getLogger("monitor.up")
@@ -53,6 +54,8 @@ async def _serve(settings: UpSettings, url: str) -> None:
     stop = asyncio.Event()
     worker = run_worker(part(settings, WorkerSettings, redis_url=url), stop)
     worker_task = asyncio.create_task(worker, name="worker")
+    advisor = run_advisor(part(settings, AdvisorSettings, redis_url=url), stop)
+    advisor_task = asyncio.create_task(advisor, name="advisor")
     demo_stop = threading.Event()
     demo = _start_demo(settings, url, demo_stop) if settings.demo else None
     try:
@@ -61,6 +64,7 @@ async def _serve(settings: UpSettings, url: str) -> None:
         demo_stop.set()
         stop.set()
         await worker_task
+        await advisor_task
         if demo is not None:
             await asyncio.to_thread(demo.join, 10)
 

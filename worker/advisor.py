@@ -1,0 +1,303 @@
+"""The advisor: follows the committed changes (``<prefix>updates``), forecasts each running job
+when its basis moves (a new eval observation, a new best elsewhere in its group) and writes
+the forecast as a ``job_forecast`` event into ``<prefix>events``, which the worker folds into
+the job's view like any other event (docs/insights.md#the-advisor).
+
+So a forecast reaches ``/api/jobs``, ``/ws`` and the page with the fold's guarantees, and the
+fold never waits for a forecast. Nothing here must survive a crash: the advisor's state is
+derived, and a restarted advisor reads the committed state and forecasts every running job
+again. A forecast equal to the one a view has is not written, and the fold ignores one that
+changes nothing, so a restart neither doubles nor loses one.
+
+Bounded CPU: changes to a job within ``advisor_debounce`` seconds are taken together, at most
+one forecast per job is in flight, forecasts run in a thread one batch at a time, and after
+each batch the advisor rests so that they use at most ``advisor_cpu`` of one core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from monitor.advice import Basis, Rivals, advise, basis, slim, wants_forecast
+from monitor.keys import Keys
+from monitor.redistools import backoff, text
+from monitor.rules import parse_pos
+from monitor.settings import AdvisorSettings
+
+log = logging.getLogger("monitor.advisor")
+
+BATCH = 64  # jobs forecast per turn (their histories read in one round trip)
+READ_COUNT = 500  # updates read per call
+BLOCK_MS = 500
+
+
+class Resync(Exception):
+    """Redis came back empty, or the updates stream is gone: start afresh."""
+
+
+class Trimmed(Resync):
+    """Updates the advisor had not read were trimmed: read the committed state again."""
+
+
+@dataclass
+class Counters:
+    """What the advisor did, for logs and the benchmark."""
+
+    forecasts: int = 0  # computed
+    written: int = 0  # differed from the view's, so written as events
+    cpu_seconds: float = 0.0  # thread CPU time spent computing them
+    snapshots: int = 0
+
+
+class Advisor:
+    """One advisor process's state: the running jobs as the last update left them, their
+    groups' rankings, and which jobs are due for a forecast."""
+
+    def __init__(self, settings: AdvisorSettings, redis: Redis | None = None) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.prefix)
+        self.redis = redis if redis is not None else Redis.from_url(settings.redis_url)
+        self.counters = Counters()
+        self._forget()
+        self._woken = asyncio.Event()
+
+    def _forget(self) -> None:
+        """Forget everything: the next turn reads the committed state and forecasts every
+        running job again."""
+        self.done: dict[str, Basis] = {}  # the basis of each job's last forecast
+        self._forget_views()
+
+    def _forget_views(self) -> None:
+        """Forget the views but not the bases of the forecasts made: after a snapshot, only
+        the jobs whose basis moved meanwhile are forecast again."""
+        self.version: str | None = None  # the last update taken in; None: read a snapshot
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.rivals = Rivals()
+        self.members: dict[str | None, set[str]] = {}  # running jobs by model
+        self.due: dict[str, float] = {}  # job id -> when its forecast is due (monotonic)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow updates and forecast until ``stop`` is set; survives Redis going away."""
+        forecaster = asyncio.create_task(self._forecast_loop(stop), name="forecasts")
+        delay = 0.1
+        try:
+            while not stop.is_set():
+                try:
+                    if self.version is None:
+                        await self._snapshot()
+                    await self._follow()
+                    delay = 0.1
+                except Trimmed as e:
+                    log.warning("reading the committed state again: %s", e)
+                    self._forget_views()
+                except Resync as e:
+                    log.warning("reading the committed state again: %s", e)
+                    self._forget()
+                except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                    log.warning("Redis unreachable (%s); retrying in %.1fs", e, delay)
+                    self._forget()
+                    await _sleep(stop, delay)
+                    delay = backoff(delay)
+        finally:
+            stop.set()
+            self._woken.set()
+            await forecaster
+            await self.redis.aclose()
+
+    # --- Following the committed state ------------------------------------------------------
+
+    async def _snapshot(self) -> None:
+        """Every stored job and the version they are at, read atomically."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.keys.jobs)
+            pipe.xrevrange(self.keys.updates, count=1)
+            stored, last = await pipe.execute()
+        self.counters.snapshots += 1
+        self.version = text(last[0][0]) if last else "0-0"
+        for raw in stored.values():
+            self._take(orjson.loads(raw))
+        log.info("advisor follows %d jobs from update %s", len(self.jobs), self.version)
+
+    async def _follow(self) -> None:
+        """Take in the updates after the last one taken in."""
+        assert self.version is not None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xinfo_stream(self.keys.updates)
+            pipe.xread({self.keys.updates: self.version}, count=READ_COUNT, block=BLOCK_MS)
+            info, reply = await pipe.execute(raise_on_error=False)
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(info, ResponseError):
+            if self.version != "0-0":
+                raise Resync("the updates stream is gone")
+        elif self._missed(info):
+            raise Trimmed(f"updates after {self.version} were trimmed before they were read")
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                self.version = text(entry_id)
+                data = fields.get(b"data")
+                if data is not None:
+                    for view in orjson.loads(data)["jobs"]:
+                        self._take(view)
+
+    def _missed(self, info: Any) -> bool:
+        assert self.version is not None
+        if self.version == "0-0":
+            return False
+        mine = parse_pos(self.version)
+        if parse_pos(text(info["last-generated-id"])) < mine:
+            raise Resync("the updates stream is younger than what was read: Redis came back "
+                         "empty")
+        # Trimming drops the oldest first: once the entry after ours may be gone, resync
+        # rather than miss it.
+        first = info.get("first-entry")
+        return first is not None and parse_pos(text(first[0])) > mine
+
+    def _take(self, view: dict[str, Any]) -> None:
+        """A job's new view: keep it, re-rank its group, and mark what must be forecast."""
+        job = slim(view)
+        job_id, model = job["id"], job["model_name"]
+        before = self.jobs.get(job_id)
+        self.jobs[job_id] = job
+        if before is not None and before["model_name"] != model:
+            self.members.get(before["model_name"], set()).discard(job_id)
+        if wants_forecast(job):
+            self.members.setdefault(model, set()).add(job_id)
+        else:
+            self.members.get(model, set()).discard(job_id)
+            self.done.pop(job_id, None)
+            self.due.pop(job_id, None)
+        moved = self.rivals.place(job)
+        if before is not None and before["model_name"] != model:
+            self._check_group(before["model_name"])
+        if moved:
+            self._check_group(model)
+        else:
+            self._check(job_id)
+
+    def _check_group(self, model: str | None) -> None:
+        for job_id in list(self.members.get(model, ())):
+            self._check(job_id)
+
+    def _check(self, job_id: str) -> None:
+        """Mark ``job_id`` due when its basis moved since its last forecast."""
+        job = self.jobs[job_id]
+        if not wants_forecast(job):
+            return
+        now = basis(job, self.rivals.other_best(job_id, job["model_name"]))
+        if self.done.get(job_id) != now and job_id not in self.due:
+            self.due[job_id] = time.monotonic() + self.settings.advisor_debounce
+            self._woken.set()
+
+    # --- Forecasting -------------------------------------------------------------------------
+
+    async def _forecast_loop(self, stop: asyncio.Event) -> None:
+        delay = 0.1
+        while not stop.is_set():
+            ready = self._ready()
+            if not ready:
+                await self._wait_for_due(stop)
+                continue
+            try:
+                spent = await self.forecast(ready)
+                delay = 0.1
+            except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                log.warning("could not forecast (%s); retrying in %.1fs", e, delay)
+                for job_id in ready:
+                    self.due.setdefault(job_id, time.monotonic())
+                await _sleep(stop, delay)
+                delay = backoff(delay)
+                continue
+            share = self.settings.advisor_cpu
+            if share < 1:
+                await _sleep(stop, spent * (1 / share - 1))
+
+    def _ready(self) -> list[str]:
+        now = time.monotonic()
+        ready = [job_id for job_id, at in self.due.items() if at <= now][:BATCH]
+        for job_id in ready:
+            del self.due[job_id]
+        return ready
+
+    async def _wait_for_due(self, stop: asyncio.Event) -> None:
+        self._woken.clear()
+        soonest = min(self.due.values(), default=None)
+        timeout = 1.0 if soonest is None else max(0.0, soonest - time.monotonic())
+        try:
+            await asyncio.wait_for(self._woken.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def forecast(self, job_ids: list[str]) -> float:
+        """Forecast ``job_ids`` now and write the forecasts that differ from their views';
+        returns the CPU seconds the forecasts took."""
+        jobs = {job_id: dict(self.jobs[job_id]) for job_id in job_ids
+                if job_id in self.jobs and wants_forecast(self.jobs[job_id])}
+        bases = {job_id: basis(job, self.rivals.other_best(job_id, job["model_name"]))
+                 for job_id, job in jobs.items()}
+        histories = await self._histories(list(jobs))
+        said, spent = await asyncio.to_thread(self._compute, jobs, bases, histories)
+        self.counters.forecasts += len(jobs)
+        self.counters.cpu_seconds += spent
+        events = []
+        for job_id, forecast in said.items():
+            self.done[job_id] = bases[job_id]
+            current = self.jobs.get(job_id)
+            if forecast is not None and (current is None or current["forecast"] != forecast):
+                events.append(orjson.dumps({"type": "job_forecast", "job_id": job_id,
+                                            "forecast": forecast}))
+        if events:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for data in events:
+                    pipe.xadd(self.keys.events, {"data": data})
+                await pipe.execute()
+            self.counters.written += len(events)
+        return spent
+
+    def _compute(self, jobs: dict[str, dict[str, Any]], bases: dict[str, Basis],
+                 histories: dict[str, list[dict[str, Any]]]
+                 ) -> tuple[dict[str, dict[str, Any] | None], float]:
+        started = time.thread_time()
+        said = {}
+        for job_id, job in jobs.items():
+            try:
+                said[job_id] = advise(job, histories[job_id], bases[job_id].other_best,
+                                      self.settings.stop_below)
+            except (ArithmeticError, ValueError):  # a defect: say so, keep the rest going
+                log.exception("could not forecast job %s", job_id)
+                said[job_id] = None
+        return said, time.thread_time() - started
+
+    async def _histories(self, job_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        if not job_ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.lrange(self.keys.metrics(job_id), 0, -1)
+            replies = await pipe.execute()
+        return {job_id: [orjson.loads(p) for p in points]
+                for job_id, points in zip(job_ids, replies)}
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+async def run_advisor(settings: AdvisorSettings, stop: asyncio.Event) -> None:
+    """Run one advisor until ``stop`` is set (what ``monitor advisor`` does)."""
+    advisor = Advisor(settings)
+    log.info("advisor on %s, prefix %r", settings.redis_url, settings.prefix)
+    await advisor.run(stop)
