@@ -123,6 +123,16 @@ def hover(chart: Locator, fx: float, fy: float = 0.5) -> None:
     chart.page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
 
 
+RUN_1 = {"light": "rgb(37, 99, 235)", "dark": "rgb(96, 165, 250)"}  # --run-1 of each palette
+
+
+def use_scheme(page: Page, chart: Locator, scheme: str) -> None:
+    """Switch the colour scheme and wait until the chart is redrawn in its palette."""
+    page.emulate_media(color_scheme=scheme)  # type: ignore[arg-type]
+    expect(chart.locator(".u-legend .u-series.series-line .u-marker").first).to_have_css(
+        "border-bottom-color", RUN_1[scheme])
+
+
 def save_doc_screenshot(page: Page, name: str) -> None:
     screenshot(page, name)
     if os.environ.get("UPDATE_SCREENSHOT") == "1":
@@ -228,12 +238,13 @@ def test_a_running_jobs_view_draws_its_forecast_band_live(page: Page, r: redis.R
     hover(chart, 0.2)
     expect(legend_value(chart, "step")).to_have_text("300")
     expect(legend_value(chart, "eval loss")).to_have_text("0.4240")
+    page.set_viewport_size({"width": 1280, "height": 1040})  # the forecast's fields in view
     for scheme in ("light", "dark"):
-        page.emulate_media(color_scheme=scheme)  # type: ignore[arg-type]
+        use_scheme(page, chart, scheme)
         hover(chart, 0.45)
-        expect(chart.locator("canvas")).to_be_visible()
         save_doc_screenshot(page, f"forecast-job-view-{scheme}.png")
-    page.emulate_media(color_scheme="light")
+    use_scheme(page, chart, "light")
+    page.set_viewport_size(VIEWPORT)
 
     # A new eval and a new forecast: the band moves to the new horizon, the fields follow.
     seed(r, keys, worker, [
@@ -275,12 +286,6 @@ def test_a_finished_jobs_view_has_no_band(page: Page, r: redis.Redis, keys: Keys
 # --- The charts -----------------------------------------------------------------------------------
 
 
-def marker_colour(chart: Locator) -> str:
-    """The colour of the first line's legend marker (the series' colour on the canvas)."""
-    return str(chart.locator(".u-legend .u-series.series-line .u-marker").first.evaluate(
-        "e => getComputedStyle(e).borderBottomColor"))
-
-
 def test_the_charts_of_every_view_are_live_canvases(page: Page, r: redis.Redis, keys: Keys,
                                                     worker: RunningWorker) -> None:
     """Job view, comparison and insights: a crosshair that names values, a log-scale toggle
@@ -296,11 +301,10 @@ def test_the_charts_of_every_view_are_live_canvases(page: Page, r: redis.Redis, 
     expect(legend_value(chart, "step")).to_have_text("700")
     expect(legend_value(chart, "training loss")).to_have_text("0.4988")
     expect(legend_value(chart, "eval loss")).to_have_text("0.3260")
-    assert marker_colour(chart) == "rgb(37, 99, 235)"  # --run-1, light
-    page.emulate_media(color_scheme="dark")
-    expect(chart.locator(".u-legend .u-series.series-line .u-marker").first).to_have_css(
-        "border-bottom-color", "rgb(96, 165, 250)")  # --run-1, dark: redrawn
-    page.emulate_media(color_scheme="light")
+    # The series' colours are the palette's: redrawn when the scheme changes.
+    use_scheme(page, chart, "light")
+    use_scheme(page, chart, "dark")
+    use_scheme(page, chart, "light")
     toggle = chart.locator('[data-action="log-scale"]')
     expect(toggle).to_have_attribute("aria-pressed", "false")
     toggle.click()
