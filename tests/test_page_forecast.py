@@ -314,6 +314,25 @@ def test_the_charts_of_every_view_are_live_canvases(page: Page, r: redis.Redis, 
     expect(legend_value(chart, "eval loss")).to_have_text("0.3260")
     page.keyboard.press("Escape")
 
+    # Dragging zooms into those steps; live data keeps the zoom; a double click zooms out.
+    card(page, "run-cw").locator(".card-title").click()
+    hover(chart, 0.05)
+    page.mouse.down()
+    hover(chart, 0.3)
+    page.mouse.up()
+    hover(chart, 0.999)
+    expect(legend_value(chart, "step")).to_have_text("400")
+    seed(r, keys, worker, [{"type": "metrics", "job_id": "run-cw", "step": 700, "epoch": 7,
+                            "loss": 0.5, "eval_loss": 0.43}])
+    expect(chart.locator(".u-series.series-line").nth(1)).to_have_attribute("data-points", "7")
+    hover(chart, 0.5)
+    hover(chart, 0.999)
+    expect(legend_value(chart, "step")).to_have_text("400")
+    chart.locator(".u-over").dblclick()
+    hover(chart, 0.999)
+    expect(legend_value(chart, "step")).to_have_text("1,200")  # the forecast's horizon
+    page.keyboard.press("Escape")
+
     for job_id in ("best-a", "run-mw", "run-cw"):
         card(page, job_id).get_by_test_id("job-select").check()
     page.get_by_test_id("compare-button").click()

@@ -267,6 +267,7 @@ export class ScatterChart extends Chart {
     this.table = h("table", { class: "visually-hidden chart-data" });
     this.el.append(this.table);
     this.sorted = [];
+    this.hovered = null; // the row of the point nearest the pointer
   }
 
   emptyText(spec) {
@@ -310,12 +311,32 @@ export class ScatterChart extends Chart {
           spanGaps: true, paths: uPlot.paths.stepped({ align: 1 }), value: lossValue,
           points: { show: true, size: 11, fill: ok, stroke: surface, width: 1.5 } },
       ],
-      // The crosshair names the point under it, not the nearest one of each series.
-      cursor: { drag: { x: false, y: false }, dataIdx: (u, si, idx) => idx,
+      // The crosshair names the point nearest the pointer (in both directions: runs of about
+      // the same cost are told apart by their loss), not the nearest one of each series.
+      cursor: { drag: { x: false, y: false }, dataIdx: (u, si) => this.pointAt(u, si),
         points: { size: 10 } },
       legend: { live: true },
       hooks: { draw: [(u) => this.placeLabels(u)] },
     };
+  }
+
+  /** The row of the point nearest the pointer for series `si` (null where it has none). */
+  pointAt(u, si) {
+    if (si === 0) { // asked first on each move: find the point once for every series
+      let best = Infinity;
+      this.hovered = null;
+      this.sorted.forEach((p, i) => {
+        const dx = u.valToPos(p.x, "x") - u.cursor.left;
+        const dy = u.valToPos(p.y, "y") - u.cursor.top;
+        if (dx * dx + dy * dy < best) {
+          best = dx * dx + dy * dy;
+          this.hovered = i;
+        }
+      });
+      return this.hovered;
+    }
+    const i = this.hovered;
+    return i !== null && u.data[si][i] !== null ? i : null;
   }
 
   /** Name the front's points on the chart (text in the DOM, over the canvas). */
