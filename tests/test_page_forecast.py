@@ -360,7 +360,8 @@ def test_the_charts_of_every_view_are_live_canvases(page: Page, r: redis.Redis, 
     box = scatter.locator(".u-over").bounding_box()
     assert box is not None
     page.mouse.move(box["x"] + at[0], box["y"] + at[1])
-    expect(legend_value(scatter, "run")).to_have_text(front[0])
+    hours = scatter.locator(".scatter-point.front td").first.text_content()
+    expect(legend_value(scatter, "run")).to_have_text(f"{front[0]} · {hours} GPU-hours")
     expect(legend_value(scatter, "Pareto front")).to_have_text(re.compile(r"^0\.\d{4}$"))
 
 

@@ -292,7 +292,10 @@ export class ScatterChart extends Chart {
     const muted = paint("var(--muted)");
     const ok = paint("var(--ok)");
     const surface = paint("var(--surface)");
-    const nameAt = (idx) => (idx === null || idx === undefined ? "–" : this.sorted[idx]?.label ?? "–");
+    const nameAt = (idx) => { // the run under the crosshair: `lr0.003-seed0 · 16 GPU-hours`
+      const p = idx === null || idx === undefined ? undefined : this.sorted[idx];
+      return p ? `${p.label} · ${numberText(p.x)} ${xLabel}` : "–";
+    };
     return {
       class: "chart-uplot",
       scales: {
