@@ -5,21 +5,27 @@ random (seeded) finish first and set the best; the rest then run in step, one ev
 time, and after each point every running run is forecast against the best of the finished
 runs and of the other running runs so far. Three methods are judged side by side: the
 calibrated ensemble of ``monitor.forecast``, a fixed bootstrap power law, and the rule "more
-than 25% worse at half-way". The ensemble is calibrated leave-one-dataset-out: the table used
-on a dataset is measured on the other three.
+than 25% worse at half-way" (and, to show why the forecast does not do it, the ensemble
+stopping on its recalibrated p_beat_best alone). The ensemble is calibrated
+leave-one-dataset-out: the quantile table used on a dataset is measured on the other three,
+and so is its recalibration, on forecasts of each of those three made with the quantiles of
+the remaining two. The calibration of p_beat_best is shown before and after recalibration,
+per bin (with the runs behind each) and per dataset (expected calibration error, Brier score).
 
 ``--quick`` (a subset of runs, one draw, the shipped calibration) takes a few seconds;
-``--calibrate`` prints the calibration table measured on every curve, for ``monitor.forecast``.
+``--calibrate`` prints the calibration measured on every curve, for ``monitor.forecast``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -30,10 +36,12 @@ from monitor.forecast import (
     STOP_BELOW,
     Calibration,
     CurveFit,
+    Recalibration,
     calibrate,
     fit_curve,
     forecast,
     predict,
+    recalibrate,
     verdict,
 )
 
@@ -42,8 +50,12 @@ DRAWS = 5  # random choices of the runs that finish first (full mode)
 QUICK_RUNS = 18  # runs per dataset in --quick mode
 BOOTSTRAP = 100  # resamples of the baseline power law
 HALF_WAY_WORSE = 1.25  # the rule: more than 25% worse than the best at half-way
-P_BINS = ((0.0, 0.05), (0.05, 0.2), (0.2, 0.5), (0.5, 1.0001))
-METHODS = ("ensemble", "bootstrap power law", "25% worse at half-way")
+P_BINS = ((0.0, 0.01), (0.01, 0.05), (0.05, 0.1), (0.1, 0.2), (0.2, 0.35), (0.35, 0.5),
+          (0.5, 0.75), (0.75, 1.0001))
+COARSE_BINS = ((0.0, 0.05), (0.05, 0.2), (0.2, 0.5), (0.5, 1.0001))  # for each dataset apart
+# The last is not what the forecast does: it shows what stopping on p_beat_best alone would do.
+ALONE = "ensemble, on p_beat_best alone"
+METHODS = ("ensemble", "bootstrap power law", "25% worse at half-way", ALONE)
 
 
 # --- What each method says at one point of one run -------------------------------------------
@@ -143,11 +155,20 @@ class Outcome:
     stop_bests: list[float] = field(default_factory=list)  # the bests it was told it can't beat
 
 
+@dataclass(frozen=True)
+class Call:
+    """One forecast of p_beat_best, and whether the run went on to beat that best."""
+
+    p: float
+    beat: bool
+    run: str  # "dataset/run_id": a run's forecasts are one outcome seen many times
+
+
 @dataclass
 class Replay:
     outcomes: dict[str, list[Outcome]]
-    calls: list[tuple[float, bool]]  # the ensemble's (p_beat_best, beat that best in the end)
-    boot_calls: list[tuple[float, bool]]
+    calls: list[Call]  # the ensemble's
+    boot_calls: list[Call]
 
 
 def replay(d: Dataset, tracks: dict[str, RunTrack], finished: Sequence[str],
@@ -159,24 +180,27 @@ def replay(d: Dataset, tracks: dict[str, RunTrack], finished: Sequence[str],
     outcomes = {m: [Outcome(t.run.best_eval_loss, t.run.best_eval_loss == final_best
                             and t.run.best_eval_loss < base, d.epochs) for t in running]
                 for m in METHODS}
-    calls: list[tuple[float, bool]] = []
-    boot_calls: list[tuple[float, bool]] = []
+    calls: list[Call] = []
+    boot_calls: list[Call] = []
     for k in range(running[0].points):
         now = [t.best_so_far[k] for t in running]
         for j, t in enumerate(running):
             others = min([base, *now[:j], *now[j + 1:]])
             beat = t.run.best_eval_loss < others
+            run = f"{d.name}/{t.run.run_id}"
             fit = t.fits[k]
             f = predict(fit, now[j], d.epochs, k + 1, k + 1, others, calibration=calibration,
                         previous=t.fits[k - 1] if k + 1 > 3 else None)
             if f["verdict"] in ("cannot_win", "may_win"):
-                calls.append((f["p_beat_best"], beat))
-            said = {"ensemble": f["verdict"] == "cannot_win"}
+                calls.append(Call(f["p_beat_best"], beat, run))
+            said = {"ensemble": f["verdict"] == "cannot_win",
+                    ALONE: f["verdict"] in ("cannot_win", "may_win")
+                    and f["p_beat_best"] < STOP_BELOW}
             p_boot = 1.0 if now[j] < others else float(
                 np.searchsorted(t.boot[k], others) / t.boot[k].size)
             v_boot = verdict(now[j], others, p_boot, k + 1, fit.progress)
             if v_boot in ("cannot_win", "may_win"):
-                boot_calls.append((p_boot, beat))
+                boot_calls.append(Call(p_boot, beat, run))
             said["bootstrap power law"] = v_boot == "cannot_win"
             half = (k + 1) / d.epochs >= 0.5 > k / d.epochs
             said["25% worse at half-way"] = half and now[j] > HALF_WAY_WORSE * others
@@ -223,17 +247,47 @@ class Tally:
                 f"{self.winners_told} / {self.winners}", saved]
 
 
-def calibration_rows(calls: Sequence[tuple[float, bool]]) -> list[list[str]]:
+def calibration_rows(calls: Sequence[Call], bins: Sequence[tuple[float, float]] = P_BINS
+                     ) -> list[list[str]]:
+    """Per bin of p_beat_best: how many forecasts, of how many runs (the independent evidence
+    behind the bin), how many of those runs beat the best they were given, the mean p told
+    and the share of forecasts that beat their best."""
     rows = []
-    for lo, hi in P_BINS:
-        inside = [(p, b) for p, b in calls if lo <= p < hi]
+    for lo, hi in bins:
+        inside = [c for c in calls if lo <= c.p < hi]
         label = f"[{lo:g}, {min(hi, 1):g}{']' if hi > 1 else ')'}"
         if not inside:
-            rows.append([label, "0", "-", "-"])
+            rows.append([label, "0", "0", "0", "-", "-"])
             continue
-        rows.append([label, str(len(inside)), f"{statistics.fmean(p for p, _ in inside):.3f}",
-                     f"{sum(b for _, b in inside) / len(inside):.3f}"])
+        runs = {c.run for c in inside}
+        beaten = {c.run for c in inside if c.beat}
+        rows.append([label, str(len(inside)), str(len(runs)), str(len(beaten)),
+                     f"{statistics.fmean(c.p for c in inside):.3f}",
+                     f"{sum(c.beat for c in inside) / len(inside):.3f}"])
     return rows
+
+
+def expected_calibration_error(calls: Sequence[Call]) -> float:
+    """The mean, over forecasts, of |mean p told - share that beat| in their bin of P_BINS."""
+    gap = 0.0
+    for lo, hi in P_BINS:
+        inside = [c for c in calls if lo <= c.p < hi]
+        if inside:
+            gap += abs(sum(c.p - c.beat for c in inside))
+    return gap / len(calls) if calls else math.nan
+
+
+def brier(calls: Sequence[Call]) -> float:
+    """The mean squared difference between p told and what happened (1 beat, 0 not)."""
+    return statistics.fmean((c.p - c.beat) ** 2 for c in calls) if calls else math.nan
+
+
+def summary_row(name: str, before: Sequence[Call], calls: Sequence[Call]) -> list[str]:
+    runs = {c.run for c in calls}
+    beaten = {c.run for c in calls if c.beat}
+    return [name, str(len(calls)), str(len(runs)), str(len(beaten)),
+            f"{expected_calibration_error(before):.4f}", f"{expected_calibration_error(calls):.4f}",
+            f"{brier(before):.4f}", f"{brier(calls):.4f}"]
 
 
 def measured_errors(tracks: Sequence[RunTrack]
@@ -250,6 +304,43 @@ def measured_errors(tracks: Sequence[RunTrack]
     return progress, trend, z
 
 
+def quantile_table(tracks: dict[str, dict[str, RunTrack]], names: Sequence[str]
+                   ) -> Calibration:
+    """The quantile table measured on the runs of the datasets ``names`` (no recalibration)."""
+    return calibrate(*measured_errors([t for n in names for t in tracks[n].values()]))
+
+
+def fit_recalibration(datasets: Sequence[Dataset], tracks: dict[str, dict[str, RunTrack]],
+                      draws: dict[str, list[list[str]]]) -> Recalibration:
+    """The recalibration measured on the replays of ``datasets``. Each is forecast with the
+    quantile table of the others of them, so its probabilities are those the table gives on
+    curves it has not seen; and each run of each replay counts once, however many forecasts
+    it got (they are one outcome seen many times)."""
+    p: list[float] = []
+    beat: list[bool] = []
+    weight: list[float] = []
+    for d in datasets:
+        table_ = quantile_table(tracks, [e.name for e in datasets if e.name != d.name])
+        for finished in draws[d.name]:
+            calls = replay(d, tracks[d.name], finished, table_).calls
+            per_run = Counter(c.run for c in calls)
+            p += [c.p for c in calls]
+            beat += [c.beat for c in calls]
+            weight += [1 / per_run[c.run] for c in calls]
+    return recalibrate(p, beat, weight)
+
+
+def held_out_calibration(d: Dataset, datasets: Sequence[Dataset],
+                         tracks: dict[str, dict[str, RunTrack]],
+                         draws: dict[str, list[list[str]]]) -> Calibration:
+    """The calibration for ``d`` measured on the other datasets only: both its quantile table
+    and its recalibration (whose own tables leave out, in turn, the dataset they are
+    measured on as well)."""
+    rest = [e for e in datasets if e.name != d.name]
+    return replace(quantile_table(tracks, [e.name for e in rest]),
+                   recalibration=fit_recalibration(rest, tracks, draws))
+
+
 def source(c: Calibration) -> str:
     """The table as the Python literal ``monitor.forecast.DEFAULT_CALIBRATION`` holds."""
     def row(q: tuple[float, ...]) -> str:
@@ -259,7 +350,9 @@ def source(c: Calibration) -> str:
 
     return ("DEFAULT_CALIBRATION = Calibration(\n    progress_edges=PROGRESS_EDGES,\n"
             "    trend_edges=TREND_EDGES,\n    levels=LEVELS,\n    quantiles=(\n"
-            f"{''.join(row(q) for q in c.quantiles)}    ),\n)")
+            f"{''.join(row(q) for q in c.quantiles)}    ),\n"
+            f"    recalibration=Recalibration(intercept={c.recalibration.intercept!r}, "
+            f"slope={c.recalibration.slope!r}),\n)")
 
 
 def long_history_cpu(calls: int = 200) -> list[float]:
@@ -288,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_RUNS} runs per dataset, one draw, the shipped calibration")
     parser.add_argument("--calibrate", action="store_true",
-                        help="print the calibration table measured on every curve and exit")
+                        help="print the calibration measured on every curve and exit")
     args = parser.parse_args(argv)
     datasets = load_curves()
     rng = np.random.default_rng(0)
@@ -301,30 +394,39 @@ def main(argv: list[str] | None = None) -> int:
         group_best = min(r.best_eval_loss for r in d.runs)
         tracks[d.name] = {r.run_id: track(r, d.epochs, group_best, 1000 * n + i, cpu)
                           for i, r in enumerate(runs)}
+    # The runs that finish first, per dataset and draw: drawn once, so that the recalibration
+    # is measured on the same replays the report makes of the other datasets.
+    draws: dict[str, list[list[str]]] = {}
+    for d in datasets:
+        ids = list(tracks[d.name])
+        draws[d.name] = [[ids[i] for i in rng.choice(len(ids), FINISHED_FIRST, replace=False)]
+                         for _ in range(1 if args.quick else DRAWS)]
     if args.calibrate:
-        every = [t for ts in tracks.values() for t in ts.values()]
-        print(source(calibrate(*measured_errors(every))))
+        every = quantile_table(tracks, [d.name for d in datasets])
+        print(source(replace(every, recalibration=fit_recalibration(datasets, tracks, draws))))
         return 0
-    return report(datasets, tracks, cpu, args.quick, rng)
+    return report(datasets, tracks, draws, cpu, args.quick)
 
 
 def report(datasets: Sequence[Dataset], tracks: dict[str, dict[str, RunTrack]],
-           cpu: dict[str, list[float]], quick: bool, rng: np.random.Generator) -> int:
+           draws: dict[str, list[list[str]]], cpu: dict[str, list[float]], quick: bool) -> int:
     rows, overall = [], {m: Tally() for m in METHODS}
-    calls: list[tuple[float, bool]] = []
-    boot_calls: list[tuple[float, bool]] = []
+    calls: dict[str, list[Call]] = {}
+    before: dict[str, list[Call]] = {}  # the same forecasts without the recalibration
+    boot_calls: list[Call] = []
+    maps: list[list[str]] = []
     for d in datasets:
-        if quick:
-            calibration = DEFAULT_CALIBRATION
-        else:  # leave this dataset out of its own calibration
-            rest = [t for name, ts in tracks.items() if name != d.name for t in ts.values()]
-            calibration = calibrate(*measured_errors(rest))
+        calibration = (DEFAULT_CALIBRATION if quick
+                       else held_out_calibration(d, datasets, tracks, draws))
+        maps.append([d.name, f"{calibration.recalibration.intercept:g}",
+                     f"{calibration.recalibration.slope:g}"])
         tallies = {m: Tally() for m in METHODS}
-        ids = list(tracks[d.name])
-        for _ in range(1 if quick else DRAWS):
-            finished = [ids[i] for i in rng.choice(len(ids), FINISHED_FIRST, replace=False)]
+        calls[d.name], before[d.name] = [], []
+        for finished in draws[d.name]:
             r = replay(d, tracks[d.name], finished, calibration)
-            calls += r.calls
+            calls[d.name] += r.calls
+            before[d.name] += replay(d, tracks[d.name], finished,
+                                     replace(calibration, recalibration=Recalibration())).calls
             boot_calls += r.boot_calls
             for m in METHODS:
                 tallies[m].add(r.outcomes[m])
@@ -333,16 +435,39 @@ def report(datasets: Sequence[Dataset], tracks: dict[str, dict[str, RunTrack]],
     rows += [overall[m].row("**all**", m) for m in METHODS]
     heads = ["dataset", "method", "runs told cannot_win", "precision", "wrong calls",
              "winners told cannot_win", "losers' compute saved"]
-    draws = 1 if quick else DRAWS
     print(f"## Forecast backtest{' (quick)' if quick else ''}\n\n"
-          f"{sum(len(ts) for ts in tracks.values())} real curves, {draws} draw(s) of "
-          f"{FINISHED_FIRST} runs finishing first per dataset; stop threshold "
+          f"{sum(len(ts) for ts in tracks.values())} real curves, {len(draws[datasets[0].name])}"
+          f" draw(s) of {FINISHED_FIRST} runs finishing first per dataset; stop threshold "
           f"p_beat_best < {STOP_BELOW}. "
-          f"{'Calibration: the shipped table.' if quick else 'Calibration: leave one dataset out.'}"
+          f"{'Calibration: the shipped one.' if quick else 'Calibration: leave one dataset out.'}"
+          f" The last method is not what the forecast does: it stops on the recalibrated "
+          f"p_beat_best alone."
           f"\n\n{table(heads, rows, align=['l', 'l', 'r', 'r', 'r', 'r', 'r'])}\n")
-    cal_heads = ["p_beat_best", "forecasts", "mean p", "share that beat the best"]
-    for name, c in (("ensemble", calls), ("bootstrap power law", boot_calls)):
+    print("### Recalibration used (logit p' = intercept + slope logit p)\n\n" + table(
+        ["dataset", "intercept", "slope"], maps, align=["l", "r", "r"]) + "\n")
+    every = [c for cs in calls.values() for c in cs]
+    every_before = [c for cs in before.values() for c in cs]
+    cal_heads = ["p_beat_best", "forecasts", "runs", "runs that beat", "mean p",
+                 "share that beat the best"]
+    for name, c in (("ensemble", every), ("ensemble before recalibration", every_before),
+                    ("bootstrap power law", boot_calls)):
         print(f"### Calibration: {name}\n\n{table(cal_heads, calibration_rows(c))}\n")
+    by_bin = []
+    for name, c in calls.items():
+        for was, now in zip(calibration_rows(before[name], COARSE_BINS),
+                            calibration_rows(c, COARSE_BINS), strict=True):
+            by_bin.append([name, was[0], f"{was[1]} ({was[2]}, {was[3]})", *was[4:],
+                           f"{now[1]} ({now[2]}, {now[3]})", *now[4:]])
+    print("### Calibration per dataset, before and after recalibration\n\n" + table(
+        ["dataset", "p_beat_best", "before: forecasts (runs, that beat)", "mean p", "share",
+         "after: forecasts (runs, that beat)", "mean p", "share"], by_bin,
+        align=["l", "r", "r", "r", "r", "r", "r", "r"]) + "\n")
+    summary = [summary_row(name, before[name], c) for name, c in calls.items()]
+    summary += [summary_row("**overall**", every_before, every),
+                summary_row("**overall**, bootstrap power law", boot_calls, boot_calls)]
+    print("### Calibration scores (ECE over the bins of the first tables, Brier score)\n\n" + table(
+        ["dataset", "forecasts", "runs", "runs that beat", "ECE before", "ECE", "Brier before",
+         "Brier"], summary, align=["l", "r", "r", "r", "r", "r", "r", "r"]) + "\n")
     cpu["ensemble, 100-point history"] = long_history_cpu()
     print("### CPU per forecast (ms, median / p95, one thread)\n\n" + table(
         ["method", "calls", "ms"], [[m, str(len(v)), ms(v)] for m, v in cpu.items()],

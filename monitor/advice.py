@@ -22,7 +22,7 @@ from monitor.limits import RUNNING
 # The fields of a job view the advisor keeps (the rest of a view does not move a forecast).
 KEPT = ("id", "model_name", "status", "archived", "best_eval_loss", "eval_count",
         "total_steps", "total_epochs", "gpu_count", "created_at", "updated_at", "step", "epoch",
-        "forecast")
+        "forecast", "stale", "stop_requested", "autostop")
 
 
 def slim(view: dict[str, Any]) -> dict[str, Any]:
@@ -32,8 +32,25 @@ def slim(view: dict[str, Any]) -> dict[str, Any]:
 
 def wants_forecast(job: dict[str, Any]) -> bool:
     """Only a running job with an eval loss has a forecast (its horizon is known only once
-    its history is read)."""
-    return job["status"] == RUNNING and job["best_eval_loss"] is not None
+    its history is read); a stale one keeps the forecast it has until it is heard again."""
+    return job["status"] == RUNNING and job["best_eval_loss"] is not None and not job["stale"]
+
+
+def autostop_reason(job: dict[str, Any], before: dict[str, Any] | None,
+                    now: dict[str, Any] | None, stop_below: float = STOP_BELOW) -> str | None:
+    """Why auto-stop asks ``job`` to stop, or None when it does not: its forecast said
+    ``cannot_win`` at two eval points in a row (``before``, the forecast its view has, and
+    ``now``), it runs, is not stale, was not started with ``autostop: false`` and was not
+    asked already (docs/stopping.md, Auto-stop)."""
+    if (now is None or before is None or now["verdict"] != "cannot_win"
+            or before["verdict"] != "cannot_win" or before["at_step"] >= now["at_step"]
+            or job["status"] != RUNNING or job["stale"] or job["autostop"] is False
+            or job["stop_requested"] is not None):
+        return None
+    saving = now["gpu_hours_left"]
+    saves = f"; a stop now saves {saving:.1f} GPU-h" if saving is not None else ""
+    return (f"cannot win: p_beat_best {now['p_beat_best']:.3f} (below {stop_below:g}) at "
+            f"steps {before['at_step']} and {now['at_step']}{saves}")
 
 
 @dataclass(frozen=True, slots=True)

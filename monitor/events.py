@@ -28,6 +28,7 @@ from monitor.limits import (
     MAX_MODEL_NAME,
     MAX_NAME,
     MAX_PATH,
+    MAX_REASON,
     MAX_TEXT,
     Status,
 )
@@ -63,6 +64,7 @@ class JobStarted(_Event):
     config: dict[str, Any] | None = None
     gpu_count: NonNegInt | None = None
     total_steps: Annotated[int, Field(ge=1, le=MAX_INT)] | None = None
+    autostop: bool | None = None  # False: the advisor never asks this run to stop
 
     @field_validator("config")
     @classmethod
@@ -157,6 +159,29 @@ class JobForecast(_Event):
     forecast: Forecast
 
 
+class JobStopRequested(_Event):
+    """Someone asks the trainer to stop the run: the page's user, or the advisor's auto-stop.
+    The first request while the job runs is kept; the trainer hears it (docs/stopping.md)."""
+
+    type: Literal["job_stop_requested"]
+    by: Literal["user", "forecast"]
+    reason: Annotated[str, StringConstraints(max_length=MAX_REASON)] | None = None
+
+
+class JobHeartbeat(_Event):
+    """The trainer is alive (the SDK sends one per run every 10 s). Creates no job."""
+
+    type: Literal["job_heartbeat"]
+
+
+class JobStale(_Event):
+    """Written by the advisor: nothing arrived from the running job since ``last_seen``
+    (arrival time, seconds since the epoch). Ignored if something arrived after it."""
+
+    type: Literal["job_stale"]
+    last_seen: NonNegNumber
+
+
 class JobArchived(_Event):
     type: Literal["job_archived"]
 
@@ -166,11 +191,13 @@ class JobRestored(_Event):
 
 
 Event: TypeAlias = Annotated[
-    JobStarted | Metrics | Checkpoint | JobFinished | JobArchived | JobRestored | JobForecast,
+    JobStarted | Metrics | Checkpoint | JobFinished | JobArchived | JobRestored | JobForecast
+    | JobStopRequested | JobHeartbeat | JobStale,
     Field(discriminator="type"),
 ]
 EVENT_TYPES = ("job_started", "metrics", "checkpoint", "job_finished", "job_archived",
-               "job_restored", "job_forecast")
+               "job_restored", "job_forecast", "job_stop_requested", "job_heartbeat",
+               "job_stale")
 
 event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
 

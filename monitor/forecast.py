@@ -6,8 +6,9 @@ separable weighted least squares over a grid of its rate parameter, averaged by 
 likelihood. Its predictive scale adds the ensemble's spread, the fit's noise, a term growing
 with the distance still to extrapolate, and how wrong the same fit from the first half of the
 run was about its second half; the standardized errors are then calibrated by an empirical
-table measured on real curves (``bench.forecast_backtest --calibrate``). Pure: numbers in, a
-dict out; no clock, no randomness.
+table measured on real curves, and the probability of beating the best by a monotone map fitted
+on the backtest's forecasts (``bench.forecast_backtest --calibrate``), so that it can be taken
+literally. Pure: numbers in, a dict out; no clock, no randomness.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -29,6 +30,7 @@ MIN_OBSERVATIONS = 3  # fewer eval points than this is "too_early"
 MIN_PROGRESS = 0.1  # under this share of the horizon done is "too_early"
 MAX_POINTS = 60  # longer histories are thinned to about this many points (first and last kept)
 HUBER_K = 1.5  # residuals beyond this many robust sigmas are down-weighted
+P_MIN = 0.001  # a forecast p_beat_best is held within [P_MIN, 1 - P_MIN]
 FLOOR_SCALE = 0.01  # the smallest predictive scale, in log-loss units (1%)
 EARLY_SCALE = 1.0  # the scale with too few points to fit: a factor e either way
 # Fits alone are far too sure of themselves (docs/insights.md#forecast). Per unit of log-time
@@ -55,6 +57,55 @@ def _bases(x: Array) -> Array:
 # --- Calibration -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Recalibration:
+    """The second step of the calibration, on the probability itself. The quantile table
+    alone leaves p_beat_best too hopeful near a rival's best (on the real curves, runs told
+    0.2 to 0.5 beat it one or two times in a hundred), so p is mapped by
+    ``logit p' = intercept + slope * logit p`` (Platt scaling) and held within
+    [P_MIN, 1 - P_MIN]. A positive slope keeps the order of the forecasts (the map is
+    monotone). The default is the identity."""
+
+    intercept: float = 0.0
+    slope: float = 1.0
+
+    def __call__(self, p: float) -> float:
+        held = min(max(p, P_MIN), 1 - P_MIN)
+        t = self.intercept + self.slope * math.log(held / (1 - held))
+        return min(max(_sigmoid(t), P_MIN), 1 - P_MIN)
+
+
+def _sigmoid(t: float) -> float:
+    return 0.5 * (1 + math.tanh(0.5 * t))  # 1 / (1 + e^-t), without overflow
+
+
+def recalibrate(p: Sequence[float], beat: Sequence[bool], weight: Sequence[float]
+                ) -> Recalibration:
+    """The recalibration that best explains which forecasts ``p`` went on to beat their best:
+    weighted logistic regression of ``beat`` on ``logit p`` (Newton's method; each forecast
+    counts ``weight``). Refuses data that cannot fix an increasing map."""
+    held = np.clip(np.asarray(p, dtype=float), P_MIN, 1 - P_MIN)
+    x = np.stack([np.ones_like(held), np.log(held / (1 - held))], axis=1)
+    y = np.asarray(beat, dtype=float)
+    w = np.asarray(weight, dtype=float)
+    if not (y @ w > 0 and (1 - y) @ w > 0):
+        raise ValueError("a recalibration needs forecasts that beat their best and some that "
+                         "did not")
+    theta = np.zeros(2)
+    for _ in range(100):
+        fitted = 0.5 * (1 + np.tanh(0.5 * (x @ theta)))  # the sigmoid, without overflow
+        hessian = (x * (w * fitted * (1 - fitted))[:, None]).T @ x
+        step = np.linalg.solve(hessian + 1e-9 * np.eye(2), x.T @ (w * (y - fitted)))
+        theta = theta + step
+        if float(np.abs(step).max()) < 1e-10:
+            break
+    else:
+        raise ValueError("the recalibration did not converge")
+    if not theta[1] > 0:
+        raise ValueError(f"the recalibration came out decreasing (slope {theta[1]:.3g})")
+    return Recalibration(round(float(theta[0]), 3), round(float(theta[1]), 3))
+
+
+@dataclass(frozen=True)
 class Calibration:
     """Empirical quantiles of the standardized error ``z = (ln actual - mu) / scale`` of the
     future best, one row per cell of progress (share of the horizon done) times trend (the
@@ -65,6 +116,7 @@ class Calibration:
     trend_edges: tuple[float, ...]  # inner edges, likewise
     levels: tuple[float, ...]  # the probabilities of the quantiles, increasing
     quantiles: tuple[tuple[float, ...], ...]  # per cell (band-major), z at each level
+    recalibration: Recalibration = field(default_factory=Recalibration)
 
     def cell(self, progress: float, trend: float) -> tuple[float, ...]:
         band = bisect.bisect_right(self.progress_edges, progress)
@@ -106,7 +158,9 @@ def calibrate(progress: Sequence[float], trend: Sequence[float], z: Sequence[flo
 
 
 # Measured on the 280 real curves of bench/data/curves.json by
-# ``python -m bench.forecast_backtest --calibrate`` (every run, every eval point).
+# ``python -m bench.forecast_backtest --calibrate``: the quantiles on every run at every eval
+# point; the recalibration on the backtest's forecasts of each dataset made with the quantiles
+# of the other three, every run of every replay counting once.
 DEFAULT_CALIBRATION = Calibration(
     progress_edges=PROGRESS_EDGES,
     trend_edges=TREND_EDGES,
@@ -137,6 +191,7 @@ DEFAULT_CALIBRATION = Calibration(
         (-5.998, -2.997, -1.425, -0.847, -0.141, 0.067, 0.135, 0.209,
          0.296, 0.427, 0.55, 0.728, 1.022, 1.338, 1.583, 1.81, 2.015),
     ),
+    recalibration=Recalibration(intercept=-2.122, slope=1.352),
 )
 
 
@@ -250,21 +305,28 @@ def predict(fit: CurveFit, best_so_far: float, horizon_step: float, at_step: flo
             calibration: Calibration = DEFAULT_CALIBRATION,
             previous: CurveFit | None = None) -> dict[str, Any]:
     """The forecast dict from a fit: percentiles of the best at the horizon, p_beat_best and
-    the verdict. With ``previous`` (the fit without the latest point), a p_beat_best below
-    ``stop_below`` must hold for both fits: it is the larger of the two."""
+    the verdict. A stop cannot be taken back, so the verdict is decided on the larger of
+    p_beat_best and the model's probability before its recalibration; with ``previous`` (the
+    fit without the latest point), a model probability below ``stop_below`` must hold for
+    both fits: it is the larger of the two."""
     def best_at(p: float) -> float:
         z = calibration.quantile(fit.progress, fit.trend, p)
         return min(best_so_far, math.exp(fit.mu + fit.scale * z))
 
     p_beat: float | None = None
-    if other_best is not None:
-        p_beat = 1.0 if best_so_far < other_best else _p_beat(fit, other_best, calibration)
-        if previous is not None and p_beat < stop_below:
-            p_beat = max(p_beat, _p_beat(previous, other_best, calibration))
+    p_stop: float | None = None
+    if other_best is not None and best_so_far < other_best:
+        p_beat = p_stop = 1.0
+    elif other_best is not None:
+        p_model = _p_beat(fit, other_best, calibration)
+        if previous is not None and p_model < stop_below:
+            p_model = max(p_model, _p_beat(previous, other_best, calibration))
+        p_beat = calibration.recalibration(p_model)
+        p_stop = max(p_model, p_beat)
     return {"at_step": at_step, "horizon_step": horizon_step,
             "best_p10": best_at(0.1), "best_p50": best_at(0.5), "best_p90": best_at(0.9),
             "p_beat_best": p_beat,
-            "verdict": verdict(best_so_far, other_best, p_beat, n_observations,
+            "verdict": verdict(best_so_far, other_best, p_stop, n_observations,
                                fit.progress, stop_below)}
 
 
@@ -278,7 +340,8 @@ def _p_beat(fit: CurveFit, other_best: float, calibration: Calibration) -> float
 
 def verdict(best_so_far: float, other_best: float | None, p_beat: float | None,
             n_observations: int, progress: float, stop_below: float = STOP_BELOW) -> Verdict:
-    """leading, then too_early, then cannot_win or may_win (docs/insights.md#forecast)."""
+    """leading, then too_early, then cannot_win or may_win (docs/insights.md#forecast);
+    ``p_beat`` is the probability the stop is decided on."""
     if other_best is None or best_so_far < other_best:
         return "leading"
     if n_observations < MIN_OBSERVATIONS or progress < MIN_PROGRESS:

@@ -56,6 +56,18 @@ class Keys:
         """Set of the job ids whose model is ``model_name``."""
         return f"{self.prefix}group:{model_field(model_name)}"
 
+    @property
+    def alive(self) -> str:
+        """Sorted set: running job id -> arrival of its last event or heartbeat (ms), which
+        the advisor scans for jobs gone silent."""
+        return f"{self.prefix}alive"
+
+    @property
+    def stops(self) -> str:
+        """Hash: running job id -> its stop request (JSON ``{at, by, reason}``), which the
+        SDK polls for all runs of a process in one round trip."""
+        return f"{self.prefix}stops"
+
     def metrics(self, job_id: str) -> str:
         """List of a job's metric points (JSON), in arrival order."""
         return f"{self.prefix}metrics:{job_id}"

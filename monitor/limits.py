@@ -15,10 +15,11 @@ MAX_MODEL_NAME = 512  # longer is refused: it is the grouping key
 MAX_NAME = 512  # display names are cut to this
 MAX_TEXT = 16 * 1024  # error texts are cut to this (a traceback fits)
 MAX_PATH = 1024
+MAX_REASON = 1024  # a stop request's reason
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_ENTRY_BYTES = 256 * 1024  # a whole stream entry; far above any valid event
 MAX_INT = 2**53 - 1  # the largest integer every JSON reader (a browser too) keeps exact
 
 RUNNING = "running"
-Status = Literal["completed", "failed", "cancelled"]  # how a job_finished says it ended
+Status = Literal["completed", "failed", "cancelled", "stopped"]  # how a job_finished says it ended
 STATUSES: tuple[str, ...] = get_args(Status)

@@ -26,8 +26,11 @@ from monitor.events import (
     JobArchived,
     JobFinished,
     JobForecast,
+    JobHeartbeat,
     JobRestored,
+    JobStale,
     JobStarted,
+    JobStopRequested,
     Metrics,
 )
 from monitor.limits import RUNNING
@@ -62,7 +65,8 @@ PUBLIC_FIELDS = (
     "id", "model_name", "model_display", "name", "status", "archived", "epoch", "step", "loss",
     "eval_loss", "best_eval_loss", "best_epoch", "best_step", "best_checkpoint_path", "final_loss",
     "final_eval_loss", "total_epochs", "total_steps", "created_at", "updated_at", "finished_at",
-    "gpu_count", "error", "eval_count", "forecast",
+    "gpu_count", "error", "eval_count", "forecast", "autostop", "stop_requested", "stale",
+    "last_seen",
 )
 _OWN_PUBLIC = tuple(name for name in PUBLIC_FIELDS if name != "model_display")
 _own_public_values = operator.attrgetter(*_OWN_PUBLIC)  # one C call instead of a getattr each
@@ -103,6 +107,10 @@ class JobState:
     error: str | None = None
     eval_count: int = 0  # eval observations applied (an advisor recomputes on each new one)
     forecast: dict[str, Any] | None = None  # the advisor's latest, shown while running
+    autostop: bool | None = None  # False: never stopped by the forecast
+    stop_requested: dict[str, Any] | None = None  # the first request: {at, by, reason}
+    stale: bool = False  # running, but no event or heartbeat arrived for a while
+    last_seen: float | None = None  # when stale: the arrival of its last event or heartbeat
     # Private to the fold.
     latest_key: ObsKey | None = None  # of the latest observation, loss or eval loss
     loss_key: ObsKey | None = None
@@ -113,6 +121,7 @@ class JobState:
     ckpts: list[Ckpt] = field(default_factory=list)
     seen: SeenIds = field(default_factory=SeenIds)
     points: int = 0  # length of the stored metric history; kept by the worker, not the fold
+    alive_at: float | None = None  # arrival of its last trainer event or heartbeat
 
     @property
     def finished(self) -> bool:
@@ -161,6 +170,7 @@ class JobState:
             "ckpts": [[c.step, c.epoch, c.path, c.eval_loss, c.key] for c in self.ckpts],
             "seen": self.seen.to_json(),
             "points": self.points,
+            "alive_at": self.alive_at,
         }
 
     @classmethod
@@ -179,6 +189,7 @@ class JobState:
                    for step, epoch, path, value, key in private["ckpts"]],
             seen=SeenIds.from_json(private["seen"]),
             points=private["points"],
+            alive_at=private.get("alive_at"),
         )
 
 
@@ -247,21 +258,55 @@ class JobChange:
     applied: bool  # False for a duplicate event_id
     point: dict[str, Any] | None = None  # a metric history point to append
     config: dict[str, Any] | None = None  # a new config to store
+    quiet: bool = False  # only the fold's own state changed, not the view
 
 
 DUPLICATE = JobChange(applied=False)
+QUIET = JobChange(applied=True, quiet=True)
+DERIVED = (JobForecast, JobHeartbeat, JobStale, JobStopRequested)  # never create a job
+
+
+def _signal(job: JobState, arrival: float) -> bool:
+    """The trainer gave a sign of life (an event or a heartbeat) that arrived at ``arrival``;
+    True when that ends a stale spell (the view changes)."""
+    job.alive_at = arrival if job.alive_at is None else max(job.alive_at, arrival)
+    if not job.stale:
+        return False
+    job.stale, job.last_seen = False, None
+    return True
+
+
+def _apply_signal(job: JobState, event: JobHeartbeat | JobStale, arrival: float) -> JobChange:
+    """Liveness (docs/stopping.md, Liveness): a heartbeat, or the advisor's finding that the
+    job went silent, which holds only if nothing arrived after what it saw."""
+    if isinstance(event, JobHeartbeat):
+        return JobChange(applied=True) if _signal(job, arrival) else QUIET
+    if job.finished or job.stale or (job.alive_at is not None and job.alive_at > event.last_seen):
+        return DUPLICATE
+    job.stale, job.last_seen = True, event.last_seen
+    return JobChange(applied=True)
 
 
 def apply_to_job(job: JobState, event: Event, pos: Pos, ts: float) -> JobChange:
     """Fold one event into ``job`` (in place): the rules of docs/state.md, Job state."""
     if event.event_id is not None and not job.seen.add(event.event_id):
         return DUPLICATE
-    if isinstance(event, JobForecast):  # derived, not the trainer's: no times, no model
+    # Derived events and requests, not the trainer's observations: no times, no model.
+    if isinstance(event, JobForecast):
         forecast = event.forecast.model_dump()
         if forecast == job.forecast:
             return DUPLICATE
         job.forecast = forecast
         return JobChange(applied=True)
+    if isinstance(event, JobHeartbeat | JobStale):
+        return _apply_signal(job, event, pos[0] / 1000)
+    if isinstance(event, JobStopRequested):
+        if job.finished or job.stop_requested is not None:  # the first request wins
+            return DUPLICATE
+        job.stop_requested = {"at": ts, "by": event.by, "reason": event.reason}
+        return JobChange(applied=True)
+    if not isinstance(event, JobArchived | JobRestored):
+        _signal(job, pos[0] / 1000)
     if job.model_name is None and event.model_name is not None:
         job.model_name = event.model_name
     job.created_at = min(job.created_at, ts)
@@ -295,11 +340,14 @@ def apply_to_job(job: JobState, event: Event, pos: Pos, ts: float) -> JobChange:
             job.gpu_count = event.gpu_count
         if event.total_steps is not None:
             job.total_steps = event.total_steps
+        if event.autostop is not None:
+            job.autostop = event.autostop
         return JobChange(applied=True, config=event.config)
     elif isinstance(event, JobFinished):
         if not job.finished:  # the first job_finished in stream order decides
             job.status = event.status
             job.finished_at = ts
+            job.stale, job.last_seen = False, None
             job.error = event.error
             job.given_final_loss = event.final_loss
             job.given_final_eval_loss = event.final_eval_loss
@@ -469,14 +517,14 @@ class Board:
         """Fold one event; ``ts`` is the event's time (its ``ts``, else the entry's time)."""
         job = self.jobs.get(event.job_id)
         created = job is None
-        if created and isinstance(event, JobForecast):
-            return Change(DUPLICATE)  # a forecast of a job that is gone creates nothing
+        if created and isinstance(event, DERIVED):
+            return Change(DUPLICATE)  # nothing but the trainer's own events creates a job
         if job is None:
             job = self.jobs[event.job_id] = new_job(event.job_id, ts)
         before_model, before_archived, before_key = job.model_name, job.archived, job.rank_key
 
         change = apply_to_job(job, event, pos, ts)
-        if not change.applied:
+        if not change.applied or change.quiet:
             return Change(change)
 
         if (not created and job.model_name == before_model and job.archived == before_archived

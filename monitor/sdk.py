@@ -2,6 +2,8 @@
 
 ``Run.log`` only builds a dict and appends it to an in-memory deque; a daemon thread per run
 sends the deque to ``<prefix>events`` in pipelined batches and retries while Redis is away.
+One more thread per process, :mod:`monitor.control`, tells every run of a stop request
+(``Run.should_stop``) and marks them alive.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -27,6 +30,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from monitor.control import channel
 from monitor.keys import Keys
 from monitor.limits import (
     DEFAULT_PREFIX,
@@ -72,6 +76,8 @@ def start_run(
     config: dict[str, Any] | None = None,
     gpu_count: int | None = None,
     total_steps: int | None = None,
+    autostop: bool | None = None,
+    on_stop: Callable[[Run], object] | None = None,
     redis_url: str | None = None,
     prefix: str | None = None,
     buffer_size: int = 100_000,
@@ -80,6 +86,9 @@ def start_run(
     """Start a run and enqueue its ``job_started``; use it as a context manager.
 
     ``redis_url`` and ``prefix`` default to ``MONITOR_REDIS_URL`` / ``MONITOR_PREFIX``, read now.
+    ``autostop=False``: the monitor's auto-stop never asks this run to stop. ``on_stop(run)``
+    is called once, from the SDK's control thread, when someone asks the run to stop
+    (``run.should_stop`` turns true then too; docs/stopping.md).
     """
     url = redis_url or os.environ.get("MONITOR_REDIS_URL") or DEFAULT_REDIS_URL
     if prefix is None:
@@ -109,6 +118,12 @@ def start_run(
         started["gpu_count"] = _count("gpu_count", gpu_count, minimum=0)
     if total_steps is not None:
         started["total_steps"] = _count("total_steps", total_steps, minimum=1)
+    if autostop is not None:
+        if not isinstance(autostop, bool):
+            raise TypeError(f"autostop must be a bool or None, got {type(autostop).__name__}")
+        started["autostop"] = autostop
+    if on_stop is not None and not callable(on_stop):
+        raise TypeError(f"on_stop must be callable, got {type(on_stop).__name__}")
     if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
         raise ValueError(f"buffer_size must be an int >= 1, got {buffer_size!r}")
     if not flush_timeout >= 0:
@@ -119,8 +134,10 @@ def start_run(
     run = Run(
         client, Keys(prefix).events, job_id=job_id, model_name=model_name, uid=uid,
         url=_redacted(url), buffer_size=buffer_size, flush_timeout=float(flush_timeout),
+        control_target=(url, prefix), on_stop=on_stop,
     )
     run._enqueue(started, droppable=False)
+    channel.add(run)
     return run
 
 
@@ -130,10 +147,14 @@ class Run:
     def __init__(
         self, client: redis.Redis, stream: str, *, job_id: str, model_name: str | None,
         uid: str, url: str, buffer_size: int, flush_timeout: float,
+        control_target: tuple[str, str], on_stop: Callable[[Run], object] | None = None,
     ) -> None:
         self.job_id = job_id
         self.model_name = model_name
         self.flush_timeout = flush_timeout
+        self.control_target = control_target  # (Redis URL, prefix) the control channel asks
+        self._on_stop = on_stop
+        self._stop_request: dict[str, Any] | None = None
         self._client = client
         self._stream = stream
         self._uid = uid
@@ -252,6 +273,7 @@ class Run:
         self._wake.set()
         self._thread.join(timeout=0.5)  # it may be stuck in a connect; it is a daemon
         _open_runs.discard(self)
+        channel.remove(self)
         if self._drops_unreported:
             logger.warning(
                 "monitor: run %s dropped %d more event(s) because its buffer was full",
@@ -263,6 +285,37 @@ class Run:
                 "monitor: %d event(s) of run %s could not be sent to Redis at %s within %.1fs "
                 "and are lost", lost, self.job_id, self._url, self.flush_timeout,
             )
+
+    @property
+    def should_stop(self) -> bool:
+        """True once someone asked this run to stop (the page, the API or the monitor's
+        auto-stop); within about a second of the request. Leaving the ``with`` block then
+        ends the run as ``stopped``."""
+        return self._stop_request is not None
+
+    @property
+    def stop_request(self) -> dict[str, Any] | None:
+        """The request heard: ``{"at", "by", "reason"}`` (``by``: ``user`` or ``forecast``)."""
+        return self._stop_request
+
+    @property
+    def running(self) -> bool:
+        """Not finished: the control channel marks it alive."""
+        return not self._finished
+
+    def hear_stop(self, request: dict[str, Any]) -> None:
+        """Called by the control channel when a stop request is found; acts once."""
+        with self._lock:
+            if self._stop_request is not None:
+                return
+            self._stop_request = request
+        logger.info("monitor: run %s was asked to stop (by %s%s)", self.job_id,
+                    request.get("by"), f": {request['reason']}" if request.get("reason") else "")
+        if self._on_stop is not None:
+            try:
+                self._on_stop(self)
+            except Exception:  # the trainer's callback must not end the channel
+                logger.exception("monitor: on_stop of run %s raised", self.job_id)
 
     @property
     def stats(self) -> RunStats:
@@ -279,6 +332,8 @@ class Run:
         tb: TracebackType | None,
     ) -> None:
         status, error = _outcome(exc)
+        if exc is None and self.should_stop:
+            status = "stopped"
         self.finish(status, error=error)
         self.close()
 

@@ -140,6 +140,11 @@ class AdvisorSettings(CommonSettings):
                                             "taken together)", _non_negative)
     advisor_cpu: float = _setting(0.5, "share of one core the advisor's forecasts may use "
                                        "at most", _share)
+    autostop: bool = _setting(False, "ask a running job to stop when its forecast said "
+                                     "cannot_win at 2 eval points in a row (unless it was "
+                                     "started with autostop false)")
+    stale_after: float = _setting(120.0, "seconds without an event or heartbeat after which "
+                                         "a running job is shown as stale", _positive)
 
 
 def _origins(value: str) -> str | None:

@@ -13,11 +13,14 @@ from monitor.events import (
     JobArchived,
     JobFinished,
     JobForecast,
+    JobHeartbeat,
     JobRestored,
+    JobStale,
     JobStarted,
+    JobStopRequested,
     Metrics,
 )
-from monitor.rules import Pos, delta_pct, model_display, tier
+from monitor.rules import DERIVED, Pos, delta_pct, model_display, tier
 
 
 def _key(step: int | None, epoch: float | None, pos: Pos) -> tuple[Any, ...]:
@@ -28,8 +31,8 @@ def reference_views(stream: list[tuple[Pos, float, Event]]) -> dict[str, dict[st
     """Every job's view from the whole stream of (position, time, event), in stream order."""
     per_job: dict[str, list[tuple[Pos, float, Event]]] = {}
     for pos, ts, event in sorted(stream, key=lambda x: x[0]):
-        if isinstance(event, JobForecast) and event.job_id not in per_job:
-            continue  # a forecast never creates a job
+        if isinstance(event, DERIVED) and event.job_id not in per_job:
+            continue  # only the trainer's own events create a job
         per_job.setdefault(event.job_id, []).append((pos, ts, event))
     states = {job_id: _job(job_id, _dedup(events)) for job_id, events in per_job.items()}
 
@@ -70,7 +73,8 @@ def _dedup(events: list[tuple[Pos, float, Event]]) -> list[tuple[Pos, float, Eve
 
 def _job(job_id: str, all_events: list[tuple[Pos, float, Event]]) -> dict[str, Any]:
     forecasts = [e.forecast.model_dump() for _, _, e in all_events if isinstance(e, JobForecast)]
-    events = [item for item in all_events if not isinstance(item[2], JobForecast)]
+    stale, last_seen = _liveness(all_events)
+    events = [item for item in all_events if not isinstance(item[2], DERIVED)]
     named = [e.model_name for _, _, e in events if e.model_name is not None]
     model = named[0] if named else None
     finishes = [(ts, e) for _, ts, e in events if isinstance(e, JobFinished)]
@@ -138,7 +142,38 @@ def _job(job_id: str, all_events: list[tuple[Pos, float, Event]]) -> dict[str, A
         "error": finish.error if finish else None,
         "eval_count": len(observations),
         "forecast": forecasts[-1] if forecasts else None,
+        "autostop": started_field("autostop"),
+        "stop_requested": _first_stop(all_events),
+        "stale": stale,
+        "last_seen": last_seen,
     }
+
+
+def _first_stop(events: list[tuple[Pos, float, Event]]) -> dict[str, Any] | None:
+    """The first stop request in stream order before the job finished."""
+    for _, ts, e in events:
+        if isinstance(e, JobFinished):
+            return None
+        if isinstance(e, JobStopRequested):
+            return {"at": ts, "by": e.by, "reason": e.reason}
+    return None
+
+
+def _liveness(events: list[tuple[Pos, float, Event]]) -> tuple[bool, float | None]:
+    """Whether the job is stale after these events, and since when: a stale finding holds
+    while the job runs and nothing has arrived after what the finding saw."""
+    alive: float | None = None
+    stale, last_seen, finished = False, None, False
+    for pos, _, e in events:
+        if isinstance(e, JobStale):
+            if not finished and not stale and (alive is None or alive <= e.last_seen):
+                stale, last_seen = True, e.last_seen
+        elif not isinstance(e, JobForecast | JobStopRequested | JobArchived | JobRestored):
+            arrival = pos[0] / 1000
+            alive = arrival if alive is None else max(alive, arrival)
+            stale, last_seen = False, None
+            finished = finished or isinstance(e, JobFinished)
+    return stale, last_seen
 
 
 def reference_models(views: dict[str, dict[str, Any]]) -> dict[str | None, dict[str, Any]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,14 @@ import redis
 from monitor.advice import advise, slim
 from monitor.keys import Keys
 from monitor.rules import job_view
+from tests.conftest import free_port
 from tests.gateway_helpers import publish
 from tests.helpers import env_for, spawn_monitor, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 M = "org/model"
-Spawn = Callable[[str], Any]
+Spawn = Callable[..., Any]
 
 
 @pytest.fixture
@@ -32,9 +34,10 @@ def spawn(redis_url: str, keys: Keys, tmp_path: Path) -> Iterator[Spawn]:
     after the test."""
     procs = []
 
-    def start(command: str) -> Any:
-        extra = (["--block", "0.05", "--lease-ttl", "1"] if command == "worker"
-                 else ["--advisor-debounce", "0.05", "--advisor-cpu", "1"])
+    def start(command: str, *args: str) -> Any:
+        extra = {"worker": ["--block", "0.05", "--lease-ttl", "1"],
+                 "advisor": ["--advisor-debounce", "0.05", "--advisor-cpu", "1"]}.get(command, [])
+        extra = [*extra, *args]
         proc = spawn_monitor(env_for(redis_url, keys.prefix), tmp_path / f"{command}.log",
                              command, *extra)
         procs.append(proc)
@@ -88,7 +91,7 @@ def from_scratch(r: redis.Redis, keys: Keys) -> dict[str, dict[str, Any] | None]
     return out
 
 
-def forecasts(r: redis.Redis, keys: Keys) -> dict[str, dict[str, Any] | None]:
+def stored_forecasts(r: redis.Redis, keys: Keys) -> dict[str, dict[str, Any] | None]:
     return {job_id: v["forecast"] for job_id, v in views(r, keys).items()
             if v["status"] == "running"}
 
@@ -97,6 +100,17 @@ def test_each_eval_point_and_each_move_of_the_best_reaches_the_views(
         r: redis.Redis, keys: Keys, spawn: Spawn) -> None:
     spawn("worker")
     spawn("advisor")
+    port = free_port()
+    spawn("gateway", "--port", str(port))
+
+    def forecasts() -> dict[str, dict[str, Any] | None]:  # as GET /api/jobs answers
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/jobs", timeout=5) as answer:
+                return {v["id"]: v["forecast"] for v in orjson.loads(answer.read())["jobs"]
+                        if v["status"] == "running"}
+        except OSError:  # not listening yet
+            return {}
+
     publish(r, keys, [
         started("best"), *evals("best", range(200, 2001, 200), 0.3),
         {"type": "job_finished", "job_id": "best", "status": "completed"},
@@ -105,21 +119,21 @@ def test_each_eval_point_and_each_move_of_the_best_reaches_the_views(
         started("no-horizon", total_steps=None, model_name="other"),
         *evals("no-horizon", range(100, 501, 100), 0.2),
     ])
-    said = wait_for(lambda: (f := forecasts(r, keys).get("flat")) and f["at_step"] == 800 and f,
+    said = wait_for(lambda: (f := forecasts().get("flat")) and f["at_step"] == 800 and f,
                     what="the forecast of flat at step 800")
     assert said["verdict"] == "cannot_win"
     assert said["horizon_step"] == 2000
     # 800 s for 800 steps on 2 GPUs; 1,200 steps left: 2 x 1,200 s = 0.667 GPU-hours.
     assert said["gpu_hours_left"] == pytest.approx(2 * 1200 / 3600)
-    assert forecasts(r, keys)["no-horizon"] is None
+    assert forecasts()["no-horizon"] is None
 
     publish(r, keys, evals("flat", range(900, 901), 0.9))
-    wait_for(lambda: forecasts(r, keys)["flat"]["at_step"] == 900, what="step 900's forecast")
+    wait_for(lambda: forecasts()["flat"]["at_step"] == 900, what="step 900's forecast")
 
     # Archiving the group's best moves the others' p_beat_best: flat now leads.
     publish(r, keys, [{"type": "job_archived", "job_id": "best"}])
-    wait_for(lambda: forecasts(r, keys)["flat"]["verdict"] == "leading", what="flat leading")
-    wait_for(lambda: forecasts(r, keys) == from_scratch(r, keys), what="settling")
+    wait_for(lambda: forecasts()["flat"]["verdict"] == "leading", what="flat leading")
+    wait_for(lambda: forecasts() == from_scratch(r, keys), what="settling")
 
     publish(r, keys, [{"type": "job_finished", "job_id": "flat", "status": "completed"}])
     wait_for(lambda: views(r, keys)["flat"]["status"] == "completed", what="the finish")
@@ -144,8 +158,8 @@ def test_an_advisor_killed_mid_stream_loses_and_doubles_no_forecast(
     publish(r, keys, [{"type": "job_archived", "job_id": "run-0"}])
 
     wait_for(lambda: all(f is not None and f["at_step"] == 1600
-                         for f in forecasts(r, keys).values()), what="forecasts at step 1600")
-    settled = wait_for(lambda: (f := forecasts(r, keys)) == from_scratch(r, keys) and f,
+                         for f in stored_forecasts(r, keys).values()), what="forecasts at 1600")
+    settled = wait_for(lambda: (f := stored_forecasts(r, keys)) == from_scratch(r, keys) and f,
                        what="views equal to a from-scratch forecast")
     assert all(math.isfinite(f["best_p50"]) for f in settled.values() if f is not None)
 

@@ -53,9 +53,11 @@ BAD: list[tuple[str, Any, str]] = [
     ("an unknown type", [GOOD, GOOD, {"type": "telemetry", "job_id": "a"}],
      ("body[2]: Input tag 'telemetry' found using 'type' does not match any of the expected "
       "tags: 'job_started', 'metrics', 'checkpoint', 'job_finished', 'job_archived', "
-      "'job_restored', 'job_forecast'")),
+      "'job_restored', 'job_forecast', 'job_stop_requested', 'job_heartbeat', 'job_stale'")),
     ("a forecast", [GOOD, {"type": "job_forecast", "job_id": "a", "forecast": {}}],
      "body[1].type: job_forecast is written by the monitor, not sent to it"),
+    ("a stale finding", {"type": "job_stale", "job_id": "a", "last_seen": 1.0},
+     "body.type: job_stale is written by the monitor, not sent to it"),
     ("a bad job id", {**GOOD, "job_id": "has space"},
      "body.job_id: String should match pattern '^[A-Za-z0-9._:-]+$'"),
     ("no loss at all", {"type": "metrics", "job_id": "a"},

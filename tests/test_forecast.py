@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from bench import forecast_backtest
-from monitor.forecast import forecast
+from bench.forecast_backtest import Call, brier, expected_calibration_error
+from monitor.forecast import (
+    DEFAULT_CALIBRATION,
+    P_MIN,
+    Calibration,
+    Recalibration,
+    forecast,
+    recalibrate,
+)
 
 HORIZON = 1000
 
@@ -22,6 +32,11 @@ def power_law(a: float, b: float, c: float, until: int, every: int = 10
 def overfitting(until: int) -> list[tuple[float, float]]:
     """Falls to 0.2 at step 300, then climbs back up."""
     return [(s, 0.2 + 0.5 * (s / 1000 - 0.3) ** 2) for s in range(20, until + 1, 20)]
+
+
+def without_recalibration(calibration: Calibration = DEFAULT_CALIBRATION) -> Calibration:
+    """The same calibration with the identity for its recalibration: the model's own p."""
+    return replace(calibration, recalibration=Recalibration())
 
 
 CLEAN = power_law(0.1, 0.5, 0.5, until=300)
@@ -77,10 +92,102 @@ def test_p_beat_best_is_a_probability_none_without_rivals_and_one_when_leading()
     assert forecast(FLAT, HORIZON, 0.5)["p_beat_best"] < 0.05
 
 
-def test_a_lower_threshold_keeps_a_doubtful_run_going() -> None:
-    p = forecast(STEEP, HORIZON, 0.2)["p_beat_best"]
-    assert forecast(STEEP, HORIZON, 0.2, stop_below=p)["verdict"] == "may_win"
-    assert forecast(STEEP, HORIZON, 0.2, stop_below=p + 1e-9)["verdict"] == "cannot_win"
+@pytest.mark.parametrize("calibration", [DEFAULT_CALIBRATION, without_recalibration()])
+def test_a_lower_threshold_keeps_a_doubtful_run_going(calibration: Calibration) -> None:
+    # The stop is decided on the model's own p (what p_beat_best is without recalibration):
+    # the shipped recalibration only lowers it there.
+    p = forecast(STEEP, HORIZON, 0.2, calibration=without_recalibration(calibration)
+                 )["p_beat_best"]
+    assert forecast(STEEP, HORIZON, 0.2, calibration=calibration, stop_below=p
+                    )["verdict"] == "may_win"
+    assert forecast(STEEP, HORIZON, 0.2, calibration=calibration, stop_below=p + 1e-9
+                    )["verdict"] == "cannot_win"
+
+
+@pytest.mark.parametrize(("name", "observations", "other_best", "model_p", "p_beat_best",
+                          "verdict"), [
+    ("steep improver heading below the best", STEEP, 0.4, 0.7455, 0.3388, "may_win"),
+    ("flat run far above the best", FLAT, 0.5, 0.00125, P_MIN, "cannot_win"),
+    ("clean run just above the best", CLEAN, 0.59, 0.5012, 0.1076, "may_win"),
+    ("clean run told 1% by the recalibration, 17% by the model", CLEAN, 0.5, 0.1661, 0.0133,
+     "may_win"),
+])
+def test_p_beat_best_is_the_models_p_recalibrated_and_the_stop_needs_both_low(
+        name: str, observations: list[tuple[float, float]], other_best: float, model_p: float,
+        p_beat_best: float, verdict: str) -> None:
+    model = forecast(observations, HORIZON, other_best, calibration=without_recalibration())
+    f = forecast(observations, HORIZON, other_best)
+    assert model["p_beat_best"] == pytest.approx(model_p, abs=1e-4)
+    assert f["p_beat_best"] == pytest.approx(p_beat_best, abs=1e-4)
+    assert f["p_beat_best"] == DEFAULT_CALIBRATION.recalibration(model["p_beat_best"])
+    assert f["verdict"] == model["verdict"] == verdict
+
+
+def test_a_recalibration_that_raises_p_keeps_a_run_the_model_would_stop() -> None:
+    hopeful = replace(DEFAULT_CALIBRATION, recalibration=Recalibration(intercept=5.0, slope=1.0))
+    assert forecast(FLAT, HORIZON, 0.5, calibration=without_recalibration())["verdict"] == (
+        "cannot_win")
+    f = forecast(FLAT, HORIZON, 0.5, calibration=hopeful)
+    assert f["p_beat_best"] == pytest.approx(1 / (1 + math.exp(-(5 + math.log(0.00125 / 0.99875)))))
+    assert f["verdict"] == "may_win"
+
+
+@pytest.mark.parametrize(("p", "expected"), [
+    (0.0, P_MIN), (1e-6, P_MIN), (0.01, P_MIN), (0.05, 0.00223), (0.1, 0.00610),
+    (0.2, 0.01805), (0.5, 0.10698), (0.9, 0.70028), (0.99, 0.98355), (1.0, 1 - P_MIN),
+])
+def test_the_shipped_recalibration_at_known_points(p: float, expected: float) -> None:
+    assert DEFAULT_CALIBRATION.recalibration(p) == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("recalibration", [DEFAULT_CALIBRATION.recalibration, Recalibration(),
+                                           Recalibration(-2.5, 0.9), Recalibration(3.0, 2.0)])
+def test_a_recalibration_is_monotone_and_never_0_or_1(recalibration: Recalibration) -> None:
+    grid = [0.0, *(i / 1000 for i in range(1, 1000)), 1.0]
+    mapped = [recalibration(p) for p in grid]
+    assert all(a <= b for a, b in itertools.pairwise(mapped))
+    # Strictly increasing inside, flat only where held at a bound.
+    inside = [recalibration(i / 1000) for i in range(2, 999)]
+    assert all(a < b or a == b in (P_MIN, 1 - P_MIN) for a, b in itertools.pairwise(inside))
+    assert min(mapped) >= P_MIN and max(mapped) <= 1 - P_MIN
+
+
+def test_the_shipped_recalibration_lowers_every_p_below_the_stop_threshold() -> None:
+    # So that with the default stop_below, the verdict is the model's, as backtested.
+    g = DEFAULT_CALIBRATION.recalibration
+    assert all(g(p) <= p for p in (i / 10000 for i in range(13, 500)))
+
+
+def test_recalibrate_recovers_the_map_its_data_were_drawn_from() -> None:
+    # Forecasts at p whose share that beat follows logit share = -2 + 1.5 logit p exactly,
+    # each as a beaten and an unbeaten forecast weighted by that share.
+    ps = [0.05, 0.1, 0.3, 0.5, 0.7, 0.9]
+    share = [Recalibration(-2.0, 1.5)(p) for p in ps]
+    fitted = recalibrate([*ps, *ps], [True] * len(ps) + [False] * len(ps),
+                         [*share, *(1 - s for s in share)])
+    assert fitted == Recalibration(-2.0, 1.5)
+
+
+@pytest.mark.parametrize(("p", "beat", "message"), [
+    ([0.1, 0.5, 0.9], [False, False, False], "beat their best and some that did not"),
+    ([0.1, 0.1, 0.1, 0.9, 0.9, 0.9], [True, True, False, True, False, False], "decreasing"),
+    ([0.1, 0.1, 0.9, 0.9], [False, False, True, True], "did not converge"),  # separable
+])
+def test_recalibrate_refuses_data_that_cannot_fix_an_increasing_map(
+        p: list[float], beat: list[bool], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        recalibrate(p, beat, [1.0] * len(p))
+
+
+@pytest.mark.parametrize(("calls", "ece", "score"), [
+    ([Call(0.0, False, "a")], 0.0, 0.0),
+    ([Call(0.3, False, "a"), Call(0.3, True, "b")], 0.2, 0.29),  # one bin: |0.3 - 0.5|
+    # two bins, each wrong by 0.2: [0.2, 0.35) told 0.2, none beat; [0.75, 1] told 0.8, all did
+    ([Call(0.2, False, "a"), Call(0.8, True, "a")], 0.2, 0.04),
+])
+def test_the_calibration_scores(calls: list[Call], ece: float, score: float) -> None:
+    assert expected_calibration_error(calls) == pytest.approx(ece)
+    assert brier(calls) == pytest.approx(score)
 
 
 def test_the_same_input_gives_the_same_forecast() -> None:
@@ -101,10 +208,14 @@ def test_the_quick_backtest_prints_its_tables_and_tells_no_winner_it_cannot_win(
     assert forecast_backtest.main(["--quick"]) == 0
     out = capsys.readouterr().out
     for heading in ("## Forecast backtest (quick)", "### Calibration: ensemble",
-                    "### Calibration: bootstrap power law", "### CPU per forecast"):
+                    "### Calibration: ensemble before recalibration",
+                    "### Calibration: bootstrap power law", "### Calibration per dataset",
+                    "### Calibration scores",
+                    "### CPU per forecast"):
         assert heading in out
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| **all** |")]
     methods = {row[1]: row for row in rows}
-    assert set(methods) == {"ensemble", "bootstrap power law", "25% worse at half-way"}
+    assert set(methods) == {"ensemble", "bootstrap power law", "25% worse at half-way",
+                            "ensemble, on p_beat_best alone"}
     told, winners = methods["ensemble"][5].split(" / ")
     assert told == "0" and int(winners) >= 1

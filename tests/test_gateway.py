@@ -96,6 +96,8 @@ def test_one_job_has_its_config_and_every_field(client: TestClient) -> None:
         "finished_at": 104.0,
         "gpu_count": 2, "error": None, "is_best": True, "delta_pct": None, "tier": None,
         "gpu_hours": 2 * (104.0 - 100.0) / 3600, "config": {"learning_rate": 2e-4},
+        "eval_count": 3, "forecast": None, "autostop": None,
+        "stop_requested": None, "stale": False, "last_seen": None,
     }
 
 

@@ -117,5 +117,6 @@ def test_schema_prints_the_event_json_schema() -> None:
     schema = json.loads(done.stdout)
     assert schema["discriminator"]["propertyName"] == "type"
     assert set(schema["discriminator"]["mapping"]) == {
-        "job_started", "metrics", "checkpoint", "job_finished", "job_archived", "job_restored"}
+        "job_started", "metrics", "checkpoint", "job_finished", "job_archived", "job_restored",
+        "job_forecast", "job_stop_requested", "job_heartbeat", "job_stale"}
     assert schema["$defs"] == event_adapter.json_schema()["$defs"]

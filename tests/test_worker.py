@@ -88,7 +88,8 @@ async def test_raw_events_become_job_views_model_rows_and_one_update_per_commit(
         "best_epoch": 5.0, "best_step": 5, "best_checkpoint_path": "checkpoint-5",
         "final_loss": None, "final_eval_loss": None, "total_epochs": 12, "total_steps": None,
         "created_at": 100.0, "updated_at": 101.5, "finished_at": None, "gpu_count": None, "error": None,
-        "eval_count": 1, "forecast": None,
+        "eval_count": 1, "forecast": None, "autostop": None,
+        "stop_requested": None, "stale": False, "last_seen": None,
     }
     assert orjson.loads(r.hget(keys.configs, "a")) == {"lr": 2e-4}
     assert orjson.loads(r.hget(keys.models, model_field(Q))) == {

@@ -26,6 +26,7 @@ from web.schemas import (
     JobList,
     JobMetrics,
     ModelRow,
+    StopRequest,
     WhoAmI,
 )
 from web.security import origin_allowed, origin_ok, token_ok
@@ -152,12 +153,52 @@ async def compare(
                     media_type="application/json", headers=disposition)
 
 
-async def _mark(gw: Gateway, job_id: str, kind: str) -> Response:
+async def _mark(gw: Gateway, job_id: str, kind: str, **fields: Any) -> Response:
     if not await gw.reader.exists(job_id):
         raise unknown(job_id)
-    event = {"type": kind, "job_id": job_id, "ts": time.time()}
+    return await _write(gw, {"type": kind, "job_id": job_id, **fields})
+
+
+async def _write(gw: Gateway, event: dict[str, Any]) -> Response:
+    event["ts"] = time.time()
     await gw.redis.xadd(gw.keys.events, {"data": orjson.dumps(event)})
     return JSON({"accepted": 1}, status_code=202)
+
+
+async def _running(gw: Gateway, job_id: str) -> dict[str, Any]:
+    """The view of a running job; 404 when unknown, 409 when it has ended."""
+    views = await gw.reader.views([job_id])
+    view = views[0]
+    if view is None:
+        raise unknown(job_id)
+    if view["status"] != "running":
+        raise ApiError(409, f"job {job_id!r} is not running (it is {view['status']})")
+    return view
+
+
+NOT_RUNNING: dict[int | str, dict[str, Any]] = {
+    **NOT_FOUND, 409: {"model": Error, "description": "the job is not running"}}
+
+
+@router.post("/jobs/{job_id}/stop", status_code=202, response_model=Accepted,
+             responses=NOT_RUNNING,
+             summary="Ask the trainer to stop a running run (docs/stopping.md)")
+async def stop(job_id: str, gw: GW, body: StopRequest | None = None) -> Response:
+    await _running(gw, job_id)
+    reason = body.reason if body is not None else None
+    return await _write(gw, {"type": "job_stop_requested", "job_id": job_id, "by": "user",
+                             "reason": reason})
+
+
+@router.post("/jobs/{job_id}/abandon", status_code=202, response_model=Accepted,
+             responses=NOT_RUNNING,
+             summary="End a running run whose trainer is gone, as failed (docs/stopping.md)")
+async def abandon(job_id: str, gw: GW) -> Response:
+    view = await _running(gw, job_id)
+    since = view["last_seen"] if view.get("last_seen") is not None else view["updated_at"]
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
+    return await _write(gw, {"type": "job_finished", "job_id": job_id, "status": "failed",
+                             "error": f"abandoned: no signal since {when}"})
 
 
 @router.post("/jobs/{job_id}/archive", status_code=202, response_model=Accepted,
@@ -172,7 +213,7 @@ async def restore(job_id: str, gw: GW) -> Response:
     return await _mark(gw, job_id, "job_restored")
 
 
-DERIVED_TYPES = ("job_forecast",)  # events the monitor derives itself (docs/events.md)
+DERIVED_TYPES = ("job_forecast", "job_stale")  # the monitor derives these (docs/events.md)
 
 
 def validate_events(body: Any) -> list[bytes]:

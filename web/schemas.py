@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from monitor.limits import MAX_REASON
 
 Tier = Literal["yellow", "orange", "red"]
-Status = Literal["running", "completed", "failed", "cancelled"]
+Status = Literal["running", "completed", "failed", "cancelled", "stopped"]
 CompareKey = Literal["model", "job_id", "status", "best_eval_loss", "final_loss",
                      "final_eval_loss", "best_checkpoint_epoch", "checkpoint_path", "progress"]
 
@@ -35,6 +37,21 @@ class Forecast(BaseModel):
     verdict: ForecastVerdict
     gpu_hours_left: float | None = Field(description="GPU-hours to the horizon at its pace "
                                                      "so far; null without gpu_count")
+
+
+class StopRequested(BaseModel):
+    at: float = Field(description="when it was asked, seconds since the epoch")
+    by: Literal["user", "forecast"]
+    reason: str | None
+
+
+class StopRequest(BaseModel):
+    """The optional body of ``POST /api/jobs/{id}/stop``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=MAX_REASON,
+                               description="said to the trainer and shown on the page")
 
 
 class JobView(BaseModel):
@@ -71,6 +88,12 @@ class JobView(BaseModel):
     eval_count: int = Field(description="how many eval observations the job has had")
     forecast: Forecast | None = Field(description="the advisor's forecast; null unless the "
                                                   "job is running with a known horizon")
+    autostop: bool | None = Field(description="false: the forecast never stops this run")
+    stop_requested: StopRequested | None = Field(description="the first request to stop it")
+    stale: bool = Field(description="running, but neither an event nor a heartbeat arrived "
+                                    "for MONITOR_STALE_AFTER seconds")
+    last_seen: float | None = Field(description="when stale: the arrival of its last event "
+                                                "or heartbeat")
 
 
 class JobDetail(JobView):

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -28,7 +29,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from monitor.advice import Basis, Rivals, advise, basis, slim, wants_forecast
+from monitor.advice import (
+    Basis,
+    Rivals,
+    advise,
+    autostop_reason,
+    basis,
+    slim,
+    wants_forecast,
+)
 from monitor.keys import Keys
 from monitor.redistools import backoff, text
 from monitor.rules import parse_pos
@@ -55,8 +64,11 @@ class Counters:
 
     forecasts: int = 0  # computed
     written: int = 0  # differed from the view's, so written as events
+    stops: int = 0  # auto-stop requests written
+    stale: int = 0  # stale findings written
     cpu_seconds: float = 0.0  # thread CPU time spent computing them
     snapshots: int = 0
+    recent_cpu: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))  # each, s
 
 
 class Advisor:
@@ -85,10 +97,12 @@ class Advisor:
         self.rivals = Rivals()
         self.members: dict[str | None, set[str]] = {}  # running jobs by model
         self.due: dict[str, float] = {}  # job id -> when its forecast is due (monotonic)
+        self.flagged: dict[str, float] = {}  # job id -> the silence already reported stale
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow updates and forecast until ``stop`` is set; survives Redis going away."""
         forecaster = asyncio.create_task(self._forecast_loop(stop), name="forecasts")
+        watcher = asyncio.create_task(self._liveness_loop(stop), name="liveness")
         delay = 0.1
         try:
             while not stop.is_set():
@@ -112,7 +126,12 @@ class Advisor:
             stop.set()
             self._woken.set()
             await forecaster
+            await watcher
             await self.redis.aclose()
+            c = self.counters
+            log.info("advisor stopped: %d forecasts computed (%.1f ms of CPU each on "
+                     "average), %d written", c.forecasts,
+                     1000 * c.cpu_seconds / max(c.forecasts, 1), c.written)
 
     # --- Following the committed state ------------------------------------------------------
 
@@ -253,30 +272,77 @@ class Advisor:
         for job_id, forecast in said.items():
             self.done[job_id] = bases[job_id]
             current = self.jobs.get(job_id)
-            if forecast is not None and (current is None or current["forecast"] != forecast):
-                events.append(orjson.dumps({"type": "job_forecast", "job_id": job_id,
-                                            "forecast": forecast}))
-        if events:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for data in events:
-                    pipe.xadd(self.keys.events, {"data": data})
-                await pipe.execute()
-            self.counters.written += len(events)
+            if forecast is None or (current is not None and current["forecast"] == forecast):
+                continue
+            events.append({"type": "job_forecast", "job_id": job_id, "forecast": forecast})
+            self.counters.written += 1
+            if self.settings.autostop and current is not None:
+                why = autostop_reason(current, current["forecast"], forecast,
+                                      self.settings.stop_below)
+                if why is not None:
+                    events.append({"type": "job_stop_requested", "job_id": job_id,
+                                   "by": "forecast", "reason": why})
+                    self.counters.stops += 1
+        await self._write(events)
         return spent
+
+    async def _write(self, events: list[dict[str, Any]]) -> None:
+        if not events:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                pipe.xadd(self.keys.events, {"data": orjson.dumps(event)})
+            await pipe.execute()
+
+    # --- Liveness ----------------------------------------------------------------------------
+
+    async def _liveness_loop(self, stop: asyncio.Event) -> None:
+        every = min(10.0, max(0.25, self.settings.stale_after / 4))
+        while not stop.is_set():
+            await _sleep(stop, every)
+            if stop.is_set() or self.version is None:
+                continue
+            try:
+                await self.find_stale()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                log.warning("could not look for stale jobs (%s)", e)
+
+    async def find_stale(self) -> None:
+        """Report the running jobs that nothing arrived from for ``stale_after`` seconds
+        (by Redis's clock, the one arrival times are on)."""
+        now: Any = await self.redis.time()
+        cutoff = (now[0] + now[1] / 1e6 - self.settings.stale_after) * 1000
+        silent: Any = await self.redis.zrangebyscore(self.keys.alive, "-inf", cutoff,
+                                                     start=0, num=1000, withscores=True)
+        events = []
+        for member, score in silent:
+            job_id, last_seen = text(member), score / 1000
+            job = self.jobs.get(job_id)
+            if (job is None or job["status"] != "running" or job["stale"]
+                    or self.flagged.get(job_id) == last_seen):
+                continue
+            self.flagged[job_id] = last_seen
+            events.append({"type": "job_stale", "job_id": job_id, "last_seen": last_seen})
+        self.counters.stale += len(events)
+        await self._write(events)
 
     def _compute(self, jobs: dict[str, dict[str, Any]], bases: dict[str, Basis],
                  histories: dict[str, list[dict[str, Any]]]
                  ) -> tuple[dict[str, dict[str, Any] | None], float]:
-        started = time.thread_time()
         said = {}
+        spent = 0.0
         for job_id, job in jobs.items():
+            started = time.thread_time()
             try:
                 said[job_id] = advise(job, histories[job_id], bases[job_id].other_best,
                                       self.settings.stop_below)
             except (ArithmeticError, ValueError):  # a defect: say so, keep the rest going
                 log.exception("could not forecast job %s", job_id)
                 said[job_id] = None
-        return said, time.thread_time() - started
+            took = time.thread_time() - started
+            self.counters.recent_cpu.append(took)
+            spent += took
+        return said, spent
 
     async def _histories(self, job_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         if not job_ids:

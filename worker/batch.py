@@ -151,6 +151,9 @@ class Commit:
     append: dict[str, list[bytes]] = field(default_factory=dict)
     replace: dict[str, list[bytes]] = field(default_factory=dict)
     seen_add: dict[str, list[str]] = field(default_factory=dict)  # key -> event ids
+    alive: dict[str, float] = field(default_factory=dict)  # running job -> alive_at (ms)
+    gone: list[str] = field(default_factory=list)  # finished jobs: out of alive and stops
+    stops: dict[str, bytes] = field(default_factory=dict)  # running job -> its stop request
     update: bytes | None = None
     dead: list[dict[str, bytes | str]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
@@ -176,6 +179,13 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
         commit.folds[job_id] = orjson.dumps(job.private())
         if added := job.seen.take_added():
             commit.seen_add[keys.seen(job_id)] = added
+        if job.finished:
+            commit.gone.append(job_id)
+        else:
+            if job.alive_at is not None:
+                commit.alive[job_id] = round(job.alive_at * 1000)
+            if job.stop_requested is not None:
+                commit.stops[job_id] = orjson.dumps(job.stop_requested)
         before_model, stored = folded.moved[job_id]
         if not stored or before_model != job.model_name:
             commit.group_add.setdefault(keys.group(job.model_name), []).append(job_id)

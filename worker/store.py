@@ -71,7 +71,7 @@ return result
 # script runs atomically): command -> (leading arguments kept in each part, values per item).
 MAX_ARGS = 4000
 _SPLITTABLE = {"HSET": (2, 2), "HDEL": (2, 1), "SADD": (2, 1), "SREM": (2, 1), "RPUSH": (2, 1),
-               "XACK": (3, 1)}
+               "XACK": (3, 1), "ZADD": (2, 2), "ZREM": (2, 1)}
 LOAD_CHUNK = 2000  # jobs per read while loading, so the lease renews between chunks
 
 
@@ -269,6 +269,13 @@ def _queue_writes(pipe: Any, k: Keys, c: Commit, *, updates_keep: int, dead_keep
         pipe.rpush(key, *points)
     for key, event_ids in c.seen_add.items():
         pipe.sadd(key, *event_ids)
+    if c.alive:
+        pipe.zadd(k.alive, c.alive)
+    if c.stops:
+        pipe.hset(k.stops, mapping=c.stops)
+    if c.gone:
+        pipe.zrem(k.alive, *c.gone)
+        pipe.hdel(k.stops, *c.gone)
     for dead in c.dead:
         pipe.xadd(k.dead, dead, maxlen=dead_keep, approximate=True)
     for name, n in c.counts.items():

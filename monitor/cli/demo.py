@@ -127,8 +127,17 @@ def plan_runs(options: DemoOptions, rng: random.Random) -> list[RunPlan]:
     for m, (model_name, best) in enumerate(MODELS):
         combos = rng.sample(list(itertools.product(LEARNING_RATES, LORA_RANKS)),
                             options.runs_per_model)
+        if len(combos) >= 3:  # the last run repeats the best's configuration with another seed
+            combos[-1] = combos[0]
+        config_of_best: dict[str, Any] = {}
         for i, (lr, rank) in enumerate(combos):
-            quality = 1.0 if i == 0 else rng.uniform(*QUALITY_TIERS[(m + i - 1) % 3])
+            replicate = i > 0 and i == len(combos) - 1 and combos[i] == combos[0]
+            if i == 0:
+                quality = 1.0
+            elif replicate:
+                quality = rng.uniform(1.0, 1.03)  # seed noise
+            else:
+                quality = rng.uniform(*QUALITY_TIERS[(m + i - 1) % 3])
             if i > 0:
                 not_best.append(len(plans))
             gap = rng.uniform(0.03, 0.1)
@@ -144,6 +153,11 @@ def plan_runs(options: DemoOptions, rng: random.Random) -> list[RunPlan]:
                 "warmup_ratio": rng.choice((0.0, 0.03, 0.1)), "lr_scheduler_type": "cosine",
                 "num_train_epochs": options.epochs, "max_seq_length": 2048,
             }
+            if replicate:
+                config = dict(config_of_best)
+            elif i == 0:
+                config_of_best = config
+            config = {**config, "seed": rng.randrange(10_000)}
             plans.append(RunPlan(
                 model_name=model_name, name=f"lr={lr:.0e} r={rank}".replace("e-0", "e-"),
                 config=config, gpu_count=rng.choice((1, 2, 4, 8)), curve=curve,
@@ -200,6 +214,7 @@ def _train(plan: RunPlan, options: DemoOptions, stop: threading.Event, delay: fl
     try:
         with start_run(plan.model_name, total_epochs=options.epochs, name=plan.name,
                        config=plan.config, gpu_count=plan.gpu_count,
+                       total_steps=options.epochs * options.steps_per_epoch,
                        redis_url=options.redis_url, prefix=options.prefix) as run:
             for step, loss in enumerate(curve.loss, start=1):
                 if stop.is_set() or (plan.fate == "cancelled" and step == plan.end_step):

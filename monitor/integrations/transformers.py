@@ -7,8 +7,10 @@ It sends ``job_started`` when training begins (model name from the model's confi
 the training arguments, GPU count), ``metrics`` for every logged loss and eval loss,
 ``checkpoint`` for every saved ``checkpoint-N`` folder, and ``job_finished`` at the end. A
 training that raises ends as ``failed`` with the error (when the script exits, or at once
-through :meth:`MonitorCallback.fail`). Only the main process of a distributed run reports.
-Needs the ``[transformers]`` extra.
+through :meth:`MonitorCallback.fail`). Asked to stop (from the page, the API or auto-stop;
+docs/stopping.md), it ends training at the next step (the Trainer saves what its save
+strategy says) and the job as ``stopped``. Only the main process of a distributed run
+reports. Needs the ``[transformers]`` extra.
 """
 
 from __future__ import annotations
@@ -44,11 +46,12 @@ class MonitorCallback(TrainerCallback):
     Redis from ``MONITOR_REDIS_URL``."""
 
     def __init__(self, *, model_name: str | None = None, job_id: str | None = None,
-                 name: str | None = None, redis_url: str | None = None,
-                 prefix: str | None = None) -> None:
+                 name: str | None = None, autostop: bool | None = None,
+                 redis_url: str | None = None, prefix: str | None = None) -> None:
         self.model_name = model_name
         self.job_id = job_id
         self.name = name
+        self.autostop = autostop
         self.redis_url = redis_url
         self.prefix = prefix
         self.run: Run | None = None
@@ -71,9 +74,15 @@ class MonitorCallback(TrainerCallback):
             config=json.loads(args.to_json_string()),  # type: ignore[no-untyped-call]
             gpu_count=_gpu_count(args),
             total_steps=state.max_steps if state.max_steps and state.max_steps > 0 else None,
+            autostop=self.autostop,
             redis_url=self.redis_url,
             prefix=self.prefix,
         )
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState,
+                    control: TrainerControl, **kwargs: Any) -> None:
+        if self.run is not None and self.run.should_stop:
+            control.should_training_stop = True  # the Trainer ends after this step
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
@@ -111,7 +120,9 @@ class MonitorCallback(TrainerCallback):
     def on_train_end(self, args: TrainingArguments, state: TrainerState,
                      control: TrainerControl, **kwargs: Any) -> None:
         if self.run is not None:
-            self.run.close()  # completed
+            if self.run.should_stop:
+                self.run.finish("stopped")
+            self.run.close()  # completed, unless stopped
             self.run = None
 
     # Failures.
