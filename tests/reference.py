@@ -13,7 +13,6 @@ from monitor.events import (
     JobArchived,
     JobFinished,
     JobForecast,
-    JobHeartbeat,
     JobRestored,
     JobStale,
     JobStarted,

@@ -8,6 +8,8 @@ import random
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,45 @@ def test_a_real_trainer_run_reports_everything(
         (step, pytest.approx(loss) if loss is not None else None,
          pytest.approx(ev) if ev is not None else None) for step, loss, ev in logged]
     assert len(evals) == 2 and len([p for p in points if p["eval_loss"] is not None]) == 2
+
+
+def test_a_trainer_stopped_from_the_api_mid_run_ends_early_as_stopped(
+        tmp_path: Path, redis_url: str, keys: Keys, r: redis.Redis,
+        worker: RunningWorker) -> None:
+    from fastapi.testclient import TestClient
+
+    from monitor.integrations.transformers import MonitorCallback
+    from monitor.settings import GatewaySettings
+    from web.app import create_app
+
+    callback = MonitorCallback(redis_url=redis_url, prefix=keys.prefix, job_id="long")
+    trainer = trainer_for(tmp_path, [callback])
+    trainer.args.max_steps = 5000  # far more than it will run
+    trainer.args.save_strategy = "steps"
+    trainer.args.save_steps = 1000
+    training = threading.Thread(target=trainer.train)
+    training.start()
+
+    def stepped() -> bool:
+        job = r.hget(keys.jobs, "long")
+        return job is not None and (orjson.loads(job)["step"] or 0) >= 6
+
+    app = create_app(GatewaySettings(redis_url=redis_url, prefix=keys.prefix))
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        deadline = time.monotonic() + 60
+        while not stepped():
+            assert time.monotonic() < deadline and training.is_alive(), "training never logged"
+            time.sleep(0.05)
+        answer = client.post("/api/jobs/long/stop", json={"reason": "enough of this"})
+        assert answer.status_code == 202
+    training.join(60)
+    assert not training.is_alive()
+    worker.wait_applied()
+    job = orjson.loads(r.hget(keys.jobs, "long"))
+    assert job["status"] == "stopped"
+    assert job["stop_requested"]["reason"] == "enough of this"
+    assert 6 <= trainer.state.global_step < 500  # ended early, at a step
+    assert job["step"] <= trainer.state.global_step
 
 
 def test_a_training_that_raises_ends_as_failed_with_the_error(

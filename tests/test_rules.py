@@ -372,3 +372,55 @@ def test_a_job_stored_before_epoch_and_step_existed_restores_and_catches_up() ->
     restored_board.load([restored])
     restored_board.apply(evals("a", 0.4, step=300, epoch=3.0), pos_of(5), 5.0)
     assert (restored.epoch, restored.step, restored.best_step) == (3.0, 300, 200)
+
+
+# --- Stopping and liveness (docs/stopping.md) --------------------------------------------------
+
+# Each event at position i arrives at 1,000 s + i ms (tests.helpers.pos_of).
+@pytest.mark.parametrize(("events", "expected"), [
+    ([ev("job_started"), ev("job_stop_requested", by="user", reason="why", ts=5.0),
+      ev("job_stop_requested", by="forecast", ts=6.0)],
+     {"stop_requested": {"at": 5.0, "by": "user", "reason": "why"}}),  # the first wins
+    ([ev("job_started"), ev("job_finished", status="completed"),
+      ev("job_stop_requested", by="user")],
+     {"stop_requested": None, "status": "completed"}),  # too late: it had ended
+    ([ev("job_started"), ev("job_stop_requested", by="forecast"),
+      ev("job_finished", status="stopped")],
+     {"stop_requested": {"at": 1000.001, "by": "forecast", "reason": None},
+      "status": "stopped"}),  # kept after the end
+    ([ev("job_started"), ev("job_stale", last_seen=1000.0)],
+     {"stale": True, "last_seen": 1000.0}),
+    ([ev("job_started"), ev("job_heartbeat"), ev("job_stale", last_seen=1000.0)],
+     {"stale": False, "last_seen": None}),  # a heartbeat arrived after what it saw
+    ([ev("job_started"), ev("job_stale", last_seen=1000.0), ev("job_heartbeat")],
+     {"stale": False, "last_seen": None}),  # heard again
+    ([ev("job_started"), ev("job_stale", last_seen=1000.0), ev("metrics", loss=1.0)],
+     {"stale": False, "last_seen": None, "loss": 1.0}),
+    ([ev("job_started"), ev("job_stale", last_seen=1000.0), ev("job_archived")],
+     {"stale": True, "last_seen": 1000.0}),  # archiving is no sign of life
+    ([ev("job_started"), ev("job_stale", last_seen=1000.0),
+      ev("job_finished", status="failed")],
+     {"stale": False, "last_seen": None, "status": "failed"}),
+    ([ev("job_started", ts=7.0), ev("job_heartbeat"), ev("job_stop_requested", by="user")],
+     {"created_at": 7.0, "updated_at": 7.0}),  # neither moves the job's times
+])
+def test_stop_requests_and_liveness(events: list[Event], expected: dict[str, Any]) -> None:
+    view = fold(events).view("a")
+    assert {k: view[k] for k in expected} == expected
+
+
+def test_a_heartbeat_changes_no_view_unless_it_ends_a_stale_spell() -> None:
+    board = fold([ev("job_started")])
+    quiet = board.apply(ev("job_heartbeat"), pos_of(1), 1000.001)
+    assert quiet.job.applied and quiet.jobs == frozenset()
+    board.apply(ev("job_stale", last_seen=1000.001), pos_of(2), 1000.002)
+    heard = board.apply(ev("job_heartbeat"), pos_of(3), 1000.003)
+    assert heard.jobs == frozenset({"a"}) and board.jobs["a"].stale is False
+
+
+@pytest.mark.parametrize("kind", [
+    ev("job_heartbeat", "nobody"), ev("job_stale", "nobody", last_seen=1.0),
+    ev("job_stop_requested", "nobody", by="user"),
+])
+def test_signals_and_requests_create_no_job(kind: Event) -> None:
+    assert fold([kind]).jobs == {}

@@ -180,6 +180,13 @@ def test_up_demo_shows_several_models_with_a_best_run_within_seconds() -> None:
                 break
             time.sleep(0.25)
         assert len(models) >= 3, models
+        # The advisor runs inside too: running jobs get forecasts as their evals arrive.
+        deadline = time.monotonic() + 20
+        forecasts: list[Any] = []
+        while time.monotonic() < deadline and not forecasts:
+            forecasts = [j["forecast"] for j in up.get("/api/jobs")["jobs"] if j["forecast"]]
+            time.sleep(0.25)
+        assert forecasts and all(f["horizon_step"] == 100 for f in forecasts), forecasts
     finally:
         assert up.stop() < 5
 
@@ -479,7 +486,7 @@ COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 
 def test_compose_has_the_services_of_a_real_deployment() -> None:
     services = COMPOSE["services"]
-    assert set(services) == {"redis", "worker", "gateway", "demo"}
+    assert set(services) == {"redis", "worker", "advisor", "gateway", "demo"}
     redis_service = services["redis"]
     assert re.fullmatch(r"redis:\d+\.\d+\.\d+(-alpine)?", redis_service["image"])  # pinned
     assert "--appendonly" in redis_service["command"]
@@ -491,7 +498,7 @@ def test_compose_has_the_services_of_a_real_deployment() -> None:
     assert services["demo"]["profiles"] == ["demo"]
 
 
-@pytest.mark.parametrize("service", ["worker", "gateway", "demo"])
+@pytest.mark.parametrize("service", ["worker", "advisor", "gateway", "demo"])
 def test_each_service_runs_a_real_command_with_real_settings(service: str) -> None:
     spec = COMPOSE["services"][service]
     args = _parser().parse_args(spec["command"])  # exits (fails the test) on a bad flag

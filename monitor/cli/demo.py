@@ -217,6 +217,8 @@ def _train(plan: RunPlan, options: DemoOptions, stop: threading.Event, delay: fl
                        total_steps=options.epochs * options.steps_per_epoch,
                        redis_url=options.redis_url, prefix=options.prefix) as run:
             for step, loss in enumerate(curve.loss, start=1):
+                if run.should_stop:  # asked from the page, or by auto-stop
+                    return True  # leaving the block ends the run as stopped
                 if stop.is_set() or (plan.fate == "cancelled" and step == plan.end_step):
                     run.finish("cancelled")
                     return True
