@@ -234,9 +234,10 @@ function renderDetail() {
     job.archived ? h("span", { class: "badge badge-archived" }, "Archived") : null);
   const action = actionButton(archiveActionOf(job), { class: "small",
     disabled: state.pending.has(job.id) });
-  const hadFocus = head.contains(document.activeElement);
-  head.replaceChildren(h("div", { class: "detail-head" }, badges, action),
-    error ? h("p", { class: "error-text", role: "alert" }, error) : "");
+  const active = document.activeElement;
+  const hadFocus = head.contains(active) || rest.contains(active); // rebuilt: focus the action
+  head.replaceChildren(...[h("div", { class: "detail-head" }, badges, action),
+    error ? h("p", { class: "error-text", role: "alert" }, error) : null].filter(Boolean));
   drawCurves(job);
   rest.replaceChildren(...[h("section", {}, h("h3", {}, "Fields"), fields(job)), configBlock()]
     .filter(Boolean));
