@@ -617,6 +617,7 @@ def test_narrow_window_and_dark_mode(browser: Browser, gateway: LiveGateway, r: 
     try:
         page.set_viewport_size({"width": 420, "height": 800})
         open_live(page, "/?group=1")
+        expect(page.get_by_test_id("job-card").first).to_be_visible()  # the snapshot drawn
         # One column: every card as wide as the list, none overflowing the window.
         boxes = page.get_by_test_id("job-card").evaluate_all(
             "cards => cards.map(c => c.getBoundingClientRect().toJSON())")

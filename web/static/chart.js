@@ -239,7 +239,7 @@ export class LineChart extends Chart {
       series: [{ label: xLabel, value: (u, v) => (v === null ? "–" : numberText(v)) }, ...lines],
       bands,
       cursor: { drag: { x: true, y: false }, points: { size: 7 } },
-      legend: { live: true },
+      legend: { live: true, markers: { dash: (u, i) => (u.series[i].dash ? "dashed" : "solid") } },
     };
   }
 

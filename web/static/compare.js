@@ -42,6 +42,7 @@ let chart = null; // the curves' LineChart, kept across live refreshes while the
 // (its chart draws new data in place and keeps its crosshair, zoom and focus).
 const answerBox = h("div", { class: "compare-answer" });
 const curvesSection = h("section", { class: "chart-box" }, h("h3", {}, "Loss and eval loss"));
+const runKey = h("ul", { class: "chart-key" }); // which run each colour is
 
 async function load() {
   const ids = state.compareIds;
@@ -81,7 +82,7 @@ export function openCompare(ids) {
   dirty = true;
   chart?.destroy();
   chart = new LineChart({ title: "Loss and eval loss of the compared runs", height: 280 });
-  curvesSection.replaceChildren(curvesSection.firstChild, chart.el);
+  curvesSection.replaceChildren(curvesSection.firstChild, chart.el, runKey);
   if (!modal.open) modal.showModal();
   load();
   schedule();
@@ -199,6 +200,11 @@ function drawCurves(answer) {
       dashed: true, points: pointsOf(all[i], "loss", axis) });
   });
   chart.set({ series, xLabel: axis.label, band: null });
+  runKey.replaceChildren(...jobs.map((job, i) => {
+    const swatch = h("span", { class: "swatch", "aria-hidden": "true" });
+    swatch.style.background = RUN_COLORS[i];
+    return h("li", { title: job.name || job.id }, swatch, `Run #${i + 1} · ${jobTitle(job)}`);
+  }));
 }
 
 function footerLinks(ids) {
