@@ -88,6 +88,12 @@ class Keys:
         return f"{self.prefix}worker:lease"
 
     @property
+    def advisor(self) -> str:
+        """The running advisor's settings (JSON), with a time to live it renews: absent when
+        no advisor runs."""
+        return f"{self.prefix}advisor"
+
+    @property
     def stats(self) -> str:
         """Hash of counters: ``applied``, ``duplicates``, ``dead``."""
         return f"{self.prefix}stats"

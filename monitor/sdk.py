@@ -86,6 +86,7 @@ def start_run(
     """Start a run and enqueue its ``job_started``; use it as a context manager.
 
     ``redis_url`` and ``prefix`` default to ``MONITOR_REDIS_URL`` / ``MONITOR_PREFIX``, read now.
+    ``gpu_count`` defaults to what PyTorch says, if the trainer imported it (GPU-hours need it).
     ``autostop=False``: the monitor's auto-stop never asks this run to stop. ``on_stop(run)``
     is called once, from the SDK's control thread, when someone asks the run to stop
     (``run.should_stop`` turns true then too; docs/stopping.md).
@@ -114,6 +115,8 @@ def start_run(
         started["name"] = name[:MAX_NAME]  # cut, as the event contract cuts it
     if config is not None:
         started["config"] = _config_snapshot(config)
+    if gpu_count is None:
+        gpu_count = detected_gpu_count()
     if gpu_count is not None:
         started["gpu_count"] = _count("gpu_count", gpu_count, minimum=0)
     if total_steps is not None:
@@ -433,6 +436,18 @@ class Run:
         for data in batch:
             pipe.xadd(self._stream, {"data": data})
         pipe.execute()
+
+
+def detected_gpu_count() -> int | None:
+    """The GPUs this process trains on, when PyTorch is already imported (the SDK never
+    imports it): ``torch.cuda.device_count()`` (0 without CUDA); else None (unknown)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def _outcome(exc: BaseException | None) -> tuple[Status, str | None]:

@@ -43,6 +43,13 @@ def messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
             if rec.name == SDK_LOGGER and rec.levelno == level]
 
 
+@pytest.fixture(autouse=True)
+def no_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The events these tests expect do not depend on whether another test imported PyTorch
+    (the SDK would then send its GPU count)."""
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+
+
 @pytest.fixture
 def open_run(redis_url: str, keys: Keys) -> Iterator[Callable[..., Run]]:
     """Start runs (job ``job-1`` on the test prefix by default); all are closed after the test."""
@@ -357,3 +364,19 @@ def test_a_run_left_open_is_finished_and_flushed_at_exit(
     events = bodies(read_events(r, keys))
     assert [e["type"] for e in events] == ["job_started", "metrics", "job_finished"]
     assert events[-1] == {"type": "job_finished", "job_id": "job-1", "model_name": "m", **expected}
+
+
+def test_the_gpu_count_comes_from_torch_only_when_the_trainer_imported_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from monitor.sdk import detected_gpu_count
+
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    assert detected_gpu_count() is None
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(is_available=lambda: True,
+                                                            device_count=lambda: 4))
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    assert detected_gpu_count() == 4
+    fake.cuda.is_available = lambda: False
+    assert detected_gpu_count() == 0

@@ -304,6 +304,14 @@ def test_auto_stop_asks_a_plateaued_loser_to_stop_and_leaves_an_opted_out_run_al
         keep = view(r, keys, "keep")
         assert keep is not None
         assert keep["forecast"]["verdict"] == "cannot_win" and keep["stop_requested"] is None
+
+        app = create_app(GatewaySettings(redis_url=redis_url, prefix=keys.prefix))
+        with TestClient(app, base_url=LOCAL) as client:
+            assert client.get("/api/advisor").json() == {
+                "running": True, "autostop": True, "stop_below": 0.05, "stale_after": 120.0}
+            r.delete(keys.advisor)  # as when no advisor has renewed it for 30 s
+            assert client.get("/api/advisor").json() == {
+                "running": False, "autostop": False, "stop_below": None, "stale_after": None}
     finally:
         for proc in procs:
             stop_process(proc)

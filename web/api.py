@@ -19,6 +19,7 @@ from web.gateway import Gateway, gateway_of
 from web.responses import JSON
 from web.schemas import (
     Accepted,
+    AdvisorState,
     Comparison,
     Error,
     Insights,
@@ -63,6 +64,16 @@ async def whoami(
     here, with its own origin, and can say so instead of "unreachable"."""
     allowed = origin is None or origin_allowed(gw.settings, origin, request)
     return JSON({"origin": origin, "origin_allowed": allowed})
+
+
+@router.get("/advisor", response_model=AdvisorState,
+            summary="Whether an advisor runs, and whether it stops runs that cannot win")
+async def advisor(gw: GW) -> Response:
+    raw = await gw.redis.get(gw.keys.advisor)
+    if raw is None:
+        return JSON({"running": False, "autostop": False, "stop_below": None,
+                     "stale_after": None})
+    return JSON({"running": True, **orjson.loads(raw)})
 
 
 @router.get("/insights", response_model=Insights,

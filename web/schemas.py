@@ -144,6 +144,14 @@ class WhoAmI(BaseModel):
                                              "(else: MONITOR_ALLOWED_ORIGINS)")
 
 
+class AdvisorState(BaseModel):
+    running: bool = Field(description="an advisor renewed its presence in the last 30 s")
+    autostop: bool = Field(description="it asks runs that cannot win to stop")
+    stop_below: float | None = Field(description="the p_beat_best below which it says "
+                                                 "cannot_win")
+    stale_after: float | None = Field(description="seconds of silence before a run is stale")
+
+
 Verdict = Literal["real", "within_noise", "unknown"]
 
 

@@ -299,13 +299,21 @@ class Advisor:
     async def _liveness_loop(self, stop: asyncio.Event) -> None:
         every = min(10.0, max(0.25, self.settings.stale_after / 4))
         while not stop.is_set():
-            await _sleep(stop, every)
-            if stop.is_set() or self.version is None:
-                continue
             try:
-                await self.find_stale()
+                await self.announce(ttl=3 * every + 1)
+                if self.version is not None:
+                    await self.find_stale()
             except (RedisConnectionError, RedisTimeoutError, OSError) as e:
                 log.warning("could not look for stale jobs (%s)", e)
+            await _sleep(stop, every)
+
+    async def announce(self, ttl: float) -> None:
+        """Say that an advisor runs, and how it is set (``GET /api/advisor``; the page offers
+        "Stop all that can't win" only when auto-stop is off)."""
+        s = self.settings
+        await self.redis.set(self.keys.advisor, orjson.dumps(
+            {"autostop": s.autostop, "stop_below": s.stop_below, "stale_after": s.stale_after}),
+            px=round(ttl * 1000))
 
     async def find_stale(self) -> None:
         """Report the running jobs that nothing arrived from for ``stale_after`` seconds

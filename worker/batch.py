@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from monitor import history
-from monitor.events import BadEvent, Event, parse_event
+from monitor.events import BadEvent, Event, JobHeartbeat, parse_event
 from monitor.keys import Keys, model_field
 from monitor.rules import Board, Pos, parse_pos
 
@@ -75,6 +75,7 @@ class Folded:
     dead: list[Decoded] = field(default_factory=list)
     applied: int = 0
     duplicates: int = 0
+    heartbeats: int = 0  # applied, but counted apart: they are not the trainer's data
 
 
 def poisoned(item: Decoded, error: Exception) -> Decoded:
@@ -105,7 +106,10 @@ def fold(board: Board, items: list[Decoded]) -> Folded:
         if not change.job.applied:
             folded.duplicates += 1
             continue
-        folded.applied += 1
+        if isinstance(event, JobHeartbeat):
+            folded.heartbeats += 1
+        else:
+            folded.applied += 1
         folded.jobs.add(event.job_id)
         folded.views.update(dict.fromkeys(change.jobs))
         folded.models.update(change.models)
@@ -206,5 +210,5 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
         commit.dead.append({"id": item.entry_id, "data": item.raw[:DEAD_DATA_BYTES],
                             "reason": item.reason or "invalid"})
     commit.counts = {"applied": folded.applied, "duplicates": folded.duplicates,
-                     "dead": len(folded.dead)}
+                     "heartbeats": folded.heartbeats, "dead": len(folded.dead)}
     return commit
