@@ -246,8 +246,9 @@ def test_compare_selected_runs_and_export(page: Page, r: redis.Redis, keys: Keys
         "Run #2 is 15.2% worse, seed noise unknown")  # these configs have no seed replicates
     expect(recommendation.locator("li", has_text="Run #3")).to_have_text(
         "Run #3 is 47.4% worse, seed noise unknown (consider archiving)")
-    # The curves of the three runs, overlaid: eval loss and loss of each.
-    expect(modal.locator(".chart-svg path.chart-line")).to_have_count(6)
+    # The curves of the three runs, overlaid: eval loss and loss of each (a legend row each).
+    expect(modal.locator(".chart canvas")).to_be_visible()
+    expect(modal.locator(".u-legend .u-series.series-line")).to_have_count(6)
     screenshot(modal, "compare-modal.png")
 
     with page.expect_download() as download_info:
@@ -508,13 +509,16 @@ def test_a_checkbox_click_never_opens_the_job_and_a_card_click_does(
     expect(detail).to_be_visible()
     expect(detail.locator(".detail-title")).to_have_text("qwen7b-lr1e-4-r32")
     expect(detail).to_contain_text("0.2701 (epoch 5/12, step 500)")
-    expect(detail.locator(".chart-svg path.chart-line")).to_have_count(2)
-    expect(detail.locator(".chart-markers circle")).to_have_count(12)
+    expect(detail.locator(".chart canvas")).to_be_visible()
+    lines = detail.locator(".u-legend .u-series.series-line")
+    expect(lines).to_have_count(2)
+    expect(lines.nth(1)).to_contain_text("eval loss")
+    expect(lines.nth(1)).to_have_attribute("data-points", "12")
     # The view is live: a new eval loss shows in its fields and its curve.
     send(r, keys, [{"type": "metrics", "job_id": "qwen-b", "step": 1300, "epoch": 13,
                        "loss": 0.25, "eval_loss": 0.2222}])
     expect(detail.locator("dd", has_text="0.2222 (epoch 13/12, step 1300)")).to_be_visible()
-    expect(detail.locator(".chart-markers circle")).to_have_count(13)
+    expect(lines.nth(1)).to_have_attribute("data-points", "13")
     expect(detail).to_contain_text("🏆 best run of its model")
     page.keyboard.press("Escape")
     expect(detail).to_be_hidden()
@@ -613,6 +617,7 @@ def test_narrow_window_and_dark_mode(browser: Browser, gateway: LiveGateway, r: 
     try:
         page.set_viewport_size({"width": 420, "height": 800})
         open_live(page, "/?group=1")
+        expect(page.get_by_test_id("job-card").first).to_be_visible()  # the snapshot drawn
         # One column: every card as wide as the list, none overflowing the window.
         boxes = page.get_by_test_id("job-card").evaluate_all(
             "cards => cards.map(c => c.getBoundingClientRect().toJSON())")
@@ -799,17 +804,17 @@ def test_every_view_passes_an_accessibility_audit(
         expect(page.get_by_test_id("model-group").first).to_be_visible()
         found["grouped list"] = axe_violations(page)
         card(page, "qwen-b").locator(".card-title").click()
-        expect(page.get_by_test_id("job-detail").locator(".chart-svg")).to_be_visible()
+        expect(page.get_by_test_id("job-detail").locator(".chart canvas")).to_be_visible()
         found["job view"] = axe_violations(page)
         page.keyboard.press("Escape")
         for job_id in ("qwen-a", "qwen-b", "qwen-c"):
             card(page, job_id).get_by_test_id("job-select").check()
         page.get_by_test_id("compare-button").click()
-        expect(page.get_by_test_id("compare-modal").locator(".chart-svg").first).to_be_visible()
+        expect(page.get_by_test_id("compare-modal").locator(".chart canvas").first).to_be_visible()
         found["comparison"] = axe_violations(page)
         page.keyboard.press("Escape")
         group(page, Q).get_by_test_id("insights-button").click()
-        expect(page.get_by_test_id("model-insights").locator(".chart-svg")).to_be_visible()
+        expect(page.get_by_test_id("model-insights").locator(".chart canvas")).to_be_visible()
         found["insights panel"] = axe_violations(page)
     finally:
         context.close()

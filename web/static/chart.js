@@ -1,229 +1,376 @@
-// Charts in hand-written SVG (no library): loss and eval-loss curves, one run or several
-// overlaid, and a scatter with its front (GPU-hours against best eval loss). Pure DOM
-// building: give it series or points, get an element back.
+// Charts over uPlot (vendored in vendor/, MIT; canvas, fast on long series): loss curves of
+// one run or several overlaid, with an optional forecast band, and a scatter with its front.
+// A chart is an object that keeps its element across live redraws: set() hands it new data
+// and it draws in place (the crosshair, the zoom and the log-scale toggle survive updates).
 
-const SVG = "http://www.w3.org/2000/svg";
-const MAX_DRAWN = 1200; // points per line drawn; longer histories are thinned (min and max kept)
-const MAX_MARKERS = 150; // markers (with a hover title) only on lines with this few points
+import uPlot from "./vendor/uPlot-1.6.32.esm.js";
+import { h } from "./dom.js";
+import { state } from "./state.js";
 
-function svg(name, attrs = {}, parent = null) {
-  const node = document.createElementNS(SVG, name);
-  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
-  if (parent) parent.appendChild(node);
-  return node;
+const MAX_MARKERS = 150; // markers on a line with this few points; longer ones are bare lines
+const LABEL_MAX = 22; // characters of a front point's label drawn; the whole name is in the table
+
+const scheme = window.matchMedia("(prefers-color-scheme: dark)");
+const onScreen = new Set(); // charts not destroyed: redrawn in the other palette when it changes
+scheme.addEventListener("change", () => {
+  for (const chart of onScreen) chart.rebuild();
+});
+
+/** A colour for the canvas: `var(--name)` read from the page's current palette. */
+function paint(value) {
+  const named = /^var\((--[\w-]+)\)$/.exec(value);
+  if (!named) return value;
+  return getComputedStyle(document.documentElement).getPropertyValue(named[1]).trim();
 }
 
-/** About `count` round tick values covering [lo, hi]. */
-export function niceTicks(lo, hi, count = 5) {
-  const span = hi - lo;
-  const raw = span / count;
-  const magnitude = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 2.5, 5, 10].map((m) => m * magnitude).find((s) => span / s <= count) ?? raw;
-  const ticks = [];
-  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) {
-    ticks.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+/** A number as the axes and the crosshair say it: `1,300`, `2.5`, `0.00012`. */
+function numberText(value) {
+  if (Number.isInteger(value)) return value.toLocaleString("en-US");
+  return String(Number(value.toPrecision(4)));
+}
+
+/** A loss axis' tick: on a log axis only round ones are named (0.2, 0.5, 1), not its ends. */
+function tickText(value, log) {
+  if (value === null) return "";
+  if (log && Number(value.toPrecision(1)) !== value) return "";
+  return numberText(value);
+}
+
+const lossValue = (u, v) => (v === null || v === undefined ? "–" : v.toFixed(4));
+
+/** [lo, hi] around the data with `pad` of the span on each side (never an empty range). */
+function padded(min, max, pad, log) {
+  if (min === null || max === null || !Number.isFinite(min) || !Number.isFinite(max)) {
+    return log ? [0.1, 1] : [0, 1];
   }
-  return { ticks, step };
+  if (log) return [min / (1 + pad * 2), max * (1 + pad * 2)];
+  const room = max > min ? (max - min) * pad : Math.abs(min) * 0.1 || 1;
+  return [min - room, max + room];
 }
 
-function tickText(value, step) {
-  const decimals = Math.max(0, Math.min(6, -Math.floor(Math.log10(step) + 1e-9)));
-  return value.toFixed(decimals);
+/** The axes in the page's palette: `xLabel` below, `yLabel` (if any) on the left. */
+function axes(xLabel, yLabel, yValues) {
+  const font = `11px ${paint("var(--font)")}`;
+  const common = {
+    stroke: paint("var(--muted)"),
+    font,
+    labelFont: `12px ${paint("var(--font)")}`,
+    grid: { stroke: paint("var(--border)"), width: 1 },
+    ticks: { stroke: paint("var(--border)"), width: 1, size: 4 },
+  };
+  return [
+    { ...common, label: xLabel, size: 28, labelSize: 16, labelGap: 2,
+      values: (u, splits) => splits.map(numberText) },
+    { ...common, label: yLabel, labelSize: yLabel ? 18 : 0, size: 52, values: yValues },
+  ];
 }
 
-/** Thin a long line to about MAX_DRAWN points, keeping each bucket's lowest and highest. */
-function thin(points) {
-  if (points.length <= MAX_DRAWN) return points;
-  const buckets = MAX_DRAWN / 2;
-  const size = points.length / buckets;
-  const out = [points[0]];
-  for (let b = 0; b < buckets; b++) {
-    const start = Math.floor(b * size);
-    const end = Math.min(points.length, Math.floor((b + 1) * size));
-    let low = null;
-    let high = null;
-    for (let i = start; i < end; i++) {
-      if (low === null || points[i][1] < low[1]) low = points[i];
-      if (high === null || points[i][1] > high[1]) high = points[i];
+/**
+ * The part every chart shares: a figure that holds a uPlot sized to its width, rebuilt when
+ * what it draws changes shape (other series, the log scale, the palette) and else fed new
+ * data in place. Subclasses give `shapeOf(spec)`, `dataOf(spec)` and `optionsOf(spec)`.
+ */
+class Chart {
+  constructor(kind, { title, height }) {
+    this.title = title;
+    this.height = height;
+    this.spec = null;
+    this.plot = null;
+    this.shape = "";
+    this.width = 0;
+    this.zoomed = false; // a drag zoomed in: live data keeps that view until a double click
+    this.box = h("div", { class: "chart-plot" });
+    this.empty = h("p", { class: "muted chart-empty", hidden: true });
+    this.el = h("figure", { class: "chart", "data-chart": kind }, this.box, this.empty);
+    this.observer = new ResizeObserver(([entry]) => this.resize(Math.floor(entry.contentRect.width)));
+    this.observer.observe(this.box);
+    onScreen.add(this);
+  }
+
+  /** Draw `spec` (what it is depends on the kind of chart). */
+  set(spec) {
+    this.spec = spec;
+    this.draw();
+  }
+
+  resize(width) {
+    if (width <= 0 || width === this.width) return;
+    this.width = width;
+    if (this.plot) this.plot.setSize({ width, height: this.height });
+    else this.draw();
+  }
+
+  draw() {
+    if (this.spec === null || this.width === 0) return;
+    const emptyText = this.emptyText(this.spec);
+    this.empty.hidden = emptyText === null;
+    this.empty.textContent = emptyText ?? "";
+    if (emptyText !== null) {
+      this.dropPlot();
+      return;
     }
-    if (low && high) out.push(...(low[0] <= high[0] ? [low, high] : [high, low]));
+    const data = this.dataOf(this.spec);
+    const shape = this.shapeOf(this.spec);
+    if (this.plot && shape === this.shape) {
+      this.plot.setData(data, !this.zoomed);
+    } else {
+      this.dropPlot();
+      this.shape = shape;
+      this.zoomed = false;
+      const options = this.optionsOf(this.spec);
+      options.width = this.width;
+      options.height = this.height;
+      options.title = undefined;
+      (options.hooks ??= {}).setSelect = [(u) => {
+        if (u.select.width > 0) this.zoomed = true;
+      }];
+      this.plot = new uPlot(options, data, this.box);
+      this.plot.over.addEventListener("dblclick", () => {
+        this.zoomed = false;
+      });
+      this.plot.root.setAttribute("role", "img");
+      this.plot.root.setAttribute("aria-label", this.title);
+    }
+    this.drawn(this.plot);
   }
-  out.push(points[points.length - 1]);
-  return out;
-}
 
-function extent(values, pad) {
-  let lo = Infinity;
-  let hi = -Infinity;
-  for (const v of values) {
-    if (v < lo) lo = v;
-    if (v > hi) hi = v;
-  }
-  if (lo === hi) {
-    const room = Math.abs(lo) * 0.1 || 1;
-    lo -= room;
-    hi += room;
-  } else {
-    const room = (hi - lo) * pad;
-    lo -= room;
-    hi += room;
-  }
-  return [lo, hi];
-}
+  /** After each draw: what the subclass keeps in the DOM next to the canvas. */
+  drawn() {}
 
-/** The grid, tick labels, frame and axis names of a chart, behind what is drawn next. */
-function drawAxes(root, { width, height, margin, x0, x1, y0, y1, sx, sy, xLabel, yLabel = "" }) {
-  const plotW = width - margin.left - margin.right;
-  const plotH = height - margin.top - margin.bottom;
-  const grid = svg("g", { class: "chart-grid" }, root);
-  const yTicks = niceTicks(y0, y1, 5);
-  for (const v of yTicks.ticks) {
-    const y = sy(v);
-    svg("line", { x1: margin.left, x2: width - margin.right, y1: y, y2: y }, grid);
-    const label = svg("text", { x: margin.left - 8, y: y + 4, class: "chart-tick y" }, grid);
-    label.textContent = tickText(v, yTicks.step);
+  /** Redraw from scratch (the palette changed). */
+  rebuild() {
+    this.dropPlot();
+    this.draw();
   }
-  const xTicks = niceTicks(x0, x1, 6);
-  for (const v of xTicks.ticks) {
-    const x = sx(v);
-    svg("line", { x1: x, x2: x, y1: margin.top, y2: height - margin.bottom, class: "v" }, grid);
-    const label = svg("text", { x, y: height - margin.bottom + 16, class: "chart-tick x" }, grid);
-    label.textContent = tickText(v, xTicks.step);
+
+  dropPlot() {
+    if (this.plot) this.plot.destroy();
+    this.plot = null;
+    this.shape = "";
   }
-  svg("rect", { x: margin.left, y: margin.top, width: plotW, height: plotH, class: "chart-frame" },
-    root);
-  const axis = svg("text", { x: margin.left + plotW / 2, y: height - 6, class: "chart-axis" }, root);
-  axis.textContent = xLabel;
-  if (yLabel) {
-    const cy = margin.top + plotH / 2;
-    const name = svg("text", { x: 14, y: cy, class: "chart-axis",
-      transform: `rotate(-90 14 ${cy})` }, root);
-    name.textContent = yLabel;
+
+  /** Free the chart (its uPlot listens on the window): call when its view closes. */
+  destroy() {
+    this.dropPlot();
+    this.observer.disconnect();
+    onScreen.delete(this);
   }
 }
 
 /**
- * An SVG line chart. `series`: [{label, color, dashed, width, markers, points: [[x, y], ...]}]
- * (colour: any CSS colour or var()). `xLabel` names the x axis.
+ * Loss curves. `set({series, xLabel, band})`: `series` are [{label, color, width, dashed,
+ * markers, points: [[x, y], ...]}] (colour: any CSS colour or var()); `band`, if any, is a
+ * forecast {from, to, lo, mid, hi, label}: the band between lo and hi from x `from` to `to`,
+ * with mid dashed. A button switches the loss axis between linear and log scale.
  */
-export function lineChart({ series, xLabel, width = 720, height = 280, title = "" }) {
-  const root = svg("svg", {
-    viewBox: `0 0 ${width} ${height}`,
-    class: "chart-svg",
-    role: "img",
-  });
-  if (title) svg("title", {}, root).textContent = title;
-  const drawn = series.filter((s) => s.points.length > 0);
-  if (drawn.length === 0) {
-    const text = svg("text", { x: width / 2, y: height / 2, class: "chart-empty" }, root);
-    text.textContent = "No metric points yet";
-    return root;
+export class LineChart extends Chart {
+  constructor({ title, height = 260 }) {
+    super("line", { title, height });
+    this.toggle = h("button", { type: "button", class: "small chart-log", "data-action": "log-scale",
+      "aria-pressed": String(state.logScale) }, "Log scale");
+    this.toggle.addEventListener("click", () => {
+      state.logScale = !state.logScale;
+      this.toggle.setAttribute("aria-pressed", String(state.logScale));
+      this.rebuild();
+    });
+    this.caption = h("figcaption", { class: "chart-caption muted", hidden: true });
+    this.el.prepend(h("div", { class: "chart-tools" }, this.toggle));
+    this.el.append(this.caption);
   }
-  const margin = { left: 58, right: 18, top: 14, bottom: 40 };
-  const plotW = width - margin.left - margin.right;
-  const plotH = height - margin.top - margin.bottom;
-  const xs = [];
-  const ys = [];
-  for (const s of drawn) {
-    for (const [x, y] of s.points) {
-      xs.push(x);
-      ys.push(y);
+
+  emptyText(spec) {
+    return spec.series.some((s) => s.points.length > 0) ? null : "No metric points yet";
+  }
+
+  shapeOf({ series, xLabel, band }) {
+    const styles = series.map((s) => [s.label, s.color, s.width, s.dashed,
+      s.markers && s.points.length <= MAX_MARKERS]);
+    return JSON.stringify([styles, xLabel, band ? band.label : null, state.logScale]);
+  }
+
+  dataOf({ series, band }) {
+    // One table per series, the forecast's three lines after them; joined on x (steps).
+    const tables = series.map((s) => [s.points.map((p) => p[0]), s.points.map((p) => p[1])]);
+    if (band) {
+      const xs = [band.from, band.to];
+      tables.push([xs, [band.hi, band.hi]], [xs, [band.lo, band.lo]], [xs, [band.mid, band.mid]]);
     }
-  }
-  const [x0, x1] = extent(xs, 0);
-  const [y0, y1] = extent(ys, 0.06);
-  const sx = (x) => margin.left + ((x - x0) / (x1 - x0)) * plotW;
-  const sy = (y) => margin.top + (1 - (y - y0) / (y1 - y0)) * plotH;
-
-  drawAxes(root, { width, height, margin, x0, x1, y0, y1, sx, sy, xLabel });
-
-  for (const s of drawn) {
-    const line = thin(s.points);
-    const d = line.map(([x, y], i) => `${i ? "L" : "M"}${sx(x).toFixed(1)},${sy(y).toFixed(1)}`);
-    const path = svg("path", { d: d.join(""), class: "chart-line", fill: "none" }, root);
-    path.style.stroke = s.color;
-    path.style.strokeWidth = String(s.width ?? 2);
-    if (s.dashed) path.style.strokeDasharray = "5 4";
-    if (s.markers && line.length <= MAX_MARKERS) {
-      const group = svg("g", { class: "chart-markers" }, root);
-      group.style.fill = s.color;
-      for (const [x, y] of line) {
-        const dot = svg("circle", { cx: sx(x).toFixed(1), cy: sy(y).toFixed(1), r: 3 }, group);
-        svg("title", {}, dot).textContent = `${s.label}: ${y.toFixed(4)} at ${xLabel} ${x}`;
+    const data = uPlot.join(tables);
+    if (state.logScale) { // a log axis cannot place zero or a negative loss
+      for (let i = 1; i < data.length; i++) {
+        data[i] = data[i].map((v) => (v === null || v === undefined || v > 0 ? v : undefined));
       }
     }
+    return data;
   }
-  return root;
-}
 
-const LABEL_MAX = 22; // characters of a point's label drawn; the whole label is its hover title
+  optionsOf({ series, xLabel, band }) {
+    const log = state.logScale;
+    const counts = series.map((s) => s.points.length);
+    const lines = series.map((s, i) => ({
+      label: s.label,
+      class: "series-line",
+      stroke: paint(s.color),
+      width: s.width ?? 2,
+      dash: s.dashed ? [5, 4] : undefined,
+      spanGaps: true,
+      value: lossValue,
+      points: { show: Boolean(s.markers) && counts[i] <= MAX_MARKERS, size: 6,
+        fill: paint(s.color), stroke: paint("var(--surface)"), width: 1 },
+    }));
+    const bands = [];
+    if (band) {
+      const color = paint("var(--forecast)");
+      const edge = { class: "series-forecast-edge", stroke: color, width: 1, spanGaps: true,
+        value: lossValue, points: { show: false } };
+      lines.push({ ...edge, label: "forecast p90" }, { ...edge, label: "forecast p10" },
+        { ...edge, class: "series-forecast", label: "forecast p50", width: 2, dash: [6, 4] });
+      const hi = series.length + 1;
+      bands.push({ series: [hi, hi + 1], fill: paint("var(--forecast-band)") });
+    }
+    return {
+      class: "chart-uplot",
+      scales: {
+        x: { time: false },
+        y: log ? { distr: 3, log: 10, range: (u, min, max) => padded(min, max, 0.03, true) }
+          : { range: (u, min, max) => padded(min, max, 0.06, false) },
+      },
+      axes: axes(xLabel, "", (u, splits) => splits.map((v) => tickText(v, log))),
+      series: [{ label: xLabel, value: (u, v) => (v === null ? "–" : numberText(v)) }, ...lines],
+      bands,
+      cursor: { drag: { x: true, y: false }, points: { size: 7 } },
+      legend: { live: true, markers: { dash: (u, i) => (u.series[i].dash ? "dashed" : "solid") } },
+    };
+  }
+
+  drawn(plot) {
+    const { band } = this.spec;
+    this.caption.hidden = !band;
+    this.caption.textContent = band ? band.label : "";
+    // Each legend row says how many points its series has (the markers are on the canvas).
+    const rows = plot.root.querySelectorAll(".u-legend .u-series");
+    this.spec.series.forEach((s, i) => {
+      rows[i + 1]?.setAttribute("data-points", String(s.points.length));
+    });
+  }
+}
 
 /**
- * An SVG scatter chart with a front: `points` are [{x, y, label, front, title}]; front points
- * are highlighted, joined as a staircase (in x order) and labelled. `xLabel`, `yLabel` name
- * the axes.
+ * A scatter with a front. `set({points, xLabel, yLabel})`: points are [{x, y, label, front,
+ * title}]; front points are highlighted, joined as a staircase in x order and labelled. The
+ * points are also listed in a table for screen readers (a row per point).
  */
-export function scatterChart({ points, xLabel, yLabel, width = 560, height = 300, title = "" }) {
-  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart-svg", role: "img" });
-  if (title) svg("title", {}, root).textContent = title;
-  if (points.length === 0) {
-    const text = svg("text", { x: width / 2, y: height / 2, class: "chart-empty" }, root);
-    text.textContent = "No runs to place yet";
-    return root;
+export class ScatterChart extends Chart {
+  constructor({ title, height = 300 }) {
+    super("scatter", { title, height });
+    this.labels = h("div", { class: "scatter-labels", "aria-hidden": "true" });
+    this.table = h("table", { class: "visually-hidden chart-data" });
+    this.el.append(this.table);
+    this.sorted = [];
+    this.hovered = null; // the row of the point nearest the pointer
   }
-  const margin = { left: 70, right: 18, top: 24, bottom: 40 };
-  const plotW = width - margin.left - margin.right;
-  const plotH = height - margin.top - margin.bottom;
-  let [x0, x1] = extent(points.map((p) => p.x), 0.08);
-  const [y0, y1] = extent(points.map((p) => p.y), 0.1);
-  if (x0 < 0 && points.every((p) => p.x >= 0)) x0 = 0;
-  if (x1 <= x0) x1 = x0 + 1;
-  const sx = (x) => margin.left + ((x - x0) / (x1 - x0)) * plotW;
-  const sy = (y) => margin.top + (1 - (y - y0) / (y1 - y0)) * plotH;
-  drawAxes(root, { width, height, margin, x0, x1, y0, y1, sx, sy, xLabel, yLabel });
 
-  const front = points.filter((p) => p.front).sort((a, b) => a.x - b.x);
-  if (front.length > 1) {
-    const d = front.map((p, i) => {
-      const here = `${sx(p.x).toFixed(1)},${sy(p.y).toFixed(1)}`;
-      return i === 0 ? `M${here}` : `H${sx(p.x).toFixed(1)}V${sy(p.y).toFixed(1)}`;
+  emptyText(spec) {
+    return spec.points.length ? null : "No runs to place yet";
+  }
+
+  shapeOf({ xLabel, yLabel }) {
+    return JSON.stringify([xLabel, yLabel]);
+  }
+
+  dataOf({ points }) {
+    // A row per point in x order (uPlot's x must ascend): the others and the front are two
+    // series, each null where the row is the other's.
+    this.sorted = [...points].sort((a, b) => a.x - b.x || a.y - b.y);
+    const xs = this.sorted.map((p) => p.x);
+    return [xs, this.sorted.map((p) => (p.front ? null : p.y)),
+      this.sorted.map((p) => (p.front ? p.y : null))];
+  }
+
+  optionsOf({ xLabel, yLabel }) {
+    const none = () => null;
+    const muted = paint("var(--muted)");
+    const ok = paint("var(--ok)");
+    const surface = paint("var(--surface)");
+    const nameAt = (idx) => { // the run under the crosshair: `lr0.003-seed0 · 16 GPU-hours`
+      const p = idx === null || idx === undefined ? undefined : this.sorted[idx];
+      return p ? `${p.label} · ${numberText(p.x)} ${xLabel}` : "–";
+    };
+    return {
+      class: "chart-uplot",
+      scales: {
+        x: { time: false, range: (u, min, max) => {
+          const [lo, hi] = padded(min, max, 0.08, false);
+          return [min >= 0 ? Math.max(0, lo) : lo, hi];
+        } },
+        y: { range: (u, min, max) => padded(min, max, 0.1, false) },
+      },
+      axes: axes(xLabel, yLabel, (u, splits) => splits.map((v) => (v === null ? "" : numberText(v)))),
+      series: [
+        { label: "run", value: (u, v, si, idx) => nameAt(idx) },
+        { label: "other runs", class: "series-points", stroke: muted, width: 0, paths: none,
+          value: lossValue, points: { show: true, size: 8, fill: muted, stroke: surface, width: 1 } },
+        { label: "Pareto front", class: "series-front", stroke: ok, width: 1.5, dash: [4, 3],
+          spanGaps: true, paths: uPlot.paths.stepped({ align: 1 }), value: lossValue,
+          points: { show: true, size: 11, fill: ok, stroke: surface, width: 1.5 } },
+      ],
+      // The crosshair names the point nearest the pointer (in both directions: runs of about
+      // the same cost are told apart by their loss), not the nearest one of each series.
+      cursor: { drag: { x: false, y: false }, dataIdx: (u, si) => this.pointAt(u, si),
+        points: { size: 10 } },
+      legend: { live: true },
+      hooks: { draw: [(u) => this.placeLabels(u)] },
+    };
+  }
+
+  /** The row of the point nearest the pointer for series `si` (null where it has none). */
+  pointAt(u, si) {
+    if (si === 0) { // asked first on each move: find the point once for every series
+      let best = Infinity;
+      this.hovered = null;
+      this.sorted.forEach((p, i) => {
+        const dx = u.valToPos(p.x, "x") - u.cursor.left;
+        const dy = u.valToPos(p.y, "y") - u.cursor.top;
+        if (dx * dx + dy * dy < best) {
+          best = dx * dx + dy * dy;
+          this.hovered = i;
+        }
+      });
+      return this.hovered;
+    }
+    const i = this.hovered;
+    return i !== null && u.data[si][i] !== null ? i : null;
+  }
+
+  /** Name the front's points on the chart (text in the DOM, over the canvas). */
+  placeLabels(u) {
+    if (this.labels.parentNode !== u.over) u.over.append(this.labels);
+    const width = u.over.clientWidth;
+    const spans = this.sorted.filter((p) => p.front).map((p) => {
+      const text = p.label.length > LABEL_MAX ? `${p.label.slice(0, LABEL_MAX - 1)}…` : p.label;
+      const x = u.valToPos(p.x, "x");
+      const y = u.valToPos(p.y, "y");
+      const span = h("span", { class: x > width - 150 ? "scatter-label end" : "scatter-label" }, text);
+      span.style.left = `${Math.round(x)}px`;
+      span.style.top = `${Math.round(y)}px`;
+      return span;
     });
-    svg("path", { d: d.join(""), class: "scatter-front", fill: "none" }, root);
+    this.labels.replaceChildren(...spans);
   }
-  const dots = svg("g", { class: "scatter-points" }, root);
-  for (const p of [...points.filter((q) => !q.front), ...front]) { // the front drawn on top
-    const cx = sx(p.x);
-    const cy = sy(p.y);
-    const dot = svg("circle", { cx: cx.toFixed(1), cy: cy.toFixed(1), r: p.front ? 5.5 : 4,
-      class: p.front ? "scatter-point front" : "scatter-point" }, dots);
-    svg("title", {}, dot).textContent = p.title ?? p.label;
-    if (!p.front) continue;
-    const text = p.label.length > LABEL_MAX ? `${p.label.slice(0, LABEL_MAX - 1)}…` : p.label;
-    const right = cx > width - margin.right - 150;
-    const label = svg("text", { x: (right ? cx - 8 : cx + 8).toFixed(1),
-      y: (cy - 8).toFixed(1), class: right ? "scatter-label end" : "scatter-label" }, dots);
-    label.textContent = text;
-  }
-  return root;
-}
 
-/** The legend of a chart: a swatch (solid or dashed) and a label per series. */
-export function legend(series) {
-  const list = document.createElement("ul");
-  list.className = "chart-legend";
-  for (const s of series) {
-    const item = document.createElement("li");
-    const swatch = svg("svg", { viewBox: "0 0 24 8", class: "legend-swatch", "aria-hidden": "true" });
-    const line = svg("line", { x1: 1, x2: 23, y1: 4, y2: 4 }, swatch);
-    line.style.stroke = s.color;
-    line.style.strokeWidth = String(Math.max(2, s.width ?? 2));
-    if (s.dashed) line.style.strokeDasharray = "5 4";
-    const text = document.createElement("span");
-    text.textContent = s.label;
-    item.append(swatch, text);
-    list.appendChild(item);
+  drawn() {
+    const rows = this.sorted.map((p) => h("tr", { class: p.front ? "scatter-point front" : "scatter-point" },
+      h("th", { scope: "row" }, p.label),
+      h("td", {}, numberText(p.x)),
+      h("td", {}, p.y.toFixed(4)),
+      h("td", {}, p.front ? "yes" : "no")));
+    const { xLabel, yLabel } = this.spec;
+    this.table.replaceChildren(
+      h("caption", {}, this.title),
+      h("thead", {}, h("tr", {}, ["run", xLabel, yLabel, "on the front"].map((label) =>
+        h("th", { scope: "col" }, label)))),
+      h("tbody", {}, rows));
   }
-  return list;
 }
 
 /**

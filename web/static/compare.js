@@ -4,7 +4,7 @@
 
 import { actionButton, archiveActionOf, onArchiveClick, runArchiveAction } from "./actions.js";
 import { compareUrl, getComparison, getMetrics } from "./api.js";
-import { legend, lineChart, pointsOf, xAxisFor } from "./chart.js";
+import { LineChart, pointsOf, xAxisFor } from "./chart.js";
 import { h, setText, trapFocus } from "./dom.js";
 import {
   cellText,
@@ -37,6 +37,12 @@ let dirty = false;
 let timer = null;
 let generation = 0; // answers to older requests are dropped
 let shared = ""; // the share link shown after a click on it
+let chart = null; // the curves' LineChart, kept across live refreshes while the modal is open
+// The body: the table and recommendation are rebuilt on each answer; the curves' section stays
+// (its chart draws new data in place and keeps its crosshair, zoom and focus).
+const answerBox = h("div", { class: "compare-answer" });
+const curvesSection = h("section", { class: "chart-box" }, h("h3", {}, "Loss and eval loss"));
+const runKey = h("ul", { class: "chart-key" }); // which run each colour is
 
 async function load() {
   const ids = state.compareIds;
@@ -74,6 +80,9 @@ export function openCompare(ids) {
   error = "";
   shared = "";
   dirty = true;
+  chart?.destroy();
+  chart = new LineChart({ title: "Loss and eval loss of the compared runs", height: 280 });
+  curvesSection.replaceChildren(curvesSection.firstChild, chart.el, runKey);
   if (!modal.open) modal.showModal();
   load();
   schedule();
@@ -178,7 +187,8 @@ function recommendation(answer) {
   return box;
 }
 
-function chart(answer) {
+/** The eval-loss (solid, markers) and training-loss (dashed) curves of each run, overlaid. */
+function drawCurves(answer) {
   const jobs = answer.jobs;
   const all = jobs.map((job) => histories?.get(job.id) || []);
   const axis = xAxisFor(all);
@@ -189,15 +199,12 @@ function chart(answer) {
     series.push({ label: `Run #${i + 1} training loss`, color: RUN_COLORS[i], width: 1.5,
       dashed: true, points: pointsOf(all[i], "loss", axis) });
   });
-  const key = [
-    ...jobs.map((job, i) => ({ label: `Run #${i + 1} · ${jobTitle(job)}`, color: RUN_COLORS[i] })),
-    { label: "eval loss", color: "var(--muted)", width: 2.5 },
-    { label: "training loss", color: "var(--muted)", dashed: true },
-  ];
-  return h("section", { class: "chart-box" },
-    h("h3", {}, "Loss and eval loss"),
-    lineChart({ series, xLabel: axis.label, title: "Loss and eval loss of the compared runs" }),
-    legend(key));
+  chart.set({ series, xLabel: axis.label, band: null });
+  runKey.replaceChildren(...jobs.map((job, i) => {
+    const swatch = h("span", { class: "swatch", "aria-hidden": "true" });
+    swatch.style.background = RUN_COLORS[i];
+    return h("li", { title: job.name || job.id }, swatch, `Run #${i + 1} · ${jobTitle(job)}`);
+  }));
 }
 
 function footerLinks(ids) {
@@ -257,7 +264,9 @@ function renderCompare() {
   } else {
     const focused = document.activeElement;
     const focusKey = focused && body.contains(focused) ? focused.dataset.jobId : null;
-    body.replaceChildren(table(data), recommendation(data), chart(data));
+    answerBox.replaceChildren(table(data), recommendation(data));
+    if (body.firstChild !== answerBox) body.replaceChildren(answerBox, curvesSection);
+    drawCurves(data);
     if (focusKey) { // keep keyboard users where they were across a live refresh
       const again = body.querySelector(`button[data-job-id="${CSS.escape(focusKey)}"]`);
       (again || closeButton).focus();
@@ -281,6 +290,8 @@ export function initCompare() {
     data = null;
     histories = null;
     shared = "";
+    chart?.destroy();
+    chart = null;
     setText(status, "");
     dirty = true;
     schedule();

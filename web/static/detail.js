@@ -1,14 +1,19 @@
-// A job's live view (a side panel): its loss and eval-loss curves and its fields. The fields
-// follow the job's live copy; the curves are refetched (debounced) when the job changes.
+// A job's live view (a side panel): its loss and eval-loss curves (with the forecast band of a
+// running job) and its fields. The fields and the band follow the job's live copy; the curves
+// are refetched (debounced) when the job changes.
 
 import { actionButton, archiveActionOf, onArchiveClick, runArchiveAction } from "./actions.js";
 import { getJob, getMetrics } from "./api.js";
-import { legend, lineChart, pointsOf, xAxisFor } from "./chart.js";
+import { LineChart, pointsOf, xAxisFor } from "./chart.js";
 import { h, setText, trapFocus } from "./dom.js";
 import {
+  chanceText,
   deltaText,
   durationText,
   epochText,
+  forecastRangeText,
+  forecastText,
+  gpuHoursText,
   jobTitle,
   lossText,
   statusText,
@@ -20,11 +25,17 @@ import { registerRenderer, schedule } from "./render.js";
 import { state } from "./state.js";
 
 const REFRESH_MS = 500;
+const BAND_LABEL = "forecast of the best eval loss (p10-p90)";
 
 const panel = document.getElementById("job-detail");
 const body = panel.querySelector(".detail-body");
 const heading = panel.querySelector(".detail-title");
 const subtitle = panel.querySelector(".detail-subtitle");
+// The body's parts: the head and the fields are rebuilt on each change; the curves' section
+// stays (its chart draws new data in place, and keeps its crosshair, zoom and focus).
+const head = h("div", { class: "detail-top" });
+const curvesSection = h("section", {}, h("h3", {}, "Curves"));
+const rest = h("div", { class: "detail-rest" });
 
 let points = null; // the job's metric history, once fetched
 let config; // undefined until fetched, then an object or null
@@ -33,6 +44,7 @@ let configOpen = false; // keep the config open across live redraws
 let dirty = false;
 let timer = null;
 let generation = 0;
+let chart = null; // the open job's LineChart
 
 async function loadMetrics() {
   const id = state.detailId;
@@ -74,6 +86,9 @@ export function openDetail(id) {
   error = "";
   configOpen = false;
   dirty = true;
+  chart?.destroy();
+  chart = new LineChart({ title: "Loss and eval loss" });
+  curvesSection.replaceChildren(curvesSection.firstChild, chart.el);
   if (!panel.open) panel.showModal();
   loadMetrics();
   loadConfig();
@@ -116,6 +131,7 @@ function fields(job) {
     field("Latest eval loss", lossText(job.eval_loss)),
     field("Final loss", lossText(job.final_loss)),
     field("Final eval loss", lossText(job.final_eval_loss)),
+    forecastFields(job.status === "running" ? job.forecast : null),
     field("GPUs", job.gpu_count ?? "–"),
     field("Started", timeText(job.created_at)),
     field("Last event", timeText(job.updated_at)),
@@ -123,18 +139,50 @@ function fields(job) {
     field("Duration", end === null ? "–" : durationText(end - job.created_at)));
 }
 
-function curves() {
-  if (points === null) return h("p", { class: "muted chart-placeholder" }, "Loading the curves…");
+/** What a running job's forecast says: the verdict, the range at the horizon, the chance to
+ * beat its group's best and the GPU-hours to go (nothing without a forecast). */
+function forecastFields(forecast) {
+  if (!forecast) return null;
+  return [
+    field("Forecast", h("span", { class: `badge badge-forecast verdict-${forecast.verdict}`,
+      "data-verdict": forecast.verdict }, forecastText(forecast)), { class: "detail-forecast" }),
+    field("Best eval loss forecast", forecastRangeText(forecast)),
+    field("Chance to beat the best", forecast.p_beat_best === null
+      ? "– (no other run of its model to beat)" : chanceText(forecast.p_beat_best)),
+    field("GPU-h left", forecast.gpu_hours_left === null
+      ? "unknown (no gpu_count)" : gpuHoursText(forecast.gpu_hours_left)),
+  ].flat();
+}
+
+/** The forecast band of a running job, on a chart whose x axis is in steps. */
+function bandOf(job, axis) {
+  const f = job.forecast;
+  if (job.status !== "running" || !f || axis.label !== "step") return null;
+  return { from: f.at_step, to: f.horizon_step, lo: f.best_p10, mid: f.best_p50, hi: f.best_p90,
+    label: BAND_LABEL };
+}
+
+function drawCurves(job) {
+  if (points === null) {
+    chart.el.hidden = true;
+    if (!curvesSection.querySelector(".chart-placeholder")) {
+      curvesSection.append(h("p", { class: "muted chart-placeholder" }, "Loading the curves…"));
+    }
+    return;
+  }
+  curvesSection.querySelector(".chart-placeholder")?.remove();
+  chart.el.hidden = false;
   const axis = xAxisFor([points]);
-  const series = [
-    { label: "training loss", color: "var(--run-1)", width: 1.75, points: pointsOf(points, "loss", axis) },
-    { label: "eval loss", color: "var(--run-2)", width: 2.5, markers: true,
-      points: pointsOf(points, "eval_loss", axis) },
-  ];
-  return h("div", { class: "chart-box" },
-    lineChart({ series, xLabel: axis.label, width: 560, height: 260,
-      title: "Loss and eval loss" }),
-    legend(series));
+  chart.set({
+    xLabel: axis.label,
+    band: bandOf(job, axis),
+    series: [
+      { label: "training loss", color: "var(--run-1)", width: 1.75,
+        points: pointsOf(points, "loss", axis) },
+      { label: "eval loss", color: "var(--run-2)", width: 2.5, markers: true,
+        points: pointsOf(points, "eval_loss", axis) },
+    ],
+  });
 }
 
 /** Archive or restore the job on view: a failure shows under its head. */
@@ -173,6 +221,7 @@ function renderDetail() {
     body.replaceChildren(h("p", { class: "error-text" }, "This job is not known (any more)."));
     return;
   }
+  if (body.firstChild !== head) body.replaceChildren(head, curvesSection, rest);
   setText(heading, jobTitle(job));
   heading.title = job.name || job.id;
   setText(subtitle, job.model_display);
@@ -185,15 +234,13 @@ function renderDetail() {
     job.archived ? h("span", { class: "badge badge-archived" }, "Archived") : null);
   const action = actionButton(archiveActionOf(job), { class: "small",
     disabled: state.pending.has(job.id) });
-  const hadFocus = body.contains(document.activeElement);
-  const parts = [
-    h("div", { class: "detail-head" }, badges, action),
-    error ? h("p", { class: "error-text", role: "alert" }, error) : null,
-    h("section", {}, h("h3", {}, "Curves"), curves()),
-    h("section", {}, h("h3", {}, "Fields"), fields(job)),
-    configBlock(),
-  ];
-  body.replaceChildren(...parts.filter(Boolean));
+  const active = document.activeElement;
+  const hadFocus = head.contains(active) || rest.contains(active); // rebuilt: focus the action
+  head.replaceChildren(...[h("div", { class: "detail-head" }, badges, action),
+    error ? h("p", { class: "error-text", role: "alert" }, error) : null].filter(Boolean));
+  drawCurves(job);
+  rest.replaceChildren(...[h("section", {}, h("h3", {}, "Fields"), fields(job)), configBlock()]
+    .filter(Boolean));
   if (hadFocus) action.focus();
 }
 
@@ -204,6 +251,8 @@ export function initDetail() {
   panel.addEventListener("close", () => {
     generation += 1;
     clearTimeout(timer);
+    chart?.destroy();
+    chart = null;
     state.detailId = null;
     dirty = true;
     schedule();

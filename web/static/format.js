@@ -185,6 +185,41 @@ export function effectText(kind, effect) {
   return "no trend";
 }
 
+/** A probability for people, 2 decimals: `0.34`, `< 0.01` (below 0.005); `–` for none. */
+export function chanceText(p) {
+  if (p === null || p === undefined) return "–";
+  return p < 0.005 ? "< 0.01" : p.toFixed(2);
+}
+
+const VERDICT_WORDS = {
+  leading: "leading",
+  too_early: "too early to tell",
+  cannot_win: "can't win",
+  may_win: "may win",
+};
+
+/**
+ * A running job's forecast in a few words, by its verdict: `leading`, `too early to tell`,
+ * `may win · p 0.34`, `can't win · p 0.01 · saves 3.2 GPU-h` (the GPU-hours it would still
+ * use; left out when unknown).
+ */
+export function forecastText(forecast) {
+  const { verdict, p_beat_best: p, gpu_hours_left: left } = forecast;
+  const parts = [VERDICT_WORDS[verdict] ?? verdict];
+  if (verdict !== "cannot_win" && verdict !== "may_win") return parts[0];
+  if (p !== null && p !== undefined) parts.push(p < 0.005 ? "p < 0.01" : `p ${chanceText(p)}`);
+  if (verdict === "cannot_win" && left !== null && left !== undefined) {
+    parts.push(`saves ${gpuHoursText(left)} GPU-h`);
+  }
+  return parts.join(" · ");
+}
+
+/** The forecast's range in words: `0.2150 (p10 0.2000, p90 0.2300) at step 1,200`. */
+export function forecastRangeText(forecast) {
+  return `${lossText(forecast.best_p50)} (p10 ${lossText(forecast.best_p10)}, `
+    + `p90 ${lossText(forecast.best_p90)}) at step ${forecast.horizon_step.toLocaleString("en-US")}`;
+}
+
 /** A share in 0..1 as a whole percentage: `42%` (`< 1%` for a small non-zero one). */
 export function shareText(share) {
   if (share === null || share === undefined) return NA;

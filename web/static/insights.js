@@ -4,7 +4,7 @@
 // once a second) while open whenever one of the model's jobs changes.
 
 import { getInsights } from "./api.js";
-import { scatterChart } from "./chart.js";
+import { ScatterChart } from "./chart.js";
 import { h, setText, trapFocus } from "./dom.js";
 import {
   configText,
@@ -32,6 +32,7 @@ let error = "";
 let dirty = false;
 let timer = null;
 let generation = 0; // answers to older requests are dropped
+let scatter = null; // the Pareto scatter, kept across refreshes while the panel is open
 
 async function load() {
   timer = null;
@@ -128,12 +129,13 @@ function pareto(answer, modelName) {
     return h("p", { class: "muted", "data-testid": "insights-pareto" }, "No run to place yet: "
       + "a run needs an eval loss and a gpu_count (sent with job_started) to be drawn here.");
   }
+  scatter ??= new ScatterChart({ title: "Best eval loss against GPU-hours" });
+  scatter.set({ points, xLabel: "GPU-hours", yLabel: "best eval loss" });
   return h("div", { class: "chart-box", "data-testid": "insights-pareto" },
-    scatterChart({ points, xLabel: "GPU-hours", yLabel: "best eval loss", width: 560,
-      height: 300, title: `Best eval loss against GPU-hours: ${front.size} of `
-        + `${runCountText(points.length)} on the Pareto front` }),
-    h("p", { class: "muted chart-note" }, `${front.size} on the Pareto front (green, `
-      + "labelled): no other run is both as cheap and better. Hover a point for its run."));
+    scatter.el,
+    h("p", { class: "muted chart-note" }, `${front.size} of ${runCountText(points.length)} on `
+      + "the Pareto front (green, labelled): no other run is both as cheap and better. Hover "
+      + "a point for its run."));
 }
 
 function replicates(answer) {
@@ -190,6 +192,8 @@ export function initInsights() {
     timer = null;
     state.insights = null;
     data = null;
+    scatter?.destroy();
+    scatter = null;
     dirty = true;
     schedule();
   });

@@ -8,6 +8,8 @@ import { derive, state } from "./state.js";
 import { h, fromTemplate, setAttr, setText } from "./dom.js";
 import {
   deltaBadgeText,
+  forecastRangeText,
+  forecastText,
   jobTitle,
   lossBadgeText,
   runCountText,
@@ -83,11 +85,13 @@ function newCard() {
     status: el.querySelector(".status"),
     model: el.querySelector(".card-model"),
     time: el.querySelector(".card-time"),
+    sub: el.querySelector(".card-sub"),
     badges: el.querySelector(".badges"),
     actions: el.querySelector(".card-actions"),
     best: h("span", { class: "badge badge-best", "data-testid": "badge-best" }, "🏆 Best"),
     loss: h("span", { class: "badge badge-loss", "data-testid": "badge-loss" }),
     delta: h("span", { class: "badge badge-delta", "data-testid": "badge-delta" }),
+    forecast: h("span", { class: "badge badge-forecast", "data-testid": "badge-forecast" }),
     archive: actionButton("archive", { class: "card-action" }),
     restore: actionButton("restore", { class: "card-action" }),
   };
@@ -119,6 +123,7 @@ function fillCard(rec, job, selected, grouped, pending) {
   }
   setText(rec.time, timeText(job.created_at));
   setAttr(rec.time, "title", new Date(job.created_at * 1000).toLocaleString());
+  fillForecast(rec, job.status === "running" ? job.forecast ?? null : null);
 
   const badges = [];
   if (job.is_best) badges.push(rec.best);
@@ -139,6 +144,22 @@ function fillCard(rec, job, selected, grouped, pending) {
   action.disabled = pending;
   setAttr(action, "aria-label", `${job.archived ? "Restore" : "Archive"} ${title}`);
   if (rec.actions.firstChild !== action) rec.actions.replaceChildren(action);
+}
+
+/** A running card's forecast badge, in its start time's place (none without a forecast). */
+function fillForecast(rec, forecast) {
+  rec.el.classList.toggle("has-forecast", forecast !== null);
+  if (forecast === null) {
+    rec.forecast.remove();
+    return;
+  }
+  const text = forecastText(forecast);
+  setText(rec.forecast, text);
+  setAttr(rec.forecast, "data-verdict", forecast.verdict);
+  setAttr(rec.forecast, "title", `${text}. Forecast of the best eval loss: `
+    + forecastRangeText(forecast));
+  rec.forecast.className = `badge badge-forecast verdict-${forecast.verdict}`;
+  if (rec.forecast.parentNode !== rec.sub) rec.sub.append(rec.forecast);
 }
 
 function placeCard(id, parent, x, y, w) {

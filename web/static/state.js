@@ -20,6 +20,7 @@ export const state = {
   pending: new Set(), // job ids with an archive or restore on its way, until their next update
   detailId: null, // the job whose live view is open
   compareIds: null, // the job ids of the open comparison, else null
+  logScale: false, // the loss charts' axis: log (the charts' toggle) or linear
   insights: null, // the open insights panel: {modelName} (exact; null: no model), else null
   derived: null, // see derive()
   derivedDirty: true,
