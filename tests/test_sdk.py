@@ -309,7 +309,7 @@ def test_full_buffer_drops_and_counts_but_keeps_start_and_finish(
         run.log(step=step, loss=1.0)
     run.finish()  # never dropped: 11 waiting
     assert run.stats == RunStats(enqueued=11, sent=0, dropped=11, pending=11)
-    drops = [m for m in messages(caplog, logging.WARNING) if "buffer" in m]
+    drops = [m for m in messages(caplog, logging.WARNING) if "buffer of run" in m]
     assert len(drops) == 1 and "dropped 1 event" in drops[0]  # rate-limited
 
     server.start()

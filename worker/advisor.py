@@ -12,6 +12,10 @@ changes nothing, so a restart neither doubles nor loses one.
 Bounded CPU: changes to a job within ``advisor_debounce`` seconds are taken together, at most
 one forecast per job is in flight, forecasts run in a thread one batch at a time, and after
 each batch the advisor rests so that they use at most ``advisor_cpu`` of one core.
+
+Two more duties, written the same way as events (docs/stopping.md): with ``autostop``, a stop
+request for a job told ``cannot_win`` twice in a row; and, every few seconds, a ``job_stale``
+for each running job that nothing arrived from for ``stale_after`` seconds.
 """
 
 from __future__ import annotations
