@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -22,6 +23,36 @@ def publish(r: redis.Redis, keys: Keys, events: list[dict[str, Any] | bytes]) ->
             data = event if isinstance(event, bytes) else orjson.dumps(event)
             pipe.xadd(keys.events, {"data": data})
         return [i.decode() for i in pipe.execute()]
+
+
+def stop_mid_run(redis_url: str, keys: Keys, job_id: str, train: Callable[[], object],
+                 after_step: int, reason: str | None = None) -> None:
+    """Run ``train`` in a thread; once the job's view is at ``after_step`` or later, ask it to
+    stop through ``POST /api/jobs/{id}/stop`` of a real gateway app; wait for training to end."""
+    from fastapi.testclient import TestClient
+
+    from monitor.settings import GatewaySettings
+    from web.app import create_app
+
+    client = redis.Redis.from_url(redis_url)
+    training = threading.Thread(target=train)
+    training.start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            raw = client.hget(keys.jobs, job_id)
+            if raw is not None and (orjson.loads(raw)["step"] or 0) >= after_step:
+                break
+            assert time.monotonic() < deadline and training.is_alive(), "training never logged"
+            time.sleep(0.05)
+        app = create_app(GatewaySettings(redis_url=redis_url, prefix=keys.prefix))
+        with TestClient(app, base_url="http://127.0.0.1") as api:
+            body = {"reason": reason} if reason is not None else None
+            assert api.post(f"/api/jobs/{job_id}/stop", json=body).status_code == 202
+    finally:
+        training.join(60)
+        client.close()
+    assert not training.is_alive(), "training did not end after the stop request"
 
 
 class RunningWorker:

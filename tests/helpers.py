@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,16 @@ def read_events(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
         if event["type"] != "job_heartbeat":
             events.append(event)
     return events
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 15, what: str = "it") -> Any:
+    """Poll ``check`` until it returns something truthy (returned); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"{what} did not happen within {timeout}s")
 
 
 def env_for(redis_url: str, prefix: str) -> dict[str, str]:

@@ -20,7 +20,7 @@ from monitor.keys import Keys
 from monitor.rules import job_view
 from tests.conftest import free_port
 from tests.gateway_helpers import publish
-from tests.helpers import env_for, spawn_monitor, stop_process
+from tests.helpers import env_for, spawn_monitor, stop_process, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -50,15 +50,6 @@ def spawn(redis_url: str, keys: Keys, tmp_path: Path) -> Iterator[Spawn]:
 
 def views(r: redis.Redis, keys: Keys) -> dict[str, dict[str, Any]]:
     return {k.decode(): job_view(orjson.loads(v), None) for k, v in r.hgetall(keys.jobs).items()}
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 15, what: str = "it") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout}s")
 
 
 def curve(step: int, floor: float, scale: float = 1.0) -> float:

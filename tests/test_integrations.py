@@ -8,8 +8,6 @@ import random
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import pytest
 import redis
 
 from monitor.keys import Keys
-from tests.gateway_helpers import RunningWorker
+from tests.gateway_helpers import RunningWorker, stop_mid_run
 
 if os.environ.get("REQUIRE_TRANSFORMERS"):  # .ci/run: these must run, not skip
     import torch
@@ -117,34 +115,14 @@ def test_a_real_trainer_run_reports_everything(
 def test_a_trainer_stopped_from_the_api_mid_run_ends_early_as_stopped(
         tmp_path: Path, redis_url: str, keys: Keys, r: redis.Redis,
         worker: RunningWorker) -> None:
-    from fastapi.testclient import TestClient
-
     from monitor.integrations.transformers import MonitorCallback
-    from monitor.settings import GatewaySettings
-    from web.app import create_app
 
     callback = MonitorCallback(redis_url=redis_url, prefix=keys.prefix, job_id="long")
     trainer = trainer_for(tmp_path, [callback])
     trainer.args.max_steps = 5000  # far more than it will run
     trainer.args.save_strategy = "steps"
     trainer.args.save_steps = 1000
-    training = threading.Thread(target=trainer.train)
-    training.start()
-
-    def stepped() -> bool:
-        job = r.hget(keys.jobs, "long")
-        return job is not None and (orjson.loads(job)["step"] or 0) >= 6
-
-    app = create_app(GatewaySettings(redis_url=redis_url, prefix=keys.prefix))
-    with TestClient(app, base_url="http://127.0.0.1") as client:
-        deadline = time.monotonic() + 60
-        while not stepped():
-            assert time.monotonic() < deadline and training.is_alive(), "training never logged"
-            time.sleep(0.05)
-        answer = client.post("/api/jobs/long/stop", json={"reason": "enough of this"})
-        assert answer.status_code == 202
-    training.join(60)
-    assert not training.is_alive()
+    stop_mid_run(redis_url, keys, "long", trainer.train, after_step=6, reason="enough of this")
     worker.wait_applied()
     job = orjson.loads(r.hget(keys.jobs, "long"))
     assert job["status"] == "stopped"

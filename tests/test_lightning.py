@@ -4,20 +4,15 @@ worker: what it reports, and a run stopped from the API mid-training."""
 from __future__ import annotations
 
 import os
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import redis
-from fastapi.testclient import TestClient
 
 from monitor.keys import Keys
-from monitor.settings import GatewaySettings
-from tests.gateway_helpers import RunningWorker
-from web.app import create_app
+from tests.gateway_helpers import RunningWorker, stop_mid_run
 
 if os.environ.get("REQUIRE_LIGHTNING"):  # .ci/run: these must run, not skip
     import lightning.pytorch as pl
@@ -107,24 +102,8 @@ def test_a_lightning_run_stopped_from_the_api_ends_early_as_stopped(
     callback = MonitorCallback(model_name="org/regression", job_id="lit-long", log_every=1,
                                redis_url=redis_url, prefix=keys.prefix)
     trainer = trainer_for(tmp_path, callback, epochs=2000)
-    module = Regression()
-    training = threading.Thread(target=trainer.fit,
-                                args=(module, loader(128, 1), loader(32, 2)))
-    training.start()
-
-    def stepped() -> bool:
-        job = r.hget(keys.jobs, "lit-long")
-        return job is not None and (orjson.loads(job)["step"] or 0) >= 20
-
-    app = create_app(GatewaySettings(redis_url=redis_url, prefix=keys.prefix))
-    with TestClient(app, base_url="http://127.0.0.1") as client:
-        deadline = time.monotonic() + 60
-        while not stepped():
-            assert time.monotonic() < deadline and training.is_alive(), "training never logged"
-            time.sleep(0.05)
-        assert client.post("/api/jobs/lit-long/stop").status_code == 202
-    training.join(60)
-    assert not training.is_alive()
+    stop_mid_run(redis_url, keys, "lit-long",
+                 lambda: trainer.fit(Regression(), loader(128, 1), loader(32, 2)), after_step=20)
     worker.wait_applied()
     job = orjson.loads(r.hget(keys.jobs, "lit-long"))
     assert (job["status"], job["stop_requested"]["by"]) == ("stopped", "user")

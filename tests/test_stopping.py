@@ -7,7 +7,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from monitor.keys import Keys
 from monitor.sdk import Run, start_run
 from monitor.settings import GatewaySettings
 from tests.gateway_helpers import RunningWorker, publish
-from tests.helpers import env_for, spawn_monitor, stop_process
+from tests.helpers import env_for, spawn_monitor, stop_process, wait_for
 from web.app import create_app
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,15 +39,6 @@ def client(redis_url: str, keys: Keys) -> Iterator[TestClient]:
 def view(r: redis.Redis, keys: Keys, job_id: str) -> dict[str, Any] | None:
     raw = r.hget(keys.jobs, job_id)
     return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 15, what: str = "it") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what} did not happen within {timeout}s")
 
 
 def test_stop_requests_are_kept_first_come_and_refused_for_ended_or_unknown_jobs(

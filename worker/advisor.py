@@ -46,6 +46,7 @@ from monitor.keys import Keys
 from monitor.redistools import backoff, text
 from monitor.rules import parse_pos
 from monitor.settings import AdvisorSettings
+from worker.store import histories
 
 log = logging.getLogger("monitor.advisor")
 
@@ -268,8 +269,8 @@ class Advisor:
                 if job_id in self.jobs and wants_forecast(self.jobs[job_id])}
         bases = {job_id: basis(job, self.rivals.other_best(job_id, job["model_name"]))
                  for job_id, job in jobs.items()}
-        histories = await self._histories(list(jobs))
-        said, spent = await asyncio.to_thread(self._compute, jobs, bases, histories)
+        points = await histories(self.redis, self.keys, list(jobs))
+        said, spent = await asyncio.to_thread(self._compute, jobs, bases, points)
         self.counters.forecasts += len(jobs)
         self.counters.cpu_seconds += spent
         events = []
@@ -339,14 +340,14 @@ class Advisor:
         await self._write(events)
 
     def _compute(self, jobs: dict[str, dict[str, Any]], bases: dict[str, Basis],
-                 histories: dict[str, list[dict[str, Any]]]
+                 points: dict[str, list[dict[str, Any]]]
                  ) -> tuple[dict[str, dict[str, Any] | None], float]:
         said = {}
         spent = 0.0
         for job_id, job in jobs.items():
             started = time.thread_time()
             try:
-                said[job_id] = advise(job, histories[job_id], bases[job_id].other_best,
+                said[job_id] = advise(job, points[job_id], bases[job_id].other_best,
                                       self.settings.stop_below)
             except (ArithmeticError, ValueError):  # a defect: say so, keep the rest going
                 log.exception("could not forecast job %s", job_id)
@@ -355,16 +356,6 @@ class Advisor:
             self.counters.recent_cpu.append(took)
             spent += took
         return said, spent
-
-    async def _histories(self, job_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-        if not job_ids:
-            return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.lrange(self.keys.metrics(job_id), 0, -1)
-            replies = await pipe.execute()
-        return {job_id: [orjson.loads(p) for p in points]
-                for job_id, points in zip(job_ids, replies)}
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

@@ -176,12 +176,7 @@ class Store:
 
     async def histories(self, job_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         """The stored metric points of each job."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.lrange(self.keys.metrics(job_id), 0, -1)
-            replies = await pipe.execute()
-        return {job_id: [orjson.loads(p) for p in points]
-                for job_id, points in zip(job_ids, replies)}
+        return await histories(self.redis, self.keys, job_ids)
 
     async def commit(self, commit: Commit, lease: Lease, expected: str, *,
                      updates_keep: int, dead_keep: int, ack: list[str] | None = None
@@ -232,6 +227,18 @@ class Store:
     async def trim_updates(self, oldest: str) -> None:
         """Drop the updates older than ``oldest`` (an entry id) from ``<prefix>updates``."""
         await self.redis.xtrim(self.keys.updates, minid=oldest, approximate=True)
+
+
+async def histories(redis: Redis, keys: Keys, job_ids: list[str]
+                    ) -> dict[str, list[dict[str, Any]]]:
+    """The stored metric points of each job, in arrival order, in one round trip."""
+    if not job_ids:
+        return {}
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.lrange(keys.metrics(job_id), 0, -1)
+        replies = await pipe.execute()
+    return {job_id: [orjson.loads(p) for p in points] for job_id, points in zip(job_ids, replies)}
 
 
 def _split(command: tuple[Any, ...]) -> list[tuple[Any, ...]]:
