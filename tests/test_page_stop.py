@@ -32,6 +32,7 @@ from tests.test_page import (  # noqa: F401 - browser, dialogs and gateway are f
     group,
     new_page,
     open_live,
+    screenshot,
     seed,
 )
 from tests.test_page_forecast import forecast, forecast_event, save_doc_screenshot
@@ -228,6 +229,7 @@ def test_stop_from_the_job_view_with_a_reason_and_from_the_comparison(
     expect(detail.locator(".status")).to_have_text("Running · epoch 7/12")
     expect(reason).to_have_value("needs a lower learning rate")
     expect(reason).to_be_focused()
+    screenshot(page, "stop-job-view.png")
     page.keyboard.press("Enter")
     expect(detail.get_by_test_id("badge-stop")).to_have_text("stop requested by you")
     expect(detail.locator(".detail-stop")).to_have_text(
@@ -375,6 +377,7 @@ def test_a_silent_run_says_for_how_long_and_can_be_marked_failed(
     abandon = detail.get_by_test_id("abandon-button")
     abandon.click()
     expect(detail.locator(".confirm")).to_contain_text("No signal: mark as failed?")
+    screenshot(page, "abandon-job-view.png")
     detail.get_by_test_id("confirm-cancel").click()
     expect(abandon).to_be_focused()
     assert view(page, "run-cw")["status"] == "running"

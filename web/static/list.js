@@ -143,18 +143,23 @@ function fillCard(rec, job, selected, grouped, pending, confirming) {
   }
   setText(rec.time, timeText(job.created_at));
   setAttr(rec.time, "title", new Date(job.created_at * 1000).toLocaleString());
+  // The start time's place says the most pressing of: silent, asked to stop, the forecast.
   const stale = job.status === "running" && job.stale;
-  fillForecast(rec, job.status === "running" && !stale ? job.forecast ?? null : null);
-  fillStale(rec, stale ? job.last_seen : null);
-
-  const badges = [];
   const stopText = stopBadgeText(job);
+  const forecast = job.status === "running" ? job.forecast ?? null : null;
+  fillStale(rec, stale ? job.last_seen : null);
+  fillForecast(rec, !stale && stopText === null ? forecast : null);
   if (stopText !== null) {
     setText(rec.stopBadge, stopText);
     setAttr(rec.stopBadge, "data-by", job.stop_requested.by);
     setAttr(rec.stopBadge, "title", `Stop requested ${stopRequestText(job.stop_requested)}`);
-    badges.push(rec.stopBadge);
   }
+  const stopAside = stopText !== null && !stale;
+  rec.el.classList.toggle("has-aside", stale || stopText !== null || forecast !== null);
+  if (stopAside && rec.stopBadge.parentNode !== rec.sub) rec.sub.append(rec.stopBadge);
+  else if (!stopAside && rec.stopBadge.parentNode === rec.sub) rec.stopBadge.remove();
+
+  const badges = stopText !== null && !stopAside ? [rec.stopBadge] : [];
   if (job.is_best) badges.push(rec.best);
   if (job.best_eval_loss !== null) {
     setText(rec.loss, lossBadgeText(job.best_eval_loss));
@@ -192,7 +197,6 @@ function fillStale(rec, lastSeen) {
 
 /** A running card's forecast badge, in its start time's place (none without a forecast). */
 function fillForecast(rec, forecast) {
-  rec.el.classList.toggle("has-forecast", forecast !== null);
   if (forecast === null) {
     rec.forecast.remove();
     return;
