@@ -177,7 +177,7 @@ function fillCard(rec, job, selected, grouped, pending, confirming) {
   const action = job.archived ? rec.restore : rec.archive;
   action.disabled = pending;
   setAttr(action, "aria-label", `${job.archived ? "Restore" : "Archive"} ${title}`);
-  if (confirming) setChildren(rec.actions, [state.confirming.node]);
+  if (confirming && canStop(job)) setChildren(rec.actions, [state.confirming.node]);
   else if (canStop(job)) setChildren(rec.actions, [fillControl(rec.stop, job), action]);
   else setChildren(rec.actions, [action]);
 }
