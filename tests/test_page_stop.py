@@ -292,11 +292,23 @@ def test_stop_all_that_cant_win_stops_exactly_those(page: Page, r: redis.Redis, 
     question = qwen.locator(".confirm-question")
     expect(question).to_have_text("Stop 2 runs that can't win? Saves 3.7 GPU-h.")
     expect(qwen.get_by_test_id("stop-all-confirm")).to_be_focused()
+    expect(qwen.get_by_test_id("stop-all-confirm")).to_have_text("Stop 2")
     for scheme in ("light", "dark"):
         page.emulate_media(color_scheme=scheme)  # type: ignore[arg-type]
         page.evaluate("window.scrollTo(0, 0)")
         save_doc_screenshot(page, f"stop-all-{scheme}.png")
     page.emulate_media(color_scheme="light")
+    # In a narrow window the question is cut short (whole on hover); its buttons stay in view.
+    page.set_viewport_size({"width": 560, "height": 800})
+    boxes = [qwen.get_by_test_id(hook).bounding_box()
+             for hook in ("stop-all-confirm", "confirm-cancel", "insights-button")]
+    rights = [box["x"] + box["width"] for box in boxes if box is not None]
+    lefts = [box["x"] for box in boxes if box is not None]
+    assert len(rights) == 3 and rights[2] <= 560, boxes
+    assert rights[0] <= lefts[1] and rights[1] <= lefts[2], boxes  # side by side, none hidden
+    expect(question).to_have_attribute("title", "Stop 2 runs that can't win? Saves 3.7 GPU-h.")
+    screenshot(page, "stop-all-narrow.png")
+    page.set_viewport_size(VIEWPORT)
     qwen.get_by_test_id("confirm-cancel").click()
     expect(button).to_be_focused()
     assert view(page, "run-cw")["stop_requested"] is None

@@ -273,14 +273,11 @@ export function askStopAll(modelName, label) {
     key: modelName,
     view: "group",
     home: `.group[data-model="${CSS.escape(model)}"] button[data-action="stop-all"]`,
-    node: confirmation({ question: "", yes: "Stop them", yesTestid: "stop-all-confirm",
+    node: confirmation({ question: "", yes: "Stop", yesTestid: "stop-all-confirm",
       action: "stop-all-confirm", label: `Stop the runs of ${label} that can't win`,
       withReason: false }),
   });
 }
-
-/** Cancel the open confirmation (a section's Cancel). */
-export const cancelConfirm = closeConfirm;
 
 /**
  * Stop `ids` (those that can't win, as the confirmation counted them), each with the page's

@@ -305,7 +305,13 @@ function fillStopAll(rec, group) {
   const { hours, known } = hoursLeft(ids);
   const question = stopAllQuestion(ids.length, hours, known);
   if (control.dataset.action === "stop-all") setAttr(control, "title", question);
-  else setText(control.querySelector(".confirm-question"), question);
+  else {
+    const said = control.querySelector(".confirm-question");
+    setText(said, question);
+    setAttr(said, "title", question); // cut short in a narrow window
+    setText(control.querySelector('[data-action="stop-all-confirm"]'),
+      `Stop ${ids.length.toLocaleString("en-US")}`);
+  }
   setChildren(rec.stop, [control]);
 }
 
