@@ -519,11 +519,16 @@ def test_stop_buttons_and_badges_pass_an_accessibility_audit(
         expect(stop_button(detail)).to_be_focused()
         page.keyboard.press("Escape")  # the view
         expect(detail).to_be_hidden()
-        for job_id in ("run-cw2", "run-auto", "solo-st"):
+        for job_id in ("run-cw2", "run-auto", "solo-st", "run-mw"):
             card(page, job_id).get_by_test_id("job-select").check()
         page.get_by_test_id("compare-button").click()
         modal = page.get_by_test_id("compare-modal")
         expect(modal.locator(".chart canvas")).to_be_visible()
+        head = modal.locator("thead")
+        expect(head.locator('th[data-job-id="run-mw"]').get_by_test_id("badge-stale")).to_have_text(
+            re.compile(r"^no signal for \d+ s$"))
+        expect(head.locator('th[data-job-id="solo-st"]').get_by_test_id("badge-stop")).to_have_text(
+            "stopped by you")
         stop_button(modal).first.click()
         expect(modal.get_by_test_id("stop-confirm")).to_be_visible()
         found["comparison"] = axe_violations(page)
