@@ -331,17 +331,28 @@ def test_stop_all_that_cant_win_stops_exactly_those(page: Page, r: redis.Redis, 
     expect(question).to_have_text("Stop 1 run that can't win?")
 
 
-def test_no_stop_all_while_the_advisor_stops_runs_itself(page: Page, r: redis.Redis,
-                                                         keys: Keys,
+def test_no_stop_all_while_the_advisor_stops_runs_itself(page: Page, gateway: LiveGateway,  # noqa: F811
+                                                         r: redis.Redis, keys: Keys,
                                                          worker: RunningWorker) -> None:
     seed(r, keys, worker, stop_board(time.time()))
     r.set(keys.advisor, json.dumps({"autostop": True, "stop_below": 0.05, "stale_after": 120}))
     open_live(page, "/?group=1")
+    page.evaluate("window.sameDocument = true")
     expect(card(page, "run-cw").get_by_test_id("badge-forecast")).to_be_visible()
     expect(stop_button(card(page, "run-cw"))).to_be_visible()  # one at a time still can
     expect(page.get_by_test_id("stop-all-button")).to_have_count(0)
-    # An advisor without auto-stop: offered.
+    # The advisor restarts without auto-stop: the page asks again when it reconnects.
     r.set(keys.advisor, json.dumps({"autostop": False, "stop_below": 0.05, "stale_after": 120}))
+    gateway.stop()
+    expect(page.get_by_test_id("connection-status")).to_have_attribute("data-state",
+                                                                        "reconnecting")
+    gateway.start()
+    expect(page.get_by_test_id("connection-status")).to_have_attribute("data-state", "live",
+                                                                        timeout=20_000)
+    expect(group(page, M).get_by_test_id("stop-all-button")).to_be_visible()
+    assert page.evaluate("window.sameDocument") is True
+    # No advisor at all: offered too.
+    r.delete(keys.advisor)
     page.reload()
     expect(group(page, M).get_by_test_id("stop-all-button")).to_be_visible()
 
