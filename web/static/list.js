@@ -1,7 +1,8 @@
 // The job list: cards in a grid that reflows with the window, flat or in a section per model.
 // Only what is on screen (plus a margin) is in the DOM: 100,000 jobs cost as much to draw as
 // the 30 that fit in the window. Cards are kept by job id and refilled only when their job,
-// selection, mode or pending archive/restore changed.
+// selection, mode, pending action or open confirmation changed (a silent job's also as the
+// clock moves).
 
 import {
   actionButton,
