@@ -69,6 +69,15 @@ export const archiveJob = (id) =>
   api(`/api/jobs/${encodeURIComponent(id)}/archive`, { method: "POST" });
 export const restoreJob = (id) =>
   api(`/api/jobs/${encodeURIComponent(id)}/restore`, { method: "POST" });
+/** Ask job `id`'s trainer to stop (`reason`: optional words kept with the request). */
+export const stopJob = (id, reason) =>
+  api(`/api/jobs/${encodeURIComponent(id)}/stop`,
+    { method: "POST", body: reason ? { reason } : undefined });
+/** End a running job whose trainer went silent, as failed. */
+export const abandonJob = (id) =>
+  api(`/api/jobs/${encodeURIComponent(id)}/abandon`, { method: "POST" });
+/** Whether an advisor runs and whether it stops runs that cannot win. */
+export const getAdvisor = () => api("/api/advisor");
 
 export const REFUSED_ORIGIN_MESSAGE =
   "This page's address is not allowed by the monitor (MONITOR_ALLOWED_ORIGINS).";

@@ -1,8 +1,8 @@
 // The page's entry point: reads the address, wires the controls, keeps the live connection,
 // and draws the page's frame (toolbar, connection, empty and error states, selection bar).
 
-import { runArchiveAction } from "./actions.js";
-import { TOKEN_MESSAGE, refusalReason, setUnauthorizedHandler } from "./api.js";
+import { runJobAction, stopAll } from "./actions.js";
+import { TOKEN_MESSAGE, getAdvisor, refusalReason, setUnauthorizedHandler } from "./api.js";
 import { compareSawChanges, initCompare, openCompare } from "./compare.js";
 import { detailSawChanges, initDetail, openDetail } from "./detail.js";
 import { h, setAttr, setText } from "./dom.js";
@@ -23,6 +23,7 @@ import {
 
 const MESSAGE_MS = 4000; // how long the "at most 5" message stays
 const NOTICE_MS = 8000; // how long a failed action's notice stays
+const CLOCK_MS = 30_000; // how often "no signal for 14 min" moves on
 
 const $ = (id) => document.getElementById(id);
 const groupToggle = $("group-toggle");
@@ -72,9 +73,11 @@ function select(id, on, checkbox) {
   schedule();
 }
 
-/** Archive or restore from a card: a failure shows in the banner for a while. */
-async function archiveFromCard(action, id) {
-  const failed = await runArchiveAction(action, id);
+/** A card's action (archive, restore, stop), or a section's "Stop all that can't win": a
+ * failure shows in the banner for a while. */
+async function fromList(run) {
+  const failed = await run();
+  if (failed === null && !state.notice) return;
   state.notice = failed ?? "";
   if (failed) {
     clearTimeout(noticeTimer);
@@ -97,8 +100,19 @@ function onMessage(message) {
 }
 
 function onStatus(status, detail) {
+  if (status === "live" && state.connection !== "live") loadAdvisor();
   state.connection = status;
   state.connectionDetail = detail;
+  schedule();
+}
+
+/** Whether an advisor stops runs itself (asked on each connection: it may have come or gone). */
+async function loadAdvisor() {
+  try {
+    state.advisor = await getAdvisor();
+  } catch {
+    state.advisor = null; // unknown: offer nothing that depends on it
+  }
   schedule();
 }
 
@@ -251,13 +265,18 @@ function start() {
   initList({
     onOpen: (id) => openDetail(id),
     onSelect: select,
-    onArchiveAction: archiveFromCard,
+    onAction: (action, id) => fromList(() => runJobAction(action, id, "card")),
+    onStopAll: (ids) => fromList(() => stopAll(ids)),
     onInsights: (modelName) => openInsights(modelName),
   });
   initCompare();
   initDetail();
   initInsights();
   registerRenderer("frame", renderFrame);
+  setInterval(() => {
+    state.now = Date.now() / 1000;
+    schedule();
+  }, CLOCK_MS);
 
   connectLive({ onMessage, onStatus, since: () => state.version, diagnose: refusalReason });
   if (state.selected.length >= 2) openCompare(state.selected);

@@ -2,7 +2,14 @@
 // selected runs overlaid, CSV and JSON export, a shareable link and archive buttons. It
 // refetches (debounced) while open whenever one of its jobs changes.
 
-import { actionButton, archiveActionOf, onArchiveClick, runArchiveAction } from "./actions.js";
+import {
+  actionButton,
+  archiveActionOf,
+  canStop,
+  confirmedControl,
+  onJobActionClick,
+  runJobAction,
+} from "./actions.js";
 import { compareUrl, getComparison, getMetrics } from "./api.js";
 import { LineChart, pointsOf, xAxisFor } from "./chart.js";
 import { h, setText, trapFocus } from "./dom.js";
@@ -14,6 +21,9 @@ import {
   jobTitle,
   lossText,
   significanceText,
+  staleText,
+  stopBadgeText,
+  stopRequestText,
   tierTitle,
 } from "./format.js";
 import { registerRenderer, schedule } from "./render.js";
@@ -116,7 +126,24 @@ function runHeader(job, index, isBest) {
       isBest ? h("span", { class: "badge badge-best" }, "🏆 Best") : null),
     h("div", { class: "run-name", title: job.name || job.id }, jobTitle(job)),
     h("div", { class: "run-actions" },
-      archived ? h("span", { class: "badge badge-archived" }, "Archived") : null, button));
+      archived ? h("span", { class: "badge badge-archived" }, "Archived") : null,
+      canStop(live) ? confirmedControl("stop", live, "compare", { class: "small danger-outline" })
+        : null,
+      button),
+    runBadges(live));
+}
+
+/** A compared run's stop request and silence, as its card says them. */
+function runBadges(job) {
+  const stopText = stopBadgeText(job);
+  const stale = job.status === "running" && job.stale;
+  if (stopText === null && !stale) return null;
+  return h("div", { class: "run-badges" },
+    stopText === null ? null : h("span", { class: "badge badge-stop", "data-testid": "badge-stop",
+      "data-by": job.stop_requested.by, title: `Stop requested ${stopRequestText(job.stop_requested)}` },
+    stopText),
+    stale ? h("span", { class: "badge badge-stale", "data-testid": "badge-stale" },
+      staleText(job.last_seen, state.now)) : null);
 }
 
 function valueCell(row, value, i, isBest) {
@@ -236,10 +263,11 @@ function footerLinks(ids) {
   return parts;
 }
 
-/** Archive or restore from a column's head: a failure shows in the modal's status line. */
+/** An action from a column's head (archive, restore, stop): a failure shows in the modal's
+ * status line. */
 async function act(action, id) {
   dirty = true; // the button is disabled at once
-  const failed = await runArchiveAction(action, id);
+  const failed = await runJobAction(action, id, "compare");
   if (failed) {
     setText(status, failed);
     dirty = true;
@@ -247,9 +275,14 @@ async function act(action, id) {
   }
 }
 
+let shownConfirm = null; // the confirmation the last frame drew (opening or closing one redraws)
+
 function renderCompare() {
-  if (!dirty) return;
+  const confirmMoved = shownConfirm !== state.confirming
+    && (shownConfirm?.view === "compare" || state.confirming?.view === "compare");
+  if (!dirty && !confirmMoved) return;
   dirty = false;
+  shownConfirm = state.confirming;
   if (!state.compareIds) {
     body.replaceChildren();
     footer.replaceChildren();
@@ -267,8 +300,12 @@ function renderCompare() {
     answerBox.replaceChildren(table(data), recommendation(data));
     if (body.firstChild !== answerBox) body.replaceChildren(answerBox, curvesSection);
     drawCurves(data);
-    if (focusKey) { // keep keyboard users where they were across a live refresh
-      const again = body.querySelector(`button[data-job-id="${CSS.escape(focusKey)}"]`);
+    if (focused && focused.isConnected && body.contains(focused)) {
+      focused.focus(); // a confirmation stays from frame to frame
+    } else if (focusKey) { // keep keyboard users where they were across a live refresh
+      const action = focused.dataset.action;
+      const again = body.querySelector(`button[data-action="${action}"][data-job-id="${CSS.escape(focusKey)}"]`)
+        ?? body.querySelector(`button[data-job-id="${CSS.escape(focusKey)}"]`);
       (again || closeButton).focus();
     }
   }
@@ -282,8 +319,10 @@ function renderCompare() {
 export function initCompare() {
   trapFocus(modal);
   closeButton.addEventListener("click", closeCompare);
-  onArchiveClick(body, (action, button) => act(action, button.dataset.jobId));
+  onJobActionClick(body, (action, button) =>
+    act(action, button.closest("[data-job-id]").dataset.jobId));
   modal.addEventListener("close", () => {
+    if (state.confirming?.view === "compare") state.confirming = null;
     state.compareIds = null;
     generation += 1;
     clearTimeout(timer);

@@ -2,7 +2,15 @@
 // running job) and its fields. The fields and the band follow the job's live copy; the curves
 // are refetched (debounced) when the job changes.
 
-import { actionButton, archiveActionOf, onArchiveClick, runArchiveAction } from "./actions.js";
+import {
+  actionButton,
+  archiveActionOf,
+  canAbandon,
+  canStop,
+  confirmedControl,
+  onJobActionClick,
+  runJobAction,
+} from "./actions.js";
 import { getJob, getMetrics } from "./api.js";
 import { LineChart, pointsOf, xAxisFor } from "./chart.js";
 import { h, setText, trapFocus } from "./dom.js";
@@ -16,7 +24,10 @@ import {
   gpuHoursText,
   jobTitle,
   lossText,
+  staleText,
   statusText,
+  stopBadgeText,
+  stopRequestText,
   tierTitle,
   timeText,
   whereText,
@@ -45,6 +56,7 @@ let dirty = false;
 let timer = null;
 let generation = 0;
 let chart = null; // the open job's LineChart
+let drawnAt = null; // state.now when a silent job was last drawn (its "no signal for" moves)
 
 async function loadMetrics() {
   const id = state.detailId;
@@ -122,6 +134,11 @@ function fields(job) {
     field("Model", job.model_name === null ? "Unknown Model" : job.model_name),
     field("Status", statusText(job)),
     job.error ? field("Error", job.error, { class: "error-text" }) : null,
+    job.stop_requested ? field("Stop requested", stopRequestText(job.stop_requested),
+      { class: "detail-stop" }) : null,
+    job.status === "running" && job.stale ? field("Last signal",
+      `${staleText(job.last_seen, state.now)} (since ${timeText(job.last_seen)})`,
+      { class: "detail-stale" }) : null,
     field("Where it is", whereText(job) ?? "–"),
     field("Best eval loss", `${lossText(job.best_eval_loss)}${bestAt ? ` (${bestAt})` : ""}`),
     field("Against the best", delta),
@@ -131,7 +148,7 @@ function fields(job) {
     field("Latest eval loss", lossText(job.eval_loss)),
     field("Final loss", lossText(job.final_loss)),
     field("Final eval loss", lossText(job.final_eval_loss)),
-    forecastFields(job.status === "running" ? job.forecast : null),
+    forecastFields(job.status === "running" ? job.forecast : null, job.stale),
     field("GPUs", job.gpu_count ?? "–"),
     field("Started", timeText(job.created_at)),
     field("Last event", timeText(job.updated_at)),
@@ -140,12 +157,15 @@ function fields(job) {
 }
 
 /** What a running job's forecast says: the verdict, the range at the horizon, the chance to
- * beat its group's best and the GPU-hours to go (nothing without a forecast). */
-function forecastFields(forecast) {
+ * beat its group's best and the GPU-hours to go (nothing without a forecast); `paused` while
+ * the job is silent (the advisor no longer recomputes it). */
+function forecastFields(forecast, paused) {
   if (!forecast) return null;
   return [
-    field("Forecast", h("span", { class: `badge badge-forecast verdict-${forecast.verdict}`,
-      "data-verdict": forecast.verdict }, forecastText(forecast)), { class: "detail-forecast" }),
+    field("Forecast", [h("span", { class: `badge badge-forecast verdict-${forecast.verdict}`,
+      "data-verdict": forecast.verdict }, forecastText(forecast)),
+    paused ? h("span", { class: "muted forecast-paused" }, " paused: no signal") : null],
+    { class: "detail-forecast" }),
     field("Best eval loss forecast", forecastRangeText(forecast)),
     field("Chance to beat the best", forecast.p_beat_best === null
       ? "– (no other run of its model to beat)" : chanceText(forecast.p_beat_best)),
@@ -185,10 +205,12 @@ function drawCurves(job) {
   });
 }
 
-/** Archive or restore the job on view: a failure shows under its head. */
+/** An action on the job on view (archive, restore, stop, mark failed): a failure shows under
+ * its head. */
 async function act(action, id) {
   dirty = true; // the button is disabled at once
-  const failed = await runArchiveAction(action, id);
+  error = "";
+  const failed = await runJobAction(action, id, "detail");
   if (failed) {
     error = failed;
     dirty = true;
@@ -208,8 +230,10 @@ function configBlock() {
 }
 
 function renderDetail() {
-  if (!dirty) return;
+  const silent = state.detailId !== null && state.jobs.get(state.detailId)?.stale;
+  if (!dirty && !(silent && drawnAt !== state.now) && !confirmMoved()) return;
   dirty = false;
+  drawnAt = state.now;
   const id = state.detailId;
   if (id === null) {
     body.replaceChildren();
@@ -226,29 +250,56 @@ function renderDetail() {
   heading.title = job.name || job.id;
   setText(subtitle, job.model_display);
   panel.dataset.jobId = job.id;
+  // Before the new controls are built: an open confirmation moves into them.
+  const active = document.activeElement;
+  const hadFocus = head.contains(active) || rest.contains(active); // rebuilt: focus the action
+  const focusAction = hadFocus ? active.dataset.action : undefined;
+  const stopText = stopBadgeText(job);
+  const stale = job.status === "running" && job.stale;
   const badges = h("div", { class: "badges" },
     h("span", { class: `status status-${job.status}` }, statusText(job)),
+    stopText === null ? null : h("span", { class: "badge badge-stop", "data-testid": "badge-stop",
+      "data-by": job.stop_requested.by, title: `Stop requested ${stopRequestText(job.stop_requested)}` },
+    stopText),
+    stale ? h("span", { class: "badge badge-stale", "data-testid": "badge-stale" },
+      staleText(job.last_seen, state.now)) : null,
     job.is_best ? h("span", { class: "badge badge-best" }, "🏆 Best") : null,
     job.best_eval_loss !== null
       ? h("span", { class: "badge badge-loss" }, `Loss: ${lossText(job.best_eval_loss)}`) : null,
     job.archived ? h("span", { class: "badge badge-archived" }, "Archived") : null);
   const action = actionButton(archiveActionOf(job), { class: "small",
     disabled: state.pending.has(job.id) });
-  const active = document.activeElement;
-  const hadFocus = head.contains(active) || rest.contains(active); // rebuilt: focus the action
-  head.replaceChildren(...[h("div", { class: "detail-head" }, badges, action),
+  const actions = h("div", { class: "detail-actions" },
+    canStop(job) ? confirmedControl("stop", job, "detail", { class: "small danger-outline" }) : null,
+    canAbandon(job) ? confirmedControl("abandon", job, "detail", { class: "small" }) : null,
+    action);
+  head.replaceChildren(...[h("div", { class: "detail-head" }, badges, actions),
     error ? h("p", { class: "error-text", role: "alert" }, error) : null].filter(Boolean));
   drawCurves(job);
   rest.replaceChildren(...[h("section", {}, h("h3", {}, "Fields"), fields(job)), configBlock()]
     .filter(Boolean));
-  if (hadFocus) action.focus();
+  if (hadFocus) {
+    // The same control if it is still there (a confirmation's stay from frame to frame).
+    const again = active.isConnected ? active
+      : actions.querySelector(`[data-action="${focusAction}"]`) ?? action;
+    again.focus();
+  }
+  shownConfirm = state.confirming;
+}
+
+let shownConfirm = null; // the confirmation the last frame drew (opening or closing one redraws)
+
+function confirmMoved() {
+  return shownConfirm !== state.confirming
+    && (shownConfirm?.view === "detail" || state.confirming?.view === "detail");
 }
 
 export function initDetail() {
   trapFocus(panel);
   panel.querySelector('[data-action="close"]').addEventListener("click", () => panel.close());
-  onArchiveClick(body, (action) => act(action, state.detailId));
+  onJobActionClick(body, (action) => act(action, state.detailId));
   panel.addEventListener("close", () => {
+    if (state.confirming?.view === "detail") state.confirming = null;
     generation += 1;
     clearTimeout(timer);
     chart?.destroy();

@@ -34,6 +34,14 @@ export function setAttr(node, name, value) {
   }
 }
 
+/** Make `nodes` the children of `parent`, touching the DOM only when they differ (moving a
+ * focused element would drop its focus). */
+export function setChildren(parent, nodes) {
+  const now = parent.children;
+  if (now.length === nodes.length && nodes.every((node, i) => now[i] === node)) return;
+  parent.replaceChildren(...nodes);
+}
+
 /** A clone of the first element of `<template id=...>` in index.html. */
 export function fromTemplate(id) {
   return document.getElementById(id).content.firstElementChild.cloneNode(true);

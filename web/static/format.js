@@ -92,6 +92,7 @@ const STATUS_WORDS = {
   completed: "Completed",
   failed: "Failed",
   cancelled: "Cancelled",
+  stopped: "Stopped",
 };
 
 /**
@@ -158,11 +159,17 @@ export function cellText(value) {
   return String(value);
 }
 
-/** GPU-hours for people: `12.4`, `0.35`, `1,204`; N/A for none. */
+/**
+ * GPU-hours for people: `1,204`, `12.4`, `3.2`, `0.35`, `< 0.01` (a few seconds of one GPU);
+ * N/A for none. Every view that shows GPU-hours says them this way.
+ */
 export function gpuHoursText(hours) {
   if (hours === null || hours === undefined) return NA;
+  if (hours === 0) return "0";
+  if (hours < 0.005) return "< 0.01";
   if (hours >= 100) return Math.round(hours).toLocaleString("en-US");
-  return hours >= 10 ? hours.toFixed(1) : String(Number(hours.toPrecision(2)));
+  if (hours >= 10) return hours.toFixed(1);
+  return String(Number(hours >= 1 ? hours.toPrecision(2) : hours.toFixed(2)));
 }
 
 /**
@@ -234,4 +241,57 @@ export function configText(config) {
   return entries.map(([key, value]) =>
     `${key}=${value !== null && typeof value === "object" ? JSON.stringify(value) : value}`)
     .join(", ");
+}
+
+/** How long a silence has lasted (seconds): `40 s`, `14 min`, `2 h 5 min`, `3 days`. */
+export function silenceText(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  if (s < 48 * 3600) {
+    const minutes = Math.floor((s % 3600) / 60);
+    return `${Math.floor(s / 3600)} h${minutes ? ` ${minutes} min` : ""}`;
+  }
+  return `${Math.floor(s / 86400)} days`;
+}
+
+/** A stale run's badge: `no signal for 14 min` (since `lastSeen`, seconds since the epoch). */
+export function staleText(lastSeen, now) {
+  return `no signal for ${silenceText(now - lastSeen)}`;
+}
+
+const STOPPERS = { user: "you", forecast: "auto-stop" };
+
+/** Who asked a run to stop, in words: `you`, `auto-stop`. */
+export function stopperText(by) {
+  return STOPPERS[by] ?? by;
+}
+
+/**
+ * A stop request on a card, by the job's status: `stop requested by you` or `stopping: can't
+ * win (auto-stop)` while it runs, `stopped by you` or `stopped by auto-stop` once it stopped;
+ * null otherwise (it ended some other way: the job view still says it was asked).
+ */
+export function stopBadgeText(job) {
+  const request = job.stop_requested;
+  if (!request) return null;
+  if (job.status === "stopped") return `stopped by ${stopperText(request.by)}`;
+  if (job.status !== "running") return null;
+  return request.by === "forecast" ? "stopping: can't win (auto-stop)"
+    : `stop requested by ${stopperText(request.by)}`;
+}
+
+/** A stop request in full: `by auto-stop at 14:02 — cannot win: p_beat_best 0.004 ...`. */
+export function stopRequestText(request, now = Date.now() / 1000) {
+  const head = `by ${stopperText(request.by)} at ${timeText(request.at, now)}`;
+  return request.reason ? `${head} — ${request.reason}` : head;
+}
+
+/** `Stop 2 runs that can't win? They would use 3.5 GPU-h more.` (the hours left out when
+ * unknown; `hours` is the sum of those known, `known` how many runs it covers). */
+export function stopAllQuestion(count, hours, known) {
+  const runs = count === 1 ? "1 run" : `${count.toLocaleString("en-US")} runs`;
+  if (known === 0) return `Stop ${runs} that can't win?`;
+  const part = known < count ? ` (${known} of them)` : "";
+  return `Stop ${runs} that can't win? Saves ${gpuHoursText(hours)} GPU-h${part}.`;
 }

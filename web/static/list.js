@@ -1,11 +1,23 @@
 // The job list: cards in a grid that reflows with the window, flat or in a section per model.
 // Only what is on screen (plus a margin) is in the DOM: 100,000 jobs cost as much to draw as
 // the 30 that fit in the window. Cards are kept by job id and refilled only when their job,
-// selection, mode or pending archive/restore changed.
+// selection, mode, pending action or open confirmation changed (a silent job's also as the
+// clock moves).
 
-import { actionButton, isArchiveAction } from "./actions.js";
+import {
+  actionButton,
+  askStopAll,
+  canStop,
+  cannotWinIds,
+  fillControl,
+  hoursLeft,
+  isConfirming,
+  isJobAction,
+  newControl,
+  stopAllControl,
+} from "./actions.js";
 import { derive, state } from "./state.js";
-import { h, fromTemplate, setAttr, setText } from "./dom.js";
+import { h, fromTemplate, setAttr, setChildren, setText } from "./dom.js";
 import {
   deltaBadgeText,
   forecastRangeText,
@@ -14,7 +26,11 @@ import {
   lossBadgeText,
   runCountText,
   shortId,
+  staleText,
   statusText,
+  stopAllQuestion,
+  stopBadgeText,
+  stopRequestText,
   tierTitle,
   timeText,
 } from "./format.js";
@@ -28,7 +44,7 @@ let sizes = null; // card and header sizes, from the CSS custom properties
 let layout = null;
 let frameNo = 0;
 const cards = new Map(); // job id -> card record
-const sections = new Map(); // model key -> section record
+const sections = new Map(); // model key (exact model_name, null: none) -> section record
 const sectionModel = new WeakMap(); // section element -> its exact model_name (null: none)
 const pool = [];
 let firstShown = false;
@@ -77,6 +93,8 @@ function newCard() {
     selected: null,
     grouped: null,
     pending: null,
+    confirm: null,
+    now: null,
     x: null,
     y: null,
     w: null,
@@ -92,13 +110,16 @@ function newCard() {
     loss: h("span", { class: "badge badge-loss", "data-testid": "badge-loss" }),
     delta: h("span", { class: "badge badge-delta", "data-testid": "badge-delta" }),
     forecast: h("span", { class: "badge badge-forecast", "data-testid": "badge-forecast" }),
+    stale: h("span", { class: "badge badge-stale", "data-testid": "badge-stale" }),
+    stopBadge: h("span", { class: "badge badge-stop", "data-testid": "badge-stop" }),
+    stop: newControl("stop", { class: "card-action card-stop" }),
     archive: actionButton("archive", { class: "card-action" }),
     restore: actionButton("restore", { class: "card-action" }),
   };
   return rec;
 }
 
-function fillCard(rec, job, selected, grouped, pending) {
+function fillCard(rec, job, selected, grouped, pending, confirming) {
   const { el } = rec;
   setAttr(el, "data-job-id", job.id);
   setAttr(el, "data-status", job.status);
@@ -123,9 +144,23 @@ function fillCard(rec, job, selected, grouped, pending) {
   }
   setText(rec.time, timeText(job.created_at));
   setAttr(rec.time, "title", new Date(job.created_at * 1000).toLocaleString());
-  fillForecast(rec, job.status === "running" ? job.forecast ?? null : null);
+  // The start time's place says the most pressing of: silent, asked to stop, the forecast.
+  const stale = job.status === "running" && job.stale;
+  const stopText = stopBadgeText(job);
+  const forecast = job.status === "running" ? job.forecast ?? null : null;
+  fillStale(rec, stale ? job.last_seen : null);
+  fillForecast(rec, !stale && stopText === null ? forecast : null);
+  if (stopText !== null) {
+    setText(rec.stopBadge, stopText);
+    setAttr(rec.stopBadge, "data-by", job.stop_requested.by);
+    setAttr(rec.stopBadge, "title", `Stop requested ${stopRequestText(job.stop_requested)}`);
+  }
+  const stopAside = stopText !== null && !stale;
+  rec.el.classList.toggle("has-aside", stale || stopText !== null || forecast !== null);
+  if (stopAside && rec.stopBadge.parentNode !== rec.sub) rec.sub.append(rec.stopBadge);
+  else if (!stopAside && rec.stopBadge.parentNode === rec.sub) rec.stopBadge.remove();
 
-  const badges = [];
+  const badges = stopText !== null && !stopAside ? [rec.stopBadge] : [];
   if (job.is_best) badges.push(rec.best);
   if (job.best_eval_loss !== null) {
     setText(rec.loss, lossBadgeText(job.best_eval_loss));
@@ -139,16 +174,30 @@ function fillCard(rec, job, selected, grouped, pending) {
     badges.push(rec.delta);
   }
   if (job.archived) badges.push(h("span", { class: "badge badge-archived" }, "Archived"));
-  rec.badges.replaceChildren(...badges);
+  setChildren(rec.badges, badges);
   const action = job.archived ? rec.restore : rec.archive;
   action.disabled = pending;
   setAttr(action, "aria-label", `${job.archived ? "Restore" : "Archive"} ${title}`);
-  if (rec.actions.firstChild !== action) rec.actions.replaceChildren(action);
+  if (confirming && canStop(job)) setChildren(rec.actions, [state.confirming.node]);
+  else if (canStop(job)) setChildren(rec.actions, [fillControl(rec.stop, job), action]);
+  else setChildren(rec.actions, [action]);
+}
+
+/** A silent running card's badge, in its start time's place: `no signal for 14 min`. */
+function fillStale(rec, lastSeen) {
+  rec.el.classList.toggle("is-stale", lastSeen !== null);
+  if (lastSeen === null) {
+    rec.stale.remove();
+    return;
+  }
+  setText(rec.stale, staleText(lastSeen, state.now));
+  setAttr(rec.stale, "title", `No event or heartbeat since ${timeText(lastSeen)}: the trainer `
+    + "may be gone (its forecast is paused)");
+  if (rec.stale.parentNode !== rec.sub) rec.sub.append(rec.stale);
 }
 
 /** A running card's forecast badge, in its start time's place (none without a forecast). */
 function fillForecast(rec, forecast) {
-  rec.el.classList.toggle("has-forecast", forecast !== null);
   if (forecast === null) {
     rec.forecast.remove();
     return;
@@ -174,13 +223,17 @@ function placeCard(id, parent, x, y, w) {
   rec.frame = frameNo;
   const selected = state.selected.includes(id);
   const pending = state.pending.has(id);
+  const confirming = isConfirming("stop", id, "card");
+  const now = job.stale ? state.now : null; // a silent job's text moves with the clock
   if (rec.job !== job || rec.selected !== selected || rec.grouped !== state.grouped ||
-      rec.pending !== pending) {
-    fillCard(rec, job, selected, state.grouped, pending);
+      rec.pending !== pending || rec.confirm !== confirming || rec.now !== now) {
+    fillCard(rec, job, selected, state.grouped, pending, confirming);
     rec.job = job;
     rec.selected = selected;
     rec.grouped = state.grouped;
     rec.pending = pending;
+    rec.confirm = confirming;
+    rec.now = now;
   }
   if (rec.x !== x || rec.y !== y) {
     rec.el.style.transform = `translate(${x}px, ${y}px)`;
@@ -207,6 +260,8 @@ function placeSection(entry) {
       count: el.querySelector(".group-count"),
       full: el.querySelector(".group-full"),
       cards: el.querySelector(".group-cards"),
+      stop: el.querySelector(".group-stop"),
+      stopKey: null,
       top: null,
       height: null,
     };
@@ -223,6 +278,7 @@ function placeSection(entry) {
   }
   rec.frame = frameNo;
   setText(rec.count, runCountText(group.ids.length));
+  fillStopAll(rec, group);
   if (rec.top !== top) {
     rec.el.style.top = `${top}px`;
     rec.top = top;
@@ -233,6 +289,31 @@ function placeSection(entry) {
   }
   if (rec.el.parentNode !== list) list.appendChild(rec.el);
   return rec;
+}
+
+/** A section's "Stop all that can't win", while some of its runs can't win and no advisor
+ * stops them itself; redone only when the jobs, the advisor, a confirmation or a call moved. */
+function fillStopAll(rec, group) {
+  const key = [state.version, state.advisor, state.confirming, state.pending.size, group.ids];
+  if (rec.stopKey !== null && key.every((part, i) => part === rec.stopKey[i])) return;
+  rec.stopKey = key;
+  const ids = cannotWinIds(group.ids).filter((id) => !state.pending.has(id));
+  if (ids.length === 0) {
+    setChildren(rec.stop, []);
+    return;
+  }
+  const control = stopAllControl(group.modelName, group.display);
+  const { hours, known } = hoursLeft(ids);
+  const question = stopAllQuestion(ids.length, hours, known);
+  if (control.dataset.action === "stop-all") setAttr(control, "title", question);
+  else {
+    const said = control.querySelector(".confirm-question");
+    setText(said, question);
+    setAttr(said, "title", question); // cut short in a narrow window
+    setText(control.querySelector('[data-action="stop-all-confirm"]'),
+      `Stop ${ids.length.toLocaleString("en-US")}`);
+  }
+  setChildren(rec.stop, [control]);
 }
 
 // --- The frame -----------------------------------------------------------------------------------
@@ -306,19 +387,28 @@ function renderList() {
  * checkbox (`select`) and its archive or restore button do not; a model section's
  * `insights` button opens that model's insights (with its exact model_name, null for none).
  */
-export function initList({ onOpen, onSelect, onArchiveAction, onInsights }) {
+export function initList({ onOpen, onSelect, onAction, onInsights, onStopAll }) {
   list.addEventListener("click", (event) => {
     const target = event.target.closest("[data-action]");
-    if (target && target.dataset.action === "insights") {
-      const section = target.closest(".group");
-      if (section && sectionModel.has(section)) onInsights(sectionModel.get(section));
+    const head = event.target.closest(".group-head");
+    if (target && head) {
+      const section = head.closest(".group");
+      if (!sectionModel.has(section)) return;
+      const modelName = sectionModel.get(section);
+      const { action } = target.dataset;
+      if (action === "insights") onInsights(modelName);
+      else if (action === "stop-all") askStopAll(modelName, sections.get(modelName)?.name.textContent ?? "");
+      else if (action === "stop-all-confirm") {
+        const group = derive().byModel.get(modelName);
+        onStopAll(group ? cannotWinIds(group.ids) : []);
+      } else if (isJobAction(action)) onAction(action, null);
       return;
     }
     const card = event.target.closest("[data-job-id]");
     if (!target || !card) return;
     const { action } = target.dataset;
     if (action === "open") onOpen(card.dataset.jobId);
-    else if (isArchiveAction(action)) onArchiveAction(action, card.dataset.jobId);
+    else if (isJobAction(action)) onAction(action, card.dataset.jobId);
   });
   list.addEventListener("change", (event) => {
     if (!event.target.closest('[data-action="select"]')) return;

@@ -17,7 +17,10 @@ export const state = {
   selected: [], // job ids in the order they were ticked: Run #1, Run #2, ...
   selectionMessage: "", // the visible "at most 5" message, while shown
   notice: "", // a failed action, shown until the next one
-  pending: new Set(), // job ids with an archive or restore on its way, until their next update
+  pending: new Set(), // job ids with an action (archive, stop, ...) on its way, until their next update
+  confirming: null, // the open inline confirmation (actions.js): {action, key, view, home, node}
+  advisor: null, // GET /api/advisor: whether one runs and stops runs itself; null until known
+  now: Date.now() / 1000, // the clock the "no signal for" texts count from (moves every 30 s)
   detailId: null, // the job whose live view is open
   compareIds: null, // the job ids of the open comparison, else null
   logScale: false, // the loss charts' axis: log (the charts' toggle) or linear
