@@ -4,9 +4,9 @@ Replays ``bench/data/curves.json`` offline. Per dataset (one model group), a few
 random (seeded) finish first and set the best; the rest then run in step, one eval point at a
 time, and after each point every running run is forecast against the best of the finished
 runs and of the other running runs so far. Three methods are judged side by side: the
-calibrated ensemble of ``monitor.forecast``, a fixed bootstrap power law, and the rule "more
-than 25% worse at half-way" (and, to show why the forecast does not do it, the ensemble
-stopping on its recalibrated p_beat_best alone). The ensemble is calibrated
+calibrated ensemble of ``monitor.forecast`` (also as auto-stop acts on it: cannot_win at two
+eval points in a row), a fixed bootstrap power law, and the rule "more than 25% worse at
+half-way". The ensemble is calibrated
 leave-one-dataset-out: the quantile table used on a dataset is measured on the other three,
 and so is its recalibration, on forecasts of each of those three made with the quantiles of
 the remaining two. The calibration of p_beat_best is shown before and after recalibration,
@@ -53,9 +53,8 @@ HALF_WAY_WORSE = 1.25  # the rule: more than 25% worse than the best at half-way
 P_BINS = ((0.0, 0.01), (0.01, 0.05), (0.05, 0.1), (0.1, 0.2), (0.2, 0.35), (0.35, 0.5),
           (0.5, 0.75), (0.75, 1.0001))
 COARSE_BINS = ((0.0, 0.05), (0.05, 0.2), (0.2, 0.5), (0.5, 1.0001))  # for each dataset apart
-# The last is not what the forecast does: it shows what stopping on p_beat_best alone would do.
-ALONE = "ensemble, on p_beat_best alone"
-METHODS = ("ensemble", "bootstrap power law", "25% worse at half-way", ALONE)
+AUTOSTOP = "auto-stop: ensemble cannot_win twice in a row"  # what MONITOR_AUTOSTOP acts on
+METHODS = ("ensemble", AUTOSTOP, "bootstrap power law", "25% worse at half-way")
 
 
 # --- What each method says at one point of one run -------------------------------------------
@@ -182,6 +181,7 @@ def replay(d: Dataset, tracks: dict[str, RunTrack], finished: Sequence[str],
                 for m in METHODS}
     calls: list[Call] = []
     boot_calls: list[Call] = []
+    told_before = [False] * len(running)  # the ensemble said cannot_win at the point before
     for k in range(running[0].points):
         now = [t.best_so_far[k] for t in running]
         for j, t in enumerate(running):
@@ -194,8 +194,8 @@ def replay(d: Dataset, tracks: dict[str, RunTrack], finished: Sequence[str],
             if f["verdict"] in ("cannot_win", "may_win"):
                 calls.append(Call(f["p_beat_best"], beat, run))
             said = {"ensemble": f["verdict"] == "cannot_win",
-                    ALONE: f["verdict"] in ("cannot_win", "may_win")
-                    and f["p_beat_best"] < STOP_BELOW}
+                    AUTOSTOP: f["verdict"] == "cannot_win" and told_before[j]}
+            told_before[j] = f["verdict"] == "cannot_win"
             p_boot = 1.0 if now[j] < others else float(
                 np.searchsorted(t.boot[k], others) / t.boot[k].size)
             v_boot = verdict(now[j], others, p_boot, k + 1, fit.progress)
@@ -440,8 +440,6 @@ def report(datasets: Sequence[Dataset], tracks: dict[str, dict[str, RunTrack]],
           f" draw(s) of {FINISHED_FIRST} runs finishing first per dataset; stop threshold "
           f"p_beat_best < {STOP_BELOW}. "
           f"{'Calibration: the shipped one.' if quick else 'Calibration: leave one dataset out.'}"
-          f" The last method is not what the forecast does: it stops on the recalibrated "
-          f"p_beat_best alone."
           f"\n\n{table(heads, rows, align=['l', 'l', 'r', 'r', 'r', 'r', 'r'])}\n")
     print("### Recalibration used (logit p' = intercept + slope logit p)\n\n" + table(
         ["dataset", "intercept", "slope"], maps, align=["l", "r", "r"]) + "\n")

@@ -305,28 +305,25 @@ def predict(fit: CurveFit, best_so_far: float, horizon_step: float, at_step: flo
             calibration: Calibration = DEFAULT_CALIBRATION,
             previous: CurveFit | None = None) -> dict[str, Any]:
     """The forecast dict from a fit: percentiles of the best at the horizon, p_beat_best and
-    the verdict. A stop cannot be taken back, so the verdict is decided on the larger of
-    p_beat_best and the model's probability before its recalibration; with ``previous`` (the
-    fit without the latest point), a model probability below ``stop_below`` must hold for
-    both fits: it is the larger of the two."""
+    the verdict, decided on p_beat_best (so the two always agree). A stop cannot be taken
+    back: with ``previous`` (the fit without the latest point), a p_beat_best below
+    ``stop_below`` must hold for both fits: it is the larger of the two."""
     def best_at(p: float) -> float:
         z = calibration.quantile(fit.progress, fit.trend, p)
         return min(best_so_far, math.exp(fit.mu + fit.scale * z))
 
     p_beat: float | None = None
-    p_stop: float | None = None
     if other_best is not None and best_so_far < other_best:
-        p_beat = p_stop = 1.0
+        p_beat = 1.0
     elif other_best is not None:
-        p_model = _p_beat(fit, other_best, calibration)
-        if previous is not None and p_model < stop_below:
-            p_model = max(p_model, _p_beat(previous, other_best, calibration))
-        p_beat = calibration.recalibration(p_model)
-        p_stop = max(p_model, p_beat)
+        p_beat = calibration.recalibration(_p_beat(fit, other_best, calibration))
+        if previous is not None and p_beat < stop_below:
+            p_beat = max(p_beat, calibration.recalibration(_p_beat(previous, other_best,
+                                                                   calibration)))
     return {"at_step": at_step, "horizon_step": horizon_step,
             "best_p10": best_at(0.1), "best_p50": best_at(0.5), "best_p90": best_at(0.9),
             "p_beat_best": p_beat,
-            "verdict": verdict(best_so_far, other_best, p_stop, n_observations,
+            "verdict": verdict(best_so_far, other_best, p_beat, n_observations,
                                fit.progress, stop_below)}
 
 
@@ -340,8 +337,7 @@ def _p_beat(fit: CurveFit, other_best: float, calibration: Calibration) -> float
 
 def verdict(best_so_far: float, other_best: float | None, p_beat: float | None,
             n_observations: int, progress: float, stop_below: float = STOP_BELOW) -> Verdict:
-    """leading, then too_early, then cannot_win or may_win (docs/insights.md#forecast);
-    ``p_beat`` is the probability the stop is decided on."""
+    """leading, then too_early, then cannot_win or may_win (docs/insights.md#forecast)."""
     if other_best is None or best_so_far < other_best:
         return "leading"
     if n_observations < MIN_OBSERVATIONS or progress < MIN_PROGRESS:
