@@ -492,6 +492,24 @@ def test_trainer_strings_are_shown_as_text(page: Page, r: redis.Redis, keys: Key
     assert dialogs == []
 
 
+def test_the_job_views_curves_follow_a_run_that_logs_faster_than_they_refresh(
+        page: Page, r: redis.Redis, keys: Keys, worker: RunningWorker) -> None:
+    seed(r, keys, worker, board(time.time()))
+    open_live(page)
+    card(page, "qwen-b").locator(".card-sub").click()
+    detail = page.get_by_test_id("job-detail")
+    evals = detail.locator(".u-legend .u-series.series-line").nth(1)
+    expect(evals).to_have_attribute("data-points", "12")
+    # A change every 100 ms, under the 500 ms the curves wait after a change: they must still
+    # be refetched while the run goes on, not only once it pauses.
+    for i in range(15):
+        step = 1300 + 100 * i
+        send(r, keys, [{"type": "metrics", "job_id": "qwen-b", "step": step, "loss": 0.25,
+                        **({"eval_loss": 0.3} if i == 0 else {})}])
+        time.sleep(0.1)
+    expect(evals).to_have_attribute("data-points", "13", timeout=100)
+
+
 def test_a_checkbox_click_never_opens_the_job_and_a_card_click_does(
         page: Page, r: redis.Redis, keys: Keys, worker: RunningWorker) -> None:
     seed(r, keys, worker, board(time.time()))

@@ -55,6 +55,7 @@ const curvesSection = h("section", { class: "chart-box" }, h("h3", {}, "Loss and
 const runKey = h("ul", { class: "chart-key" }); // which run each colour is
 
 async function load() {
+  timer = null;
   const ids = state.compareIds;
   if (!ids) return;
   const mine = ++generation;
@@ -102,14 +103,14 @@ export function closeCompare() {
   if (modal.open) modal.close();
 }
 
-/** Jobs changed (from /ws): refetch, debounced, if any of them is being compared. */
+/** Jobs changed (from /ws): refetch, at most once per REFRESH_MS (so runs that log faster
+ * than that are still refreshed), if any of them is being compared. */
 export function compareSawChanges(ids) {
   if (!state.compareIds) return;
   const watched = new Set(state.compareIds);
   if (!ids.some((id) => watched.has(id))) return;
   dirty = true; // archive buttons follow the live state at once
-  clearTimeout(timer);
-  timer = setTimeout(load, REFRESH_MS);
+  if (timer === null) timer = setTimeout(load, REFRESH_MS);
 }
 
 // --- Building the modal --------------------------------------------------------------------------
@@ -326,6 +327,7 @@ export function initCompare() {
     state.compareIds = null;
     generation += 1;
     clearTimeout(timer);
+    timer = null;
     data = null;
     histories = null;
     shared = "";

@@ -59,6 +59,7 @@ let chart = null; // the open job's LineChart
 let drawnAt = null; // state.now when a silent job was last drawn (its "no signal for" moves)
 
 async function loadMetrics() {
+  timer = null;
   const id = state.detailId;
   const mine = generation;
   try {
@@ -107,12 +108,12 @@ export function openDetail(id) {
   schedule();
 }
 
-/** Jobs changed (from /ws): redraw at once, refetch the curves shortly after. */
+/** Jobs changed (from /ws): redraw at once, refetch the curves shortly after: at most once
+ * per REFRESH_MS, so a run that logs faster than that still has its curves refreshed. */
 export function detailSawChanges(ids) {
   if (state.detailId === null || !ids.includes(state.detailId)) return;
   dirty = true;
-  clearTimeout(timer);
-  timer = setTimeout(loadMetrics, REFRESH_MS);
+  if (timer === null) timer = setTimeout(loadMetrics, REFRESH_MS);
 }
 
 function field(label, value, attrs = {}) {
@@ -302,6 +303,7 @@ export function initDetail() {
     if (state.confirming?.view === "detail") state.confirming = null;
     generation += 1;
     clearTimeout(timer);
+    timer = null;
     chart?.destroy();
     chart = null;
     state.detailId = null;
