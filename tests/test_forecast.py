@@ -220,6 +220,8 @@ def test_the_quick_backtest_prints_its_tables_and_tells_no_winner_it_cannot_win(
         assert heading in out
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| **all** |")]
     methods = {row[1]: row for row in rows}
-    assert set(methods) == {"ensemble", "bootstrap power law", "25% worse at half-way"}
-    told, winners = methods["ensemble"][5].split(" / ")
-    assert told == "0" and int(winners) >= 1
+    assert set(methods) == {"ensemble", "auto-stop: ensemble cannot_win twice in a row",
+                            "bootstrap power law", "25% worse at half-way"}
+    for method in ("ensemble", "auto-stop: ensemble cannot_win twice in a row"):
+        told, winners = methods[method][5].split(" / ")
+        assert told == "0" and int(winners) >= 1
