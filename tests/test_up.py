@@ -186,7 +186,7 @@ def test_up_demo_shows_several_models_with_a_best_run_within_seconds() -> None:
         while time.monotonic() < deadline and not forecasts:
             forecasts = [j["forecast"] for j in up.get("/api/jobs")["jobs"] if j["forecast"]]
             time.sleep(0.25)
-        assert forecasts and all(f["horizon_step"] == 100 for f in forecasts), forecasts
+        assert forecasts and all(f["horizon_step"] == 160 for f in forecasts), forecasts
     finally:
         assert up.stop() < 5
 

@@ -72,7 +72,9 @@ async def _serve(settings: UpSettings, url: str) -> None:
 def _start_demo(settings: UpSettings, url: str, stop: threading.Event) -> threading.Thread:
     from monitor.cli.demo import DemoOptions, run_demo
 
-    options = DemoOptions(redis_url=url, prefix=settings.prefix, step_seconds=0.1, loop=True)
+    # Eight epochs (an eval each) so a run has a forecast for most of its 16 s, not "too early".
+    options = DemoOptions(redis_url=url, prefix=settings.prefix, epochs=8, step_seconds=0.1,
+                          loop=True)
     thread = threading.Thread(target=run_demo, args=(options, stop), name="demo", daemon=True)
     thread.start()
     return thread
