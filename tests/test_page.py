@@ -16,7 +16,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +24,14 @@ import pytest
 import redis
 from playwright.sync_api import (
     Browser,
-    Dialog,
     Locator,
     Page,
-    ViewportSize,
     expect,
-    sync_playwright,
 )
 
 from monitor.keys import Keys
 from monitor.rules import shown
 from tests.browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     ROOT,
     LiveGateway,
     Q,
@@ -46,69 +41,10 @@ from tests.browser import (
 )
 from tests.conftest import RedisServer, free_port
 from tests.gateway_helpers import RunningWorker, publish
+from tests.page_fixtures import VIEWPORT, new_page
 
 pytestmark = pytest.mark.timeout(120)
 expect.set_options(timeout=10_000)
-
-VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():  # .ci/run installs it and sets REQUIRE_BROWSER
-        message = f"no Chromium at {CHROMIUM} (apt install chromium)"
-        if os.environ.get("REQUIRE_BROWSER"):
-            pytest.fail(message)
-        pytest.skip(message)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def gateway(redis_url: str, keys: Keys) -> Iterator[LiveGateway]:
-    gw = LiveGateway(redis_url, keys.prefix, free_port())
-    gw.start()
-    yield gw
-    gw.stop()
-
-
-@pytest.fixture
-def dialogs() -> list[str]:
-    """Every JavaScript dialog (alert, confirm, prompt) the page opened: there must be none."""
-    return []
-
-
-def new_page(browser: Browser, base_url: str, dialogs: list[str], errors: list[str],
-             color_scheme: str = "light") -> Page:
-    context = browser.new_context(viewport=VIEWPORT, base_url=base_url, accept_downloads=True,
-                                  color_scheme=color_scheme)  # type: ignore[arg-type]
-    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base_url)
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-
-    def on_dialog(dialog: Dialog) -> None:
-        dialogs.append(dialog.message)
-        dialog.dismiss()
-
-    page.on("dialog", on_dialog)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    # Whatever the page does must pass its Content-Security-Policy.
-    page.on("console", lambda message: errors.append(message.text)
-            if "Content Security Policy" in message.text else None)
-    return page
-
-
-@pytest.fixture
-def page(browser: Browser, gateway: LiveGateway, dialogs: list[str]) -> Iterator[Page]:
-    errors: list[str] = []
-    page = new_page(browser, gateway.url, dialogs, errors)
-    yield page
-    page.context.close()
-    assert errors == [], f"uncaught errors in the page: {errors}"
-    assert dialogs == [], f"the page opened dialogs: {dialogs}"
-
 
 def send(r: redis.Redis, keys: Keys, events: list[dict[str, Any]]) -> None:
     """XADD each event (through the stream, as a trainer does)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,15 +21,11 @@ from playwright.sync_api import Browser, Locator, Page, expect
 from monitor.keys import Keys
 from tests.browser import ROOT, LiveGateway, run_events
 from tests.gateway_helpers import RunningWorker
-from tests.test_page import (  # noqa: F401 - browser, dialogs and gateway are fixtures
-    VIEWPORT,
+from tests.page_fixtures import VIEWPORT
+from tests.test_page import (
     axe_violations,
-    browser,
     card,
-    dialogs,
-    gateway,
     group,
-    new_page,
     open_live,
     screenshot,
     seed,
@@ -42,17 +37,6 @@ expect.set_options(timeout=10_000)
 M = "Qwen/Qwen2.5-7B-Instruct"
 SOLO = "meta-llama/Llama-3.2-3B-Instruct"
 BAND = "forecast of the best eval loss (p10-p90)"
-
-
-@pytest.fixture
-def page(browser: Browser, gateway: LiveGateway, dialogs: list[str]) -> Iterator[Page]:  # noqa: F811
-    """A page of the gateway; no uncaught error, CSP violation or dialog by its end."""
-    errors: list[str] = []
-    page = new_page(browser, gateway.url, dialogs, errors)
-    yield page
-    page.context.close()
-    assert errors == [], f"uncaught errors in the page: {errors}"
-    assert dialogs == [], f"the page opened dialogs: {dialogs}"
 
 
 # --- Runs and forecasts -------------------------------------------------------------------------
@@ -367,7 +351,7 @@ def test_the_charts_of_every_view_are_live_canvases(page: Page, r: redis.Redis, 
 
 @pytest.mark.parametrize("color_scheme", ["light", "dark"])
 def test_badges_and_band_pass_an_accessibility_audit(
-        browser: Browser, gateway: LiveGateway, r: redis.Redis, keys: Keys,  # noqa: F811
+        browser: Browser, gateway: LiveGateway, r: redis.Redis, keys: Keys,
         worker: RunningWorker, color_scheme: str) -> None:
     seed(r, keys, worker, badge_board(time.time()))
     # The audit is injected with eval, which the page's Content-Security-Policy forbids.

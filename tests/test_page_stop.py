@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,15 +21,11 @@ from playwright.sync_api import Browser, Locator, Page, Route, expect
 from monitor.keys import Keys
 from tests.browser import LiveGateway, run_events
 from tests.gateway_helpers import RunningWorker
-from tests.test_page import (  # noqa: F401 - browser, dialogs and gateway are fixtures
-    VIEWPORT,
+from tests.page_fixtures import VIEWPORT
+from tests.test_page import (
     axe_violations,
-    browser,
     card,
-    dialogs,
-    gateway,
     group,
-    new_page,
     open_live,
     screenshot,
     seed,
@@ -46,17 +41,6 @@ AUTO_REASON = ("cannot win: p_beat_best 0.004 (below 0.05) at steps 600 and 700;
                "saves 3.2 GPU-h")
 PAGE_REASON = "can't win (stopped from the page)"
 TIME = r"\d{1,2}:\d\d(?: [AP]M)?"  # a time of today, as the browser's locale writes it
-
-
-@pytest.fixture
-def page(browser: Browser, gateway: LiveGateway, dialogs: list[str]) -> Iterator[Page]:  # noqa: F811
-    """A page of the gateway; no uncaught error, CSP violation or dialog by its end."""
-    errors: list[str] = []
-    page = new_page(browser, gateway.url, dialogs, errors)
-    yield page
-    page.context.close()
-    assert errors == [], f"uncaught errors in the page: {errors}"
-    assert dialogs == [], f"the page opened dialogs: {dialogs}"
 
 
 # --- Runs -----------------------------------------------------------------------------------------
@@ -331,7 +315,7 @@ def test_stop_all_that_cant_win_stops_exactly_those(page: Page, r: redis.Redis, 
     expect(question).to_have_text("Stop 1 run that can't win?")
 
 
-def test_no_stop_all_while_the_advisor_stops_runs_itself(page: Page, gateway: LiveGateway,  # noqa: F811
+def test_no_stop_all_while_the_advisor_stops_runs_itself(page: Page, gateway: LiveGateway,
                                                          r: redis.Redis, keys: Keys,
                                                          worker: RunningWorker) -> None:
     seed(r, keys, worker, stop_board(time.time()))
@@ -500,7 +484,7 @@ def test_the_stop_and_silence_helpers_say_it_as_the_page_does(page: Page) -> Non
 
 @pytest.mark.parametrize("color_scheme", ["light", "dark"])
 def test_stop_buttons_and_badges_pass_an_accessibility_audit(
-        browser: Browser, gateway: LiveGateway, r: redis.Redis, keys: Keys,  # noqa: F811
+        browser: Browser, gateway: LiveGateway, r: redis.Redis, keys: Keys,
         worker: RunningWorker, color_scheme: str) -> None:
     seed(r, keys, worker, stop_board(time.time()))
     go_silent(r, keys, worker, "run-mw")
