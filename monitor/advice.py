@@ -21,7 +21,7 @@ from monitor.limits import RUNNING
 
 # The fields of a job view the advisor keeps (the rest of a view does not move a forecast).
 KEPT = ("id", "model_name", "status", "archived", "best_eval_loss", "eval_count",
-        "total_steps", "total_epochs", "gpu_count", "created_at", "updated_at", "step", "epoch",
+        "total_steps", "total_epochs", "gpu_count", "created_at", "updated_at", "step",
         "forecast", "stale", "stop_requested", "autostop")
 
 

@@ -80,10 +80,10 @@ class Advisor:
     """One advisor process's state: the running jobs as the last update left them, their
     groups' rankings, and which jobs are due for a forecast."""
 
-    def __init__(self, settings: AdvisorSettings, redis: Redis | None = None) -> None:
+    def __init__(self, settings: AdvisorSettings) -> None:
         self.settings = settings
         self.keys = Keys(settings.prefix)
-        self.redis = redis if redis is not None else Redis.from_url(settings.redis_url)
+        self.redis = Redis.from_url(settings.redis_url)
         self.counters = Counters()
         self._forget()
         self._woken = asyncio.Event()
@@ -135,8 +135,9 @@ class Advisor:
             await self.redis.aclose()
             c = self.counters
             log.info("advisor stopped: %d forecasts computed (%.1f ms of CPU each on "
-                     "average), %d written", c.forecasts,
-                     1000 * c.cpu_seconds / max(c.forecasts, 1), c.written)
+                     "average), %d written; %d stop requests, %d stale findings; %d snapshots",
+                     c.forecasts, 1000 * c.cpu_seconds / max(c.forecasts, 1), c.written,
+                     c.stops, c.stale, c.snapshots)
 
     # --- Following the committed state ------------------------------------------------------
 
