@@ -78,6 +78,16 @@ class Keys:
         return f"{self.prefix}seen:{job_id}"
 
     @property
+    def marks(self) -> str:
+        """Hash, with partitions: source -> the last of its forwarded entries applied here."""
+        return f"{self.prefix}from"
+
+    @property
+    def moved(self) -> str:
+        """Hash, with partitions: job id -> the partition it moved to from here."""
+        return f"{self.prefix}moved"
+
+    @property
     def applied(self) -> str:
         """The id of the last events entry whose effects are committed."""
         return f"{self.prefix}worker:applied"

@@ -7,6 +7,7 @@ from typing import Literal, get_args
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "monitor:"
+MAX_PARTITIONS = 256
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
 MAX_JOB_ID = 128

@@ -3,6 +3,11 @@ the gateway."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
 RETRY_MAX = 5.0  # seconds at most between attempts while Redis is away
 
 
@@ -14,3 +19,13 @@ def text(value: bytes | str) -> str:
 def backoff(delay: float) -> float:
     """The wait after ``delay`` when Redis is still away: doubled, up to RETRY_MAX."""
     return min(delay * 2, RETRY_MAX)
+
+
+def connect(url: str, cluster: bool, **options: Any) -> Redis:
+    """An asyncio client of ``url``: of the whole cluster when ``cluster`` (any node's URL
+    will do; keys are sent to the node of their slot). Typed as ``Redis``: the commands the
+    project uses are the same on both."""
+    if cluster:
+        options.pop("retry_on_error", None)  # the cluster client retries by itself
+        return RedisCluster.from_url(url, **options)  # type: ignore[return-value]
+    return Redis.from_url(url, **options)

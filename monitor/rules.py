@@ -553,6 +553,34 @@ class Board:
         self._best_moved(group, group_best, changed_jobs, changed_models)
         return Change(change, frozenset(changed_jobs), frozenset(changed_models))
 
+    def adopt(self, job: JobState) -> Change:
+        """Put a job handed over by another partition on the board (docs/scale-out.md)."""
+        self.jobs[job.id] = job
+        group = self.group(job.model_name)
+        before = group.best
+        group.add(job)
+        changed_jobs, changed_models = {job.id}, {job.model_name}
+        self._best_moved(group, before, changed_jobs, changed_models)
+        return Change(JobChange(applied=True), frozenset(changed_jobs),
+                      frozenset(changed_models))
+
+    def remove(self, job_id: str) -> Change:
+        """Take a job off the board, as when it moves to another partition; the jobs whose
+        view that changes (its group's best may move) and the models."""
+        job = self.jobs.pop(job_id)
+        group = self.groups[job.model_name]
+        before = group.best
+        group.remove(job_id, job.archived, job.rank_key)
+        changed_jobs: set[str] = set()
+        changed_models = {job.model_name}
+        if group.members:
+            self._best_moved(group, before, changed_jobs, changed_models)
+        else:
+            del self.groups[job.model_name]
+        changed_jobs.discard(job_id)
+        return Change(JobChange(applied=True), frozenset(changed_jobs),
+                      frozenset(changed_models))
+
     def _best_moved(self, group: Group, before: RankKey | None, jobs: set[str],
                     models: set[str | None]) -> None:
         """When a group's best run or its value changed, every candidate's delta moved."""

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_type_hints
 from urllib.parse import urlsplit
 
-from monitor.limits import DEFAULT_PREFIX, DEFAULT_REDIS_URL
+from monitor.limits import DEFAULT_PREFIX, DEFAULT_REDIS_URL, MAX_PARTITIONS
+from monitor.partitions import Partitioning
 
 ENV_PREFIX = "MONITOR_"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
@@ -79,6 +80,10 @@ def _level(value: str) -> str | None:
     return None if value.upper() in names else f"must be one of {', '.join(names)}"
 
 
+def _partition_count(value: int) -> str | None:
+    return None if 1 <= value <= MAX_PARTITIONS else f"must be from 1 to {MAX_PARTITIONS}"
+
+
 def _prefix(value: str) -> str | None:
     return None if value and not any(c.isspace() for c in value) else "must be non-empty, no spaces"
 
@@ -90,9 +95,20 @@ class CommonSettings:
     redis_url: str = _setting(DEFAULT_REDIS_URL, "Redis to use", check_redis_url)
     prefix: str = _setting(DEFAULT_PREFIX, "prefix of every Redis key", _prefix)
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR", _level)
+    partitions: int = _setting(1, "partitions of the state, each with its own worker lease "
+                                  "(docs/scale-out.md); every process of a deployment must "
+                                  "use the same number", _partition_count)
+    redis_cluster: bool = _setting(False, "MONITOR_REDIS_URL names a node of a Redis Cluster")
 
     def __post_init__(self) -> None:
         """Checks across settings; each subclass adds its own and calls this one."""
+        if "{" in self.prefix or "}" in self.prefix:
+            raise SettingsError(f"--prefix / MONITOR_PREFIX {self.prefix!r} must not contain "
+                                "braces: partitions put their Redis Cluster hash tag there")
+
+    @property
+    def partitioning(self) -> Partitioning:
+        return Partitioning(self.prefix, self.partitions)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import orjson
 from monitor import history
 from monitor.events import BadEvent, Event, JobHeartbeat, parse_event
 from monitor.keys import Keys, model_field
-from monitor.rules import Board, Pos, parse_pos
+from monitor.rules import Board, JobState, Pos, parse_pos
+from worker.moves import MOVE, RELAY, SKIP, Diverter
 
 log = logging.getLogger("monitor.worker")
 
@@ -36,6 +37,10 @@ class Decoded:
     event: Event | None
     raw: bytes
     reason: str | None = None
+    # With partitions (docs/scale-out.md): where a forwarded entry comes from (its source and
+    # its position there), and the job a handoff brings along.
+    src: tuple[str, Pos] | None = None
+    handoff: dict[str, Any] | None = None
 
     @property
     def ts(self) -> float:
@@ -54,11 +59,23 @@ def decode(entries: list[Entry]) -> list[Decoded]:
             reason = "entry has no data field" if fields else "entry was deleted from the stream"
             out.append(Decoded(entry_id, pos, None, b"", reason))
             continue
+        assert fields is not None
+        src = _source(fields.get(b"src"))
+        handoff = fields.get(b"handoff")
         try:
-            out.append(Decoded(entry_id, pos, parse_event(raw), raw))
+            out.append(Decoded(entry_id, pos, parse_event(raw), raw, None, src,
+                               orjson.loads(handoff) if handoff is not None else None))
         except BadEvent as e:
-            out.append(Decoded(entry_id, pos, None, raw, e.reason))
+            out.append(Decoded(entry_id, pos, None, raw, e.reason, src))
     return out
+
+
+def _source(value: bytes | None) -> tuple[str, Pos] | None:
+    """``<source>|<entry id>`` of a forwarded entry (see :mod:`worker.moves`)."""
+    if value is None:
+        return None
+    source, _, entry_id = value.decode().partition("|")
+    return source, parse_pos(entry_id)
 
 
 @dataclass
@@ -76,6 +93,13 @@ class Folded:
     applied: int = 0
     duplicates: int = 0
     heartbeats: int = 0  # applied, but counted apart: they are not the trainer's data
+    # With partitions (worker.moves): entries sent on to another partition, the position
+    # reached in each source, handed-over jobs taken in, jobs that named their model here.
+    outgoing: list[tuple[int, dict[str, bytes]]] = field(default_factory=list)
+    marks: dict[str, str] = field(default_factory=dict)
+    adopted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    named: list[str] = field(default_factory=list)
+    stopped_at: int | None = None  # a job must move before this item: the fold ends there
 
 
 def poisoned(item: Decoded, error: Exception) -> Decoded:
@@ -90,18 +114,42 @@ def refuse(folded: Folded, item: Decoded, reason: str) -> None:
     folded.dead.append(Decoded(item.entry_id, item.pos, None, item.raw, reason))
 
 
-def fold(board: Board, items: list[Decoded]) -> Folded:
-    """Apply ``items`` in order. The board holds every stored job the items touch."""
+def fold(board: Board, items: list[Decoded], divert: Diverter | None = None) -> Folded:
+    """Apply ``items`` in order. The board holds every stored job the items touch.
+    ``divert`` (with partitions) sends some items on instead, and ends the fold before an
+    item that moves its job to another partition (``stopped_at``)."""
     folded = Folded(last_id=items[-1].entry_id)
-    for item in items:
-        if item.event is None:
+    for at, item in enumerate(items):
+        event = item.event
+        if divert is not None:
+            decision = divert.decide(board, item)
+            if decision.kind is MOVE:
+                folded.stopped_at = at
+                folded.last_id = items[at - 1].entry_id if at else ""
+                break
+            divert.passed(item, folded)
+            if decision.kind is SKIP:
+                continue
+            if decision.kind is RELAY:
+                folded.outgoing.append((decision.partition, divert.forward(item)))
+                continue
+            event = decision.event
+        if event is None:
             refuse(folded, item, item.reason or "invalid")
             continue
-        event = item.event
         before = board.jobs.get(event.job_id)
         if event.job_id not in folded.moved:  # first touch in this batch: as stored
             folded.moved[event.job_id] = (before.model_name if before else None,
                                           before is not None)
+        if item.handoff is not None:
+            if before is None:
+                board.adopt(JobState.restore(item.handoff["public"], item.handoff["private"]))
+                folded.adopted[event.job_id] = item.handoff
+            else:
+                log.warning("job %s handed over again; keeping the state here", event.job_id)
+        if divert is not None and event.model_name is not None and (
+                before is None or before.model_name is None):
+            folded.named.append(event.job_id)
         change = board.apply(event, item.pos, item.ts)
         if not change.job.applied:
             folded.duplicates += 1
@@ -137,7 +185,8 @@ def stored_id_lookups(board: Board, items: list[Decoded]) -> dict[str, list[str]
 def rewrites(board: Board, folded: Folded) -> list[str]:
     """Jobs whose stored history must be read because this batch will thin it."""
     return [job_id for job_id, new in folded.points.items()
-            if history.needs_rewrite(board.jobs[job_id].points, len(new))]
+            if job_id not in folded.adopted
+            and history.needs_rewrite(board.jobs[job_id].points, len(new))]
 
 
 @dataclass
@@ -161,6 +210,22 @@ class Commit:
     update: bytes | None = None
     dead: list[dict[str, bytes | str]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    # With partitions (worker.moves).
+    outgoing: list[tuple[int, dict[str, bytes]]] = field(default_factory=list)  # sent first
+    marks: dict[str, str] = field(default_factory=dict)  # source -> last entry id applied
+    removed: list[str] = field(default_factory=list)  # jobs that moved away
+    moved_out: dict[str, str] = field(default_factory=dict)  # job -> the partition it went to
+    named: list[str] = field(default_factory=list)  # jobs that named their model here
+    finalise: dict[str, int] = field(default_factory=dict)  # routes to make final, after it
+
+
+def take_over(commit: Commit, keys: Keys, job_id: str, handoff: dict[str, Any]) -> None:
+    """Write what a handed-over job brings besides its state: config and stored event ids
+    (its metric history is written with the job's new points)."""
+    if handoff.get("config") is not None:
+        commit.configs[job_id] = orjson.dumps(handoff["config"])
+    if handoff.get("seen"):
+        commit.seen_add.setdefault(keys.seen(job_id), []).extend(handoff["seen"])
 
 
 def build_commit(board: Board, folded: Folded, keys: Keys,
@@ -171,8 +236,12 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
     for job_id in folded.jobs:
         job = board.jobs[job_id]
         new_points = folded.points.get(job_id, [])
-        if job_id in histories:
-            points = history.extend(histories[job_id], new_points)
+        handoff = folded.adopted.get(job_id)
+        if handoff is not None:
+            take_over(commit, keys, job_id, handoff)
+        stored = handoff["points"] if handoff is not None else histories.get(job_id)
+        if stored is not None:
+            points = history.extend(stored, new_points)
             commit.replace[keys.metrics(job_id)] = [orjson.dumps(p) for p in points]
             job.points = len(points)
         elif new_points:
@@ -182,7 +251,7 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
         commit.jobs[job_id] = orjson.dumps(public)
         commit.folds[job_id] = orjson.dumps(job.private())
         if added := job.seen.take_added():
-            commit.seen_add[keys.seen(job_id)] = added
+            commit.seen_add.setdefault(keys.seen(job_id), []).extend(added)
         if job.finished:
             commit.gone.append(job_id)
         else:
@@ -209,6 +278,10 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
     for item in folded.dead:
         commit.dead.append({"id": item.entry_id, "data": item.raw[:DEAD_DATA_BYTES],
                             "reason": item.reason or "invalid"})
+    commit.outgoing = folded.outgoing
+    for source, entry_id in folded.marks.items():
+        commit.marks[source] = entry_id
+    commit.named = folded.named
     commit.counts = {"applied": folded.applied, "duplicates": folded.duplicates,
                      "heartbeats": folded.heartbeats, "dead": len(folded.dead)}
     return commit

@@ -23,6 +23,7 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable
 
+import orjson
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -31,23 +32,27 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from monitor.events import Event
-from monitor.keys import Keys
-from monitor.redistools import backoff
+from monitor.partitions import Partitioning
+from monitor.redistools import backoff, connect
 from monitor.rules import Board, parse_pos
 from monitor.settings import WorkerSettings
 from worker.batch import (
     Commit,
     Decoded,
     Entry,
+    Folded,
     build_commit,
     fold,
     poisoned,
     rewrites,
     stored_id_lookups,
 )
+from worker.fleet import Fleet
 from worker.lease import Lease
+from worker.moves import Diverter
 from worker.packing import pack_with_hiredis
 from worker.pipeline import BUG, Batch, CommitFailed, Pipeline
+from worker.router import IngressRouter
 from worker.store import LeaseLost, Store
 
 log = logging.getLogger("monitor.worker")
@@ -60,15 +65,23 @@ Send = Callable[[Commit, list[str]], Awaitable[None]]
 class Worker:
     """One worker process's loop; several may run, one applies events at a time."""
 
-    def __init__(self, settings: WorkerSettings) -> None:
+    def __init__(self, settings: WorkerSettings, index: int = 0,
+                 fleet: Fleet | None = None) -> None:
         self.settings = settings
-        self.keys = Keys(settings.prefix)
+        self.part = settings.partitioning
+        self.index = index
+        self.keys = self.part.keys(index)
+        self.fleet = fleet
         # No silent retries: a command retried after its reply was lost could skip a batch.
         # A failed call resets the worker, which then recovers from what is committed.
-        self.redis = Redis.from_url(settings.redis_url, retry=Retry(NoBackoff(), 0))
-        pack_with_hiredis(self.redis)
+        self.redis = connect(settings.redis_url, settings.redis_cluster,
+                             retry=Retry(NoBackoff(), 0))
+        if not settings.redis_cluster:
+            pack_with_hiredis(self.redis)
         self.name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-        self.store = Store(self.redis, self.keys, self.name)
+        self.store = Store(self.redis, self.keys, self.name, self.part, index)
+        # With partitions: forwarded entries, relays and moves (worker.moves).
+        self.divert = Diverter(self.part, index) if self.part.split else None
         self.lease = Lease(self.redis, self.keys.lease, settings.lease_ttl, self.name)
         self.pipeline = Pipeline(self.store, self.lease, settings)
         self.generation = -1  # the lease generation recovered for; -1: recover before reading
@@ -168,14 +181,28 @@ class Worker:
     async def _begin_turn(self, stop: asyncio.Event | None) -> Batch | None:
         """Hold the lease (else stand by), recover after taking it, and read the next batch.
         None: nothing to apply this turn."""
-        if not await self.lease.hold():
+        if self.fleet is not None and self.lease.held and self.fleet.must_give(self.index):
+            await self._give_up()
+        if (self.fleet is not None and not self.lease.held
+                and not self.fleet.may_take(self.index)) or not await self.lease.hold():
             await self._stand_by(stop)
             return None
+        if self.fleet is not None:
+            self.fleet.holding(self.index, True)
         if not self.leading:
             await self._recover()
         return await self.pipeline.read()
 
+    async def _give_up(self) -> None:
+        """Hand this partition to a worker with fewer (the fleet has grown)."""
+        log.info("partition %d: handing it over to a worker with fewer partitions", self.index)
+        await self.pipeline.finish()
+        self._reset()
+        await self.lease.release()
+
     async def _stand_by(self, stop: asyncio.Event | None) -> None:
+        if self.fleet is not None:
+            self.fleet.holding(self.index, False)
         if self.generation != -1:
             log.info("another worker holds the lease; standing by")
             self._reset()
@@ -192,6 +219,10 @@ class Worker:
         await self.pipeline.finish()  # so that the applied id read below is final
         self._reset()
         self.pipeline.restart(await self.store.applied())
+        if self.divert is not None:
+            marks, moved = await self.store.partition_state()
+            self.divert.marks = {source: parse_pos(at) for source, at in marks.items()}
+            self.divert.moved = moved
         await self.store.adopt_pending(self.lease.token)
         cursor = "0"
         while entries := await self.store.read(self.lease.token, cursor,
@@ -199,7 +230,8 @@ class Worker:
             await self._process(entries)
             cursor = entries[-1][0]
         self.generation = self.lease.generation
-        log.info("worker %s is applying events (committed up to %s)", self.name,
+        log.info("worker %s is applying events%s (committed up to %s)", self.name,
+                 f" of partition {self.index}" if self.part.split else "",
                  self.pipeline.applied)
 
     async def _process(self, entries: list[Entry]) -> None:
@@ -215,7 +247,13 @@ class Worker:
             await self._acknowledge(batch)
         else:
             try:
-                await send(await self._fold(fresh), batch.ids)
+                commit, rest = await self._fold(fresh)
+                if not rest:
+                    assert commit is not None
+                    await send(commit, batch.ids)
+                else:  # a job moves: commit up to it, move it, go on (worker.moves)
+                    await self._commit_moving(commit, rest)
+                    await self._acknowledge(batch)
             except BUG:
                 # Some entry makes the fold or the commit fail (a bug): find it, refuse it, and
                 # go on with the rest, rather than stopping every model's updates for good.
@@ -230,11 +268,56 @@ class Worker:
         self._forget_state()
         for item in items:
             try:
-                await self.pipeline.commit(await self._fold([item]))
+                await self._commit_moving(*await self._fold([item]))
             except BUG as e:
                 log.exception("could not apply entry %s", item.entry_id)
                 self._forget_state()
-                await self.pipeline.commit(await self._fold([poisoned(item, e)]))
+                await self._commit_moving(*await self._fold([poisoned(item, e)]))
+
+    async def _commit_moving(self, commit: Commit | None, rest: list[Decoded]) -> None:
+        """Commit ``commit``, then move the job of ``rest[0]`` and apply the rest the same
+        way, each commit waited for (the entries are acknowledged by the caller)."""
+        while True:
+            if commit is not None:
+                await self.pipeline.commit(commit)
+            if not rest:
+                return
+            await self._move(rest[0])
+            if len(rest) == 1:
+                return
+            commit, rest = await self._fold(rest[1:])
+
+    async def _move(self, item: Decoded) -> None:
+        """Hand ``item``'s job over to the partition of the model ``item`` names, with
+        ``item`` itself, and leave a tombstone here (docs/scale-out.md, Moves)."""
+        assert self.divert is not None and item.event is not None
+        assert item.event.model_name is not None
+        to = self.part.of_model(item.event.model_name)
+        job_id = item.event.job_id
+        await self.pipeline.settle()  # what it wrote is part of the handoff
+        await self._load([item.event])
+        folded = Folded(last_id=item.entry_id)
+        self.divert.passed(item, folded)
+        job = self.board.jobs.get(job_id)
+        extra = {}
+        if job is not None:
+            config, points, seen = await self.store.job_extras(job_id)
+            extra["handoff"] = orjson.dumps({"public": job.public(), "private": job.private(),
+                                             "config": config, "points": points,
+                                             "seen": seen})
+            change = self.board.remove(job_id)
+            folded.views.update(dict.fromkeys(change.jobs))
+            folded.models.update(change.models)
+        folded.outgoing.append((to, self.divert.forward(item, **extra)))
+        commit = build_commit(self.board, folded, self.keys, {})
+        if job is not None:
+            commit.removed.append(job_id)
+        commit.moved_out[job_id] = str(to)
+        commit.finalise[job_id] = to
+        await self.pipeline.commit(commit)
+        self.divert.moved[job_id] = to
+        log.info("job %s named model %r: moved to partition %d", job_id,
+                 item.event.model_name, to)
 
     async def _acknowledge(self, batch: Batch) -> None:
         """Acknowledge ``batch`` and trim the stream apart from a commit, once every entry in
@@ -242,20 +325,27 @@ class Worker:
         await self.store.ack(batch.ids)
         await self.store.trim(self.pipeline.applied)
 
-    async def _fold(self, items: list[Decoded]) -> Commit:
-        """Fold ``items`` into the board and build their commit.
+    async def _fold(self, items: list[Decoded]) -> tuple[Commit | None, list[Decoded]]:
+        """Fold ``items`` into the board and build their commit; with partitions the fold
+        may stop before an item whose job must move first, returned with the items after
+        it (the commit is None when that is the first).
 
         Folding while the previous commit runs is safe: that commit wrote only jobs and
         groups already on the board, which :meth:`_load` never reads again. Only a history
         about to be thinned is read back, so its points must have landed first."""
         await self._load([item.event for item in items if item.event is not None])
         await self._know_stored_ids(items)
-        folded = fold(self.board, items)
+        if self.divert is not None:
+            self.divert.routes = await self.store.routes(self.divert.route_lookups(items))
+        folded = fold(self.board, items, self.divert)
+        rest = items[folded.stopped_at:] if folded.stopped_at is not None else []
+        if folded.stopped_at == 0:
+            return None, rest
         to_read = rewrites(self.board, folded)
         if to_read:
             await self.pipeline.settle()  # the points about to be read back must have landed
         histories = await self.store.histories(to_read) if to_read else {}
-        return build_commit(self.board, folded, self.keys, histories)
+        return build_commit(self.board, folded, self.keys, histories), rest
 
     async def _know_stored_ids(self, items: list[Decoded]) -> None:
         """Tell the board which event ids of ``items`` its jobs' stored sets hold: those
@@ -309,10 +399,43 @@ async def _sleep(stop: asyncio.Event | None, seconds: float) -> None:
 
 
 async def run_worker(settings: WorkerSettings, stop: asyncio.Event) -> None:
-    """Run one worker until ``stop`` is set (what ``monitor worker`` does)."""
+    """Run one worker until ``stop`` is set (what ``monitor worker`` does): with partitions,
+    one loop per partition (taking this process's share of them) and the ingress router."""
     # The worker keeps many small long-lived objects; default collection thresholds make the
     # collector rescan them constantly (a third of the CPU at 100,000 jobs).
     gc.set_threshold(50_000, 20, 100)
-    worker = Worker(settings)
-    log.info("worker %s on %s, prefix %r", worker.name, settings.redis_url, settings.prefix)
-    await worker.run(stop)
+    part = settings.partitioning
+    if not part.split:
+        worker = Worker(settings)
+        log.info("worker %s on %s, prefix %r", worker.name, settings.redis_url,
+                 settings.prefix)
+        await worker.run(stop)
+        return
+    shared = connect(settings.redis_url, settings.redis_cluster, retry=Retry(NoBackoff(), 0))
+    try:
+        await declare_partitions(shared, part)
+        name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        fleet = Fleet(shared, part, name, settings.lease_ttl)
+        workers = [Worker(settings, i, fleet) for i in range(part.count)]
+        router = IngressRouter(settings, shared, name)
+        log.info("worker %s on %s, prefix %r, %d partitions", name, settings.redis_url,
+                 settings.prefix, part.count)
+        await asyncio.gather(fleet.run(stop), router.run(stop), *(w.run(stop) for w in workers))
+    finally:
+        await shared.aclose()
+
+
+class PartitionsMismatch(Exception):
+    """This process was started with another partition count than the deployment's."""
+
+
+async def declare_partitions(redis: Redis, part: Partitioning) -> None:
+    """Record the partition count on first start; refuse another one later (models would be
+    looked for in the wrong partitions)."""
+    if part.split:
+        await redis.set(part.declared, part.count, nx=True)
+    stored = await redis.get(part.declared)
+    if stored is not None and int(stored) != part.count:
+        raise PartitionsMismatch(
+            f"this deployment (prefix {part.prefix!r}) has {int(stored)} partitions, not "
+            f"{part.count}: set MONITOR_PARTITIONS={int(stored)} (docs/scale-out.md)")

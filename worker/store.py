@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from monitor.keys import GROUP, Keys
+from monitor.partitions import Partitioning, parse_route, route_value
 from monitor.redistools import text
 from monitor.rules import JobState
 from worker.batch import Commit, Entry
@@ -83,9 +84,12 @@ class LeaseLost(Exception):
 class Store:
     """Reads and writes of one worker process, under ``keys``."""
 
-    def __init__(self, redis: Redis, keys: Keys, consumer: str) -> None:
+    def __init__(self, redis: Redis, keys: Keys, consumer: str,
+                 part: Partitioning | None = None, index: int = 0) -> None:
         self.redis = redis
         self.keys = keys
+        self.part = part or Partitioning(keys.prefix)
+        self.index = index
         self.consumer = consumer
         self._read = redis.register_script(_FENCED_READ)
         self._drop_idle = redis.register_script(_DROP_IDLE_CONSUMERS)
@@ -192,6 +196,8 @@ class Store:
         k = self.keys
         if not lease.held:
             raise LeaseLost("lease expired before commit")
+        if commit.outgoing:  # before the commit: forwarded at least once (worker.moves)
+            await self.send_out(commit.outgoing)
         queue = self.redis.pipeline(transaction=False)  # only records the commands
         _queue_writes(queue, k, commit, updates_keep=updates_keep, dead_keep=dead_keep)
         writes = len(queue.command_stack)
@@ -214,7 +220,53 @@ class Store:
             raise LeaseLost("lease expired or taken over before commit")
         if reply == -2:
             raise LeaseLost(f"another worker committed past {expected}")
+        finalise = dict(commit.finalise)
+        if commit.named and self.part.split and self.index == self.part.unnamed:
+            # Provisional routes point here: the jobs that named a model of this partition
+            # stay, for good.
+            finalise.update(dict.fromkeys(commit.named, self.index))
+        await self.finalise_routes(finalise)
         return text(reply) if update_at else None
+
+    async def send_out(self, outgoing: list[tuple[int, dict[str, bytes]]]) -> None:
+        """Append entries to other partitions' streams, in order."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition, fields in outgoing:
+                pipe.xadd(self.part.keys(partition).events, fields)  # type: ignore[arg-type]
+            await pipe.execute()
+
+    async def partition_state(self) -> tuple[dict[str, str], dict[str, int]]:
+        """The positions applied per source, and the jobs that moved away (worker.moves)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.marks)
+            pipe.hgetall(self.keys.moved)
+            marks, moved = await pipe.execute()
+        return ({text(s): text(v) for s, v in marks.items()},
+                {text(j): int(v) for j, v in moved.items()})
+
+    async def routes(self, job_ids: list[str]) -> dict[str, tuple[int, bool] | None]:
+        if not job_ids:
+            return {}
+        values = await self.redis.hmget(self.part.routes, job_ids)
+        return {job_id: parse_route(v) if v is not None else None
+                for job_id, v in zip(job_ids, values)}
+
+    async def finalise_routes(self, routes: dict[str, int]) -> None:
+        """Make routes final (only a partition's worker changes a route once claimed)."""
+        if routes:
+            await self.redis.hset(self.part.routes,
+                                  mapping={j: route_value(p, False) for j, p in routes.items()})
+
+    async def job_extras(self, job_id: str) -> tuple[Any, list[dict[str, Any]], list[str]]:
+        """A job's config, metric history and stored event ids (for a handoff)."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(k.configs, job_id)
+            pipe.lrange(k.metrics(job_id), 0, -1)
+            pipe.smembers(k.seen(job_id))
+            config, points, seen = await pipe.execute()
+        return (orjson.loads(config) if config is not None else None,
+                [orjson.loads(p) for p in points], sorted(text(i) for i in seen))
 
     async def ack(self, entry_ids: list[str]) -> None:
         if entry_ids:
@@ -271,7 +323,8 @@ def _queue_writes(pipe: Any, k: Keys, c: Commit, *, updates_keep: int, dead_keep
         pipe.sadd(key, *ids)
     for key, points in c.replace.items():
         pipe.delete(key)
-        pipe.rpush(key, *points)
+        if points:
+            pipe.rpush(key, *points)
     for key, points in c.append.items():
         pipe.rpush(key, *points)
     for key, event_ids in c.seen_add.items():
@@ -288,6 +341,18 @@ def _queue_writes(pipe: Any, k: Keys, c: Commit, *, updates_keep: int, dead_keep
     for name, n in c.counts.items():
         if n:
             pipe.hincrby(k.stats, name, n)
+    if c.removed:  # moved to another partition (worker.moves)
+        pipe.hdel(k.jobs, *c.removed)
+        pipe.hdel(k.folds, *c.removed)
+        pipe.hdel(k.configs, *c.removed)
+        pipe.zrem(k.alive, *c.removed)
+        pipe.hdel(k.stops, *c.removed)
+        pipe.delete(*(k.metrics(job_id) for job_id in c.removed))
+        pipe.delete(*(k.seen(job_id) for job_id in c.removed))
+    if c.moved_out:
+        pipe.hset(k.moved, mapping=c.moved_out)
+    if c.marks:
+        pipe.hset(k.marks, mapping=c.marks)
     pipe.set(k.applied, c.applied)
     if c.update is not None:  # last of the writes
         pipe.xadd(k.updates, {"data": c.update}, maxlen=updates_keep, approximate=True)

@@ -1,0 +1,107 @@
+"""With partitions: the ingress router (docs/scale-out.md, Publishing). Raw XADDs to
+``<prefix>events`` are forwarded to the stream of their partition, by the rule every
+publisher applies (:mod:`monitor.partitions`). One router forwards at a time (a lease); each
+forwarded entry carries ``src`` = ``in|<ingress id>``, so what a crash forwards twice is
+applied once (:mod:`worker.moves`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from monitor.events import BadEvent, parse_event
+from monitor.partitions import Routes
+from monitor.redistools import backoff, text
+from monitor.routing import Described, describe, route
+from monitor.settings import WorkerSettings
+from worker.lease import Lease
+from worker.moves import ROUTER
+
+log = logging.getLogger("monitor.worker")
+
+
+def describe_entry(fields: dict[bytes, bytes] | None) -> Described | None:
+    """What routing needs of an ingress entry; only a valid event may claim a route."""
+    raw = (fields or {}).get(b"data")
+    if raw is None:
+        return None
+    try:
+        parse_event(raw)
+        valid = True
+    except BadEvent:
+        valid = False
+    return describe(raw, valid)
+
+
+class IngressRouter:
+    def __init__(self, settings: WorkerSettings, redis: Redis, name: str) -> None:
+        self.settings = settings
+        self.part = settings.partitioning
+        self.redis = redis
+        self.routes = Routes(self.part)
+        self.lease = Lease(redis, self.part.router_lease, settings.lease_ttl, name)
+        self.position: str | None = None
+        self.forwarded = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        released = asyncio.Event()
+        keep_alive = asyncio.create_task(self.lease.keep_alive(released), name="router lease")
+        delay = 0.1
+        try:
+            while not stop.is_set():
+                try:
+                    if not await self.lease.hold():
+                        self.position = None
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), self.settings.lease_ttl / 4)
+                        continue
+                    await self.step()
+                    delay = 0.1
+                except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                    log.warning("router: Redis unreachable (%s); retrying in %.1fs", e, delay)
+                    self.lease.forget()
+                    self.position = None
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+                    delay = backoff(delay)
+        finally:
+            released.set()
+            await keep_alive
+            with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                await self.lease.release()
+
+    async def step(self) -> None:
+        """Forward the next batch of ingress entries (waiting for one up to ``block``)."""
+        if self.position is None:
+            stored = await self.redis.get(self.part.router_applied)
+            self.position = text(stored) if stored is not None else "0-0"
+            log.info("routing %s from %s", self.part.ingress, self.position)
+        reply: Any = await self.redis.xread({self.part.ingress: self.position},
+                                            count=self.settings.batch_size,
+                                            block=max(1, int(self.settings.block * 1000)))
+        if not reply:
+            return
+        entries = reply[0][1]
+        described = [describe_entry(fields) for _, fields in entries]
+        partitions = await route(self.redis, self.routes, described)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (entry_id, fields), partition in zip(entries, partitions):
+                data = (fields or {}).get(b"data", b"")
+                pipe.xadd(self.part.keys(partition).events,
+                          {"data": data, "src": f"{ROUTER}|{text(entry_id)}"})
+            await pipe.execute()
+        last = text(entries[-1][0])
+        if not self.lease.held:
+            return  # another router may be ahead: it records the position
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self.part.router_applied, last)
+            pipe.xtrim(self.part.ingress, minid=last, approximate=True)
+            await pipe.execute()
+        self.position = last
+        self.forwarded += len(entries)
