@@ -36,7 +36,7 @@ class Controlled(Protocol):
     job_id: str
 
     @property
-    def control_target(self) -> tuple[str, str]: ...  # (Redis URL, key prefix)
+    def control_target(self) -> tuple[str, str] | None: ...  # (Redis URL, key prefix)
 
     @property
     def running(self) -> bool: ...  # not finished: it beats
@@ -95,7 +95,8 @@ class Channel:
             return
         by_target: dict[tuple[str, str], list[Controlled]] = {}
         for run in runs:
-            by_target.setdefault(run.control_target, []).append(run)
+            if (target := run.control_target) is not None:  # None: not sent anything yet
+                by_target.setdefault(target, []).append(run)
         answered = True
         for (url, prefix), group in by_target.items():
             answered &= self._ask_one(url, Keys(prefix), group, beat)

@@ -44,6 +44,8 @@ from monitor.limits import (
     STATUSES,
     Status,
 )
+from monitor.partitions import UNNAMED, Partitioning, Routes
+from monitor.routing import route_sync
 
 __all__ = ["Run", "RunStats", "Status", "start_run"]
 
@@ -135,9 +137,9 @@ def start_run(
         url, socket_connect_timeout=2.0, socket_timeout=5.0, retry=Retry(NoBackoff(), 0)
     )
     run = Run(
-        client, Keys(prefix).events, job_id=job_id, model_name=model_name, uid=uid,
+        client, prefix, job_id=job_id, model_name=model_name, uid=uid,
         url=_redacted(url), buffer_size=buffer_size, flush_timeout=float(flush_timeout),
-        control_target=(url, prefix), on_stop=on_stop,
+        control_url=url, on_stop=on_stop,
     )
     run._enqueue(started, droppable=False)
     channel.add(run)
@@ -148,18 +150,20 @@ class Run:
     """One training run (made by :func:`start_run`): enqueues events; a daemon thread sends them."""
 
     def __init__(
-        self, client: redis.Redis, stream: str, *, job_id: str, model_name: str | None,
+        self, client: redis.Redis, prefix: str, *, job_id: str, model_name: str | None,
         uid: str, url: str, buffer_size: int, flush_timeout: float,
-        control_target: tuple[str, str], on_stop: Callable[[Run], object] | None = None,
+        control_url: str, on_stop: Callable[[Run], object] | None = None,
     ) -> None:
         self.job_id = job_id
         self.model_name = model_name
         self.flush_timeout = flush_timeout
-        self.control_target = control_target  # (Redis URL, prefix) the control channel asks
+        self._control_url = control_url
         self._on_stop = on_stop
         self._stop_request: dict[str, Any] | None = None
         self._client = client
-        self._stream = stream
+        self._prefix = prefix
+        # The keys of the run's partition (docs/scale-out.md), learnt on the first send.
+        self._keys: Keys | None = None
         self._uid = uid
         self._url = url
         self._buffer_size = buffer_size
@@ -432,10 +436,29 @@ class Run:
 
     def _send(self, batch: list[bytes]) -> None:
         # A failed batch is sent again whole; its event_ids make the repeats harmless.
+        stream = self._partition_keys().events
         pipe = self._client.pipeline(transaction=False)
         for data in batch:
-            pipe.xadd(self._stream, {"data": data})
+            pipe.xadd(stream, {"data": data})
         pipe.execute()
+
+    def _partition_keys(self) -> Keys:
+        """The keys of this run's partition: with one partition, the prefix's; else its
+        route's, claimed as every publisher does (the deployment says how many there are)."""
+        if self._keys is None:
+            declared = self._client.get(Partitioning(self._prefix).declared)
+            part = Partitioning(self._prefix, int(declared) if declared is not None else 1)
+            model = UNNAMED if self.model_name is None else self.model_name
+            index = route_sync(self._client, Routes(part), [(self.job_id, True, model)])[0]
+            self._keys = part.keys(index)
+        return self._keys
+
+    @property
+    def control_target(self) -> tuple[str, str] | None:
+        """(Redis URL, key prefix of the run's partition) the control channel asks; None
+        until the first send has learnt the partition."""
+        keys = self._keys
+        return None if keys is None else (self._control_url, keys.prefix)
 
 
 def detected_gpu_count() -> int | None:

@@ -293,17 +293,19 @@ async def test_a_client_that_stopped_reading_is_dropped() -> None:
 
 
 def test_updates_read_together_reach_clients_as_one_message() -> None:
-    from web.hub import merge_updates
+    from web.hub import merge_updates, with_version
 
     entries = [("1-0", b'{"jobs":[{"id":"a","v":1},{"id":"b","v":1}]}'),
                ("2-0", b'{"jobs":[{"id":"a","v":2}]}'),
                ("3-0", b'{"jobs":[{"id":"c","v":1}]}')]
-    version, message = merge_updates(entries)
+    version, body = merge_updates(entries)
     assert version == "3-0"
-    assert orjson.loads(message) == {"type": "update", "version": "3-0", "jobs": [
-        {"id": "b", "v": 1}, {"id": "a", "v": 2}, {"id": "c", "v": 1}]}
-    assert merge_updates(entries[:1]) == (
-        "1-0", '{"type":"update","version":"1-0","jobs":[{"id":"a","v":1},{"id":"b","v":1}]}')
+    assert orjson.loads(with_version(version, body)) == {
+        "type": "update", "version": "3-0",
+        "jobs": [{"id": "b", "v": 1}, {"id": "a", "v": 2}, {"id": "c", "v": 1}]}
+    version, body = merge_updates(entries[:1])
+    assert with_version(version, body) == (
+        '{"type":"update","version":"1-0","jobs":[{"id":"a","v":1},{"id":"b","v":1}]}')
 
 
 async def test_a_hub_that_fell_behind_the_trimming_resyncs_everyone(

@@ -172,7 +172,7 @@ async def _mark(gw: Gateway, job_id: str, kind: str, **fields: Any) -> Response:
 
 async def _write(gw: Gateway, event: dict[str, Any]) -> Response:
     event["ts"] = time.time()
-    await gw.redis.xadd(gw.keys.events, {"data": orjson.dumps(event)})
+    await gw.publish_about(event["job_id"], orjson.dumps(event))
     return JSON({"accepted": 1}, status_code=202)
 
 
@@ -277,10 +277,7 @@ async def post_events(request: Request, gw: GW) -> Response:
     raw = await read_capped(request, MAX_BODY_BYTES)
     async with gw.parsing:  # one body at a time, off the event loop: others keep being served
         events = await anyio.to_thread.run_sync(parse_events, raw)
-    async with gw.redis.pipeline(transaction=True) as pipe:
-        for data in events:
-            pipe.xadd(gw.keys.events, {"data": data})
-        await pipe.execute()
+    await gw.publish(events)
     return JSON({"accepted": len(events)}, status_code=202)
 
 

@@ -13,8 +13,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.requests import HTTPConnection
 
 from monitor.keys import Keys
+from monitor.partitions import Routes
+from monitor.redistools import connect
+from monitor.routing import describe, route
 from monitor.settings import GatewaySettings
 from web.hub import Hub
+from web.partitioned import PartitionedHub, PartitionedReader
 from web.state import StateReader
 
 
@@ -23,8 +27,9 @@ class Gateway:
     settings: GatewaySettings
     redis: Redis  # writes and the hub: never retried blindly (an event must not be doubled)
     keys: Keys
-    reader: StateReader  # reads: retried, so a connection broken by a Redis restart heals
-    hub: Hub
+    reader: StateReader | PartitionedReader  # reads: retried, so a broken connection heals
+    hub: Hub | PartitionedHub
+    routes: Routes
     # POST /api/events bodies are parsed one at a time (in a thread), so a burst of large
     # ones holds at most one body's objects at once.
     parsing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
@@ -32,12 +37,40 @@ class Gateway:
     @classmethod
     def build(cls, settings: GatewaySettings) -> Gateway:
         keys = Keys(settings.prefix)
-        writes = Redis.from_url(settings.redis_url, retry=Retry(NoBackoff(), 0))
-        reads = Redis.from_url(
-            settings.redis_url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+        part = settings.partitioning
+        writes = connect(settings.redis_url, settings.redis_cluster,
+                         retry=Retry(NoBackoff(), 0))
+        reads = connect(
+            settings.redis_url, settings.redis_cluster,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError])
+        if part.split:
+            return cls(settings, writes, keys, PartitionedReader(reads, part),
+                       PartitionedHub(writes, part, settings.ws_queue), Routes(part))
         return cls(settings, writes, keys, StateReader(reads, keys),
-                   Hub(writes, keys, settings.ws_queue))
+                   Hub(writes, keys, settings.ws_queue), Routes(part))
+
+    async def publish(self, events: list[bytes]) -> None:
+        """Append events to the streams of their partitions (docs/scale-out.md), each
+        partition's share in one transaction: all of them or none, with one partition."""
+        if isinstance(self.reader, PartitionedReader):
+            where = await route(self.redis, self.routes, [describe(e) for e in events])
+        else:
+            where = [0] * len(events)
+        for index in sorted(set(where)):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for data, at in zip(events, where):
+                    if at == index:
+                        pipe.xadd(self.routes.part.keys(index).events, {"data": data})
+                await pipe.execute()
+
+    async def publish_about(self, job_id: str, event: bytes) -> None:
+        """Append the gateway's own event about a job it found (archive, stop) to the stream
+        of the partition that holds the job."""
+        index = 0
+        if isinstance(self.reader, PartitionedReader):
+            index = await self.reader.partition_of(job_id)
+        await self.redis.xadd(self.routes.part.keys(index).events, {"data": event})
 
     async def close(self) -> None:
         await self.redis.aclose()

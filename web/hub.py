@@ -30,26 +30,34 @@ START_WAIT = 5.0  # at most this long a subscriber waits for the hub's first try
 
 
 
+def update_body(data: bytes) -> str:
+    """What follows the version in an update message, from a stored ``{"jobs": [...]}``."""
+    return data.decode("utf-8", "replace")[1:]
+
+
+def with_version(version: str, body: str) -> str:
+    return '{"type":"update","version":"' + version + '",' + body
+
+
 def update_message(version: str, data: bytes) -> str:
     """``{"type": "update", "version": V, "jobs": [...]}`` from a stored ``{"jobs": [...]}``."""
-    return '{"type":"update","version":"' + version + '",' + data.decode("utf-8", "replace")[1:]
+    return with_version(version, update_body(data))
 
 
 def merge_updates(entries: list[tuple[str, bytes]]) -> tuple[str, str]:
-    """One update message for consecutive updates: each job as the last of them left it, at
-    the last one's version. Under load the hub reads many commits at once and each client
-    gets one message for them, instead of falling behind by one message per commit."""
+    """One update for consecutive updates: each job as the last of them left it, at the last
+    one's version (that version, and the message's body after it). Under load the hub reads
+    many commits at once and each client gets one message for them, instead of falling
+    behind by one message per commit."""
     if len(entries) == 1:
         version, data = entries[0]
-        return version, update_message(version, data)
+        return version, update_body(data)
     jobs: dict[str, Any] = {}
     for _, data in entries:
         for job in orjson.loads(data)["jobs"]:
             jobs.pop(job["id"], None)  # re-insert: the order follows the latest change
             jobs[job["id"]] = job
-    version = entries[-1][0]
-    return version, orjson.dumps({"type": "update", "version": version,
-                                  "jobs": list(jobs.values())}).decode()
+    return entries[-1][0], update_body(orjson.dumps({"jobs": list(jobs.values())}))
 
 
 MAX_QUEUED_BYTES = 16 * 1024 * 1024  # per client: past this, a resync is cheaper
@@ -60,15 +68,16 @@ class Subscriber:
     """One WebSocket client's queue of (version, message) or :data:`RESYNC`, bounded both in
     messages and in bytes (one update of a 100,000-job group can weigh megabytes)."""
 
-    queue: asyncio.Queue[tuple[str, str] | str]
+    # (version, message), or with partitions (partition, version, body); or RESYNC.
+    queue: asyncio.Queue[Any]
     max_bytes: int = MAX_QUEUED_BYTES
     queued_bytes: int = 0
     overflows: list[float] = field(default_factory=list)
     sending_since: float | None = None  # when the send now in progress began
 
-    def offer(self, item: tuple[str, str]) -> None:
+    def offer(self, item: tuple[Any, ...]) -> None:
         """Queue an update; past either bound, drop what is queued and ask for a resync."""
-        size = len(item[1])
+        size = len(item[-1])
         if self.queue.full() or (self.queued_bytes and self.queued_bytes + size > self.max_bytes):
             self.resync()
             self.overflows.append(time.monotonic())
@@ -82,10 +91,10 @@ class Subscriber:
         self.queued_bytes = 0
         self.queue.put_nowait(RESYNC)
 
-    async def next(self) -> tuple[str, str] | str:
+    async def next(self) -> Any:
         item = await self.queue.get()
         if not isinstance(item, str):
-            self.queued_bytes -= len(item[1])
+            self.queued_bytes -= len(item[-1])
         return item
 
 
@@ -118,12 +127,16 @@ def _raise_if_cancelled() -> None:
 class Hub:
     """Reads ``<prefix>updates`` once and hands every entry to each subscriber."""
 
-    def __init__(self, redis: Redis, keys: Keys, queue_size: int, block_ms: int = 1000) -> None:
+    def __init__(self, redis: Redis, keys: Keys, queue_size: int, block_ms: int = 1000,
+                 index: int | None = None, subscribers: set[Subscriber] | None = None
+                 ) -> None:
         self.redis = redis
         self.keys = keys
         self.queue_size = queue_size
         self.block_ms = block_ms
-        self.subscribers: set[Subscriber] = set()
+        # With partitions: one hub per partition (``index``), sharing the subscribers.
+        self.index = index
+        self.subscribers: set[Subscriber] = subscribers if subscribers is not None else set()
         self.last: str | None = None  # the last entry read; None until started
         self.consumed = 0  # entries read since the stream began (its entries-added, when even)
         self.connected = asyncio.Event()
@@ -148,9 +161,11 @@ class Hub:
         finally:
             self.subscribers.discard(subscriber)
 
-    def _broadcast(self, version: str, message: str) -> None:
+    def _broadcast(self, version: str, body: str) -> None:
+        item: tuple[Any, ...] = ((version, with_version(version, body)) if self.index is None
+                                 else (self.index, version, body))
         for subscriber in list(self.subscribers):
-            subscriber.offer((version, message))
+            subscriber.offer(item)
 
     async def _position(self) -> tuple[str, int]:
         """Where the stream ends now, and how many entries it ever had."""

@@ -279,6 +279,11 @@ class StateReader:
                 "worker_lag": None if lag is None or int(lag) < 0 else int(lag),
                 "pending": int(group["pending"])}
 
+    async def count_after(self, stream: str, after: str) -> int:
+        """Entries of ``stream`` after ``after``, counted up to LAG_COUNT_MAX (-1: more)."""
+        return int(await self._count_missed(keys=[stream],
+                                            args=[f"({after}", LAG_COUNT_MAX, 2**62, 1000]))
+
     async def stats(self) -> dict[str, int]:
         raw = await self.redis.hgetall(self.keys.stats)
         return {text(name): int(value) for name, value in raw.items()}

@@ -19,7 +19,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from monitor.rules import parse_pos
 from web.gateway import Gateway, gateway_of
-from web.hub import Subscriber, update_message
+from web.hub import Subscriber, update_body, update_message, with_version
+from web.partitioned import PartitionedReader, cursor, parse_cursor, positions
 from web.security import origin_ok, token_ok
 
 log = logging.getLogger("monitor.gateway")
@@ -81,6 +82,16 @@ async def start(websocket: WebSocket, gw: Gateway, subscriber: Subscriber,
     return await send_snapshot(websocket, gw, subscriber)
 
 
+async def too_slow(websocket: WebSocket, subscriber: Subscriber) -> bool:
+    """After a resync: close a client that keeps overflowing (True)."""
+    recent = [t for t in subscriber.overflows if t > time.monotonic() - SLOW_WINDOW]
+    subscriber.overflows = recent
+    if len(recent) >= TOO_SLOW:
+        await websocket.close(CLOSE_TRY_LATER, "too slow; reconnect with ?since=")
+        return True
+    return False
+
+
 async def send_updates(websocket: WebSocket, gw: Gateway, subscriber: Subscriber,
                        reached: str) -> None:
     """Forward queued updates newer than ``reached``, resyncing a client that fell behind."""
@@ -88,10 +99,7 @@ async def send_updates(websocket: WebSocket, gw: Gateway, subscriber: Subscriber
     while True:
         item = await subscriber.next()
         if isinstance(item, str):  # RESYNC
-            recent = [t for t in subscriber.overflows if t > time.monotonic() - SLOW_WINDOW]
-            subscriber.overflows = recent
-            if len(recent) >= TOO_SLOW:
-                await websocket.close(CLOSE_TRY_LATER, "too slow; reconnect with ?since=")
+            if await too_slow(websocket, subscriber):
                 return
             position = parse_pos(await send_snapshot(websocket, gw, subscriber))
             continue
@@ -101,6 +109,64 @@ async def send_updates(websocket: WebSocket, gw: Gateway, subscriber: Subscriber
             continue  # already in what the client has
         await send(websocket, subscriber, message)
         position = pos
+
+
+# With partitions (docs/scale-out.md): the version is a cursor of one position per partition.
+
+
+async def start_partitioned(websocket: WebSocket, reader: PartitionedReader,
+                            subscriber: Subscriber, since: str | None) -> list[str]:
+    """:func:`start` over partitions: what a resuming client missed, partition by partition,
+    or a snapshot; the versions it has reached."""
+    versions = parse_cursor(since, reader.part.count) if since is not None else None
+    counts = await reader.missed_each(versions) if versions is not None else None
+    if versions is not None and counts is not None:
+        for index, part_reader in enumerate(reader.readers):
+            left = counts[index]
+            while left > 0:
+                page = await part_reader.updates_page(versions[index])
+                if page is None:  # trimmed meanwhile: the snapshot below is the way back
+                    break
+                for version, data in page[:left]:
+                    versions[index] = version
+                    left -= 1
+                    await send(websocket, subscriber,
+                               with_version(cursor(versions), update_body(data)))
+                if not page:
+                    break
+            if left > 0:
+                break
+        else:
+            return versions
+    return await send_partitioned_snapshot(websocket, reader, subscriber)
+
+
+async def send_partitioned_snapshot(websocket: WebSocket, reader: PartitionedReader,
+                                    subscriber: Subscriber) -> list[str]:
+    snapshot = await reader.snapshot()
+    await send(websocket, subscriber, snapshot.message)
+    return list(snapshot.versions)
+
+
+async def send_partitioned_updates(websocket: WebSocket, reader: PartitionedReader,
+                                   subscriber: Subscriber, versions: list[str]) -> None:
+    """:func:`send_updates` over partitions: each update advances its partition's place in
+    the client's cursor."""
+    reached = positions(versions)
+    while True:
+        item = await subscriber.next()
+        if isinstance(item, str):  # RESYNC
+            if await too_slow(websocket, subscriber):
+                return
+            versions = await send_partitioned_snapshot(websocket, reader, subscriber)
+            reached = positions(versions)
+            continue
+        index, version, body = item
+        pos = parse_pos(version)
+        if pos <= reached[index]:
+            continue  # already in what the client has
+        versions[index], reached[index] = version, pos
+        await send(websocket, subscriber, with_version(cursor(versions), body))
 
 
 async def read_until_closed(websocket: WebSocket) -> None:
@@ -137,6 +203,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             tasks.cancel_scope.cancel()
 
         async def serve() -> None:
+            if isinstance(gw.reader, PartitionedReader):
+                versions = await start_partitioned(websocket, gw.reader, subscriber, since)
+                await send_partitioned_updates(websocket, gw.reader, subscriber, versions)
+                return
             reached = await start(websocket, gw, subscriber, since)
             await send_updates(websocket, gw, subscriber, reached)
 

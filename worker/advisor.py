@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -43,7 +42,7 @@ from monitor.advice import (
     wants_forecast,
 )
 from monitor.keys import Keys
-from monitor.redistools import backoff, text
+from monitor.redistools import backoff, connect, text
 from monitor.rules import parse_pos
 from monitor.settings import AdvisorSettings
 from worker.store import histories
@@ -80,10 +79,15 @@ class Advisor:
     """One advisor process's state: the running jobs as the last update left them, their
     groups' rankings, and which jobs are due for a forecast."""
 
-    def __init__(self, settings: AdvisorSettings) -> None:
+    def __init__(self, settings: AdvisorSettings, index: int = 0) -> None:
         self.settings = settings
-        self.keys = Keys(settings.prefix)
-        self.redis = Redis.from_url(settings.redis_url)
+        # With partitions, one advisor per partition (its groups are all there), each with
+        # its share of the CPU budget.
+        part = settings.partitioning
+        self.keys = part.keys(index)
+        self.announced = Keys(settings.prefix).advisor
+        self.cpu_share = settings.advisor_cpu / part.count
+        self.redis = connect(settings.redis_url, settings.redis_cluster)
         self.counters = Counters()
         self._forget()
         self._woken = asyncio.Event()
@@ -243,7 +247,7 @@ class Advisor:
                 await _sleep(stop, delay)
                 delay = backoff(delay)
                 continue
-            share = self.settings.advisor_cpu
+            share = self.cpu_share
             if share < 1:
                 await _sleep(stop, spent * (1 / share - 1))
 
@@ -317,7 +321,7 @@ class Advisor:
         """Say that an advisor runs, and how it is set (``GET /api/advisor``; the page offers
         "Stop all that can't win" only when auto-stop is off)."""
         s = self.settings
-        await self.redis.set(self.keys.advisor, orjson.dumps(
+        await self.redis.set(self.announced, orjson.dumps(
             {"autostop": s.autostop, "stop_below": s.stop_below, "stale_after": s.stale_after}),
             px=round(ttl * 1000))
 
@@ -367,7 +371,9 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> None:
 
 
 async def run_advisor(settings: AdvisorSettings, stop: asyncio.Event) -> None:
-    """Run one advisor until ``stop`` is set (what ``monitor advisor`` does)."""
-    advisor = Advisor(settings)
-    log.info("advisor on %s, prefix %r", settings.redis_url, settings.prefix)
-    await advisor.run(stop)
+    """Run one advisor until ``stop`` is set (what ``monitor advisor`` does); with
+    partitions, one per partition in this process."""
+    count = settings.partitions
+    log.info("advisor on %s, prefix %r%s", settings.redis_url, settings.prefix,
+             f", {count} partitions" if count > 1 else "")
+    await asyncio.gather(*(Advisor(settings, i).run(stop) for i in range(count)))

@@ -199,6 +199,8 @@ class Worker:
         await self.pipeline.finish()
         self._reset()
         await self.lease.release()
+        if self.fleet is not None:
+            self.fleet.holding(self.index, False)
 
     async def _stand_by(self, stop: asyncio.Event | None) -> None:
         if self.fleet is not None:

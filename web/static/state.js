@@ -85,6 +85,9 @@ export function applyMessage(message) {
   const ids = [];
   for (const job of message.jobs) {
     const old = state.jobs.get(job.id);
+    // A job's model never changes once named: a view without one is an older one, sent on
+    // by the partition the job left (docs/websocket.md, Partitions).
+    if (old !== undefined && old.model_name !== null && job.model_name === null) continue;
     const moved = old !== undefined && old.created_at !== job.created_at;
     const wasShown = derived !== null && old !== undefined && isShown(old, needle);
     if (moved) state.order.splice(position(old), 1);

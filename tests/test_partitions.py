@@ -1,0 +1,227 @@
+"""Partitions (docs/scale-out.md), end to end: real ``monitor worker`` and ``monitor gateway``
+processes with MONITOR_PARTITIONS=4, events through ``POST /api/events`` and raw XADDs to
+``<prefix>events``, workers SIGKILLed mid-stream; the views every gateway serves and every
+``/ws`` client ends with equal a from-scratch fold of what was published."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from websockets.sync.client import connect
+
+from monitor.events import parse_event
+from monitor.partitions import Partitioning
+from tests.conftest import delete_prefix, free_port
+from tests.helpers import env_for, spawn_monitor, stop_process, wait_for
+from tests.reference import reference_views
+
+PARTITIONS = 4
+MODELS = ["org/alpha", "org/beta", "org/gamma", "org/delta", "org/epsilon", None]
+COMPARED = ("id", "model_name", "model_display", "status", "archived", "best_eval_loss",
+            "best_step", "eval_loss", "loss", "is_best", "delta_pct", "tier", "created_at",
+            "final_eval_loss", "best_checkpoint_path")
+
+
+def scenario(rng: random.Random, jobs: int) -> list[tuple[str, dict[str, Any]]]:
+    """(path, event) in publishing order: each job's events all through the API or all as raw
+    XADDs (the first to name a model decides; a raw XADD names it when the router forwards
+    it). A third of the jobs send metrics before job_started, without a model; a fifth
+    name another model later; one model is null."""
+    per_job = []
+    for j in range(jobs):
+        job, model = f"job-{j}", MODELS[j % len(MODELS)]
+        ts = 1000.0 + j
+        events: list[dict[str, Any]] = [{"type": "job_started", "job_id": job,
+                                         "model_name": model, "ts": ts}]
+        for step in range(1, 7):
+            event: dict[str, Any] = {"type": "metrics", "job_id": job, "step": step,
+                                     "loss": round(rng.uniform(0.1, 2), 3), "ts": ts + step}
+            if step % 2 == 0:
+                event["eval_loss"] = round(rng.uniform(0.2, 1.5), 3)
+            events.append(event)
+        events.append({"type": "checkpoint", "job_id": job, "path": f"ckpt-{job}", "step": 4,
+                       "ts": ts + 4.5})
+        if j % 3 == 0:  # metrics first, with no model named
+            events = events[1:3] + events[:1] + events[3:]
+        if j % 5 == 0:  # a later event names another model: ignored
+            events.append({"type": "metrics", "job_id": job, "model_name": "org/other",
+                           "step": 9, "loss": 0.5, "ts": ts + 9})
+        if j % 2 == 0:
+            events.append({"type": "job_finished", "job_id": job, "status": "completed",
+                           "ts": ts + 10})
+        path = "xadd" if j % 4 == 0 else "api"
+        per_job.append([(path, e) for e in events])
+    out = []
+    while any(per_job):
+        out.append(rng.choice([e for e in per_job if e]).pop(0))
+    return out
+
+
+def expected_views(published: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    stream = []
+    for i, (_, event) in enumerate(published):
+        parsed = parse_event(orjson.dumps(event))
+        stream.append(((1, i), parsed.ts, parsed))
+    return reference_views(stream)
+
+
+def post(port: int, events: list[dict[str, Any]]) -> None:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/events",
+                                     data=orjson.dumps(events), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 202
+
+
+def get(port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def compared(views: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {job_id: {k: view.get(k) for k in COMPARED} for job_id, view in views.items()}
+
+
+class Client(threading.Thread):
+    """A /ws client that keeps the jobs as the messages leave them, and the last version."""
+
+    def __init__(self, port: int, since: str | None = None, until: float = 60) -> None:
+        super().__init__(daemon=True)
+        self.url = f"ws://127.0.0.1:{port}/ws" + (f"?since={since}" if since else "")
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.version: str | None = None
+        self.kinds: list[str] = []
+        self.closing = threading.Event()
+        self.until = until
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.until
+        with connect(self.url, open_timeout=5, max_size=None) as ws:
+            while not self.closing.is_set() and time.monotonic() < deadline:
+                try:
+                    message = json.loads(ws.recv(timeout=0.2))
+                except TimeoutError:
+                    continue
+                self.kinds.append(message["type"])
+                if message["type"] == "snapshot":
+                    self.jobs = {}
+                for job in message["jobs"]:
+                    old = self.jobs.get(job["id"])
+                    if old is not None and old["model_name"] is not None \
+                            and job["model_name"] is None:
+                        continue  # an older view from the partition it left (as the page)
+                    self.jobs[job["id"]] = job
+                self.version = message["version"]
+
+    def stop(self) -> None:
+        self.closing.set()
+        self.join(10)
+
+
+@pytest.fixture
+def deployment(redis_url: str, tmp_path: Path) -> Any:
+    """Two workers and two gateways of one 4-partition deployment on a fresh prefix."""
+    prefix = f"parts{time.monotonic_ns()}:"
+    env = {**env_for(redis_url, prefix), "MONITOR_PARTITIONS": str(PARTITIONS)}
+    worker_args = ("worker", "--lease-ttl", "1", "--block", "0.1", "--batch-size", "50")
+    workers = [spawn_monitor(env, tmp_path / f"worker{i}.log", *worker_args) for i in range(2)]
+    ports = [free_port(), free_port()]
+    gateways = [spawn_monitor(env, tmp_path / f"gateway{i}.log", "gateway", "--port", str(p))
+                for i, p in enumerate(ports)]
+    for port in ports:
+        wait_for(lambda port=port: _answers(port), 20, f"gateway on {port}")
+    yield {"env": env, "prefix": prefix, "workers": workers, "ports": ports,
+           "worker_args": worker_args, "logs": tmp_path}
+    for proc in [*workers, *gateways]:
+        stop_process(proc)
+    delete_prefix(redis.Redis.from_url(redis_url), prefix)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return bool(get(port, "/healthz"))
+    except OSError:
+        return False
+
+
+def test_four_partitions_two_workers_two_gateways_equal_a_fold(
+        deployment: Any, r: redis.Redis) -> None:
+    rng = random.Random(16)
+    published = scenario(rng, 36)
+    part = Partitioning(deployment["prefix"], PARTITIONS)
+    port_a, port_b = deployment["ports"]
+    live = Client(port_b)
+    live.start()
+    early = Client(port_a)
+    early.start()
+    wait_for(lambda: early.version is not None, 10, "a first /ws message")
+    early.stop()
+    resume_from = early.version
+    assert resume_from is not None and resume_from.count(".") == PARTITIONS - 1
+
+    workers = deployment["workers"]
+    kill_at = {len(published) // 3, 2 * len(published) // 3}
+    batch: list[dict[str, Any]] = []
+    for i, (path, event) in enumerate(published):
+        if path == "xadd":
+            if batch:
+                post(port_a, batch)
+                batch = []
+            r.xadd(part.ingress, {"data": orjson.dumps(event)})
+        else:
+            batch.append(event)
+            if len(batch) >= rng.randint(1, 12):
+                post(port_a, batch)
+                batch = []
+        if i in kill_at:  # SIGKILL a worker mid-stream and start it again
+            victim = workers.pop(0)
+            victim.kill()
+            victim.wait(10)
+            workers.append(spawn_monitor(deployment["env"], deployment["logs"] / "again.log",
+                                         *deployment["worker_args"]))
+    if batch:
+        post(port_a, batch)
+
+    want = compared(expected_views(published))
+
+    def settled() -> bool:
+        jobs = get(port_b, "/api/jobs?include_archived=true")["jobs"]
+        return compared({v["id"]: v for v in jobs}) == want
+
+    try:
+        wait_for(settled, 40, "the views of gateway B to equal the fold")
+    except AssertionError:
+        got = compared({v["id"]: v for v in get(port_b, "/api/jobs")["jobs"]})
+        wrong = {k: (want.get(k), got.get(k)) for k in set(want) | set(got)
+                 if want.get(k) != got.get(k)}
+        raise AssertionError(f"{len(wrong)} jobs differ, e.g. {list(wrong.items())[:2]}")
+    assert compared({v["id"]: v for v in get(port_a, "/api/jobs")["jobs"]}) == want
+
+    wait_for(lambda: compared(live.jobs) == want, 10, "the live /ws client to catch up")
+    live.stop()
+    assert live.kinds[0] == "snapshot"
+
+    resumed = Client(port_a, since=resume_from)
+    resumed.start()
+    try:
+        wait_for(lambda: compared(resumed.jobs) == want, 15, "a resumed /ws client to catch up")
+    finally:
+        resumed.stop()
+    pass
+    assert "snapshot" not in resumed.kinds  # every update was still kept: nothing replayed whole
+
+    applied = sum(int(r.hget(part.keys(i).stats, "applied") or 0) for i in range(PARTITIONS))
+    assert applied == len(published)  # nothing doubled, nothing lost
+    # Every job lives in the partition of its model; the moved ones left a tombstone.
+    for job_id, view in want.items():
+        home = part.keys(part.of_model(view["model_name"]))
+        assert r.hexists(home.jobs, job_id), job_id
