@@ -216,7 +216,6 @@ def test_four_partitions_two_workers_two_gateways_equal_a_fold(
         wait_for(lambda: compared(resumed.jobs) == want, 15, "a resumed /ws client to catch up")
     finally:
         resumed.stop()
-    pass
     assert "snapshot" not in resumed.kinds  # every update was still kept: nothing replayed whole
 
     applied = sum(int(r.hget(part.keys(i).stats, "applied") or 0) for i in range(PARTITIONS))
