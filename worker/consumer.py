@@ -31,6 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from monitor.errors import StartError
 from monitor.events import Event
 from monitor.partitions import Partitioning
 from monitor.redistools import backoff, connect
@@ -427,7 +428,7 @@ async def run_worker(settings: WorkerSettings, stop: asyncio.Event) -> None:
         await shared.aclose()
 
 
-class PartitionsMismatch(Exception):
+class PartitionsMismatch(StartError):
     """This process was started with another partition count than the deployment's."""
 
 
