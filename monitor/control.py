@@ -20,6 +20,8 @@ from typing import Any, Protocol
 import orjson
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from monitor.keys import Keys
@@ -36,7 +38,7 @@ class Controlled(Protocol):
     job_id: str
 
     @property
-    def control_target(self) -> tuple[str, str] | None: ...  # (Redis URL, key prefix)
+    def control_target(self) -> tuple[str, str, bool] | None: ...  # (URL, prefix, cluster)
 
     @property
     def running(self) -> bool: ...  # not finished: it beats
@@ -51,12 +53,12 @@ class Channel:
     """The process's control thread and the runs it serves."""
 
     def __init__(self, poll: float = POLL_INTERVAL, heartbeat: float = HEARTBEAT_INTERVAL,
-                 connect: Callable[[str], redis.Redis] | None = None) -> None:
+                 connect: Callable[[str, bool], redis.Redis] | None = None) -> None:
         self.poll = poll
         self.heartbeat = heartbeat
         self._connect = connect or _client
         self._runs: dict[Controlled, None] = {}  # insertion order: a stable HMGET order
-        self._clients: dict[str, redis.Redis] = {}
+        self._clients: dict[tuple[str, bool], redis.Redis] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._last_beat = -float("inf")
@@ -93,22 +95,23 @@ class Channel:
         beat = time.monotonic() - self._last_beat >= self.heartbeat
         if not beat and all(run.should_stop for run in runs):
             return
-        by_target: dict[tuple[str, str], list[Controlled]] = {}
+        by_target: dict[tuple[str, str, bool], list[Controlled]] = {}
         for run in runs:
             if (target := run.control_target) is not None:  # None: not sent anything yet
                 by_target.setdefault(target, []).append(run)
         answered = True
-        for (url, prefix), group in by_target.items():
-            answered &= self._ask_one(url, Keys(prefix), group, beat)
+        for (url, prefix, cluster), group in by_target.items():
+            answered &= self._ask_one(url, cluster, Keys(prefix), group, beat)
         if beat and answered:
             self._last_beat = time.monotonic()
 
-    def _ask_one(self, url: str, keys: Keys, runs: list[Controlled], beat: bool) -> bool:
-        client = self._clients.get(url)
-        if client is None:
-            client = self._clients[url] = self._connect(url)
+    def _ask_one(self, url: str, cluster: bool, keys: Keys, runs: list[Controlled],
+                 beat: bool) -> bool:
         asked = [run for run in runs if not run.should_stop]
         try:
+            client = self._clients.get((url, cluster))
+            if client is None:
+                client = self._clients[url, cluster] = self._connect(url, cluster)
             with client.pipeline(transaction=False) as pipe:
                 if asked:
                     pipe.hmget(keys.stops, [run.job_id for run in asked])
@@ -117,7 +120,7 @@ class Channel:
                         pipe.xadd(keys.events, {"data": orjson.dumps(
                             {"type": "job_heartbeat", "job_id": run.job_id})})
                 replies = pipe.execute()
-        except redis.RedisError as e:
+        except (redis.RedisError, RedisClusterException) as e:
             if self._reachable:
                 self._reachable = False
                 logger.warning("monitor: cannot ask Redis for stop requests (%s); retrying", e)
@@ -134,9 +137,12 @@ class Channel:
         self._clients.clear()
 
 
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0,
-                                retry=Retry(NoBackoff(), 0))
+def _client(url: str, cluster: bool) -> redis.Redis:
+    options: dict[str, Any] = {"socket_connect_timeout": 1.0, "socket_timeout": 2.0,
+                               "retry": Retry(NoBackoff(), 0)}
+    if cluster:
+        return RedisCluster.from_url(url, **options)  # type: ignore[return-value]
+    return redis.Redis.from_url(url, **options)
 
 
 channel = Channel()  # the process's one channel; the SDK adds every run it starts

@@ -33,10 +33,13 @@ PROVISIONAL_FOR = 1.0  # seconds a publisher trusts a provisional route it has s
 
 @dataclass(frozen=True, slots=True)
 class Partitioning:
-    """The partitions of one deployment: ``count`` of them under ``prefix``."""
+    """The partitions of one deployment: ``count`` of them under ``prefix``. On a Redis
+    Cluster even one partition has its keys under a hash tag, so a commit's keys share a
+    slot; the partitioned machinery (routes, the router, cursors) then runs with one."""
 
     prefix: str
     count: int = 1
+    cluster: bool = False
 
     def __post_init__(self) -> None:
         if self.count < 1:
@@ -44,7 +47,9 @@ class Partitioning:
 
     @property
     def split(self) -> bool:
-        return self.count > 1
+        """Are keys under hash tags (and events routed)? With more than one partition, or
+        on a cluster."""
+        return self.count > 1 or self.cluster
 
     def keys(self, index: int) -> Keys:
         """The keys of partition ``index``."""
@@ -57,7 +62,7 @@ class Partitioning:
 
     def of_model(self, model_name: str | None) -> int:
         """The partition that holds every job of ``model_name``."""
-        if not self.split:
+        if self.count == 1:
             return 0
         return zlib.crc32(model_field(model_name).encode()) % self.count
 

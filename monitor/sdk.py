@@ -9,6 +9,7 @@ One more thread per process, :mod:`monitor.control`, tells every run of a stop r
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import math
 import numbers
@@ -28,6 +29,8 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from monitor.control import channel
@@ -82,6 +85,7 @@ def start_run(
     on_stop: Callable[[Run], object] | None = None,
     redis_url: str | None = None,
     prefix: str | None = None,
+    cluster: bool | None = None,
     buffer_size: int = 100_000,
     flush_timeout: float = 10.0,
 ) -> Run:
@@ -96,6 +100,8 @@ def start_run(
     url = redis_url or os.environ.get("MONITOR_REDIS_URL") or DEFAULT_REDIS_URL
     if prefix is None:
         prefix = os.environ.get("MONITOR_PREFIX", DEFAULT_PREFIX)
+    if cluster is None:
+        cluster = os.environ.get("MONITOR_REDIS_CLUSTER", "").strip().lower() in TRUE
     uid = secrets.token_hex(6)
     if job_id is None:
         job_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uid[:6]}"
@@ -133,11 +139,8 @@ def start_run(
         raise ValueError(f"buffer_size must be an int >= 1, got {buffer_size!r}")
     if not flush_timeout >= 0:
         raise ValueError(f"flush_timeout must be >= 0 seconds, got {flush_timeout!r}")
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=2.0, socket_timeout=5.0, retry=Retry(NoBackoff(), 0)
-    )
     run = Run(
-        client, prefix, job_id=job_id, model_name=model_name, uid=uid,
+        functools.partial(_client, url, cluster), prefix, cluster=cluster, job_id=job_id, model_name=model_name, uid=uid,
         url=_redacted(url), buffer_size=buffer_size, flush_timeout=float(flush_timeout),
         control_url=url, on_stop=on_stop,
     )
@@ -150,7 +153,8 @@ class Run:
     """One training run (made by :func:`start_run`): enqueues events; a daemon thread sends them."""
 
     def __init__(
-        self, client: redis.Redis, prefix: str, *, job_id: str, model_name: str | None,
+        self, connect: Callable[[], redis.Redis], prefix: str, *, cluster: bool = False,
+        job_id: str, model_name: str | None,
         uid: str, url: str, buffer_size: int, flush_timeout: float,
         control_url: str, on_stop: Callable[[Run], object] | None = None,
     ) -> None:
@@ -160,7 +164,9 @@ class Run:
         self._control_url = control_url
         self._on_stop = on_stop
         self._stop_request: dict[str, Any] | None = None
-        self._client = client
+        self._connect = connect  # called by the sender thread (a cluster client connects)
+        self._client: redis.Redis | None = None
+        self._cluster = cluster
         self._prefix = prefix
         # The keys of the run's partition (docs/scale-out.md), learnt on the first send.
         self._keys: Keys | None = None
@@ -409,7 +415,7 @@ class Run:
                     continue
                 try:
                     self._send(batch)
-                except redis.RedisError as e:
+                except (redis.RedisError, RedisClusterException) as e:
                     if reachable:
                         reachable = False
                         logger.warning(
@@ -432,33 +438,50 @@ class Run:
                 if self._stop.is_set() and not self._queue:
                     return
         finally:
-            self._client.close()
+            if self._client is not None:
+                self._client.close()
 
     def _send(self, batch: list[bytes]) -> None:
         # A failed batch is sent again whole; its event_ids make the repeats harmless.
-        stream = self._partition_keys().events
+        if self._client is None:
+            self._client = self._connect()
+        stream = self._partition_keys(self._client).events
         pipe = self._client.pipeline(transaction=False)
         for data in batch:
             pipe.xadd(stream, {"data": data})
         pipe.execute()
 
-    def _partition_keys(self) -> Keys:
+    def _partition_keys(self, client: redis.Redis) -> Keys:
         """The keys of this run's partition: with one partition, the prefix's; else its
         route's, claimed as every publisher does (the deployment says how many there are)."""
         if self._keys is None:
-            declared = self._client.get(Partitioning(self._prefix).declared)
-            part = Partitioning(self._prefix, int(declared) if declared is not None else 1)
+            declared = client.get(Partitioning(self._prefix).declared)
+            part = Partitioning(self._prefix, int(declared) if declared is not None else 1,
+                                self._cluster)
             model = UNNAMED if self.model_name is None else self.model_name
-            index = route_sync(self._client, Routes(part), [(self.job_id, True, model)])[0]
+            index = route_sync(client, Routes(part), [(self.job_id, True, model)])[0]
             self._keys = part.keys(index)
         return self._keys
 
     @property
-    def control_target(self) -> tuple[str, str] | None:
-        """(Redis URL, key prefix of the run's partition) the control channel asks; None
-        until the first send has learnt the partition."""
+    def control_target(self) -> tuple[str, str, bool] | None:
+        """(Redis URL, key prefix of the run's partition, cluster) the control channel asks;
+        None until the first send has learnt the partition."""
         keys = self._keys
-        return None if keys is None else (self._control_url, keys.prefix)
+        return None if keys is None else (self._control_url, keys.prefix, self._cluster)
+
+
+TRUE = ("1", "true", "yes", "on")
+
+
+def _client(url: str, cluster: bool) -> redis.Redis:
+    """The sender's client: of the whole cluster when ``cluster`` (it connects at once, so
+    the sender thread makes it, retrying while Redis is away)."""
+    options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0,
+                               "retry": Retry(NoBackoff(), 0)}
+    if cluster:
+        return RedisCluster.from_url(url, **options)  # type: ignore[return-value]
+    return redis.Redis.from_url(url, **options)
 
 
 def detected_gpu_count() -> int | None:

@@ -108,7 +108,7 @@ class CommonSettings:
 
     @property
     def partitioning(self) -> Partitioning:
-        return Partitioning(self.prefix, self.partitions)
+        return Partitioning(self.prefix, self.partitions, self.redis_cluster)
 
 
 @dataclass(frozen=True)

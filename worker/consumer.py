@@ -436,7 +436,7 @@ async def declare_partitions(redis: Redis, part: Partitioning) -> None:
     """Record the partition count on first start; refuse another one later (models would be
     looked for in the wrong partitions)."""
     if part.split:
-        await redis.set(part.declared, part.count, nx=True)
+        await redis.set(part.declared, part.count, nx=True)  # one on a cluster too
     stored = await redis.get(part.declared)
     if stored is not None and int(stored) != part.count:
         raise PartitionsMismatch(
