@@ -87,6 +87,11 @@ class Partitioning:
         return f"{self.prefix}router:lease"
 
     @property
+    def router_plan(self) -> str:
+        """The batch the router is forwarding: each entry's partition (JSON)."""
+        return f"{self.prefix}router:plan"
+
+    @property
     def router_applied(self) -> str:
         """The last ingress entry the router has forwarded."""
         return f"{self.prefix}router:applied"

@@ -7,8 +7,21 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 RETRY_MAX = 5.0  # seconds at most between attempts while Redis is away
+# Redis is away, or a cluster is between states (a master restarting, a failover): wait and
+# try again from what is committed.
+UNREACHABLE: tuple[type[Exception], ...] = (
+    RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError, TryAgainError,
+    SlotNotCoveredError, RedisClusterException)
 
 
 def text(value: bytes | str) -> str:

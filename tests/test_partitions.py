@@ -11,6 +11,7 @@ import random
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,14 @@ import orjson
 import pytest
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 from websockets.sync.client import connect
 
 from monitor.events import parse_event
 from monitor.partitions import Partitioning
 from tests.conftest import delete_prefix, free_port
 from tests.helpers import env_for, spawn_monitor, stop_process, wait_for
-from tests.redis_cluster import flush
+from tests.redis_cluster import LocalCluster, flush
 from tests.reference import reference_views
 
 MODELS = ["org/alpha", "org/beta", "org/gamma", "org/delta", "org/epsilon", None]
@@ -77,11 +79,14 @@ def expected_views(published: list[tuple[str, dict[str, Any]]]) -> dict[str, dic
 
 
 def post(port: int, events: list[dict[str, Any]]) -> None:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/events",
-                                     data=orjson.dumps(events), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        assert answer.status == 202
+    """``POST /api/events``, again while the gateway answers 5xx (Redis restarting)."""
+    def once() -> None:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/events",
+                                         data=orjson.dumps(events), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 202
+    retrying(once)
 
 
 def get(port: int, path: str) -> Any:
@@ -129,38 +134,113 @@ class Client(threading.Thread):
         self.join(10)
 
 
+class Deployment:
+    """Workers and gateways of one deployment on a fresh prefix, as child processes."""
+
+    def __init__(self, redis_url: str, cluster: bool, partitions: int, logs: Path,
+                 workers: int = 2, gateways: int = 2) -> None:
+        self.prefix = f"parts{time.monotonic_ns()}:"
+        self.cluster = cluster
+        self.part = Partitioning(self.prefix, partitions, cluster)
+        self.client: Any = (RedisCluster.from_url(redis_url) if cluster
+                            else redis.Redis.from_url(redis_url))
+        self.env = {**env_for(redis_url, self.prefix), "MONITOR_PARTITIONS": str(partitions),
+                    "MONITOR_REDIS_CLUSTER": str(cluster).lower()}
+        self.logs = logs
+        self.workers = [self._worker(f"worker{i}") for i in range(workers)]
+        self.ports = [free_port() for _ in range(gateways)]
+        self.gateways = [spawn_monitor(self.env, logs / f"gateway{i}.log", "gateway",
+                                       "--port", str(port))
+                         for i, port in enumerate(self.ports)]
+        for port in self.ports:
+            wait_for(lambda port=port: _answers(port), 20, f"gateway on {port}")
+
+    def _worker(self, name: str) -> Any:
+        return spawn_monitor(self.env, self.logs / f"{name}.log", "worker", "--lease-ttl", "1",
+                             "--block", "0.1", "--batch-size", "50")
+
+    def kill_a_worker(self) -> None:
+        """SIGKILL the oldest worker and start another."""
+        victim = self.workers.pop(0)
+        victim.kill()
+        victim.wait(10)
+        self.workers.append(self._worker("again"))
+
+    def publish(self, published: list[tuple[str, dict[str, Any]]], rng: random.Random,
+                during: dict[int, Callable[[], None]] | None = None) -> None:
+        """Send each event its way (API batches to the first gateway, raw XADDs), calling
+        ``during[i]`` after event i."""
+        batch: list[dict[str, Any]] = []
+        for i, (path, event) in enumerate(published):
+            if path == "xadd":
+                if batch:
+                    post(self.ports[0], batch)
+                    batch = []
+                retrying(lambda event=event: self.client.xadd(
+                    self.part.ingress, {"data": orjson.dumps(event)}))
+            else:
+                batch.append(event)
+                if len(batch) >= rng.randint(1, 12):
+                    post(self.ports[0], batch)
+                    batch = []
+            if during and i in during:
+                during[i]()
+        if batch:
+            post(self.ports[0], batch)
+
+    def views(self, port: int) -> dict[str, dict[str, Any]]:
+        jobs = get(port, "/api/jobs?include_archived=true")["jobs"]
+        return compared({v["id"]: v for v in jobs})
+
+    def settle(self, want: dict[str, dict[str, Any]], port: int, timeout: float = 40) -> None:
+        try:
+            wait_for(lambda: self.views(port) == want, timeout,
+                     f"the views of the gateway on {port} to equal the fold")
+        except AssertionError:
+            got = self.views(port)
+            wrong = {k: (want.get(k), got.get(k)) for k in set(want) | set(got)
+                     if want.get(k) != got.get(k)}
+            raise AssertionError(f"{len(wrong)} jobs differ, e.g. {list(wrong.items())[:2]}") \
+                from None
+
+    def applied(self) -> int:
+        return sum(int(self.client.hget(keys.stats, "applied") or 0)
+                   for keys in self.part.all_keys())
+
+    def close(self) -> None:
+        for proc in [*self.workers, *self.gateways]:
+            stop_process(proc)
+        if not self.cluster:
+            delete_prefix(self.client, self.prefix)
+        self.client.close()
+
+
+def retrying(call: Callable[[], Any], timeout: float = 30) -> Any:
+    """``call`` until it works (Redis or the gateway may be restarting)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except (OSError, RedisError, RedisClusterException):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 @pytest.fixture(params=[("redis", 4), ("cluster", 4), ("cluster", 1)],
                 ids=["redis-4", "cluster-4", "cluster-1"])
-def deployment(request: pytest.FixtureRequest, redis_url: str, tmp_path: Path) -> Any:
-    """Two workers and two gateways of one deployment on a fresh prefix: 4 partitions on the
-    tests' Redis, or 4 or 1 on a real 3-master Redis Cluster."""
+def deployment(request: pytest.FixtureRequest, redis_url: str, tmp_path: Path
+               ) -> Iterator[Deployment]:
+    """Two workers and two gateways: 4 partitions on the tests' Redis, or 4 or 1 on a real
+    3-master Redis Cluster (shared by the tests)."""
     backend, partitions = request.param
-    prefix = f"parts{time.monotonic_ns()}:"
-    client: Any
     if backend == "cluster":
         cluster = request.getfixturevalue("redis_cluster")
         flush(cluster)
         redis_url = cluster.url
-        client = RedisCluster.from_url(redis_url)
-    else:
-        client = redis.Redis.from_url(redis_url)
-    env = {**env_for(redis_url, prefix), "MONITOR_PARTITIONS": str(partitions),
-           "MONITOR_REDIS_CLUSTER": str(backend == "cluster").lower()}
-    worker_args = ("worker", "--lease-ttl", "1", "--block", "0.1", "--batch-size", "50")
-    workers = [spawn_monitor(env, tmp_path / f"worker{i}.log", *worker_args) for i in range(2)]
-    ports = [free_port(), free_port()]
-    gateways = [spawn_monitor(env, tmp_path / f"gateway{i}.log", "gateway", "--port", str(p))
-                for i, p in enumerate(ports)]
-    for port in ports:
-        wait_for(lambda port=port: _answers(port), 20, f"gateway on {port}")
-    yield {"env": env, "prefix": prefix, "workers": workers, "ports": ports,
-           "worker_args": worker_args, "logs": tmp_path, "client": client,
-           "part": Partitioning(prefix, partitions, backend == "cluster")}
-    for proc in [*workers, *gateways]:
-        stop_process(proc)
-    if backend == "redis":
-        delete_prefix(client, prefix)
-    client.close()
+    running = Deployment(redis_url, backend == "cluster", partitions, tmp_path)
+    yield running
+    running.close()
 
 
 def _answers(port: int) -> bool:
@@ -170,12 +250,10 @@ def _answers(port: int) -> bool:
         return False
 
 
-def test_four_partitions_two_workers_two_gateways_equal_a_fold(deployment: Any) -> None:
-    r = deployment["client"]
+def test_partitions_two_workers_two_gateways_equal_a_fold(deployment: Deployment) -> None:
     rng = random.Random(16)
     published = scenario(rng, 36)
-    part = deployment["part"]
-    port_a, port_b = deployment["ports"]
+    port_a, port_b = deployment.ports
     live = Client(port_b)
     live.start()
     early = Client(port_a)
@@ -183,45 +261,16 @@ def test_four_partitions_two_workers_two_gateways_equal_a_fold(deployment: Any) 
     wait_for(lambda: early.version is not None, 10, "a first /ws message")
     early.stop()
     resume_from = early.version
-    assert resume_from is not None and resume_from.count(".") == part.count - 1
+    assert resume_from is not None and resume_from.count(".") == deployment.part.count - 1
 
-    workers = deployment["workers"]
-    kill_at = {len(published) // 3, 2 * len(published) // 3}
-    batch: list[dict[str, Any]] = []
-    for i, (path, event) in enumerate(published):
-        if path == "xadd":
-            if batch:
-                post(port_a, batch)
-                batch = []
-            r.xadd(part.ingress, {"data": orjson.dumps(event)})
-        else:
-            batch.append(event)
-            if len(batch) >= rng.randint(1, 12):
-                post(port_a, batch)
-                batch = []
-        if i in kill_at:  # SIGKILL a worker mid-stream and start it again
-            victim = workers.pop(0)
-            victim.kill()
-            victim.wait(10)
-            workers.append(spawn_monitor(deployment["env"], deployment["logs"] / "again.log",
-                                         *deployment["worker_args"]))
-    if batch:
-        post(port_a, batch)
+    n = len(published)
+    kills = {n // 4: deployment.kill_a_worker, n // 2: deployment.kill_a_worker,
+             3 * n // 4: deployment.kill_a_worker}
+    deployment.publish(published, rng, kills)
 
     want = compared(expected_views(published))
-
-    def settled() -> bool:
-        jobs = get(port_b, "/api/jobs?include_archived=true")["jobs"]
-        return compared({v["id"]: v for v in jobs}) == want
-
-    try:
-        wait_for(settled, 40, "the views of gateway B to equal the fold")
-    except AssertionError:
-        got = compared({v["id"]: v for v in get(port_b, "/api/jobs")["jobs"]})
-        wrong = {k: (want.get(k), got.get(k)) for k in set(want) | set(got)
-                 if want.get(k) != got.get(k)}
-        raise AssertionError(f"{len(wrong)} jobs differ, e.g. {list(wrong.items())[:2]}")
-    assert compared({v["id"]: v for v in get(port_a, "/api/jobs")["jobs"]}) == want
+    deployment.settle(want, port_b)
+    assert deployment.views(port_a) == want
 
     wait_for(lambda: compared(live.jobs) == want, 10, "the live /ws client to catch up")
     live.stop()
@@ -235,9 +284,56 @@ def test_four_partitions_two_workers_two_gateways_equal_a_fold(deployment: Any) 
         resumed.stop()
     assert "snapshot" not in resumed.kinds  # every update was still kept: nothing replayed whole
 
-    applied = sum(int(r.hget(keys.stats, "applied") or 0) for keys in part.all_keys())
-    assert applied == len(published)  # nothing doubled, nothing lost
-    # Every job lives in the partition of its model; the moved ones left a tombstone.
-    for job_id, view in want.items():
-        home = part.keys(part.of_model(view["model_name"]))
-        assert r.hexists(home.jobs, job_id), job_id
+    assert deployment.applied() == len(published)  # nothing doubled, nothing lost
+    part = deployment.part
+    for job_id, view in want.items():  # every job lives in the partition of its model
+        assert deployment.client.hexists(part.keys(part.of_model(view["model_name"])).jobs,
+                                         job_id), job_id
+
+
+def with_ids(published: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """Every event with an event_id, so that a publish retried after a fault is harmless."""
+    return [(path, {**event, "event_id": f"e{i}"}) for i, (path, event) in enumerate(published)]
+
+
+def test_a_cluster_master_restarted_mid_stream_loses_nothing(
+        redis_cluster_factory: Callable[..., LocalCluster], tmp_path: Path) -> None:
+    cluster = redis_cluster_factory(masters=3, replicas=0, appendonly=True)
+    deployment = Deployment(cluster.url, True, 4, tmp_path, gateways=1)
+    try:
+        rng = random.Random(17)
+        published = with_ids(scenario(rng, 24))
+        n = len(published)
+        deployment.publish(published, rng, {n // 3: lambda: cluster.restart_node(1),
+                                            2 * n // 3: lambda: cluster.restart_node(2)})
+        deployment.settle(compared(expected_views(published)), deployment.ports[0],
+                          timeout=60)
+        assert deployment.applied() == n
+    finally:
+        deployment.close()
+
+
+def test_a_failover_mid_stream_loses_nothing_the_replica_had(
+        redis_cluster_factory: Callable[..., LocalCluster], tmp_path: Path) -> None:
+    """Redis replicates asynchronously: a failover loses what the replica had not received.
+    Publishers here wait for their writes to reach a replica (WAIT) before the crash, as a
+    publisher that needs this guarantee would; the worker's commits need nothing of the
+    kind (a lost commit is applied again from the entries it had not acknowledged)."""
+    cluster = redis_cluster_factory(masters=3, replicas=1, appendonly=True)
+    deployment = Deployment(cluster.url, True, 4, tmp_path, gateways=1)
+    try:
+        rng = random.Random(18)
+        published = with_ids(scenario(rng, 24))
+        n = len(published)
+
+        def crash_a_master() -> None:
+            for host, port in cluster.nodes[:3]:
+                redis.Redis(host=host, port=port).execute_command("WAIT", 1, 2000)
+            cluster.failover(0)
+
+        deployment.publish(published, rng, {n // 2: crash_a_master})
+        deployment.settle(compared(expected_views(published)), deployment.ports[0],
+                          timeout=60)
+        assert deployment.applied() == n
+    finally:
+        deployment.close()

@@ -7,10 +7,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 
+from monitor.redistools import UNREACHABLE
 from web.responses import JSON
 
 log = logging.getLogger("monitor.gateway")
@@ -82,6 +81,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
-    app.add_exception_handler(RedisConnectionError, redis_away)
-    app.add_exception_handler(RedisTimeoutError, redis_away)
+    for kind in UNREACHABLE:
+        if kind is not OSError:
+            app.add_exception_handler(kind, redis_away)
     app.add_exception_handler(Exception, crashed)

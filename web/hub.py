@@ -15,12 +15,10 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from monitor.keys import Keys
-from monitor.redistools import backoff, text
+from monitor.redistools import UNREACHABLE, backoff, text
 from monitor.rules import parse_pos
 
 log = logging.getLogger("monitor.gateway")
@@ -222,7 +220,7 @@ class Hub:
                         batch.append((version, data))
                 if batch:
                     self._broadcast(*merge_updates(batch))
-            except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            except UNREACHABLE as e:
                 _raise_if_cancelled()
                 if self.connected.is_set():
                     log.warning("Redis unreachable (%s); WebSocket updates wait", e)

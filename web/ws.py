@@ -13,10 +13,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 import anyio
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from monitor.redistools import UNREACHABLE
 from monitor.rules import parse_pos
 from web.gateway import Gateway, gateway_of
 from web.hub import Subscriber, update_body, update_message, with_version
@@ -196,7 +195,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 log.info("dropping a WebSocket client that stopped reading")
                 with anyio.move_on_after(1), contextlib.suppress(*GONE):
                     await websocket.close(CLOSE_TRY_LATER, "not reading; reconnect with ?since=")
-            except (RedisConnectionError, RedisTimeoutError) as e:
+            except UNREACHABLE as e:
                 log.warning("closing a WebSocket: Redis unreachable (%s)", e)
                 with contextlib.suppress(*GONE):
                     await websocket.close(CLOSE_TRY_LATER, "Redis unreachable; reconnect")

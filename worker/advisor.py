@@ -28,9 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from monitor.advice import (
     Basis,
@@ -42,7 +40,7 @@ from monitor.advice import (
     wants_forecast,
 )
 from monitor.keys import Keys
-from monitor.redistools import backoff, connect, text
+from monitor.redistools import UNREACHABLE, backoff, connect, text
 from monitor.rules import parse_pos
 from monitor.settings import AdvisorSettings
 from worker.store import histories
@@ -126,7 +124,7 @@ class Advisor:
                 except Resync as e:
                     log.warning("reading the committed state again: %s", e)
                     self._forget()
-                except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                except UNREACHABLE as e:
                     log.warning("Redis unreachable (%s); retrying in %.1fs", e, delay)
                     self._forget()
                     await _sleep(stop, delay)
@@ -240,7 +238,7 @@ class Advisor:
             try:
                 spent = await self.forecast(ready)
                 delay = 0.1
-            except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            except UNREACHABLE as e:
                 log.warning("could not forecast (%s); retrying in %.1fs", e, delay)
                 for job_id in ready:
                     self.due.setdefault(job_id, time.monotonic())
@@ -313,7 +311,7 @@ class Advisor:
                 await self.announce(ttl=3 * every + 1)
                 if self.version is not None:
                     await self.find_stale()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            except UNREACHABLE as e:
                 log.warning("could not look for stale jobs (%s)", e)
             await _sleep(stop, every)
 

@@ -27,14 +27,12 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from monitor.errors import StartError
 from monitor.events import Event
 from monitor.partitions import Partitioning
-from monitor.redistools import backoff, connect
+from monitor.redistools import UNREACHABLE, backoff, connect
 from monitor.rules import Board, parse_pos
 from monitor.settings import WorkerSettings
 from worker.batch import (
@@ -125,6 +123,13 @@ class Worker:
                 except CommitFailed as e:
                     log.error("%s; starting again from what is committed", e)
                     self._reset()
+                except UNREACHABLE as e:
+                    log.warning("Redis unreachable (%s); retrying in %.1fs", e, delay)
+                    ready = False
+                    self.lease.forget()
+                    self._reset()
+                    await _sleep(stop, delay)
+                    delay = backoff(delay)
                 except ResponseError as e:
                     if "NOGROUP" not in str(e):
                         raise
@@ -133,13 +138,6 @@ class Worker:
                     ready = False
                     self.lease.forget()
                     self._reset()
-                except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-                    log.warning("Redis unreachable (%s); retrying in %.1fs", e, delay)
-                    ready = False
-                    self.lease.forget()
-                    self._reset()
-                    await _sleep(stop, delay)
-                    delay = backoff(delay)
         finally:
             try:
                 await self.pipeline.finish()
@@ -154,7 +152,7 @@ class Worker:
         try:
             await asyncio.gather(*dropped, return_exceptions=True)
             await self.lease.release()
-        except (RedisConnectionError, RedisTimeoutError, OSError):
+        except UNREACHABLE:
             pass  # it runs out by itself after lease_ttl
         finally:
             await self.redis.aclose()

@@ -13,9 +13,9 @@ import logging
 import secrets
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from monitor.redistools import UNREACHABLE
 
 log = logging.getLogger("monitor.worker")
 
@@ -61,7 +61,7 @@ class Lease:
             if self.held:
                 try:
                     renewed = await self._renew(keys=[self.key], args=[self.token, self.ttl_ms])
-                except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as e:
+                except (*UNREACHABLE, ResponseError) as e:
                     # ResponseError: e.g. BUSY while a long script runs. Treat it as a failed
                     # renewal (the commit then re-checks) rather than let this task die.
                     log.debug("lease renewal failed: %s", e)

@@ -2,7 +2,14 @@
 ``<prefix>events`` are forwarded to the stream of their partition, by the rule every
 publisher applies (:mod:`monitor.partitions`). One router forwards at a time (a lease); each
 forwarded entry carries ``src`` = ``in|<ingress id>``, so what a crash forwards twice is
-applied once (:mod:`worker.moves`)."""
+applied once (:mod:`worker.moves`).
+
+That holds only if an entry forwarded again goes where it went the first time: its route may
+have become final meanwhile (a provisional route sends it to the unnamed partition, which
+relays it on; a final one straight to the model's), and two copies reaching one partition by
+two paths would carry different sources. So before forwarding a batch the router records its
+plan (each entry's partition) in ``<prefix>router:plan``, and a router that takes over
+forwards the recorded batch again by that plan before anything new."""
 
 from __future__ import annotations
 
@@ -11,14 +18,14 @@ import contextlib
 import logging
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from monitor.events import BadEvent, parse_event
 from monitor.partitions import Routes
-from monitor.redistools import backoff, text
+from monitor.redistools import UNREACHABLE, backoff, text
 from monitor.routing import Described, describe, route
+from monitor.rules import parse_pos
 from monitor.settings import WorkerSettings
 from worker.lease import Lease
 from worker.moves import ROUTER
@@ -63,7 +70,7 @@ class IngressRouter:
                         continue
                     await self.step()
                     delay = 0.1
-                except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                except UNREACHABLE as e:
                     log.warning("router: Redis unreachable (%s); retrying in %.1fs", e, delay)
                     self.lease.forget()
                     self.position = None
@@ -73,15 +80,14 @@ class IngressRouter:
         finally:
             released.set()
             await keep_alive
-            with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+            with contextlib.suppress(*UNREACHABLE):
                 await self.lease.release()
 
     async def step(self) -> None:
         """Forward the next batch of ingress entries (waiting for one up to ``block``)."""
         if self.position is None:
-            stored = await self.redis.get(self.part.router_applied)
-            self.position = text(stored) if stored is not None else "0-0"
-            log.info("routing %s from %s", self.part.ingress, self.position)
+            await self._resume()
+        assert self.position is not None
         reply: Any = await self.redis.xread({self.part.ingress: self.position},
                                             count=self.settings.batch_size,
                                             block=max(1, int(self.settings.block * 1000)))
@@ -90,6 +96,30 @@ class IngressRouter:
         entries = reply[0][1]
         described = [describe_entry(fields) for _, fields in entries]
         partitions = await route(self.redis, self.routes, described)
+        await self.redis.set(self.part.router_plan, orjson.dumps(
+            {"ids": [text(entry_id) for entry_id, _ in entries], "to": partitions}))
+        await self._forward(entries, partitions)
+
+    async def _resume(self) -> None:
+        """Take up where the last router left off: forward its last planned batch again, by
+        its plan (the partitions skip what they have)."""
+        stored = await self.redis.get(self.part.router_applied)
+        self.position = text(stored) if stored is not None else "0-0"
+        plan = await self.redis.get(self.part.router_plan)
+        if plan is not None:
+            planned = orjson.loads(plan)
+            to = dict(zip(planned["ids"], planned["to"]))
+            if planned["ids"] and parse_pos(planned["ids"][-1]) > parse_pos(self.position):
+                entries: Any = await self.redis.xrange(
+                    self.part.ingress, min=f"({self.position}", max=planned["ids"][-1])
+                kept = [(i, f) for i, f in entries if text(i) in to]
+                if kept:
+                    log.info("forwarding %d entries again by the last router's plan",
+                             len(kept))
+                    await self._forward(kept, [to[text(i)] for i, _ in kept])
+        log.info("routing %s from %s", self.part.ingress, self.position)
+
+    async def _forward(self, entries: list[Any], partitions: list[int]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             for (entry_id, fields), partition in zip(entries, partitions):
                 data = (fields or {}).get(b"data", b"")
