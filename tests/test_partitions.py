@@ -285,6 +285,13 @@ def test_partitions_two_workers_two_gateways_equal_a_fold(deployment: Deployment
     assert "snapshot" not in resumed.kinds  # every update was still kept: nothing replayed whole
 
     assert deployment.applied() == len(published)  # nothing doubled, nothing lost
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port_b}/metrics").read().decode()
+    per_partition = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                     if line.startswith("monitor_partition_events_applied_total{")]
+    assert len(per_partition) == deployment.part.count
+    assert sum(per_partition) == len(published)
+    assert f"monitor_events_applied_total {float(len(published))}" in metrics
+    assert "monitor_partition_commit_seconds_bucket{" in metrics
     part = deployment.part
     for job_id, view in want.items():  # every job lives in the partition of its model
         assert deployment.client.hexists(part.keys(part.of_model(view["model_name"])).jobs,

@@ -70,8 +70,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def prometheus() -> Response:
-        body = metrics.render(await gw.reader.stats(), await gw.reader.health(),
-                              len(gw.hub.subscribers))
+        body = metrics.render(await gw.reader.stats_each(), await gw.reader.health(),
+                              len(gw.hub.subscribers), gw.counters)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)

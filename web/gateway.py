@@ -18,6 +18,7 @@ from monitor.redistools import connect
 from monitor.routing import describe, route
 from monitor.settings import GatewaySettings
 from web.hub import Hub
+from web.metrics import GatewayCounters
 from web.partitioned import PartitionedHub, PartitionedReader
 from web.state import StateReader
 
@@ -30,6 +31,7 @@ class Gateway:
     reader: StateReader | PartitionedReader  # reads: retried, so a broken connection heals
     hub: Hub | PartitionedHub
     routes: Routes
+    counters: GatewayCounters = field(default_factory=GatewayCounters)
     # POST /api/events bodies are parsed one at a time (in a thread), so a burst of large
     # ones holds at most one body's objects at once.
     parsing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))

@@ -284,6 +284,10 @@ class StateReader:
         return int(await self._count_missed(keys=[stream],
                                             args=[f"({after}", LAG_COUNT_MAX, 2**62, 1000]))
 
+    async def stats_each(self) -> list[dict[str, int]]:
+        """Each partition's counters: here the one."""
+        return [await self.stats()]
+
     async def stats(self) -> dict[str, int]:
         raw = await self.redis.hgetall(self.keys.stats)
         return {text(name): int(value) for name, value in raw.items()}

@@ -15,12 +15,20 @@ from collections.abc import Awaitable, Callable
 import anyio
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from monitor.histograms import SNAPSHOT
 from monitor.redistools import UNREACHABLE
 from monitor.rules import parse_pos
 from web.gateway import Gateway, gateway_of
 from web.hub import Subscriber, update_body, update_message, with_version
-from web.partitioned import PartitionedReader, cursor, parse_cursor, positions
+from web.partitioned import (
+    PartitionedReader,
+    PartitionedSnapshot,
+    cursor,
+    parse_cursor,
+    positions,
+)
 from web.security import origin_ok, token_ok
+from web.state import Snapshot
 
 log = logging.getLogger("monitor.gateway")
 
@@ -43,6 +51,7 @@ async def send(websocket: WebSocket, subscriber: Subscriber, text: str) -> None:
     subscriber.sending_since = time.monotonic()
     await websocket.send_text(text)
     subscriber.sending_since = None
+    gateway_of(websocket).counters.sent += 1
 
 
 async def watchdog(subscriber: Subscriber, limit: float) -> None:
@@ -56,8 +65,16 @@ async def watchdog(subscriber: Subscriber, limit: float) -> None:
             raise TooSlow
 
 
-async def send_snapshot(websocket: WebSocket, gw: Gateway, subscriber: Subscriber) -> str:
+async def timed_snapshot(gw: Gateway) -> Snapshot:
+    """The snapshot, its wait observed for /metrics."""
+    started = time.monotonic()
     snapshot = await gw.reader.snapshot()
+    SNAPSHOT.observe(gw.counters.snapshot, [time.monotonic() - started])
+    return snapshot
+
+
+async def send_snapshot(websocket: WebSocket, gw: Gateway, subscriber: Subscriber) -> str:
+    snapshot = await timed_snapshot(gw)
     await send(websocket, subscriber, snapshot.message)
     return snapshot.version
 
@@ -83,9 +100,12 @@ async def start(websocket: WebSocket, gw: Gateway, subscriber: Subscriber,
 
 async def too_slow(websocket: WebSocket, subscriber: Subscriber) -> bool:
     """After a resync: close a client that keeps overflowing (True)."""
+    counters = gateway_of(websocket).counters
+    counters.resyncs += 1
     recent = [t for t in subscriber.overflows if t > time.monotonic() - SLOW_WINDOW]
     subscriber.overflows = recent
     if len(recent) >= TOO_SLOW:
+        counters.dropped += 1
         await websocket.close(CLOSE_TRY_LATER, "too slow; reconnect with ?since=")
         return True
     return False
@@ -142,7 +162,8 @@ async def start_partitioned(websocket: WebSocket, reader: PartitionedReader,
 
 async def send_partitioned_snapshot(websocket: WebSocket, reader: PartitionedReader,
                                     subscriber: Subscriber) -> list[str]:
-    snapshot = await reader.snapshot()
+    snapshot = await timed_snapshot(gateway_of(websocket))
+    assert isinstance(snapshot, PartitionedSnapshot)
     await send(websocket, subscriber, snapshot.message)
     return list(snapshot.versions)
 
@@ -193,6 +214,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 log.debug("WebSocket client gone: %s", e)
             except TooSlow:
                 log.info("dropping a WebSocket client that stopped reading")
+                gw.counters.dropped += 1
                 with anyio.move_on_after(1), contextlib.suppress(*GONE):
                     await websocket.close(CLOSE_TRY_LATER, "not reading; reconnect with ?since=")
             except UNREACHABLE as e:

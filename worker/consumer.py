@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -31,6 +32,7 @@ from redis.exceptions import ResponseError
 
 from monitor.errors import StartError
 from monitor.events import Event
+from monitor.histograms import BATCH_SIZE, EVENT_AGE
 from monitor.partitions import Partitioning
 from monitor.redistools import UNREACHABLE, backoff, connect
 from monitor.rules import Board, parse_pos
@@ -220,6 +222,7 @@ class Worker:
         await self.pipeline.finish()  # so that the applied id read below is final
         self._reset()
         self.pipeline.restart(await self.store.applied())
+        await self.redis.hincrby(self.keys.stats, "lease_takeovers", 1)
         if self.divert is not None:
             marks, moved = await self.store.partition_state()
             self.divert.marks = {source: parse_pos(at) for source, at in marks.items()}
@@ -346,7 +349,12 @@ class Worker:
         if to_read:
             await self.pipeline.settle()  # the points about to be read back must have landed
         histories = await self.store.histories(to_read) if to_read else {}
-        return build_commit(self.board, folded, self.keys, histories), rest
+        commit = build_commit(self.board, folded, self.keys, histories)
+        now = time.time()
+        BATCH_SIZE.observe(commit.counts, [folded.applied + folded.heartbeats])
+        EVENT_AGE.observe(commit.counts, [max(0.0, now - item.pos[0] / 1000)
+                                          for item in items[:len(items) - len(rest)]])
+        return commit, rest
 
     async def _know_stored_ids(self, items: list[Decoded]) -> None:
         """Tell the board which event ids of ``items`` its jobs' stored sets hold: those

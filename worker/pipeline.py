@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from monitor.histograms import COMMIT
 from monitor.rules import parse_pos
 from monitor.settings import WorkerSettings
 from worker.batch import Commit, Decoded, Entry, decode
@@ -60,6 +61,7 @@ class InFlight:
     update_size: int | None  # bytes of its update, if it has one
     applied: int  # events it applies
     stored_ids: dict[str, list[str]]  # event ids it adds to stored sets, by key
+    sent_at: float = 0.0  # monotonic
 
 
 class Pipeline:
@@ -79,6 +81,7 @@ class Pipeline:
         # Kept across restarts: what this process's commits applied, and added to updates.
         self.applied_total = 0
         self._progress = (time.monotonic(), 0)
+        self._durations: list[float] = []  # of commits answered, for the next commit's stats
         self._update_sizes: deque[tuple[str, int]] = deque()  # what we added to updates
         self._update_bytes = 0
 
@@ -153,12 +156,15 @@ class Pipeline:
         await asyncio.sleep(0)  # let it send the commit
 
     def _send(self, commit: Commit, ack: list[str] | None) -> InFlight:
+        if self._durations:  # the commits before this one: observed with it
+            COMMIT.observe(commit.counts, self._durations)
+            self._durations = []
         task = asyncio.create_task(self.store.commit(
             commit, self.lease, self.applied, updates_keep=self.settings.updates_keep,
             dead_keep=self.settings.dead_keep, ack=ack))
         update_size = len(commit.update) if commit.update is not None else None
         in_flight = InFlight(task, self.applied, update_size, commit.counts.get("applied", 0),
-                             commit.seen_add)
+                             commit.seen_add, time.monotonic())
         self.applied = commit.applied
         return in_flight
 
@@ -185,10 +191,12 @@ class Pipeline:
     async def _answer(self, in_flight: InFlight) -> str | None:
         """The commit's reply; when it fails, the next commit starts where it would have."""
         try:
-            return await in_flight.task
+            version = await in_flight.task
         except BaseException:
             self.applied = in_flight.expected
             raise
+        self._durations.append(time.monotonic() - in_flight.sent_at)
+        return version
 
     async def _landed(self, in_flight: InFlight, version: str | None) -> None:
         if version is not None and in_flight.update_size is not None:
