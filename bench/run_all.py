@@ -29,7 +29,7 @@ import redis
 from bench.common import HEADLINES_ENV, machine_line, redis_url, table
 
 BENCHES = ["worker_throughput", "latency", "fanout", "slow_clients", "page_scale",
-           "forecast_backtest", "forecast_pipeline", "stop_latency", "peers"]
+           "forecast_backtest", "forecast_pipeline", "stop_latency", "scale_out", "peers"]
 RESULTS = Path(__file__).with_name("results.md")
 TIMEOUT, QUICK_TIMEOUT = 1800.0, 300.0  # per benchmark, seconds: a safety net, not a target
 
