@@ -1,5 +1,5 @@
 """Histograms for operators (docs/rest.md, Metrics), kept as counters in a partition's
-``stats`` hash: the worker adds a batch's observations with its commit, and any gateway
+``ops`` hash: the worker adds a batch's observations with its commit, and any gateway
 serves them on ``/metrics``. Pure: field names and bucket arithmetic."""
 
 from __future__ import annotations

@@ -109,6 +109,12 @@ class Keys:
         return f"{self.prefix}stats"
 
     @property
+    def ops(self) -> str:
+        """Hash of counters for operators: the histograms' buckets and sums
+        (``monitor.histograms``) and ``lease_takeovers``."""
+        return f"{self.prefix}ops"
+
+    @property
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this prefix (for tests and reset)."""
         return f"{self.prefix}*"

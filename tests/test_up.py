@@ -484,8 +484,13 @@ def test_a_trainer_logging_across_a_restart_has_every_point_applied_once(
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 
 
+CLUSTER_SERVICES = {f"redis-c{i}" for i in range(1, 7)} | {
+    "cluster-init", "worker-c", "advisor-c", "gateway-c1", "gateway-c2"}
+
+
 def test_compose_has_the_services_of_a_real_deployment() -> None:
-    services = COMPOSE["services"]
+    services = {name: spec for name, spec in COMPOSE["services"].items()
+                if "cluster" not in spec.get("profiles", [])}
     assert set(services) == {"redis", "worker", "advisor", "gateway", "demo"}
     redis_service = services["redis"]
     assert re.fullmatch(r"redis:\d+\.\d+\.\d+(-alpine)?", redis_service["image"])  # pinned
@@ -498,11 +503,28 @@ def test_compose_has_the_services_of_a_real_deployment() -> None:
     assert services["demo"]["profiles"] == ["demo"]
 
 
-@pytest.mark.parametrize("service", ["worker", "advisor", "gateway", "demo"])
+def test_compose_cluster_profile_is_a_partitioned_deployment_on_a_cluster() -> None:
+    services = COMPOSE["services"]
+    cluster = {name for name, spec in services.items()
+               if "cluster" in spec.get("profiles", [])}
+    assert cluster == CLUSTER_SERVICES
+    nodes = [services[f"redis-c{i}"] for i in range(1, 7)]  # 3 masters and 3 replicas
+    assert all("--cluster-enabled" in n["command"] and "--appendonly" in n["command"]
+               for n in nodes)
+    assert services["worker-c"]["deploy"]["replicas"] == 3
+    assert services["gateway-c1"]["ports"] == ["8000:8000"]
+    assert services["gateway-c2"]["ports"] == ["8001:8000"]
+    for name in ("worker-c", "advisor-c", "gateway-c1", "gateway-c2"):
+        env = services[name]["environment"]
+        assert env["MONITOR_REDIS_CLUSTER"] == "true" and env["MONITOR_PARTITIONS"] == "4"
+
+
+@pytest.mark.parametrize("service", ["worker", "advisor", "gateway", "demo", "worker-c",
+                                     "advisor-c", "gateway-c1", "gateway-c2"])
 def test_each_service_runs_a_real_command_with_real_settings(service: str) -> None:
     spec = COMPOSE["services"][service]
     args = _parser().parse_args(spec["command"])  # exits (fails the test) on a bad flag
-    assert args.command == service
+    assert args.command == service.split("-")[0]
     for name in spec["environment"]:
         assert name in known_env_names(), name
     assert spec["build"] == "."

@@ -165,11 +165,11 @@ class PartitionedReader:
         return None if count < 0 else count
 
     async def stats_each(self) -> list[dict[str, int]]:
-        return list(await asyncio.gather(*(r.stats() for r in self.readers)))
+        return list(await asyncio.gather(*(r.stats_and_ops() for r in self.readers)))
 
     async def stats(self) -> dict[str, int]:
         total: dict[str, int] = {}
-        for found in await self.stats_each():
+        for found in await asyncio.gather(*(r.stats() for r in self.readers)):
             for name, value in found.items():
                 total[name] = total.get(name, 0) + value
         return total

@@ -285,8 +285,15 @@ class StateReader:
                                             args=[f"({after}", LAG_COUNT_MAX, 2**62, 1000]))
 
     async def stats_each(self) -> list[dict[str, int]]:
-        """Each partition's counters: here the one."""
-        return [await self.stats()]
+        """Each partition's counters, with those for operators: here the one."""
+        return [await self.stats_and_ops()]
+
+    async def stats_and_ops(self) -> dict[str, int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.stats)
+            pipe.hgetall(self.keys.ops)
+            stats, ops = await pipe.execute()
+        return {text(name): int(value) for name, value in (*stats.items(), *ops.items())}
 
     async def stats(self) -> dict[str, int]:
         raw = await self.redis.hgetall(self.keys.stats)

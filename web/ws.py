@@ -28,7 +28,7 @@ from web.partitioned import (
     positions,
 )
 from web.security import origin_ok, token_ok
-from web.state import Snapshot
+from web.state import Snapshot, StateReader
 
 log = logging.getLogger("monitor.gateway")
 
@@ -79,15 +79,15 @@ async def send_snapshot(websocket: WebSocket, gw: Gateway, subscriber: Subscribe
     return snapshot.version
 
 
-async def start(websocket: WebSocket, gw: Gateway, subscriber: Subscriber,
-                since: str | None) -> str:
+async def start(websocket: WebSocket, gw: Gateway, reader: StateReader,
+                subscriber: Subscriber, since: str | None) -> str:
     """Bring a new client up to date; the version it has reached. A client resuming from
     ``since`` is sent what it missed, a page at a time, when that is cheaper than a snapshot
     (the rest arrives through its queue, which it joined before the count)."""
-    if since is not None and (count := await gw.reader.missed(since)) is not None:
+    if since is not None and (count := await reader.missed(since)) is not None:
         reached, left = since, count
         while left > 0:
-            page = await gw.reader.updates_page(reached)
+            page = await reader.updates_page(reached)
             if not page:  # trimmed meanwhile: the snapshot below is the way back
                 break
             for version, data in page[:left]:
@@ -224,11 +224,12 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             tasks.cancel_scope.cancel()
 
         async def serve() -> None:
-            if isinstance(gw.reader, PartitionedReader):
-                versions = await start_partitioned(websocket, gw.reader, subscriber, since)
-                await send_partitioned_updates(websocket, gw.reader, subscriber, versions)
+            reader = gw.reader
+            if isinstance(reader, PartitionedReader):
+                versions = await start_partitioned(websocket, reader, subscriber, since)
+                await send_partitioned_updates(websocket, reader, subscriber, versions)
                 return
-            reached = await start(websocket, gw, subscriber, since)
+            reached = await start(websocket, gw, reader, subscriber, since)
             await send_updates(websocket, gw, subscriber, reached)
 
         tasks.start_soon(until_either_ends, serve)

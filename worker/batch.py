@@ -210,6 +210,7 @@ class Commit:
     update: bytes | None = None
     dead: list[dict[str, bytes | str]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    observed: dict[str, int] = field(default_factory=dict)  # histograms (monitor.histograms)
     # With partitions (worker.moves).
     outgoing: list[tuple[int, dict[str, bytes]]] = field(default_factory=list)  # sent first
     marks: dict[str, str] = field(default_factory=dict)  # source -> last entry id applied

@@ -222,7 +222,7 @@ class Worker:
         await self.pipeline.finish()  # so that the applied id read below is final
         self._reset()
         self.pipeline.restart(await self.store.applied())
-        await self.redis.hincrby(self.keys.stats, "lease_takeovers", 1)
+        await self.redis.hincrby(self.keys.ops, "lease_takeovers", 1)
         if self.divert is not None:
             marks, moved = await self.store.partition_state()
             self.divert.marks = {source: parse_pos(at) for source, at in marks.items()}
@@ -351,8 +351,8 @@ class Worker:
         histories = await self.store.histories(to_read) if to_read else {}
         commit = build_commit(self.board, folded, self.keys, histories)
         now = time.time()
-        BATCH_SIZE.observe(commit.counts, [folded.applied + folded.heartbeats])
-        EVENT_AGE.observe(commit.counts, [max(0.0, now - item.pos[0] / 1000)
+        BATCH_SIZE.observe(commit.observed, [folded.applied + folded.heartbeats])
+        EVENT_AGE.observe(commit.observed, [max(0.0, now - item.pos[0] / 1000)
                                           for item in items[:len(items) - len(rest)]])
         return commit, rest
 

@@ -19,6 +19,7 @@ from monitor.redistools import UNREACHABLE
 
 log = logging.getLogger("monitor.worker")
 
+RENEWAL_FAILED: tuple[type[Exception], ...] = (*UNREACHABLE, ResponseError)
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -61,7 +62,7 @@ class Lease:
             if self.held:
                 try:
                     renewed = await self._renew(keys=[self.key], args=[self.token, self.ttl_ms])
-                except (*UNREACHABLE, ResponseError) as e:
+                except RENEWAL_FAILED as e:
                     # ResponseError: e.g. BUSY while a long script runs. Treat it as a failed
                     # renewal (the commit then re-checks) rather than let this task die.
                     log.debug("lease renewal failed: %s", e)

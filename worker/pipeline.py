@@ -157,7 +157,7 @@ class Pipeline:
 
     def _send(self, commit: Commit, ack: list[str] | None) -> InFlight:
         if self._durations:  # the commits before this one: observed with it
-            COMMIT.observe(commit.counts, self._durations)
+            COMMIT.observe(commit.observed, self._durations)
             self._durations = []
         task = asyncio.create_task(self.store.commit(
             commit, self.lease, self.applied, updates_keep=self.settings.updates_keep,

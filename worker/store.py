@@ -343,6 +343,8 @@ def _queue_writes(pipe: Any, k: Keys, c: Commit, *, updates_keep: int, dead_keep
     for name, n in c.counts.items():
         if n:
             pipe.hincrby(k.stats, name, n)
+    for name, n in c.observed.items():
+        pipe.hincrby(k.ops, name, n)
     if c.removed:  # moved to another partition (worker.moves)
         pipe.hdel(k.jobs, *c.removed)
         pipe.hdel(k.folds, *c.removed)
