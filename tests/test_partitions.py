@@ -24,6 +24,7 @@ from websockets.sync.client import connect
 
 from monitor.events import parse_event
 from monitor.partitions import Partitioning
+from monitor.sdk import start_run
 from tests.conftest import delete_prefix, free_port
 from tests.helpers import env_for, spawn_monitor, stop_process, wait_for
 from tests.redis_cluster import LocalCluster, flush
@@ -344,3 +345,42 @@ def test_a_failover_mid_stream_loses_nothing_the_replica_had(
         assert deployment.applied() == n
     finally:
         deployment.close()
+
+
+def test_sdk_runs_reach_the_partition_of_their_model_and_hear_a_stop(
+        deployment: Deployment) -> None:
+    """Runs of the SDK, one per model (and one without), land where their model lives; a
+    stop asked on a gateway reaches the trainer through its partition's stop requests."""
+    port = deployment.ports[1]
+    url = deployment.env["MONITOR_REDIS_URL"]
+    runs = {}
+    for i, model in enumerate(MODELS):
+        run = start_run(model, job_id=f"sdk-{i}", redis_url=url, prefix=deployment.prefix,
+                        cluster=deployment.cluster, total_epochs=2)
+        for step in range(1, 5):
+            run.log(step=step, loss=1.0 / step, eval_loss=2.0 / step + i / 100)
+        runs[run.job_id] = (run, model)
+    for job_id, (run, _) in list(runs.items())[1:]:
+        run.finish()
+        run.close()
+    listening, _ = runs["sdk-0"]
+    wait_for(lambda: len(deployment.views(port)) == len(MODELS), 20, "the SDK's runs")
+    views = deployment.views(port)
+    for job_id, (_, model) in runs.items():
+        view = views[job_id]
+        assert view["model_name"] == model
+        assert view["best_step"] == 4 and view["best_eval_loss"] == pytest.approx(
+            0.5 + int(job_id.split("-")[1]) / 100)
+        part = deployment.part
+        assert deployment.client.hexists(part.keys(part.of_model(model)).jobs, job_id)
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/jobs/sdk-0/stop",
+                                     data=b'{"reason": "partitions"}', method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 202
+    wait_for(lambda: listening.should_stop, 15, "the trainer to hear the stop")
+    assert listening.stop_request is not None
+    assert listening.stop_request["reason"] == "partitions"
+    listening.__exit__(None, None, None)  # leaving its with block: it ends stopped
+    wait_for(lambda: deployment.views(port)["sdk-0"]["status"] == "stopped", 15,
+             "the run to end stopped")
