@@ -287,7 +287,7 @@ def ceiling_section(rows: list[CeilingRow] | str, worker_rows: list[RowResult],
                  f"{'met' if ratio <= GOAL_CEILING_RATIO else 'not met'}). The worker does far "
                  f"more per entry than an XADD: it reads the entry back, parses and checks it, "
                  f"folds it, and commits jobs, model rows, metric points and an update in one "
-                 f"atomic script call.")
+                 f"atomic transaction.")
     return lines
 
 

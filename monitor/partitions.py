@@ -4,7 +4,7 @@ the routes that send a job's events to the partition of its model.
 With one partition (the default) nothing here changes a key: partition 0 is today's
 ``<prefix>events``, ``<prefix>jobs`` and so on. With P partitions, partition i keeps its keys
 under ``<prefix>{i}:``; the braces are a Redis Cluster hash tag, so every key of a partition
-is in one slot and a worker commits a batch in one atomic script call.
+is in one slot and a worker commits a batch in one atomic transaction.
 
 Routing rule (the one every publisher applies, and the ingress router for raw XADDs):
 

@@ -3,6 +3,7 @@ the gateway."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from redis.asyncio import Redis
@@ -32,6 +33,22 @@ def text(value: bytes | str) -> str:
 def backoff(delay: float) -> float:
     """The wait after ``delay`` when Redis is still away: doubled, up to RETRY_MAX."""
     return min(delay * 2, RETRY_MAX)
+
+
+async def heal(client: Redis) -> None:
+    """After an unreachable error: a cluster client learns the topology again (a failover
+    moved its slots), from every node it knows; nothing for a plain client, which just
+    reconnects. redis-py does this by itself only every few errors."""
+    if isinstance(client, RedisCluster):
+        with contextlib.suppress(Exception):  # still unreachable: the caller retries later
+            # redis-py 8's own refresh, which also moves the node it asks for the keys of
+            # XREAD and the like (it stays on a dead node otherwise); private, so with a
+            # fallback to the public part.
+            refresh = getattr(client, "_refresh_topology", None)
+            if refresh is not None:
+                await refresh()
+            else:
+                await client.nodes_manager.initialize()
 
 
 def connect(url: str, cluster: bool, **options: Any) -> Redis:

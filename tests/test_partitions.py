@@ -299,6 +299,20 @@ def test_partitions_two_workers_two_gateways_equal_a_fold(deployment: Deployment
                                          job_id), job_id
 
 
+def replicated(masters: list[tuple[str, int]], timeout: float = 10) -> None:
+    """Wait until every master's replica has every write the master has."""
+    for host, port in masters:
+        node = redis.Redis(host=host, port=port)
+
+        def caught_up(node: redis.Redis = node) -> bool:
+            info = node.info("replication")
+            offset = int(info["master_repl_offset"])
+            return all(int(info[f"slave{i}"]["offset"]) >= offset
+                       for i in range(int(info["connected_slaves"])))
+        wait_for(caught_up, timeout, f"the replica of {host}:{port} to catch up")
+        node.close()
+
+
 def with_ids(published: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
     """Every event with an event_id, so that a publish retried after a fault is harmless."""
     return [(path, {**event, "event_id": f"e{i}"}) for i, (path, event) in enumerate(published)]
@@ -324,9 +338,9 @@ def test_a_cluster_master_restarted_mid_stream_loses_nothing(
 def test_a_failover_mid_stream_loses_nothing_the_replica_had(
         redis_cluster_factory: Callable[..., LocalCluster], tmp_path: Path) -> None:
     """Redis replicates asynchronously: a failover loses what the replica had not received.
-    Publishers here wait for their writes to reach a replica (WAIT) before the crash, as a
-    publisher that needs this guarantee would; the worker's commits need nothing of the
-    kind (a lost commit is applied again from the entries it had not acknowledged)."""
+    The crash comes once the replicas have what was published so far, as for a publisher
+    that waits for that (WAIT); the worker's commits need nothing of the kind (a lost commit
+    is applied again from the entries it had not acknowledged)."""
     cluster = redis_cluster_factory(masters=3, replicas=1, appendonly=True)
     deployment = Deployment(cluster.url, True, 4, tmp_path, gateways=1)
     try:
@@ -335,8 +349,7 @@ def test_a_failover_mid_stream_loses_nothing_the_replica_had(
         n = len(published)
 
         def crash_a_master() -> None:
-            for host, port in cluster.nodes[:3]:
-                redis.Redis(host=host, port=port).execute_command("WAIT", 1, 2000)
+            replicated(cluster.nodes[:3])
             cluster.failover(0)
 
         deployment.publish(published, rng, {n // 2: crash_a_master})

@@ -17,7 +17,7 @@ from monitor.keys import GROUP, Keys, model_field
 from monitor.sdk import start_run
 from monitor.settings import WorkerSettings
 from worker.consumer import Worker
-from worker.store import MAX_ARGS, LeaseLost, _split
+from worker.store import LeaseLost
 
 Q = "Qwen/Qwen2.5-7B-Instruct"
 
@@ -521,10 +521,10 @@ async def test_stopping_lets_a_commit_left_running_land_under_a_live_lease(
     assert int(r.hget(keys.stats, "applied")) == ids.index(applied.decode()) + 1
 
 
-async def test_a_commit_larger_than_a_script_takes_in_one_command_is_split(
+async def test_a_commit_of_thousands_of_runs_arrives_whole(
         redis_url: str, keys: Keys, r: redis.Redis) -> None:
-    """4,200 runs of one model in one batch: the jobs hash alone gets 8,400 values, more than
-    Lua's unpack() takes (8,000); every run and view still arrives."""
+    """4,200 runs of one model in one batch: the jobs hash alone gets 8,400 values in one
+    command; every run and view arrives."""
     with r.pipeline(transaction=False) as pipe:
         for i in range(4200):
             pipe.xadd(keys.events, {"data": orjson.dumps(
@@ -549,10 +549,10 @@ async def test_a_commit_larger_than_a_script_takes_in_one_command_is_split(
         await worker.redis.aclose()
 
 
-async def test_a_command_failing_in_a_commit_applies_the_rest_once_and_acknowledges_nothing(
+async def test_a_command_failing_in_a_commit_applies_the_rest_once(
         redis_url: str, keys: Keys, r: redis.Redis) -> None:
-    """As with MULTI/EXEC: the other writes and the applied id go through, so a restart does not
-    apply the batch again; the entries stay pending until a worker acknowledges them."""
+    """MULTI/EXEC: the other writes, the applied id and the acknowledgements go through, so a
+    restart does not apply the batch again."""
     settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, lease_ttl=5.0)
     first = Worker(settings)
     await first.store.ensure_group()
@@ -565,7 +565,7 @@ async def test_a_command_failing_in_a_commit_applies_the_rest_once_and_acknowled
     finally:
         await first.redis.aclose()
     assert r.get(keys.applied).decode() == ids[-1]
-    assert r.xinfo_groups(keys.events)[0]["pending"] == 3
+    assert r.xinfo_groups(keys.events)[0]["pending"] == 0
     assert len(r.xrange(keys.updates)) == 1
     r.delete(keys.stats, keys.lease)
 
@@ -589,24 +589,6 @@ async def test_a_commit_without_the_lease_in_redis_writes_nothing(
         assert r.xinfo_groups(keys.events)[0]["pending"] == 1
     finally:
         await worker.redis.aclose()
-
-
-def test_split_keeps_pairs_order_and_the_fixed_arguments() -> None:
-    assert _split(("RPUSH", "k", *range(MAX_ARGS - 2))) == [("RPUSH", "k", *range(MAX_ARGS - 2))]
-    values = list(range(MAX_ARGS + 10))
-    parts = _split(("RPUSH", "k", *values))
-    assert [p[:2] for p in parts] == [("RPUSH", "k")] * 2
-    assert [v for p in parts for v in p[2:]] == values
-    assert all(len(p) <= MAX_ARGS for p in parts)
-    pairs = [x for i in range(MAX_ARGS) for x in (f"f{i}", i)]
-    parts = _split(("HSET", "h", *pairs))
-    assert all(len(p) % 2 == 0 and len(p) <= MAX_ARGS for p in parts)  # name, key, pairs
-    assert [x for p in parts for x in p[2:]] == pairs
-    parts = _split(("XACK", "s", "g", *values))
-    assert [p[:3] for p in parts] == [("XACK", "s", "g")] * 2
-    assert [v for p in parts for v in p[3:]] == values
-    with pytest.raises(ValueError, match="cannot be split"):
-        _split(("MSET", *pairs))
 
 
 async def test_values_at_the_edges_never_stop_the_worker(

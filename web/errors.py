@@ -9,7 +9,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from monitor.redistools import UNREACHABLE
+from monitor.redistools import UNREACHABLE, heal
+from web.gateway import gateway_of
 from web.responses import JSON
 
 log = logging.getLogger("monitor.gateway")
@@ -71,6 +72,9 @@ def install(app: FastAPI) -> None:
 
     async def redis_away(request: Request, exc: Exception) -> JSON:
         log.warning("Redis unreachable during %s %s: %s", request.method, request.url.path, exc)
+        gw = gateway_of(request)
+        for client in (gw.redis, gw.reader.redis):
+            await heal(client)  # a cluster client learns where the slots went
         return error_response(503, "Redis is unreachable; try again shortly",
                               headers={"Retry-After": "1"})
 

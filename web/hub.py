@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from monitor.keys import Keys
-from monitor.redistools import UNREACHABLE, backoff, text
+from monitor.redistools import UNREACHABLE, backoff, heal, text
 from monitor.rules import parse_pos
 
 log = logging.getLogger("monitor.gateway")
@@ -226,6 +226,7 @@ class Hub:
                     log.warning("Redis unreachable (%s); WebSocket updates wait", e)
                 self.connected.clear()
                 await asyncio.sleep(delay)
+                await heal(self.redis)
                 delay = backoff(delay)
             except Exception:
                 log.exception("reading updates failed; retrying in %.1fs", delay)

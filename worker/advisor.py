@@ -40,7 +40,7 @@ from monitor.advice import (
     wants_forecast,
 )
 from monitor.keys import Keys
-from monitor.redistools import UNREACHABLE, backoff, connect, text
+from monitor.redistools import UNREACHABLE, backoff, connect, heal, text
 from monitor.rules import parse_pos
 from monitor.settings import AdvisorSettings
 from worker.store import histories
@@ -128,6 +128,7 @@ class Advisor:
                     log.warning("Redis unreachable (%s); retrying in %.1fs", e, delay)
                     self._forget()
                     await _sleep(stop, delay)
+                    await heal(self.redis)
                     delay = backoff(delay)
         finally:
             stop.set()

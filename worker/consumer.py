@@ -1,8 +1,8 @@
 """The worker loop: hold the lease, read a batch, fold it, commit and acknowledge it.
 
 Crash safety comes from the order of things. A batch's effects, the id of its last entry, the
-acknowledgement of its entries and the trimming of the stream are one atomic Lua call, which
-checks the lease and the committed id first. (Only a batch applied one entry at a time, after a
+acknowledgement of its entries and the trimming of the stream are one atomic transaction,
+fenced by the lease and the committed id (see :mod:`worker.store`). (Only a batch applied one entry at a time, after a
 failure, is acknowledged after its commits.) After a crash the next holder of the lease
 re-reads every unacknowledged entry: those at or before the committed id are acknowledged
 without being applied again, the rest are applied. So each entry is applied exactly once,
@@ -34,7 +34,7 @@ from monitor.errors import StartError
 from monitor.events import Event
 from monitor.histograms import BATCH_SIZE, EVENT_AGE
 from monitor.partitions import Partitioning
-from monitor.redistools import UNREACHABLE, backoff, connect
+from monitor.redistools import UNREACHABLE, backoff, connect, heal
 from monitor.rules import Board, parse_pos
 from monitor.settings import WorkerSettings
 from worker.batch import (
@@ -131,6 +131,7 @@ class Worker:
                     self.lease.forget()
                     self._reset()
                     await _sleep(stop, delay)
+                    await heal(self.redis)
                     delay = backoff(delay)
                 except ResponseError as e:
                     if "NOGROUP" not in str(e):

@@ -1,7 +1,7 @@
 """Pack the worker's commands with hiredis (C) rather than redis-py's asyncio packer (Python).
 
-A commit is one script call with thousands of arguments, and redis-py's asyncio connection
-packs them in Python (its sync connection already uses hiredis). hiredis' packer gives the
+A commit is one transaction of commands with thousands of arguments, and redis-py's asyncio
+connection packs them in Python (its sync connection already uses hiredis). hiredis' packer gives the
 same bytes about nine times faster, which was about a tenth of the worker's CPU per event.
 """
 

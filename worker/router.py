@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from monitor.events import BadEvent, parse_event
 from monitor.partitions import Routes
-from monitor.redistools import UNREACHABLE, backoff, text
+from monitor.redistools import UNREACHABLE, backoff, heal, text
 from monitor.routing import Described, describe, route
 from monitor.rules import parse_pos
 from monitor.settings import WorkerSettings
@@ -76,6 +76,7 @@ class IngressRouter:
                     self.position = None
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), delay)
+                    await heal(self.redis)
                     delay = backoff(delay)
         finally:
             released.set()

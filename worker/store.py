@@ -1,4 +1,11 @@
-"""The worker's Redis I/O: fenced reads, loading state, one atomic Lua call per commit."""
+"""The worker's Redis I/O: fenced reads, loading state, one atomic transaction per commit.
+
+Reads and commits are fenced with WATCH: the worker watches the lease (and for a commit the
+applied id), checks that it holds the lease (and that nobody committed since it read), then
+sends the command in MULTI/EXEC, which Redis refuses to run if a watched key changed
+meanwhile. So a worker that lost its lease can never take entries out from under the one
+that holds it now, nor commit over it. (Lua scripts did this before; a commit's thousands
+of arguments passing through Lua cost Redis more than the writes themselves.)"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import ResponseError, WatchError
 
 from monitor.keys import GROUP, Keys
 from monitor.partitions import Partitioning, parse_route, route_value
@@ -14,15 +21,6 @@ from monitor.redistools import text
 from monitor.rules import JobState
 from worker.batch import Commit, Entry
 from worker.lease import Lease
-
-# Read from the consumer group only while holding the lease, atomically: a worker that lost
-# its lease can never take entries out from under the one that holds it now.
-_FENCED_READ = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-return redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4],
-                  'STREAMS', KEYS[2], ARGV[5])
-"""
-
 
 # Forget consumers that hold nothing, only while holding the lease and atomically with the
 # check: a consumer emptied here cannot be reading at the same moment.
@@ -39,43 +37,8 @@ for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[2], ARGV[2])) do
 end
 return dropped
 """
-# One commit, atomically and in one round trip: check that we still hold the lease and that
-# nobody committed past ``expected``, then run the commit's commands, given flat in ARGV as
-# <argument count> <command> <arguments>... Returns the reply of command number ARGV[3] (the
-# updates XADD's id; 0: none), -1 without the lease, -2 when another worker committed.
-# As MULTI/EXEC does, a failing command does not stop the others (so the applied id still
-# moves with what was written, and nothing is applied twice); the commands from number
-# ARGV[4] on (the acknowledgements; 0: none) are skipped after a failure, and the first error
-# is returned.
-_COMMIT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-if (redis.call('GET', KEYS[2]) or '0-0') ~= ARGV[2] then return -2 end
-local want, acks = tonumber(ARGV[3]), tonumber(ARGV[4])
-local i, k, result, failed = 5, 0, false, nil
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  k = k + 1
-  if not (failed and acks > 0 and k >= acks) then
-    local reply = redis.pcall(unpack(ARGV, i + 1, i + n))
-    if type(reply) == 'table' and reply.err then
-      failed = failed or reply.err
-    elseif k == want then
-      result = reply
-    end
-  end
-  i = i + n + 1
-end
-if failed then return redis.error_reply(failed) end
-return result
-"""
-# Lua's unpack() takes at most 8,000 values: longer commands are split (same effect, as the
-# script runs atomically): command -> (leading arguments kept in each part, values per item).
-MAX_ARGS = 4000
-_SPLITTABLE = {"HSET": (2, 2), "HDEL": (2, 1), "SADD": (2, 1), "SREM": (2, 1), "RPUSH": (2, 1),
-               "XACK": (3, 1), "ZADD": (2, 2), "ZREM": (2, 1)}
-# Records a commit's commands (never connects): a cluster client's pipeline keeps no stack.
-_RECORDER = Redis()
-LOAD_CHUNK = 2000  # jobs per read while loading, so the lease renews between chunks
+LOAD_CHUNK = 2000
+WATCH_TRIES = 5  # a renewal of our own lease between WATCH and EXEC aborts it: try again  # jobs per read while loading, so the lease renews between chunks
 
 
 class LeaseLost(Exception):
@@ -93,9 +56,7 @@ class Store:
         self.part = part or Partitioning(keys.prefix)
         self.index = index
         self.consumer = consumer
-        self._read = redis.register_script(_FENCED_READ)
         self._drop_idle = redis.register_script(_DROP_IDLE_CONSUMERS)
-        self._commit = redis.register_script(_COMMIT)
 
     async def ensure_group(self) -> None:
         """Create the stream and the consumer group (from the start) if missing."""
@@ -107,17 +68,27 @@ class Store:
 
     async def read(self, token: str, after: str, count: int) -> list[Entry]:
         """Entries after ``after`` ('>' for new ones, an id for our pending ones)."""
-        reply = await self._read(keys=[self.keys.lease, self.keys.events],
-                                 args=[token, GROUP, self.consumer, count, after])
-        if reply == -1:
-            raise LeaseLost("lease is held by another worker")
+        k = self.keys
+        for _ in range(WATCH_TRIES):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(k.lease)
+                    if text(await pipe.get(k.lease) or b"") != token:
+                        raise LeaseLost("lease is held by another worker")
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.xreadgroup(GROUP, self.consumer, {k.events: after}, count=count)
+                    (reply,) = await pipe.execute()
+                    break
+                except WatchError:
+                    continue  # a renewal of ours touched the lease: look again
+        else:
+            raise LeaseLost("the lease kept changing while reading")
         if not reply:
             return []
         entries = reply[0][1]
         out: list[Entry] = []
-        for entry_id, flat in entries:
-            fields = dict(zip(flat[::2], flat[1::2])) if flat else None
-            out.append((text(entry_id), fields))
+        for entry_id, fields in entries:
+            out.append((text(entry_id), fields or None))
         return out
 
     async def wait(self, after: str, block_ms: int) -> str | None:
@@ -195,40 +166,57 @@ class Store:
         only keeps a standby from doing work that would be thrown away.) ``ack``: entry ids to
         acknowledge in the same step, trimming the events stream up to the new applied id.
         """
-        k = self.keys
         if not lease.held:
             raise LeaseLost("lease expired before commit")
         if commit.outgoing:  # before the commit: forwarded at least once (worker.moves)
             await self.send_out(commit.outgoing)
-        queue = _RECORDER.pipeline(transaction=False)  # only records the commands
-        _queue_writes(queue, k, commit, updates_keep=updates_keep, dead_keep=dead_keep)
-        writes = len(queue.command_stack)
-        if ack:  # after the writes, and skipped if one of them fails
-            queue.xack(k.events, GROUP, *ack)
-            queue.xtrim(k.events, minid=commit.applied, approximate=True)
-        update_at = writes if commit.update is not None else 0  # the updates XADD: last write
-        args: list[Any] = [lease.token, expected, 0, 0]
-        count = 0
-        for at, (command, _) in enumerate(queue.command_stack, 1):
-            if at == writes + 1:
-                args[3] = count + 1
-            for part in _split(command):
-                count += 1
-                args += [len(part), *part]
-            if at == update_at:
-                args[2] = count
-        reply = await self._commit(keys=[k.lease, k.applied], args=args)
-        if reply == -1:
-            raise LeaseLost("lease expired or taken over before commit")
-        if reply == -2:
-            raise LeaseLost(f"another worker committed past {expected}")
+        reply = await self._transaction(commit, lease, expected, updates_keep=updates_keep,
+                                        dead_keep=dead_keep, ack=ack)
+        await self._finalise(commit)
+        return reply
+
+    async def _finalise(self, commit: Commit) -> None:
         finalise = dict(commit.finalise)
         if commit.named and self.part.split and self.index == self.part.unnamed:
             # Provisional routes point here: the jobs that named a model of this partition
             # stay, for good.
             finalise.update(dict.fromkeys(commit.named, self.index))
         await self.finalise_routes(finalise)
-        return text(reply) if update_at else None
+
+    async def _transaction(self, commit: Commit, lease: Lease, expected: str, *,
+                           updates_keep: int, dead_keep: int, ack: list[str] | None
+                           ) -> str | None:
+        """The commit in one MULTI/EXEC, fenced by WATCH on the lease and the applied id.
+        As with MULTI/EXEC always, a failing command does not stop the others, so the
+        applied id still moves with what was written and nothing is applied twice; the first
+        error is raised after."""
+        k = self.keys
+        for _ in range(WATCH_TRIES):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(k.lease, k.applied)
+                    token = await pipe.get(k.lease)  # (a cluster pipeline refuses MGET)
+                    applied = await pipe.get(k.applied)
+                    if token is None or text(token) != lease.token:
+                        raise LeaseLost("lease expired or taken over before commit")
+                    if (text(applied) if applied is not None else "0-0") != expected:
+                        raise LeaseLost(f"another worker committed past {expected}")
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    _queue_writes(pipe, k, commit, updates_keep=updates_keep,
+                                  dead_keep=dead_keep)
+                    if ack:
+                        pipe.xack(k.events, GROUP, *ack)
+                        pipe.xtrim(k.events, minid=commit.applied, approximate=True)
+                    replies = await pipe.execute(raise_on_error=False)
+                except WatchError:
+                    continue  # a lease renewal touched it: look again
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            if commit.update is None:
+                return None
+            return text(replies[-3 if ack else -1])  # the updates XADD: the last write
+        raise LeaseLost("the lease or the applied id kept changing during the commit")
 
     async def send_out(self, outgoing: list[tuple[int, dict[str, bytes]]]) -> None:
         """Append entries to other partitions' streams, in order."""
@@ -293,19 +281,6 @@ async def histories(redis: Redis, keys: Keys, job_ids: list[str]
             pipe.lrange(keys.metrics(job_id), 0, -1)
         replies = await pipe.execute()
     return {job_id: [orjson.loads(p) for p in points] for job_id, points in zip(job_ids, replies)}
-
-
-def _split(command: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    """``command`` as commands of at most MAX_ARGS values, with the same effect in order."""
-    if len(command) <= MAX_ARGS:
-        return [command]
-    name = str(command[0]).upper()
-    if name not in _SPLITTABLE:
-        raise ValueError(f"{name} with {len(command)} arguments cannot be split")
-    fixed, step = _SPLITTABLE[name]
-    head, rest = command[:fixed], command[fixed:]
-    size = (MAX_ARGS - fixed) // step * step
-    return [(*head, *rest[i:i + size]) for i in range(0, len(rest), size)]
 
 
 def _queue_writes(pipe: Any, k: Keys, c: Commit, *, updates_keep: int, dead_keep: int) -> None:
