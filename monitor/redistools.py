@@ -4,12 +4,19 @@ the gateway."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import (
+    AskError,
     ClusterDownError,
+    MasterDownError,
+    MovedError,
+    ReadOnlyError,
     RedisClusterException,
     SlotNotCoveredError,
     TryAgainError,
@@ -20,9 +27,34 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 RETRY_MAX = 5.0  # seconds at most between attempts while Redis is away
 # Redis is away, or a cluster is between states (a master restarting, a failover): wait and
 # try again from what is committed.
+# (MOVED and the like reach a plain client talking to one node of a cluster: the slot moved.)
 UNREACHABLE: tuple[type[Exception], ...] = (
     RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError, TryAgainError,
-    SlotNotCoveredError, RedisClusterException)
+    SlotNotCoveredError, RedisClusterException, MovedError, AskError, MasterDownError,
+    ReadOnlyError)
+
+
+async def node_client(client: Redis, key: str, cache: dict[str, Redis],
+                      prepare: Callable[[Redis], object] | None = None) -> Redis:
+    """The client for transactions on ``key``: ``client`` itself, or on a cluster a plain
+    client of the node that serves its slot (kept in ``cache``). redis-py 8's cluster
+    transactions spend a thread and an event loop on every queued command; a plain
+    client's MULTI/EXEC on that node is the same transaction. After a failover or a slot
+    move its commands fail with an error of UNREACHABLE, and :func:`heal` plus this call
+    find the new node."""
+    if not isinstance(client, RedisCluster):
+        return client
+    node = client.get_node_from_key(key)
+    plain = cache.get(node.name)
+    if plain is None:
+        wanted = ("username", "password", "ssl", "ssl_ca_certs", "ssl_certfile",
+                  "ssl_keyfile", "ssl_cert_reqs", "socket_timeout", "socket_connect_timeout")
+        options = {k: v for k, v in node.connection_kwargs.items() if k in wanted}
+        plain = cache[node.name] = Redis(host=node.host, port=node.port,
+                                         retry=Retry(NoBackoff(), 0), **options)
+        if prepare is not None:
+            prepare(plain)
+    return plain
 
 
 def text(value: bytes | str) -> str:

@@ -158,6 +158,7 @@ class Worker:
         except UNREACHABLE:
             pass  # it runs out by itself after lease_ttl
         finally:
+            await self.store.close()
             await self.redis.aclose()
 
     async def step(self, stop: asyncio.Event | None = None) -> None:

@@ -17,10 +17,11 @@ from redis.exceptions import ResponseError, WatchError
 
 from monitor.keys import GROUP, Keys
 from monitor.partitions import Partitioning, parse_route, route_value
-from monitor.redistools import text
+from monitor.redistools import node_client, text
 from monitor.rules import JobState
 from worker.batch import Commit, Entry
 from worker.lease import Lease
+from worker.packing import pack_with_hiredis
 
 # Forget consumers that hold nothing, only while holding the lease and atomically with the
 # check: a consumer emptied here cannot be reading at the same moment.
@@ -55,6 +56,7 @@ class Store:
         self.keys = keys
         self.part = part or Partitioning(keys.prefix)
         self.index = index
+        self._nodes: dict[str, Redis] = {}  # on a cluster: a plain client per node
         self.consumer = consumer
         self._drop_idle = redis.register_script(_DROP_IDLE_CONSUMERS)
 
@@ -69,8 +71,9 @@ class Store:
     async def read(self, token: str, after: str, count: int) -> list[Entry]:
         """Entries after ``after`` ('>' for new ones, an id for our pending ones)."""
         k = self.keys
+        node = await node_client(self.redis, k.lease, self._nodes, pack_with_hiredis)
         for _ in range(WATCH_TRIES):
-            async with self.redis.pipeline(transaction=True) as pipe:
+            async with node.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(k.lease)
                     if text(await pipe.get(k.lease) or b"") != token:
@@ -191,12 +194,12 @@ class Store:
         applied id still moves with what was written and nothing is applied twice; the first
         error is raised after."""
         k = self.keys
+        node = await node_client(self.redis, k.lease, self._nodes, pack_with_hiredis)
         for _ in range(WATCH_TRIES):
-            async with self.redis.pipeline(transaction=True) as pipe:
+            async with node.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(k.lease, k.applied)
-                    token = await pipe.get(k.lease)  # (a cluster pipeline refuses MGET)
-                    applied = await pipe.get(k.applied)
+                    token, applied = await pipe.mget(k.lease, k.applied)
                     if token is None or text(token) != lease.token:
                         raise LeaseLost("lease expired or taken over before commit")
                     if (text(applied) if applied is not None else "0-0") != expected:
@@ -257,6 +260,12 @@ class Store:
             config, points, seen = await pipe.execute()
         return (orjson.loads(config) if config is not None else None,
                 [orjson.loads(p) for p in points], sorted(text(i) for i in seen))
+
+    async def close(self) -> None:
+        """Close the clients of cluster nodes (the main client is the caller's)."""
+        for client in self._nodes.values():
+            await client.aclose()
+        self._nodes.clear()
 
     async def ack(self, entry_ids: list[str]) -> None:
         if entry_ids:
