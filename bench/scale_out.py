@@ -184,9 +184,10 @@ def report(rows: list[Row], workload: Workload) -> list[str]:
                  f"{PROJECTED_NODES} pairs about {PROJECTED_NODES * per_pair:,.0f} events/s, "
                  "as nothing on the hot path crosses partitions (moves and relays are rare: "
                  "only for jobs that start without naming their model).")
-    headline("worker CPU per event, P = 1 to 4", f"{base.worker_us:.1f} → {last.worker_us:.1f} µs",
-             "constant within 10%", verdict(None, flat))
-    headline("events/s at P = 4 on 2 cores", f"{last.rate:,.0f}", "", "")
+    headline(f"worker CPU per event, P = {base.partitions} to {last.partitions}",
+             f"{base.worker_us:.1f} → {last.worker_us:.1f} µs", "constant within 10%",
+             verdict(None, flat))
+    headline(f"events/s at P = {last.partitions} on {cores} cores", f"{last.rate:,.0f}", "", "")
     return lines
 
 
