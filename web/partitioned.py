@@ -58,10 +58,6 @@ class PartitionedReader:
         self.part = part
         self.readers = [StateReader(redis, keys) for keys in part.all_keys()]
 
-    @property
-    def keys(self) -> Any:
-        return self.readers[0].keys
-
     async def snapshot(self) -> PartitionedSnapshot:
         parts = await asyncio.gather(*(r.snapshot() for r in self.readers))
         views: dict[str, dict[str, Any]] = {}
