@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 import redis
 from redis.cluster import RedisCluster
 
@@ -40,11 +39,11 @@ from bench.common import (
     unique_prefix,
     verdict,
 )
+from bench.worker_throughput import prefill
 from bench.workload import Workload, generate
 from monitor.partitions import Partitioning
 from tests.redis_cluster import LocalCluster
 
-PREFILL_CHUNK = 5_000
 POLL = 0.05
 GOAL_FLAT = 0.10  # worker CPU per event may vary this much from P = 1 to the largest P
 PROJECTED_NODES = 16
@@ -79,23 +78,6 @@ def node_cpu(nodes: list[tuple[str, int]]) -> list[float]:
     return out
 
 
-def prefill(client: RedisCluster, part: Partitioning, workload: Workload) -> int:
-    """Every event into its model's partition stream; the number of events."""
-    pipe = client.pipeline(transaction=False)
-    count = queued = 0
-    for event in generate(workload):
-        pipe.xadd(part.keys(part.of_model(event["model_name"])).events,
-                  {"data": orjson.dumps(event)})
-        count += 1
-        queued += 1
-        if queued == PREFILL_CHUNK:
-            pipe.execute()
-            queued = 0
-    if queued:
-        pipe.execute()
-    return count
-
-
 def applied(client: RedisCluster, part: Partitioning) -> int:
     total = 0
     for keys in part.all_keys():
@@ -110,7 +92,9 @@ def run_row(cluster: LocalCluster, partitions: int, workload: Workload, log_dir:
     prefix = unique_prefix(f"scale{partitions}")
     part = Partitioning(prefix, partitions, cluster=True)
     try:
-        events = prefill(client, part, workload)
+        mix = prefill(client, lambda e: part.keys(part.of_model(e["model_name"])).events,
+                      generate(workload))  # each event into its model's partition
+        events = sum(mix.values())
         client.set(part.declared, partitions)
         masters = cluster.nodes[:3]
         redis_before = node_cpu(masters)

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,14 +100,17 @@ class RowResult:
 # --- Worker rows -------------------------------------------------------------------------------
 
 
-def prefill(client: redis.Redis, stream: str, events: Iterable[dict[str, Any]]) -> Counter[str]:
-    """XADD every event (field ``data``, JSON) in pipelined chunks; returns the type mix."""
+def prefill(client: redis.Redis, stream: str | Callable[[dict[str, Any]], str],
+            events: Iterable[dict[str, Any]]) -> Counter[str]:
+    """XADD every event (field ``data``, JSON) in pipelined chunks, to ``stream`` or the
+    stream it gives for the event; returns the type mix."""
     mix: Counter[str] = Counter()
     pipe = client.pipeline(transaction=False)
     queued = 0
     for event in events:
         mix[event["type"]] += 1
-        pipe.xadd(stream, {"data": orjson.dumps(event)})
+        pipe.xadd(stream if isinstance(stream, str) else stream(event),
+                  {"data": orjson.dumps(event)})
         queued += 1
         if queued == PREFILL_CHUNK:
             pipe.execute()
