@@ -22,7 +22,7 @@ import orjson
 from redis.asyncio import Redis
 
 from monitor.events import BadEvent, parse_event
-from monitor.partitions import Routes
+from monitor.partitions import UNNAMED, Routes
 from monitor.redistools import UNREACHABLE, backoff, heal, text
 from monitor.routing import Described, describe, route
 from monitor.rules import parse_pos
@@ -39,11 +39,10 @@ def describe_entry(fields: dict[bytes, bytes] | None) -> Described | None:
     if raw is None:
         return None
     try:
-        parse_event(raw)
-        valid = True
+        event = parse_event(raw)
     except BadEvent:
-        valid = False
-    return describe(raw, valid)
+        return describe(raw, valid=False)  # routed by its job id, if it has one
+    return event.job_id, True, UNNAMED if event.model_name is None else event.model_name
 
 
 class IngressRouter:
