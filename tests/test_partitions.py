@@ -318,21 +318,28 @@ def with_ids(published: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dic
     return [(path, {**event, "event_id": f"e{i}"}) for i, (path, event) in enumerate(published)]
 
 
+def publish_through_faults(cluster: LocalCluster, tmp_path: Path, seed: int,
+                           faults: Callable[[int], dict[int, Callable[[], None]]]) -> None:
+    """A 4-partition deployment on ``cluster`` (2 workers, 1 gateway) is sent a scenario
+    with event ids, ``faults(n)`` happening after the events they are keyed by; it ends
+    equal to a fold, every event applied once."""
+    deployment = Deployment(cluster.url, True, 4, tmp_path, gateways=1)
+    try:
+        rng = random.Random(seed)
+        published = with_ids(scenario(rng, 24))
+        deployment.publish(published, rng, faults(len(published)))
+        deployment.settle(compared(expected_views(published)), deployment.ports[0],
+                          timeout=60)
+        assert deployment.applied() == len(published)
+    finally:
+        deployment.close()
+
+
 def test_a_cluster_master_restarted_mid_stream_loses_nothing(
         redis_cluster_factory: Callable[..., LocalCluster], tmp_path: Path) -> None:
     cluster = redis_cluster_factory(masters=3, replicas=0, appendonly=True)
-    deployment = Deployment(cluster.url, True, 4, tmp_path, gateways=1)
-    try:
-        rng = random.Random(17)
-        published = with_ids(scenario(rng, 24))
-        n = len(published)
-        deployment.publish(published, rng, {n // 3: lambda: cluster.restart_node(1),
-                                            2 * n // 3: lambda: cluster.restart_node(2)})
-        deployment.settle(compared(expected_views(published)), deployment.ports[0],
-                          timeout=60)
-        assert deployment.applied() == n
-    finally:
-        deployment.close()
+    publish_through_faults(cluster, tmp_path, 17, lambda n: {
+        n // 3: lambda: cluster.restart_node(1), 2 * n // 3: lambda: cluster.restart_node(2)})
 
 
 def test_a_failover_mid_stream_loses_nothing_the_replica_had(
@@ -342,22 +349,12 @@ def test_a_failover_mid_stream_loses_nothing_the_replica_had(
     that waits for that (WAIT); the worker's commits need nothing of the kind (a lost commit
     is applied again from the entries it had not acknowledged)."""
     cluster = redis_cluster_factory(masters=3, replicas=1, appendonly=True)
-    deployment = Deployment(cluster.url, True, 4, tmp_path, gateways=1)
-    try:
-        rng = random.Random(18)
-        published = with_ids(scenario(rng, 24))
-        n = len(published)
 
-        def crash_a_master() -> None:
-            replicated(cluster.nodes[:3])
-            cluster.failover(0)
+    def crash_a_master() -> None:
+        replicated(cluster.nodes[:3])
+        cluster.failover(0)
 
-        deployment.publish(published, rng, {n // 2: crash_a_master})
-        deployment.settle(compared(expected_views(published)), deployment.ports[0],
-                          timeout=60)
-        assert deployment.applied() == n
-    finally:
-        deployment.close()
+    publish_through_faults(cluster, tmp_path, 18, lambda n: {n // 2: crash_a_master})
 
 
 def test_sdk_runs_reach_the_partition_of_their_model_and_hear_a_stop(
