@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -28,8 +28,7 @@ Entry = tuple[str, dict[bytes, bytes] | None]
 """A stream entry as read: its id and fields (None when it was deleted from the stream)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Decoded:
+class Decoded(NamedTuple):  # a tuple: one is made per entry, and a frozen dataclass costs 4x
     """One entry after validation: an event to apply, or the reason it is refused."""
 
     entry_id: str

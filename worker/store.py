@@ -5,10 +5,13 @@ applied id), checks that it holds the lease (and that nobody committed since it 
 sends the command in MULTI/EXEC, which Redis refuses to run if a watched key changed
 meanwhile. So a worker that lost its lease can never take entries out from under the one
 that holds it now, nor commit over it. (Lua scripts did this before; a commit's thousands
-of arguments passing through Lua cost Redis more than the writes themselves.)"""
+of arguments passing through Lua cost Redis more than the writes themselves.) The
+transaction is sent and read by :mod:`worker.fenced`, not redis-py's pipeline."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -20,8 +23,8 @@ from monitor.partitions import Partitioning, parse_route, route_value
 from monitor.redistools import node_client, text
 from monitor.rules import JobState
 from worker.batch import Commit, Entry
+from worker.fenced import Command, fenced
 from worker.lease import Lease
-from worker.packing import pack_with_hiredis
 
 # Forget consumers that hold nothing, only while holding the lease and atomically with the
 # check: a consumer emptied here cannot be reading at the same moment.
@@ -38,8 +41,8 @@ for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[2], ARGV[2])) do
 end
 return dropped
 """
-LOAD_CHUNK = 2000
-WATCH_TRIES = 5  # a renewal of our own lease between WATCH and EXEC aborts it: try again  # jobs per read while loading, so the lease renews between chunks
+LOAD_CHUNK = 2000  # jobs per read while loading, so the lease renews between chunks
+WATCH_TRIES = 5  # a renewal of our own lease between WATCH and EXEC aborts it: try again
 
 
 class LeaseLost(Exception):
@@ -71,28 +74,31 @@ class Store:
     async def read(self, token: str, after: str, count: int) -> list[Entry]:
         """Entries after ``after`` ('>' for new ones, an id for our pending ones)."""
         k = self.keys
-        node = await node_client(self.redis, k.lease, self._nodes, pack_with_hiredis)
+
+        def ours(values: list[Any]) -> None:
+            if text(values[0] or b"") != token:
+                raise LeaseLost("lease is held by another worker")
+
+        node = await node_client(self.redis, k.lease, self._nodes)
+        command = ("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count,
+                   "STREAMS", k.events, after)
         for _ in range(WATCH_TRIES):
-            async with node.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(k.lease)
-                    if text(await pipe.get(k.lease) or b"") != token:
-                        raise LeaseLost("lease is held by another worker")
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.xreadgroup(GROUP, self.consumer, {k.events: after}, count=count)
-                    (reply,) = await pipe.execute()
-                    break
-                except WatchError:
-                    continue  # a renewal of ours touched the lease: look again
+            try:
+                (reply,) = await fenced(node, (k.lease,), ours, [command])
+                break
+            except WatchError:
+                continue  # a renewal of ours touched the lease: look again
         else:
             raise LeaseLost("the lease kept changing while reading")
+        if isinstance(reply, Exception):
+            raise reply
         if not reply:
             return []
-        entries = reply[0][1]
-        out: list[Entry] = []
-        for entry_id, fields in entries:
-            out.append((text(entry_id), fields or None))
-        return out
+        # {stream: entries} (RESP3) or [[stream, entries]] (RESP2), where each entry is
+        # [id, [field, value, ...]], or [id, None] once deleted from the stream
+        ((_, entries),) = reply.items() if isinstance(reply, dict) else reply
+        return [(entry_id.decode(), dict(zip(fields[::2], fields[1::2])) if fields else None)
+                for entry_id, fields in entries]
 
     async def wait(self, after: str, block_ms: int) -> str | None:
         """Block until an entry newer than ``after`` exists; its id, or None on time-out."""
@@ -194,31 +200,29 @@ class Store:
         applied id still moves with what was written and nothing is applied twice; the first
         error is raised after."""
         k = self.keys
-        node = await node_client(self.redis, k.lease, self._nodes, pack_with_hiredis)
+
+        def fence(values: list[Any]) -> None:
+            token, applied = values
+            if token is None or text(token) != lease.token:
+                raise LeaseLost("lease expired or taken over before commit")
+            if (text(applied) if applied is not None else "0-0") != expected:
+                raise LeaseLost(f"another worker committed past {expected}")
+
+        commands = writes(k, commit, updates_keep=updates_keep, dead_keep=dead_keep)
+        update_at = len(commands) - 1  # the XADD to updates, when there is one, is last
+        if ack:
+            commands.append(("XACK", k.events, GROUP, *ack))
+            commands.append(("XTRIM", k.events, "MINID", "~", commit.applied))
+        node = await node_client(self.redis, k.lease, self._nodes)
         for _ in range(WATCH_TRIES):
-            async with node.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(k.lease, k.applied)
-                    token, applied = await pipe.mget(k.lease, k.applied)
-                    if token is None or text(token) != lease.token:
-                        raise LeaseLost("lease expired or taken over before commit")
-                    if (text(applied) if applied is not None else "0-0") != expected:
-                        raise LeaseLost(f"another worker committed past {expected}")
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    _queue_writes(pipe, k, commit, updates_keep=updates_keep,
-                                  dead_keep=dead_keep)
-                    if ack:
-                        pipe.xack(k.events, GROUP, *ack)
-                        pipe.xtrim(k.events, minid=commit.applied, approximate=True)
-                    replies = await pipe.execute(raise_on_error=False)
-                except WatchError:
-                    continue  # a lease renewal touched it: look again
+            try:
+                replies = await fenced(node, (k.lease, k.applied), fence, commands)
+            except WatchError:
+                continue  # a lease renewal touched it: look again
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply
-            if commit.update is None:
-                return None
-            return text(replies[-3 if ack else -1])  # the updates XADD: the last write
+            return text(replies[update_at]) if commit.update is not None else None
         raise LeaseLost("the lease or the applied id kept changing during the commit")
 
     async def send_out(self, outgoing: list[tuple[int, dict[str, bytes]]]) -> None:
@@ -292,55 +296,65 @@ async def histories(redis: Redis, keys: Keys, job_ids: list[str]
     return {job_id: [orjson.loads(p) for p in points] for job_id, points in zip(job_ids, replies)}
 
 
-def _queue_writes(pipe: Any, k: Keys, c: Commit, *, updates_keep: int, dead_keep: int) -> None:
-    """Queue the commands of one commit, the XADD to ``<prefix>updates`` last."""
+def writes(k: Keys, c: Commit, *, updates_keep: int, dead_keep: int) -> list[Command]:
+    """The commands of one commit, the XADD to ``<prefix>updates`` last."""
+    out: list[Command] = []
     if c.jobs:
-        pipe.hset(k.jobs, mapping=c.jobs)
-        pipe.hset(k.folds, mapping=c.folds)
+        out.append(("HSET", k.jobs, *_pairs(c.jobs)))
+        out.append(("HSET", k.folds, *_pairs(c.folds)))
     if c.configs:
-        pipe.hset(k.configs, mapping=c.configs)
+        out.append(("HSET", k.configs, *_pairs(c.configs)))
     if c.models:
-        pipe.hset(k.models, mapping=c.models)
+        out.append(("HSET", k.models, *_pairs(c.models)))
     if c.models_gone:
-        pipe.hdel(k.models, *c.models_gone)
+        out.append(("HDEL", k.models, *c.models_gone))
     for key, ids in c.group_remove.items():
-        pipe.srem(key, *ids)
+        out.append(("SREM", key, *ids))
     for key, ids in c.group_add.items():
-        pipe.sadd(key, *ids)
+        out.append(("SADD", key, *ids))
     for key, points in c.replace.items():
-        pipe.delete(key)
+        out.append(("DEL", key))
         if points:
-            pipe.rpush(key, *points)
+            out.append(("RPUSH", key, *points))
     for key, points in c.append.items():
-        pipe.rpush(key, *points)
+        out.append(("RPUSH", key, *points))
     for key, event_ids in c.seen_add.items():
-        pipe.sadd(key, *event_ids)
+        out.append(("SADD", key, *event_ids))
     if c.alive:
-        pipe.zadd(k.alive, c.alive)
+        out.append(("ZADD", k.alive, *_pairs(c.alive, values_first=True)))
     if c.stops:
-        pipe.hset(k.stops, mapping=c.stops)
+        out.append(("HSET", k.stops, *_pairs(c.stops)))
     if c.gone:
-        pipe.zrem(k.alive, *c.gone)
-        pipe.hdel(k.stops, *c.gone)
+        out.append(("ZREM", k.alive, *c.gone))
+        out.append(("HDEL", k.stops, *c.gone))
     for dead in c.dead:
-        pipe.xadd(k.dead, dead, maxlen=dead_keep, approximate=True)
+        out.append(("XADD", k.dead, "MAXLEN", "~", dead_keep, "*", *_pairs(dead)))
     for name, n in c.counts.items():
         if n:
-            pipe.hincrby(k.stats, name, n)
+            out.append(("HINCRBY", k.stats, name, n))
     for name, n in c.observed.items():
-        pipe.hincrby(k.ops, name, n)
+        out.append(("HINCRBY", k.ops, name, n))
     if c.removed:  # moved to another partition (worker.moves)
-        pipe.hdel(k.jobs, *c.removed)
-        pipe.hdel(k.folds, *c.removed)
-        pipe.hdel(k.configs, *c.removed)
-        pipe.zrem(k.alive, *c.removed)
-        pipe.hdel(k.stops, *c.removed)
-        pipe.delete(*(k.metrics(job_id) for job_id in c.removed))
-        pipe.delete(*(k.seen(job_id) for job_id in c.removed))
+        out.append(("HDEL", k.jobs, *c.removed))
+        out.append(("HDEL", k.folds, *c.removed))
+        out.append(("HDEL", k.configs, *c.removed))
+        out.append(("ZREM", k.alive, *c.removed))
+        out.append(("HDEL", k.stops, *c.removed))
+        out.append(("DEL", *(k.metrics(job_id) for job_id in c.removed)))
+        out.append(("DEL", *(k.seen(job_id) for job_id in c.removed)))
     if c.moved_out:
-        pipe.hset(k.moved, mapping=c.moved_out)
+        out.append(("HSET", k.moved, *_pairs(c.moved_out)))
     if c.marks:
-        pipe.hset(k.marks, mapping=c.marks)
-    pipe.set(k.applied, c.applied)
+        out.append(("HSET", k.marks, *_pairs(c.marks)))
+    out.append(("SET", k.applied, c.applied))
     if c.update is not None:  # last of the writes
-        pipe.xadd(k.updates, {"data": c.update}, maxlen=updates_keep, approximate=True)
+        out.append(("XADD", k.updates, "MAXLEN", "~", updates_keep, "*", "data", c.update))
+    return out
+
+
+def _pairs(mapping: Mapping[Any, Any], values_first: bool = False) -> list[Any]:
+    """``{a: 1, b: 2}`` -> ``[a, 1, b, 2]`` (``[1, a, 2, b]`` with ``values_first``, as ZADD
+    takes them): a mapping as a command's arguments."""
+    if values_first:
+        return [x for key, value in mapping.items() for x in (value, key)]
+    return list(chain.from_iterable(mapping.items()))
