@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from monitor.events import Event
-from monitor.rules import Board, JobState, delta_pct, model_display, shown, tier
+from monitor.rules import (
+    PUBLIC_FIELDS,
+    Board,
+    JobState,
+    delta_pct,
+    model_display,
+    shown,
+    tier,
+)
 from monitor.seen import MAX_ABOVE, SeenIds
 from tests.helpers import ev, fold, pos_of, ts_of
 
@@ -253,6 +261,16 @@ def test_job_views(events: list[Event], expected: dict[str, dict[str, Any]]) -> 
     for job_id, fields in expected.items():
         view = board.view(job_id)
         assert {k: view[k] for k in fields} == fields, job_id
+
+
+def test_the_public_state_has_every_public_field_and_restores_to_the_same_job() -> None:
+    board = fold([started("a"), evals("a", 0.3), ev("job_finished", "a", status="completed")])
+    job = board.jobs["a"]
+    public = job.public()
+    assert sorted(public) == sorted(PUBLIC_FIELDS)
+    assert list(public)[-1] == "model_display"
+    assert public["final_eval_loss"] == 0.3 and public["model_display"] == Q
+    assert JobState.restore(public, job.private()) == job
 
 
 def test_model_summaries() -> None:
