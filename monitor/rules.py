@@ -297,31 +297,34 @@ def _apply_signal(job: JobState, event: JobHeartbeat | JobStale, arrival: float)
 
 
 def apply_to_job(job: JobState, event: Event, pos: Pos, ts: float) -> JobChange:
-    """Fold one event into ``job`` (in place): the rules of docs/state.md, Job state."""
+    """Fold one event into ``job`` (in place): the rules of docs/state.md, Job state.
+
+    (Events are told apart by ``type(event) is``: an ``isinstance`` on a pydantic model goes
+    through the ABC machinery, and this runs for every event.)"""
     if event.event_id is not None and not job.seen.add(event.event_id):
         return DUPLICATE
     # Derived events and requests, not the trainer's observations: no times, no model.
-    if isinstance(event, JobForecast):
+    if type(event) is JobForecast:
         forecast = event.forecast.model_dump()
         if forecast == job.forecast:
             return DUPLICATE
         job.forecast = forecast
         return JobChange(applied=True)
-    if isinstance(event, JobHeartbeat | JobStale):
+    if type(event) is JobHeartbeat or type(event) is JobStale:
         return _apply_signal(job, event, pos[0] / 1000)
-    if isinstance(event, JobStopRequested):
+    if type(event) is JobStopRequested:
         if job.finished or job.stop_requested is not None:  # the first request wins
             return DUPLICATE
         job.stop_requested = {"at": ts, "by": event.by, "reason": event.reason}
         return JobChange(applied=True)
-    if not isinstance(event, JobArchived | JobRestored):
+    if type(event) is not JobArchived and type(event) is not JobRestored:
         _signal(job, pos[0] / 1000)
     if job.model_name is None and event.model_name is not None:
         job.model_name = event.model_name
     job.created_at = min(job.created_at, ts)
     job.updated_at = max(job.updated_at, ts)
 
-    if isinstance(event, Metrics):
+    if type(event) is Metrics:
         key = obs_key(event.step, event.epoch, pos)
         _observe(job, key, event.step, event.epoch)
         if event.loss is not None and (job.loss_key is None or key > job.loss_key):
@@ -332,14 +335,14 @@ def apply_to_job(job: JobState, event: Event, pos: Pos, ts: float) -> JobChange:
         point = {"step": event.step, "epoch": event.epoch, "loss": event.loss,
                  "eval_loss": event.eval_loss, "ts": ts}
         return JobChange(applied=True, point=point)
-    if isinstance(event, Checkpoint):
+    if type(event) is Checkpoint:
         key = obs_key(event.step, event.epoch, pos)
         _observe(job, key, event.step, event.epoch)
         job.ckpts.append(Ckpt(event.step, event.epoch, event.path, event.eval_loss, key))
         if event.eval_loss is not None:
             _observe_eval(job, event.eval_loss, key, event.step, event.epoch)
         job.best_checkpoint_path = best_checkpoint(job)
-    elif isinstance(event, JobStarted):
+    elif type(event) is JobStarted:
         # A restarted trainer restates its run: the latest job_started wins, field by field.
         if event.total_epochs is not None:
             job.total_epochs = event.total_epochs
@@ -352,7 +355,7 @@ def apply_to_job(job: JobState, event: Event, pos: Pos, ts: float) -> JobChange:
         if event.autostop is not None:
             job.autostop = event.autostop
         return JobChange(applied=True, config=event.config)
-    elif isinstance(event, JobFinished):
+    elif type(event) is JobFinished:
         if not job.finished:  # the first job_finished in stream order decides
             job.status = event.status
             job.finished_at = ts
@@ -360,9 +363,9 @@ def apply_to_job(job: JobState, event: Event, pos: Pos, ts: float) -> JobChange:
             job.error = event.error
             job.given_final_loss = event.final_loss
             job.given_final_eval_loss = event.final_eval_loss
-    elif isinstance(event, JobArchived):
+    elif type(event) is JobArchived:
         job.archived = True
-    elif isinstance(event, JobRestored):
+    elif type(event) is JobRestored:
         job.archived = False
     return JobChange(applied=True)
 
@@ -525,7 +528,7 @@ class Board:
         """Fold one event; ``ts`` is the event's time (its ``ts``, else the entry's time)."""
         job = self.jobs.get(event.job_id)
         created = job is None
-        if created and isinstance(event, DERIVED):
+        if created and type(event) in DERIVED:
             return Change(DUPLICATE)  # nothing but the trainer's own events creates a job
         if job is None:
             job = self.jobs[event.job_id] = new_job(event.job_id, ts)

@@ -153,7 +153,7 @@ def fold(board: Board, items: list[Decoded], divert: Diverter | None = None) -> 
         if not change.job.applied:
             folded.duplicates += 1
             continue
-        if isinstance(event, JobHeartbeat):
+        if type(event) is JobHeartbeat:
             folded.heartbeats += 1
         else:
             folded.applied += 1

@@ -22,7 +22,7 @@ def pack_with_hiredis(client: Redis) -> bool:
     import hiredis
 
     pool = client.connection_pool
-    serializer = HiredisRespSerializer()
+    serializer = HiredisRespSerializer()  # type: ignore[no-untyped-call]
 
     class HiredisPacking(pool.connection_class):  # type: ignore[name-defined,misc]
         def pack_command(self, *args: Any) -> list[bytes]:
