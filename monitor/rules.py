@@ -381,10 +381,7 @@ class Group:
     members: set[str] = field(default_factory=set)
     ranking: SortedList = field(default_factory=SortedList)  # RankKeys of the candidates
     archived: int = 0
-
-    @property
-    def best(self) -> RankKey | None:
-        return self.ranking[0] if self.ranking else None
+    best: RankKey | None = None  # ranking[0], kept at hand: every event of the group asks
 
     def summary(self) -> dict[str, Any]:
         """One row of ``GET /api/models``."""
@@ -403,24 +400,30 @@ class Group:
         self.archived += job.archived
         if (key := job.rank_key) is not None:
             self.ranking.add(key)
+            if self.best is None or key < self.best:
+                self.best = key
 
     def remove(self, job_id: str, archived: bool, key: RankKey | None) -> None:
         self.members.discard(job_id)
         self.archived -= archived
         if key is not None:
             self.ranking.remove(key)
+            if key == self.best:
+                self.best = self.ranking[0] if self.ranking else None
 
 
 # --- What a reader sees: the view, delta, tier, clean name ------------------------------------
 
 
-def job_view(public: dict[str, Any], best: tuple[str, float] | None) -> dict[str, Any]:
+def job_view(public: dict[str, Any], best: tuple[str, float] | None, *,
+             consume: bool = False) -> dict[str, Any]:
     """A job view (docs/state.md, Views): the public state plus ``is_best``, ``delta_pct``,
     ``tier`` and ``gpu_hours``; its ``forecast`` only while the job is running.
 
-    ``best`` is the group's best run as (job id, best eval loss), or None.
+    ``best`` is the group's best run as (job id, best eval loss), or None. ``consume``:
+    ``public`` is the caller's to give away, and becomes the view (no copy).
     """
-    view = dict(public)
+    view = public if consume else dict(public)
     is_best = best is not None and best[0] == public["id"]
     delta = None
     candidate = not public["archived"] and public["best_eval_loss"] is not None
@@ -604,10 +607,12 @@ class Board:
             jobs.add(before[2])
 
     def view(self, job_id: str, public: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The current job view of one job (``public``: its :meth:`JobState.public`, if at hand)."""
+        """The current job view of one job. ``public``: its :meth:`JobState.public`, if at
+        hand, which becomes the view (the caller gives it away)."""
         job = self.jobs[job_id]
         best = self.groups[job.model_name].best
-        return job_view(public or job.public(), (best[2], best[0]) if best else None)
+        return job_view(public or job.public(), (best[2], best[0]) if best else None,
+                        consume=True)
 
 
 def _best_id_value(key: RankKey | None) -> tuple[str, float] | None:
