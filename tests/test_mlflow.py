@@ -379,3 +379,60 @@ def test_a_hugging_face_trainer_reporting_to_mlflow_shows_its_model_and_eval_los
     assert logged == [(h["step"], pytest.approx(h["eval_loss"])) for h in evals]
     config = job(tracking, view["id"])["config"]
     assert (config["learning_rate"], config["num_train_epochs"], config["seed"]) == (5e-3, 2, 0)
+
+
+def test_every_answer_is_the_response_message_of_mlflows_protos(tracking: LiveGateway) -> None:
+    """Each answer parses, with no unknown field, into the response message MLflow's own
+    protos define for the call, and says what was asked."""
+    from google.protobuf.json_format import Parse
+    from mlflow.protos import service_pb2 as s
+
+    api = f"{tracking.url}/api/2.0/mlflow"
+
+    def call(method: str, path: str, message: Any, body: dict[str, Any] | None = None) -> Any:
+        if method == "GET":
+            answer = http.get(api + path, params=body, timeout=10)
+        else:
+            answer = http.post(api + path, json=body or {}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        return Parse(answer.text, message.Response(), ignore_unknown_fields=False)
+
+    created = call("POST", "/experiments/create", s.CreateExperiment,
+                   {"name": "shapes", "tags": [{"key": "team", "value": "nlp"}]})
+    got = call("GET", "/experiments/get", s.GetExperiment,
+               {"experiment_id": created.experiment_id}).experiment
+    by_name = call("GET", "/experiments/get-by-name", s.GetExperimentByName,
+                   {"experiment_name": "shapes"}).experiment
+    assert got == by_name and (got.name, got.lifecycle_stage, got.tags[0].value) == (
+        "shapes", "active", "nlp")
+    default = call("GET", "/experiments/get", s.GetExperiment, {"experiment_id": "0"})
+    assert default.experiment.name == "Default"
+
+    run = call("POST", "/runs/create", s.CreateRun,
+               {"experiment_id": created.experiment_id, "run_name": "r1", "start_time": 1000,
+                "tags": [{"key": "k", "value": "v"}]}).run
+    run_id = run.info.run_id
+    assert (run.info.run_uuid, run.info.run_name, run.info.status, run.info.start_time) == (
+        run_id, "r1", s.RUNNING, 1000)
+    assert {t.key: t.value for t in run.data.tags} == {"k": "v", "mlflow.runName": "r1"}
+    for path, message, body in [
+            ("/runs/log-metric", s.LogMetric,
+             {"run_id": run_id, "key": "loss", "value": "NaN", "timestamp": 5, "step": 1}),
+            ("/runs/log-parameter", s.LogParam, {"run_id": run_id, "key": "lr", "value": "1"}),
+            ("/runs/set-tag", s.SetTag, {"run_id": run_id, "key": "a", "value": "b"}),
+            ("/runs/log-batch", s.LogBatch, {"run_id": run_id, "metrics": [
+                {"key": "acc", "value": 0.5, "timestamp": 6, "step": 2}]}),
+            ("/runs/log-inputs", s.LogInputs, {"run_id": run_id, "datasets": []}),
+            ("/runs/log-model", s.LogModel, {"run_id": run_id, "model_json": "{}"})]:
+        assert call("POST", path, message, body) == message.Response()
+    info = call("POST", "/runs/update", s.UpdateRun,
+                {"run_id": run_id, "status": "KILLED", "end_time": 2000}).run_info
+    assert (info.status, info.end_time) == (s.KILLED, 2000)
+    fetched = call("GET", "/runs/get", s.GetRun, {"run_id": run_id}).run
+    assert fetched.info == info
+    assert sorted((m.key, str(m.value), m.step) for m in fetched.data.metrics) == [
+        ("acc", "0.5", 2), ("loss", "nan", 1)]
+    assert {p.key: p.value for p in fetched.data.params} == {"lr": "1"}
+    found = call("POST", "/runs/search", s.SearchRuns,
+                 {"experiment_ids": [created.experiment_id]})
+    assert [r.info.run_id for r in found.runs] == [run_id]
