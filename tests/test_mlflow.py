@@ -436,3 +436,60 @@ def test_every_answer_is_the_response_message_of_mlflows_protos(tracking: LiveGa
     found = call("POST", "/runs/search", s.SearchRuns,
                  {"experiment_ids": [created.experiment_id]})
     assert [r.info.run_id for r in found.runs] == [run_id]
+
+
+@pytest.mark.filterwarnings(  # Lightning's own code, on this torch (as in test_lightning)
+    "ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated:FutureWarning",
+    "ignore:The '.*dataloader' does not have many workers")
+def test_a_lightning_run_with_mlflows_logger_shows_its_model_and_val_losses(
+        tracking: LiveGateway, worker: RunningWorker) -> None:
+    from tests import test_lightning  # skips without lightning, as that module does
+
+    pl, torch = test_lightning.pl, test_lightning.torch  # type: ignore[attr-defined]
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    class Regression(pl.LightningModule):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.save_hyperparameters({"model_name": "lit/tiny-regression", "lr": 0.05})
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch: Any, _: int) -> Any:
+            x, y = batch
+            loss = ((self.layer(x) - y) ** 2).mean()
+            self.log("train_loss", loss)
+            return loss
+
+        def validation_step(self, batch: Any, _: int) -> None:
+            x, y = batch
+            self.log("val_loss", ((self.layer(x) - y) ** 2).mean())
+
+        def on_validation_epoch_end(self) -> None:
+            if not self.trainer.sanity_checking:
+                val_losses.append((self.global_step - 1, self.current_epoch,
+                                   float(self.trainer.callback_metrics["val_loss"])))
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    val_losses: list[tuple[int, int, float]] = []
+    torch.manual_seed(0)
+    x = torch.randn(64, 2)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, True)),
+                                       batch_size=8)
+    logger = MLFlowLogger(experiment_name="lit-exp", tracking_uri=tracking.url,
+                          run_name="lit-run")
+    trainer = pl.Trainer(max_epochs=3, logger=logger, log_every_n_steps=2,
+                         enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Regression(), data, data)
+    worker.wait_applied()
+
+    view = job(tracking, logger.run_id)
+    assert (view["model_name"], view["name"], view["status"]) == (
+        "lit/tiny-regression", "lit-run", "completed")
+    assert view["config"] == {"model_name": "lit/tiny-regression", "lr": 0.05}
+    step, epoch, best = min(val_losses, key=lambda v: v[2])
+    assert len(val_losses) == 3
+    assert (view["best_eval_loss"], view["best_step"], view["best_epoch"]) == (
+        pytest.approx(best), step, epoch)
