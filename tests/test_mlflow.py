@@ -384,7 +384,7 @@ def test_a_hugging_face_trainer_reporting_to_mlflow_shows_its_model_and_eval_los
 def test_every_answer_is_the_response_message_of_mlflows_protos(tracking: LiveGateway) -> None:
     """Each answer parses, with no unknown field, into the response message MLflow's own
     protos define for the call, and says what was asked."""
-    from google.protobuf.json_format import Parse
+    from google.protobuf.json_format import Parse  # type: ignore[import-untyped]
     from mlflow.protos import service_pb2 as s
 
     api = f"{tracking.url}/api/2.0/mlflow"
@@ -415,7 +415,7 @@ def test_every_answer_is_the_response_message_of_mlflows_protos(tracking: LiveGa
     assert (run.info.run_uuid, run.info.run_name, run.info.status, run.info.start_time) == (
         run_id, "r1", s.RUNNING, 1000)
     assert {t.key: t.value for t in run.data.tags} == {"k": "v", "mlflow.runName": "r1"}
-    for path, message, body in [
+    calls: list[tuple[str, Any, dict[str, Any]]] = [
             ("/runs/log-metric", s.LogMetric,
              {"run_id": run_id, "key": "loss", "value": "NaN", "timestamp": 5, "step": 1}),
             ("/runs/log-parameter", s.LogParam, {"run_id": run_id, "key": "lr", "value": "1"}),
@@ -423,7 +423,8 @@ def test_every_answer_is_the_response_message_of_mlflows_protos(tracking: LiveGa
             ("/runs/log-batch", s.LogBatch, {"run_id": run_id, "metrics": [
                 {"key": "acc", "value": 0.5, "timestamp": 6, "step": 2}]}),
             ("/runs/log-inputs", s.LogInputs, {"run_id": run_id, "datasets": []}),
-            ("/runs/log-model", s.LogModel, {"run_id": run_id, "model_json": "{}"})]:
+            ("/runs/log-model", s.LogModel, {"run_id": run_id, "model_json": "{}"})]
+    for path, message, body in calls:
         assert call("POST", path, message, body) == message.Response()
     info = call("POST", "/runs/update", s.UpdateRun,
                 {"run_id": run_id, "status": "KILLED", "end_time": 2000}).run_info
@@ -448,7 +449,7 @@ def test_a_lightning_run_with_mlflows_logger_shows_its_model_and_val_losses(
     pl, torch = test_lightning.pl, test_lightning.torch  # type: ignore[attr-defined]
     from lightning.pytorch.loggers import MLFlowLogger
 
-    class Regression(pl.LightningModule):  # type: ignore[misc]
+    class Regression(pl.LightningModule):  # type: ignore[misc, name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.save_hyperparameters({"model_name": "lit/tiny-regression", "lr": 0.05})
@@ -485,6 +486,7 @@ def test_a_lightning_run_with_mlflows_logger_shows_its_model_and_val_losses(
     trainer.fit(Regression(), data, data)
     worker.wait_applied()
 
+    assert logger.run_id is not None
     view = job(tracking, logger.run_id)
     assert (view["model_name"], view["name"], view["status"]) == (
         "lit/tiny-regression", "lit-run", "completed")
