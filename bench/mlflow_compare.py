@@ -123,51 +123,19 @@ def run_child(python: str, cfg: dict[str, Any], work: Path, name: str) -> dict[s
 
 def against_gateway(python: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     """``monitor worker`` and ``monitor gateway`` on a fresh prefix, logged to through MLflow."""
-    import redis
+    from bench.peers import monitor_stack
 
-    from bench.common import (
-        delete_prefix,
-        free_port,
-        redis_url,
-        start_monitor,
-        stop_process,
-        unique_prefix,
-        wait_http_ok,
-    )
-
-    url, prefix, port = redis_url(), unique_prefix("mlflow"), free_port()
-    client = redis.Redis.from_url(url)
-    procs = []
-    try:
-        procs.append(("worker", start_monitor("worker", ["--redis-url", url, "--prefix", prefix],
-                                              work / "worker.log")))
-        gateway = start_monitor("gateway", ["--redis-url", url, "--prefix", prefix, "--host",
-                                            "127.0.0.1", "--port", str(port), "--log-level",
-                                            "warning"], work / "gateway.log")
-        procs.append(("gateway", gateway))
-        wait_http_ok(f"http://127.0.0.1:{port}/healthz", gateway)
-        return run_child(python, dict(cfg, uri=f"http://127.0.0.1:{port}", reader="monitor",
-                                      ws_url=f"ws://127.0.0.1:{port}/ws"), work, "gateway")
-    finally:
-        for name, proc in reversed(procs):
-            stop_process(proc, name)
-        delete_prefix(client, prefix)
-        client.close()
+    with monitor_stack(work, "mlflow") as stack:
+        base = f"127.0.0.1:{stack['port']}"
+        return run_child(python, dict(cfg, uri=f"http://{base}", reader="monitor",
+                                      ws_url=f"ws://{base}/ws"), work, "gateway")
 
 
 def against_mlflow(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     """``mlflow server`` on SQLite, in the peers' venv."""
-    from bench.common import free_port
-    from bench.peers import _server, venv_python
+    from bench.peers import mlflow_server, venv_python
 
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    store = work / "mlflow"
-    store.mkdir()
-    cmd = [str(venv_python("mlflow").with_name("mlflow")), "server", "--host", "127.0.0.1",
-           "--port", str(port), "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
-           "--artifacts-destination", str(store / "artifacts")]
-    with _server(cmd, work / "mlflow-server.log", f"{uri}/health", work):
+    with mlflow_server(work) as uri:
         return run_child(str(venv_python("mlflow")), dict(cfg, uri=uri, reader="mlflow"),
                          work, "mlflow")
 
