@@ -201,6 +201,7 @@ def test_a_script_that_logs_with_mlflow_shows_its_runs_as_jobs(
         mlflow.log_metrics({"eval_loss": 0.95, "accuracy": 0.4}, step=20)
         mlflow.log_metrics({"eval_loss": 0.85, "accuracy": 0.5}, step=30)
         mlflow.log_metric("eval_loss", 0.9, step=40)
+        mlflow.log_metric("accuracy", 0.1, step=5)  # older than the latest: not the latest
     with pytest.raises(RuntimeError), mlflow.start_run(run_name="crashes") as crashed:
         mlflow.log_metric("val_loss", 2.5, step=5)
         raise RuntimeError("out of memory")

@@ -141,7 +141,9 @@ class MlflowStore:
         for metric in metrics:
             if is_later(metric, latest.get(metric["key"])):
                 latest[metric["key"]] = changed[metric["key"]] = metric
-        await self.redis.hset(key, mapping=_fields({k: orjson.dumps(v) for k, v in changed.items()}))
+        if changed:  # an older value (a lower step) changes nothing
+            await self.redis.hset(key, mapping=_fields({k: orjson.dumps(v)
+                                                        for k, v in changed.items()}))
 
     async def latest(self, run_id: str) -> list[dict[str, Any]]:
         raw = await self.redis.hgetall(self.keys.mlflow_latest(run_id))
