@@ -496,3 +496,42 @@ def test_a_lightning_run_with_mlflows_logger_shows_its_model_and_val_losses(
     assert len(val_losses) == 3
     assert (view["best_eval_loss"], view["best_step"], view["best_epoch"]) == (
         pytest.approx(best), step, epoch)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_with_partitions_any_gateway_carries_on_a_run_another_created(
+        redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four partitions, two workers, two gateways as processes: a run created through one
+    gateway logs through the other (the MLflow state is in Redis, outside the partitions),
+    and each model's job lands in its partition and shows on both gateways."""
+    from tests.helpers import wait_for
+    from tests.test_partitions import Deployment, get
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    deployment = Deployment(redis_url, False, 4, tmp_path)
+    try:
+        first, second = (mlflow.MlflowClient(f"http://127.0.0.1:{port}")
+                         for port in deployment.ports)
+        experiment_id = first.create_experiment("parts")
+        runs = {}
+        for model, best in [("org/A-7B", 0.5), ("org/B-1B", 0.25)]:
+            run_id = first.create_run(experiment_id, run_name=model).info.run_id
+            second.log_param(run_id, "model_name", model)
+            second.log_metric(run_id, "eval_loss", best * 2, step=1)
+            first.log_metric(run_id, "eval_loss", best, step=2)
+            second.set_terminated(run_id, "FINISHED")
+            runs[run_id] = (model, best)
+        want = {run_id: (model, model, "completed", best, 2)
+                for run_id, (model, best) in runs.items()}
+        for port in deployment.ports:
+            def shown(port: int = port) -> bool:
+                views = get(port, "/api/jobs")["jobs"]
+                return {v["id"]: (v["model_name"], v["name"], v["status"], v["best_eval_loss"],
+                                  v["best_step"]) for v in views} == want
+            wait_for(shown, 30, f"both runs on the gateway on {port}")
+        for run_id, (model, _) in runs.items():
+            holder = deployment.part.keys(deployment.part.of_model(model))
+            assert deployment.client.hexists(holder.jobs, run_id)
+    finally:
+        deployment.close()
