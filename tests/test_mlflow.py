@@ -335,6 +335,10 @@ def test_malformed_and_unsupported_requests_get_mlflows_error_shape(
         answer = http.request(method, api + path, json=body)
         assert (answer.status_code, answer.json()) == (status, {"error_code": code,
                                                                 "message": message}), path
+    answer = http.post(api + "/runs/log-batch", data=b"[" * (3 * 1024 * 1024))
+    assert (answer.status_code, answer.json()) == (400, {
+        "error_code": "INVALID_PARAMETER_VALUE",
+        "message": "body is 3145728 bytes, at most 2097152"})
     answer = http.post(api + "/runs/log-batch", data=b"{not json",
                         headers={"content-type": "application/json"})
     assert answer.status_code == 400

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.responses import PlainTextResponse
 
 from monitor.settings import GatewaySettings
-from web.api import validate_events
+from web.api import read_capped, validate_events
 from web.errors import ApiError
 from web.gateway import Gateway, gateway_of
 from web.mlflow import mapping, requests
@@ -28,6 +28,7 @@ from web.security import basic_password_ok, origin_ok, token_ok
 PREFIX = "/api/2.0/mlflow"
 API_VERSION = "2.0"  # what GET /version answers: the REST API version spoken here
 STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
+MAX_BODY_BYTES = 2 * 1024 * 1024  # a full log-batch (100 params of 6,000 characters) is < 1 MiB
 
 
 def require_token(request: Request) -> None:
@@ -181,7 +182,7 @@ tracking = APIRouter(prefix=PREFIX, route_class=MlflowRoute,
 
 
 async def body(request: Request) -> bytes:
-    return await request.body()
+    return await read_capped(request, MAX_BODY_BYTES)
 
 
 def query(request: Request) -> dict[str, object]:

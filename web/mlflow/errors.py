@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from monitor.redistools import UNREACHABLE
+from web.errors import ApiError
 from web.responses import JSON
 
 log = logging.getLogger("monitor.gateway")
@@ -28,6 +29,11 @@ STATUS = {
     "INTERNAL_ERROR": 500,
     "TEMPORARILY_UNAVAILABLE": 503,
 }
+
+
+# The gateway's own refusals (a body too large, say), in MLflow's codes.
+FROM_STATUS = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "RESOURCE_DOES_NOT_EXIST",
+               503: "TEMPORARILY_UNAVAILABLE"}
 
 
 class MlflowError(Exception):
@@ -84,6 +90,9 @@ class MlflowRoute(APIRoute):
                 return await handler(request)
             except MlflowError as e:
                 return e.response()
+            except ApiError as e:
+                code = FROM_STATUS.get(e.status, "INVALID_PARAMETER_VALUE")
+                return MlflowError(code, e.detail, e.headers).response()
             except UNREACHABLE as e:
                 log.warning("Redis unreachable during %s %s: %s", request.method,
                             request.url.path, e)
