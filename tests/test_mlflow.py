@@ -89,6 +89,10 @@ NAMES = MetricNames()
     ([m("loss", None)], []),  # NaN or an infinity: no event
     ([m("loss", 0.5, step=-1)], [{"loss": 0.5}]),  # a step the events cannot carry
     ([m("eval_loss", 0.5), m("epoch", -1.0)], [{"step": 10, "eval_loss": 0.5}]),
+    # Hugging Face's end-of-training summary: its train_loss is the run's mean, not a point
+    ([m("train_loss", 0.9), m("train_runtime", 12.0), m("epoch", 2.0)], []),
+    ([m("loss", 0.4), m("train_loss", 0.9), m("train_runtime", 12.0)],
+     [{"step": 10, "loss": 0.4}]),
 ])
 def test_losses_of_one_call_become_one_metrics_event_per_step(
         metrics: list[MetricValue], expected: list[dict[str, Any]]) -> None:
@@ -382,6 +386,9 @@ def test_a_hugging_face_trainer_reporting_to_mlflow_shows_its_model_and_eval_los
     assert (view["best_step"], view["best_epoch"]) == (best["step"], best["epoch"])
     logged = [(p[0], p[3]) for p in points(r, keys, view["id"]) if p[3] is not None]
     assert logged == [(h["step"], pytest.approx(h["eval_loss"])) for h in evals]
+    last = [h for h in trainer.state.log_history if "loss" in h][-1]
+    assert (view["loss"], view["step"]) == (pytest.approx(last["loss"]), last["step"])
+    assert "train_loss" in trainer.state.log_history[-1]  # the summary, which is not the loss
     config = job(tracking, view["id"])["config"]
     assert (config["learning_rate"], config["num_train_epochs"], config["seed"]) == (5e-3, 2, 0)
 

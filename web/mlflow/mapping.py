@@ -20,6 +20,10 @@ RUN_NAME_TAG = "mlflow.runName"
 LOSS_METRICS = ("loss", "train_loss", "training_loss")
 EVAL_LOSS_METRICS = ("eval_loss", "val_loss", "validation_loss", "eval/loss")
 EPOCH_METRIC = "epoch"
+# Hugging Face's Trainer ends with one summary call (train_runtime, ..., train_loss): its
+# train_loss is the mean over the whole run, not an observation at that step.
+SUMMARY_METRIC = "train_runtime"
+SUMMARY_LOSS = "train_loss"
 # MLflow's terminal statuses -> job_finished statuses; RUNNING and SCHEDULED end nothing.
 END_STATUSES = {"FINISHED": "completed", "FAILED": "failed", "KILLED": "cancelled"}
 
@@ -154,13 +158,16 @@ def metrics_events(run_id: str, metrics: Sequence[MetricValue],
     """The ``metrics`` events of one MLflow request's metrics, without their model (the
     caller adds it): one per step that has a training or eval loss, carrying both when both
     were logged at that step, and the ``epoch`` metric logged at that step, if any. Other
-    metrics, NaN and infinities make no event."""
+    metrics, NaN and infinities make no event, nor does the ``train_loss`` of a Hugging Face
+    summary (logged with ``train_runtime``)."""
     by_step: dict[int, dict[str, MetricValue]] = {}
     for metric in metrics:
         if metric.value is not None:
             by_step.setdefault(metric.step, {})[metric.key] = metric
     events = []
     for step, logged in by_step.items():
+        if SUMMARY_METRIC in logged:
+            logged = {k: v for k, v in logged.items() if k != SUMMARY_LOSS}
         loss = _first(logged, names.loss)
         eval_loss = _first(logged, names.eval_loss)
         if loss is None and eval_loss is None:
