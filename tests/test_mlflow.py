@@ -261,6 +261,23 @@ def test_a_model_is_decided_by_the_first_loss_when_params_come_later(
     assert job(tracking, run.info.run_id)["config"] == {"lr": 0.1, "model_name": "too/late"}
 
 
+def test_a_run_whose_start_could_not_be_sent_gets_it_with_its_next_call(
+        tracking: LiveGateway, worker: RunningWorker, r: redis.Redis, keys: Keys) -> None:
+    """As after a call that decided the model and then found Redis away: the model is
+    decided, the job_started never went out. The next call sends it."""
+    mlflow.set_experiment("lost-start")
+    with mlflow.start_run(run_name="named") as run:
+        mlflow.log_param("lr", 0.1)
+        r.hset(keys.mlflow_run(run.info.run_id), "model", "org/Decided-1B")
+        mlflow.log_metric("loss", 1.5, step=1)
+        mlflow.log_metric("loss", 1.0, step=2)
+    worker.wait_applied()
+    view = job(tracking, run.info.run_id)
+    assert (view["model_name"], view["name"], view["config"], view["loss"]) == (
+        "org/Decided-1B", "named", {"lr": 0.1}, 1.0)
+    assert int(r.hget(keys.stats, "applied") or 0) == 4  # one job_started, 2 metrics, the end
+
+
 def test_a_retried_batch_is_applied_once(
         tracking: LiveGateway, worker: RunningWorker, r: redis.Redis, keys: Keys) -> None:
     mlflow.set_experiment("retries")

@@ -60,6 +60,10 @@ class Tracking:
         except ApiError as e:
             raise invalid(e.detail) from None
         await self.gw.publish(checked)
+        for event in events:
+            if event["type"] == "job_started":
+                await self.store.mark_started(event["job_id"])
+                break
 
     async def context(self, run_id: str) -> tuple[RunInfo, dict[str, str], dict[str, str]]:
         found = await self.store.run_with_context(run_id)
@@ -76,18 +80,18 @@ class Tracking:
     async def model_of(self, info: RunInfo, params: dict[str, str],
                        tags: dict[str, str]) -> tuple[str, list[dict[str, Any]]]:
         """The run's model, deciding it now if nobody has (docs/mlflow.md#the-model), and the
-        ``job_started`` to publish first when this call decided it."""
-        if info.model is not None:
-            return info.model, []
-        experiment = await self.experiment_of(info)
-        chosen = mapping.choose_model(params, tags, experiment.name)
-        return await self.decide(info, chosen, params)
-
-    async def decide(self, info: RunInfo, model: str,
-                     params: dict[str, str]) -> tuple[str, list[dict[str, Any]]]:
-        held, won = await self.store.decide_model(info.run_id, model)
-        started = [mapping.job_started(info.run_id, held, info.name, info.start_time, params)]
-        return held, started if won else []
+        run's ``job_started`` to publish first unless it went out already. (Two gateways that
+        decide at once both send one, which is harmless; and a call after one that could not
+        send it, Redis being away, sends it then, so the job still gets its name and config.)"""
+        model = info.model
+        if model is None:
+            experiment = await self.experiment_of(info)
+            chosen = mapping.choose_model(params, tags, experiment.name)
+            model = await self.store.decide_model(info.run_id, chosen)
+        elif info.started:
+            return model, []
+        return model, [mapping.job_started(info.run_id, model, info.name, info.start_time,
+                                           params)]
 
     async def log_params(self, info: RunInfo, params: list[requests.Param],
                          tags: dict[str, str]) -> None:
@@ -101,16 +105,12 @@ class Tracking:
                 f"Changing param values is not allowed. Param with key='{e.key}' was already "
                 f"logged with value='{e.old}' for run ID='{info.run_id}'. Attempted logging "
                 f"new value '{e.new}'.") from None
-        if info.model is None:
+        model = info.model
+        if model is None:
             named = mapping.model_from_params(every)
             if named is None:
                 return  # the config goes out with the job_started that decides the model
-            model, events = await self.decide(info, named, every)
-            if events:
-                await self.publish(events)
-                return
-        else:
-            model = info.model
+            model = await self.store.decide_model(info.run_id, named)
         await self.publish([mapping.job_started(info.run_id, model, info.name, info.start_time,
                                                 every)])
 

@@ -50,7 +50,8 @@ DEFAULT_EXPERIMENT = Experiment(DEFAULT_EXPERIMENT_ID, DEFAULT_EXPERIMENT_NAME, 
 @dataclass(frozen=True, slots=True)
 class RunInfo:
     """What is kept of a run besides its params, tags and metrics; ``model`` is the model
-    decided for it, None until then (docs/mlflow.md)."""
+    decided for it, None until then, and ``started`` whether its ``job_started`` went out
+    (docs/mlflow.md)."""
 
     run_id: str
     experiment_id: str
@@ -60,9 +61,10 @@ class RunInfo:
     status: str = "RUNNING"
     end_time: int | None = None
     model: str | None = None
+    started: bool = False
 
     def stored(self) -> dict[str, str]:
-        """The fields of its Redis hash (``model`` is set apart, once)."""
+        """The fields of its Redis hash (``model`` and ``started`` are set apart, once)."""
         out = {"experiment_id": self.experiment_id, "name": self.name,
                "user_id": self.user_id, "start_time": str(self.start_time),
                "status": self.status}
@@ -75,7 +77,7 @@ class RunInfo:
         end = data.get("end_time")
         return cls(run_id, data["experiment_id"], data["name"], data.get("user_id", ""),
                    int(data["start_time"]), data.get("status", "RUNNING"),
-                   int(end) if end else None, data.get("model"))
+                   int(end) if end else None, data.get("model"), data.get("started") == "1")
 
     def ended(self, status: str, end_time: int | None) -> RunInfo:
         return replace(self, status=status, end_time=end_time)

@@ -99,15 +99,18 @@ class MlflowStore:
     async def save_run(self, info: RunInfo) -> None:
         await self.redis.hset(self.keys.mlflow_run(info.run_id), mapping=_fields(info.stored()))
 
-    async def decide_model(self, run_id: str, model: str) -> tuple[str, bool]:
+    async def decide_model(self, run_id: str, model: str) -> str:
         """Fix the run's model to ``model`` unless one was decided already (by this or any
-        other gateway); the model that holds, and whether it is this call's."""
+        other gateway); the model that holds."""
         key = self.keys.mlflow_run(run_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hsetnx(key, "model", model)
             pipe.hget(key, "model")
-            won, held = await pipe.execute()
-        return text(held), bool(won)
+            _, held = await pipe.execute()
+        return text(held)
+
+    async def mark_started(self, run_id: str) -> None:
+        await self.redis.hset(self.keys.mlflow_run(run_id), "started", "1")
 
     async def add_params(self, run_id: str, params: Sequence[tuple[str, str]]) -> dict[str, str]:
         """Record params; every param of the run afterwards. :class:`ParamChanged` when one
