@@ -473,7 +473,9 @@ def run_child(python: str, tool: str, cfg: dict[str, Any], work: Path,
     return data
 
 
-def bench_mlflow(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
+@contextlib.contextmanager
+def mlflow_server(work: Path) -> Iterator[str]:
+    """``mlflow server`` of the peers' venv on SQLite in ``work``, until the block ends; its URI."""
     from bench.common import free_port
 
     port = free_port()
@@ -484,6 +486,11 @@ def bench_mlflow(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
            "--port", str(port), "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
            "--artifacts-destination", str(store / "artifacts")]
     with _server(cmd, work / "mlflow-server.log", f"{uri}/health", work):
+        yield uri
+
+
+def bench_mlflow(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
+    with mlflow_server(work) as uri:
         request = urllib.request.Request(
             f"{uri}/api/2.0/mlflow/experiments/create", method="POST",
             data=json.dumps({"name": "peers-bench"}).encode(),
@@ -518,7 +525,10 @@ def bench_aim(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
         return run_child(str(venv_python("aim")), "aim", dict(cfg, repo=str(repo)), work)
 
 
-def bench_monitor(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
+@contextlib.contextmanager
+def monitor_stack(work: Path, label: str) -> Iterator[dict[str, Any]]:
+    """``monitor worker`` and ``monitor gateway``, processes of their own on a fresh key prefix
+    (deleted afterwards), until the block ends: ``{redis_url, prefix, port}``."""
     import redis
 
     from bench.common import (
@@ -532,7 +542,7 @@ def bench_monitor(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     )
 
     url = redis_url()
-    prefix = unique_prefix("peers")
+    prefix = unique_prefix(label)
     client = redis.Redis.from_url(url)
     procs = []
     try:
@@ -545,13 +555,19 @@ def bench_monitor(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
                                             "--log-level", "warning"], work / "gateway.log")
         procs.append(("gateway", gateway))
         wait_http_ok(f"http://127.0.0.1:{port}/healthz", gateway)
-        cfg = dict(cfg, redis_url=url, prefix=prefix, ws_url=f"ws://127.0.0.1:{port}/ws")
-        return run_child(sys.executable, "monitor", cfg, work)
+        yield {"redis_url": url, "prefix": prefix, "port": port}
     finally:
         for name, proc in reversed(procs):
             stop_process(proc, name)
         delete_prefix(client, prefix)
         client.close()
+
+
+def bench_monitor(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
+    with monitor_stack(work, "peers") as stack:
+        cfg = dict(cfg, redis_url=stack["redis_url"], prefix=stack["prefix"],
+                   ws_url=f"ws://127.0.0.1:{stack['port']}/ws")
+        return run_child(sys.executable, "monitor", cfg, work)
 
 
 BENCHES = {"monitor": bench_monitor, "mlflow": bench_mlflow, "trackio": bench_trackio,

@@ -6,8 +6,8 @@ Each benchmark runs as its own subprocess (``python -m bench.<name> [--quick]``)
 the other; its stdout (a Markdown section) goes into the report, under a header with the
 machine, the date and the command; the report opens with a summary of the key figures each
 benchmark recorded (``bench.common.headline``). ``--quick`` passes ``--quick`` to each and
-runs the peer comparison only with the peers already installed (``bench.peers
---no-install``), to stay near 2 minutes (about 1 on a normal host of the 2-core class, 2 on a
+runs the peer comparison and the MLflow one (``bench.mlflow_compare``) only with the peers
+already installed (``bench.peers --no-install``), to stay near 2 minutes (about 1 on a normal host of the 2-core class, 2 on a
 slow one, MLflow's server start being the largest part); without it the peers are installed
 into their own venvs (under ``~/.cache/monitor-bench-peers``) if missing.
 """
@@ -29,7 +29,8 @@ import redis
 from bench.common import HEADLINES_ENV, machine_line, redis_url, table
 
 BENCHES = ["worker_throughput", "latency", "fanout", "slow_clients", "page_scale",
-           "forecast_backtest", "forecast_pipeline", "stop_latency", "scale_out", "peers"]
+           "forecast_backtest", "forecast_pipeline", "stop_latency", "scale_out", "peers",
+           "mlflow_compare"]
 RESULTS = Path(__file__).with_name("results.md")
 TIMEOUT, QUICK_TIMEOUT = 1800.0, 300.0  # per benchmark, seconds: a safety net, not a target
 

@@ -114,6 +114,43 @@ class Keys:
         (``monitor.histograms``) and ``lease_takeovers``."""
         return f"{self.prefix}ops"
 
+    # What the MLflow tracking API needs beyond the events (docs/mlflow.md), written by the
+    # gateways; with partitions these sit under the bare prefix, outside every partition.
+    @property
+    def mlflow_experiments(self) -> str:
+        """Hash: MLflow experiment id -> the experiment (JSON)."""
+        return f"{self.prefix}mlflow:experiments"
+
+    @property
+    def mlflow_experiment_names(self) -> str:
+        """Hash: MLflow experiment name -> its id."""
+        return f"{self.prefix}mlflow:experiment-names"
+
+    @property
+    def mlflow_experiment_ids(self) -> str:
+        """Counter: the last MLflow experiment id handed out."""
+        return f"{self.prefix}mlflow:experiment-ids"
+
+    def mlflow_experiment_runs(self, experiment_id: str) -> str:
+        """Sorted set: the run ids of an MLflow experiment, by start time (ms)."""
+        return f"{self.prefix}mlflow:experiment-runs:{experiment_id}"
+
+    def mlflow_run(self, run_id: str) -> str:
+        """Hash: an MLflow run's info (experiment, name, status, times, the model decided)."""
+        return f"{self.prefix}mlflow:run:{run_id}"
+
+    def mlflow_params(self, run_id: str) -> str:
+        """Hash: an MLflow run's params."""
+        return f"{self.prefix}mlflow:params:{run_id}"
+
+    def mlflow_tags(self, run_id: str) -> str:
+        """Hash: an MLflow run's tags."""
+        return f"{self.prefix}mlflow:tags:{run_id}"
+
+    def mlflow_latest(self, run_id: str) -> str:
+        """Hash: metric key -> the run's latest value of it (JSON), as ``runs/get`` shows."""
+        return f"{self.prefix}mlflow:latest:{run_id}"
+
     @property
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this prefix (for tests and reset)."""

@@ -195,6 +195,13 @@ def _port(value: int) -> str | None:
     return None if 0 <= value < 65536 else "must be a port number (0 picks a free one)"
 
 
+def _metric_names(value: str) -> str | None:
+    for name in _split(value):
+        if len(name) > 250:
+            return f"{name[:40]!r}... is longer than MLflow's 250 characters"
+    return None
+
+
 @dataclass(frozen=True)
 class GatewaySettings(CommonSettings):
     """``monitor gateway``: REST API, WebSocket push and the page."""
@@ -215,6 +222,13 @@ class GatewaySettings(CommonSettings):
                                       "Host header) besides the loopback ones; empty: only "
                                       "loopback names when bound to loopback, else any",
                                   _hosts)
+    mlflow_loss_metrics: str = _setting("", "comma-separated MLflow metric names that are "
+                                            "also the training loss (besides loss, "
+                                            "train_loss, training_loss)", _metric_names)
+    mlflow_eval_loss_metrics: str = _setting("", "comma-separated MLflow metric names that "
+                                                 "are also the eval loss (besides eval_loss, "
+                                                 "val_loss, validation_loss, eval/loss)",
+                                             _metric_names)
     insecure_no_token: bool = _setting(False, "listen on a non-loopback --host without "
                                               "MONITOR_TOKEN: anyone who reaches the port can "
                                               "read every run, archive runs and write events")
@@ -234,6 +248,14 @@ class GatewaySettings(CommonSettings):
     @property
     def hosts(self) -> list[str]:
         return [host.lower() for host in _split(self.allowed_hosts)]
+
+    @property
+    def mlflow_loss_names(self) -> list[str]:
+        return [n.strip() for n in self.mlflow_loss_metrics.split(",") if n.strip()]
+
+    @property
+    def mlflow_eval_loss_names(self) -> list[str]:
+        return [n.strip() for n in self.mlflow_eval_loss_metrics.split(",") if n.strip()]
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from monitor.events import event_adapter
 from monitor.settings import LOOPBACK_NAMES, GatewaySettings, is_loopback
 from web import api, errors, metrics
 from web.gateway import Gateway
+from web.mlflow import api as mlflow_api
 from web.responses import JSON
 from web.schemas import Error, Health
 from web.security import COOKIE, KnownHostsOnly, LongUrlsRefused, SecurityHeaders, token_ok
@@ -61,6 +62,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(LongUrlsRefused)
     app.add_middleware(SecurityHeaders)
     app.include_router(api.router)
+    app.include_router(mlflow_api.router)
     app.add_api_websocket_route("/ws", websocket_endpoint)
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Error}},

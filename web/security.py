@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import re
 import secrets
@@ -33,6 +35,22 @@ def token_ok(settings: GatewaySettings, conn: HTTPConnection, *, query: bool = F
         return True
     given = presented_token(conn, query=query)
     return given is not None and secrets.compare_digest(given.encode(), settings.token.encode())
+
+
+def basic_password_ok(settings: GatewaySettings, conn: HTTPConnection) -> bool:
+    """Does the request carry the token as the password of HTTP basic auth (any user name)?
+    What clients that only speak basic auth send (MLflow's ``MLFLOW_TRACKING_PASSWORD``)."""
+    if settings.token is None:
+        return True
+    scheme, _, value = conn.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    _, colon, password = decoded.partition(":")
+    return bool(colon) and secrets.compare_digest(password.encode(), settings.token.encode())
 
 
 _HTTP_SCHEME = {"ws": "http", "wss": "https"}

@@ -1,0 +1,1 @@
+"""MLflow's tracking protocol, spoken by the gateway (docs/mlflow.md)."""
