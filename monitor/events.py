@@ -23,8 +23,10 @@ from monitor.limits import (
     MAX_CONFIG_BYTES,
     MAX_ENTRY_BYTES,
     MAX_EVENT_ID,
+    MAX_EXTRA,
     MAX_INT,
     MAX_JOB_ID,
+    MAX_METRIC_NAME,
     MAX_MODEL_NAME,
     MAX_NAME,
     MAX_PATH,
@@ -96,17 +98,24 @@ def _json_size(config: dict[str, Any]) -> int:
     return len(text.encode())
 
 
+MetricName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_METRIC_NAME)]
+
+
 class Metrics(_Event):
     type: Literal["metrics"]
     epoch: NonNegNumber | None = None
     step: NonNegInt | None = None
     loss: float | None = None
     eval_loss: float | None = None
+    # Other metrics by name (learning rate, accuracy, ...): kept in the metric history; they
+    # do not rank.
+    extra: Annotated[dict[MetricName, float], Field(min_length=1, max_length=MAX_EXTRA)] \
+        | None = None
 
     @model_validator(mode="after")
-    def _some_loss(self) -> Metrics:
-        if self.loss is None and self.eval_loss is None:
-            raise ValueError("a metrics event needs loss or eval_loss")
+    def _some_value(self) -> Metrics:
+        if self.loss is None and self.eval_loss is None and self.extra is None:
+            raise ValueError("a metrics event needs loss, eval_loss or extra")
         return self
 
 

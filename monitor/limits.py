@@ -18,6 +18,8 @@ MAX_TEXT = 16 * 1024  # error texts are cut to this (a traceback fits)
 MAX_PATH = 1024
 MAX_REASON = 1024  # a stop request's reason
 MAX_CONFIG_BYTES = 64 * 1024
+MAX_EXTRA = 100  # other metrics one metrics event may carry
+MAX_METRIC_NAME = 250  # as MLflow's metric keys
 MAX_ENTRY_BYTES = 256 * 1024  # a whole stream entry; far above any valid event
 MAX_INT = 2**53 - 1  # the largest integer every JSON reader (a browser too) keeps exact
 

@@ -332,8 +332,10 @@ def apply_to_job(job: JobState, event: Event, pos: Pos, ts: float) -> JobChange:
         if event.eval_loss is not None:
             _observe_eval(job, event.eval_loss, key, event.step, event.epoch)
             job.best_checkpoint_path = best_checkpoint(job)
-        point = {"step": event.step, "epoch": event.epoch, "loss": event.loss,
-                 "eval_loss": event.eval_loss, "ts": ts}
+        point: dict[str, Any] = {"step": event.step, "epoch": event.epoch, "loss": event.loss,
+                                 "eval_loss": event.eval_loss, "ts": ts}
+        if event.extra is not None:
+            point["extra"] = event.extra
         return JobChange(applied=True, point=point)
     if type(event) is Checkpoint:
         key = obs_key(event.step, event.epoch, pos)

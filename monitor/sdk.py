@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -40,7 +40,9 @@ from monitor.limits import (
     DEFAULT_REDIS_URL,
     JOB_ID_PATTERN,
     MAX_CONFIG_BYTES,
+    MAX_EXTRA,
     MAX_JOB_ID,
+    MAX_METRIC_NAME,
     MAX_MODEL_NAME,
     MAX_NAME,
     MAX_TEXT,
@@ -197,10 +199,13 @@ class Run:
     def log(
         self, *, epoch: float | None = None, step: int | None = None,
         loss: float | None = None, eval_loss: float | None = None,
+        extra: Mapping[str, float] | None = None,
     ) -> None:
-        """Enqueue a ``metrics`` event; needs ``loss`` or ``eval_loss``. Never blocks or waits."""
-        if loss is None and eval_loss is None:
-            raise ValueError("log() needs loss or eval_loss")
+        """Enqueue a ``metrics`` event; needs ``loss``, ``eval_loss`` or ``extra`` (other
+        metrics by name, such as ``{"learning_rate": 2e-5}``: kept in the metric history, they
+        do not rank). Never blocks or waits."""
+        if loss is None and eval_loss is None and not extra:
+            raise ValueError("log() needs loss, eval_loss or extra")
         event: dict[str, Any] = {"type": "metrics"}
         if epoch is not None:
             event["epoch"] = _epoch(epoch)
@@ -213,6 +218,11 @@ class Run:
         if eval_loss is not None and (value := self._loss("eval_loss", eval_loss)) is not None:
             event["eval_loss"] = value
             finite = True
+        if extra:
+            values = self._extra(extra)
+            if values:
+                event["extra"] = values
+                finite = True
         if finite:
             self._enqueue(event, droppable=True)
         else:
@@ -354,6 +364,19 @@ class Run:
         return f"Run(job_id={self.job_id!r}, model_name={self.model_name!r})"
 
     # Internals.
+
+    def _extra(self, extra: Mapping[str, float]) -> dict[str, float]:
+        """The finite values of ``extra``, checked as the worker will (docs/events.md)."""
+        if len(extra) > MAX_EXTRA:
+            raise ValueError(f"extra has {len(extra)} metrics, at most {MAX_EXTRA}")
+        out = {}
+        for name, value in extra.items():
+            if not isinstance(name, str) or not 1 <= len(name) <= MAX_METRIC_NAME:
+                raise ValueError(f"extra metric names are 1 to {MAX_METRIC_NAME} characters, "
+                                 f"not {name!r}")
+            if (number := self._loss(f"extra[{name!r}]", value)) is not None:
+                out[name] = number
+        return out
 
     def _loss(self, field: str, value: object) -> float | None:
         """``value`` as a float; None (and a warning, once per run) when it is NaN or infinite."""

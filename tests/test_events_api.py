@@ -40,6 +40,22 @@ def test_one_event_or_a_list_is_appended_and_applied(
     assert (job["loss"], job["best_eval_loss"]) == (0.4, 0.3)
 
 
+def test_other_metrics_go_to_the_metric_history_and_do_not_rank(
+        client: TestClient, worker: RunningWorker) -> None:
+    body = [{**GOOD, "eval_loss": 0.9, "extra": {"accuracy": 0.61, "learning_rate": 2e-5}},
+            {"type": "metrics", "job_id": "a", "step": 2, "extra": {"accuracy": 0.64}}]
+    assert client.post("/api/events", json=body).json() == {"accepted": 2}
+    worker.wait_applied()
+    points = client.get("/api/jobs/a/metrics").json()["points"]
+    assert [{k: p[k] for k in ("step", "loss", "eval_loss")} | {"extra": p.get("extra")}
+            for p in points] == [
+        {"step": 1, "loss": 0.5, "eval_loss": 0.9,
+         "extra": {"accuracy": 0.61, "learning_rate": 2e-5}},
+        {"step": 2, "loss": None, "eval_loss": None, "extra": {"accuracy": 0.64}}]
+    job = client.get("/api/jobs/a").json()
+    assert (job["step"], job["loss"], job["best_eval_loss"]) == (2, 0.5, 0.9)
+
+
 BAD: list[tuple[str, Any, str]] = [
     ("a string where a number goes", [GOOD, {**GOOD, "loss": "0.5"}],
      "body[1].loss: Input should be a valid number"),
@@ -61,7 +77,13 @@ BAD: list[tuple[str, Any, str]] = [
     ("a bad job id", {**GOOD, "job_id": "has space"},
      "body.job_id: String should match pattern '^[A-Za-z0-9._:-]+$'"),
     ("no loss at all", {"type": "metrics", "job_id": "a"},
-     "body: Value error, a metrics event needs loss or eval_loss"),
+     "body: Value error, a metrics event needs loss, eval_loss or extra"),
+    ("an empty extra", {**GOOD, "extra": {}},
+     "body.extra: Dictionary should have at least 1 item after validation, not 0"),
+    ("a text among the other metrics", {**GOOD, "extra": {"lr": "1e-4"}},
+     "body.extra.lr: Input should be a valid number"),
+    ("too many other metrics", {**GOOD, "extra": {f"m{i}": 1 for i in range(101)}},
+     "body.extra: Dictionary should have at most 100 items after validation, not more"),
     ("an oversized config", {"type": "job_started", "job_id": "a", "config": {"x": "y" * 70_000}},
      "body.config: Value error, config is 70008 bytes as JSON, at most 65536"),
     ("1,001 events", [GOOD] * 1001, "body: 1001 events; send 1 to 1000"),

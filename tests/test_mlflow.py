@@ -15,6 +15,7 @@ import redis
 import requests as http
 
 from monitor.keys import Keys
+from monitor.limits import MAX_EXTRA
 from tests.browser import LiveGateway
 from tests.conftest import free_port
 from tests.gateway_helpers import RunningWorker
@@ -77,24 +78,32 @@ NAMES = MetricNames()
 @pytest.mark.parametrize(("metrics", "expected"), [
     # one step with both losses, the epoch and another metric: one event
     ([m("loss", 0.5), m("eval_loss", 0.7), m("epoch", 1.0), m("accuracy", 0.9)],
-     [{"step": 10, "epoch": 1.0, "loss": 0.5, "eval_loss": 0.7}]),
+     [{"step": 10, "epoch": 1.0, "loss": 0.5, "eval_loss": 0.7, "extra": {"accuracy": 0.9}}]),
     ([m("loss", 0.5, step=1), m("loss", 0.4, step=2)],
      [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}]),
     ([m("train_loss", 0.5), m("val_loss", 0.6)], [{"step": 10, "loss": 0.5, "eval_loss": 0.6}]),
     ([m("training_loss", 0.5), m("validation_loss", 0.6)],
      [{"step": 10, "loss": 0.5, "eval_loss": 0.6}]),
     ([m("eval/loss", 0.6)], [{"step": 10, "eval_loss": 0.6}]),
-    ([m("train_loss", 0.9), m("loss", 0.5)], [{"step": 10, "loss": 0.5}]),  # loss comes first
-    ([m("accuracy", 0.9), m("epoch", 1.0)], []),  # no loss: no event
+    # loss comes first; the other loss name is another metric
+    ([m("train_loss", 0.9), m("loss", 0.5)],
+     [{"step": 10, "loss": 0.5, "extra": {"train_loss": 0.9}}]),
+    # no loss: other metrics alone, in the history
+    ([m("accuracy", 0.9), m("epoch", 1.0), m("lr", 1e-4)],
+     [{"step": 10, "epoch": 1.0, "extra": {"accuracy": 0.9, "lr": 1e-4}}]),
+    ([m("epoch", 1.0)], []),  # only where the run is: no metric, no event
+    ([m(f"m{i:03d}", i) for i in range(150)],  # at most MAX_EXTRA, the first by name
+     [{"step": 10, "extra": {f"m{i:03d}": i for i in range(MAX_EXTRA)}}]),
     ([m("loss", None)], []),  # NaN or an infinity: no event
     ([m("loss", 0.5, step=-1)], [{"loss": 0.5}]),  # a step the events cannot carry
     ([m("eval_loss", 0.5), m("epoch", -1.0)], [{"step": 10, "eval_loss": 0.5}]),
-    # Hugging Face's end-of-training summary: its train_loss is the run's mean, not a point
-    ([m("train_loss", 0.9), m("train_runtime", 12.0), m("epoch", 2.0)], []),
+    # Hugging Face's end-of-training summary: its train_loss is the run's mean, not a loss
+    ([m("train_loss", 0.9), m("train_runtime", 12.0), m("epoch", 2.0)],
+     [{"step": 10, "epoch": 2.0, "extra": {"train_loss": 0.9, "train_runtime": 12.0}}]),
     ([m("loss", 0.4), m("train_loss", 0.9), m("train_runtime", 12.0)],
-     [{"step": 10, "loss": 0.4}]),
+     [{"step": 10, "loss": 0.4, "extra": {"train_loss": 0.9, "train_runtime": 12.0}}]),
 ])
-def test_losses_of_one_call_become_one_metrics_event_per_step(
+def test_the_metrics_of_one_call_become_one_metrics_event_per_step(
         metrics: list[MetricValue], expected: list[dict[str, Any]]) -> None:
     events = mapping.metrics_events("r1", metrics, NAMES)
     got = [{k: v for k, v in e.items() if k not in ("type", "job_id", "ts", "event_id")}
@@ -111,7 +120,8 @@ def test_a_setting_adds_loss_names() -> None:
                                "dev_nll")
     [event] = mapping.metrics_events("r1", [m("nll", 2.0), m("dev_nll", 3.0)], names)
     assert (event["loss"], event["eval_loss"]) == (2.0, 3.0)
-    assert mapping.metrics_events("r1", [m("nll", 2.0)], NAMES) == []
+    [plain] = mapping.metrics_events("r1", [m("nll", 2.0)], NAMES)  # without the setting
+    assert "loss" not in plain and plain["extra"] == {"nll": 2.0}
 
 
 def test_the_same_metrics_give_the_same_event_id_and_others_another() -> None:
@@ -190,7 +200,9 @@ def job(gateway: LiveGateway, job_id: str, token: str | None = None) -> dict[str
 
 
 def points(r: redis.Redis, keys: Keys, job_id: str) -> list[tuple[Any, ...]]:
-    return [(p["step"], p["epoch"], p["loss"], p["eval_loss"])
+    """(step, epoch, loss, eval_loss), and the other metrics when there are some."""
+    return [(p["step"], p["epoch"], p["loss"], p["eval_loss"], *([p["extra"]] if "extra" in p
+                                                                 else []))
             for p in map(orjson.loads, r.lrange(keys.metrics(job_id), 0, -1))]
 
 
@@ -226,7 +238,8 @@ def test_a_script_that_logs_with_mlflow_shows_its_runs_as_jobs(
         "seed": 3, "optim": "adamw_torch"}
     assert points(r, keys, run.info.run_id) == [  # in arrival order
         (10, None, 1.2, None), (20, None, 0.9, None), (30, None, 0.8, None),
-        (20, None, None, 0.95), (30, None, None, 0.85), (40, None, None, 0.9)]
+        (20, None, None, 0.95, {"accuracy": 0.4}), (30, None, None, 0.85, {"accuracy": 0.5}),
+        (40, None, None, 0.9), (5, None, None, None, {"accuracy": 0.1})]
 
     bad = job(tracking, crashed.info.run_id)
     assert {k: bad[k] for k in ("model_name", "name", "status", "best_eval_loss", "best_step",

@@ -268,6 +268,28 @@ def test_non_finite_losses_are_dropped_with_one_warning(
     assert "job-1" in warning and "loss=nan" in warning
 
 
+def test_other_metrics_are_sent_in_extra_without_their_non_finite_values(
+    r: redis.Redis, keys: Keys, open_run: Callable[..., Run]
+) -> None:
+    run = open_run()
+    run.log(step=1, loss=0.9, extra={"learning_rate": 2e-5, "grad_norm": math.inf})
+    run.log(step=2, extra={"accuracy": 0.5})
+    run.log(step=3, extra={"accuracy": math.nan})  # nothing finite left: dropped
+    with pytest.raises(ValueError, match="at most 100"):
+        run.log(step=4, extra={f"m{i}": 1.0 for i in range(101)})
+    with pytest.raises(ValueError, match="1 to 250 characters"):
+        run.log(step=4, extra={"": 1.0})
+    with pytest.raises(ValueError, match="needs loss, eval_loss or extra"):
+        run.log(step=4, extra={})
+    run.close()
+    assert bodies(read_events(r, keys))[1:] == [
+        {"type": "metrics", "step": 1, "loss": 0.9, "extra": {"learning_rate": 2e-5}, **COMMON},
+        {"type": "metrics", "step": 2, "extra": {"accuracy": 0.5}, **COMMON},
+        {"type": "job_finished", "status": "completed", **COMMON},
+    ]
+    assert run.stats.dropped == 1
+
+
 def test_redis_down_log_is_instant_and_buffered_events_arrive_in_order_when_it_is_back(
     redis_server_factory: Callable[[], RedisServer], keys: Keys,
     open_run: Callable[..., Run], caplog: pytest.LogCaptureFixture,

@@ -111,6 +111,8 @@ class MetricPoint(BaseModel):
     loss: float | None
     eval_loss: float | None
     ts: float
+    extra: dict[str, float] | None = Field(
+        None, description="other metrics by name; present when the event carried them")
 
 
 class JobMetrics(BaseModel):

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from monitor.limits import MAX_CONFIG_BYTES, MAX_INT, MAX_MODEL_NAME
+from monitor.limits import MAX_CONFIG_BYTES, MAX_EXTRA, MAX_INT, MAX_MODEL_NAME
 
 MODEL_PARAMS = ("model_name", "model_name_or_path", "_name_or_path", "base_model")
 MODEL_TAG = "model_name"
@@ -156,26 +156,26 @@ def job_finished(run_id: str, model: str, status: str, end_ms: int | None) -> di
 def metrics_events(run_id: str, metrics: Sequence[MetricValue],
                    names: MetricNames) -> list[dict[str, Any]]:
     """The ``metrics`` events of one MLflow request's metrics, without their model (the
-    caller adds it): one per step that has a training or eval loss, carrying both when both
-    were logged at that step, and the ``epoch`` metric logged at that step, if any. Other
-    metrics, NaN and infinities make no event, nor does the ``train_loss`` of a Hugging Face
-    summary (logged with ``train_runtime``)."""
+    caller adds it): one per step, with its training and eval loss when logged at that step,
+    the ``epoch`` metric logged at that step, if any, and every other metric of that step in
+    ``extra`` (kept in the job's metric history; they do not rank). NaN and infinities are
+    left out. The ``train_loss`` of a Hugging Face summary (logged with ``train_runtime``)
+    is the run's mean, so it goes to ``extra``, not ``loss``."""
     by_step: dict[int, dict[str, MetricValue]] = {}
     for metric in metrics:
         if metric.value is not None:
             by_step.setdefault(metric.step, {})[metric.key] = metric
     events = []
     for step, logged in by_step.items():
+        ranked = logged
         if SUMMARY_METRIC in logged:
-            logged = {k: v for k, v in logged.items() if k != SUMMARY_LOSS}
-        loss = _first(logged, names.loss)
-        eval_loss = _first(logged, names.eval_loss)
-        if loss is None and eval_loss is None:
-            continue
-        used = [m for m in (loss, eval_loss) if m is not None]
+            ranked = {k: v for k, v in logged.items() if k != SUMMARY_LOSS}
+        loss = _first(ranked, names.loss)
+        eval_loss = _first(ranked, names.eval_loss)
         event: dict[str, Any] = {"type": "metrics", "job_id": run_id}
         if 0 <= step <= MAX_INT:
             event["step"] = step
+        used = [m for m in (loss, eval_loss) if m is not None]
         epoch = logged.get(EPOCH_METRIC)
         if epoch is not None and epoch.value is not None and epoch.value >= 0:
             event["epoch"] = epoch.value
@@ -184,6 +184,13 @@ def metrics_events(run_id: str, metrics: Sequence[MetricValue],
             event["loss"] = loss.value
         if eval_loss is not None:
             event["eval_loss"] = eval_loss.value
+        taken = {m.key for m in used} | {EPOCH_METRIC}  # (a negative epoch is left out)
+        others = [m for key, m in sorted(logged.items()) if key not in taken][:MAX_EXTRA]
+        if others:
+            event["extra"] = {m.key: m.value for m in others}
+            used.extend(others)
+        if not used or used == [epoch]:
+            continue  # nothing but an epoch: where the run is, no metric
         if (ts := seconds(max(m.timestamp for m in used))) is not None:
             event["ts"] = ts
         event["event_id"] = event_id(run_id, [(m.key, m.value, m.timestamp, m.step)
