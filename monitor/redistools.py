@@ -4,7 +4,6 @@ the gateway."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -34,8 +33,7 @@ UNREACHABLE: tuple[type[Exception], ...] = (
     ReadOnlyError)
 
 
-async def node_client(client: Redis, key: str, cache: dict[str, Redis],
-                      prepare: Callable[[Redis], object] | None = None) -> Redis:
+async def node_client(client: Redis, key: str, cache: dict[str, Redis]) -> Redis:
     """The client for transactions on ``key``: ``client`` itself, or on a cluster a plain
     client of the node that serves its slot (kept in ``cache``). redis-py 8's cluster
     transactions spend a thread and an event loop on every queued command; a plain
@@ -52,8 +50,6 @@ async def node_client(client: Redis, key: str, cache: dict[str, Redis],
         options = {k: v for k, v in node.connection_kwargs.items() if k in wanted}
         plain = cache[node.name] = Redis(host=node.host, port=node.port,
                                          retry=Retry(NoBackoff(), 0), **options)
-        if prepare is not None:
-            prepare(plain)
     return plain
 
 

@@ -10,9 +10,18 @@ import pytest
 import redis
 from fakeredis import FakeAsyncRedis
 from redis.asyncio import Redis
-from redis.exceptions import ExecAbortError, ResponseError, WatchError
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import (
+    ExecAbortError,
+    MasterDownError,
+    ReadOnlyError,
+    ResponseError,
+    WatchError,
+)
 
 from monitor.keys import Keys
+from monitor.redistools import UNREACHABLE
+from tests.conftest import RedisServer, free_port
 from worker.fenced import Command, fenced
 
 
@@ -66,10 +75,6 @@ async def test_a_watched_key_changed_before_exec_raises_and_writes_nothing(
 async def test_a_check_that_gives_up_unwatches_and_sends_nothing(
         client: Redis, keys: Keys, r: redis.Redis) -> None:
     lease, out = keys.prefix + "lease", keys.prefix + "out"
-
-    def refuse(values: list[Any]) -> None:
-        raise LookupError("not ours")
-
     with pytest.raises(LookupError, match="not ours"):
         await fenced(client, (lease,), refuse, [("SET", out, 1)])
     assert r.get(out) is None
@@ -90,8 +95,9 @@ async def test_one_failing_command_leaves_its_error_in_place_and_the_rest_run(
 async def test_a_command_refused_while_queued_aborts_the_whole_transaction(
         client: Redis, keys: Keys, r: redis.Redis) -> None:
     out = keys.prefix + "out"
-    with pytest.raises(ExecAbortError):
+    with pytest.raises(ResponseError, match="wrong number of arguments") as raised:
         await fenced(client, (out,), nothing, [("SET", out, 1), ("SET", out)])
+    assert isinstance(raised.value.__cause__, ExecAbortError)
     assert r.get(out) is None
     assert await fenced(client, (out,), nothing, [("SET", out, 2)]) == [b"OK"]
 
@@ -117,4 +123,84 @@ async def test_a_client_that_reads_its_own_way_gets_the_same_replies(keys: Keys)
     lst = keys.prefix + "list"
     assert await fenced(client, (lst,), nothing,
                         [("RPUSH", lst, b"a"), ("LRANGE", lst, 0, -1)]) == [1, [b"a"]]
+    await client.aclose()
+
+
+async def test_replies_are_read_in_bulk_not_through_redis_pys_reader(
+        client: Redis, keys: Keys, r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point of the module: redis-py's per-reply path is never taken (a redis-py that
+    changed its parser would fall back to it, and this would say so)."""
+    async def per_reply(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("read one reply at a time")
+
+    lst = keys.prefix + "list"
+    await fenced(client, (lst,), nothing, [("PING",)])  # connected (its handshake reads so)
+    monkeypatch.setattr(AbstractConnection, "read_response", per_reply)
+    assert await fenced(client, (lst,), nothing, [("RPUSH", lst, 1)] * 3) == [1, 2, 3]
+
+
+async def test_a_check_that_gives_up_keeps_its_connection(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    client = Redis.from_url(redis_url, max_connections=1)
+    (before,) = await fenced(client, (keys.prefix + "k",), nothing, [("CLIENT", "ID")])
+    with pytest.raises(LookupError):
+        await fenced(client, (keys.prefix + "k",), refuse, [("SET", keys.prefix + "k", 1)])
+    (after,) = await fenced(client, (keys.prefix + "k",), nothing, [("CLIENT", "ID")])
+    assert after == before
+    await client.aclose()
+
+
+def refuse(values: list[Any]) -> None:
+    raise LookupError("not ours")
+
+
+async def test_push_messages_of_resp3_are_not_taken_for_replies(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    """A RESP3 client tracking keys is told, in the middle of a transaction, that one
+    changed: that message is no reply."""
+    client = Redis.from_url(redis_url, protocol=3, max_connections=1)
+    key, lst = keys.prefix + "tracked", keys.prefix + "list"
+    r.set(key, "a")
+    await client.execute_command("CLIENT", "TRACKING", "ON")  # type: ignore[no-untyped-call]
+    assert await client.get(key) == b"a"  # tracked from now on
+
+    def changed_meanwhile(values: list[Any]) -> None:
+        r.set(key, "b")  # the server pushes an invalidation to our connection
+
+    assert await fenced(client, (lst,), changed_meanwhile,
+                        [("RPUSH", lst, 1), ("LRANGE", lst, 0, -1)]) == [1, [b"1"]]
+    assert await fenced(client, (lst,), nothing, [("PING",)]) == [b"PONG"]
+    await client.aclose()
+
+
+@pytest.fixture
+async def orphan_replica(redis_server_factory: Any) -> AsyncIterator[RedisServer]:
+    """A private server turned replica of a master that is not there: its link is down."""
+    server: RedisServer = redis_server_factory()
+    server.start()
+    plain = redis.Redis(port=server.port)
+    plain.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))  # type: ignore[no-untyped-call]
+    plain.close()
+    yield server
+
+
+async def test_an_error_reading_the_watched_keys_is_raised_and_nothing_runs(
+        orphan_replica: RedisServer) -> None:
+    plain = redis.Redis(port=orphan_replica.port)
+    plain.config_set("replica-serve-stale-data", "no")
+    client = Redis.from_url(orphan_replica.url)
+    with pytest.raises(MasterDownError) as raised:
+        await fenced(client, ("lease",), nothing, [("PING",)])
+    assert isinstance(raised.value, UNREACHABLE)  # the worker heals and tries again
+    await client.aclose()
+    plain.close()
+
+
+async def test_a_command_refused_while_queued_is_the_error_raised(
+        orphan_replica: RedisServer) -> None:
+    client = Redis.from_url(orphan_replica.url)
+    with pytest.raises(ReadOnlyError) as raised:  # not the EXECABORT that followed it
+        await fenced(client, ("lease",), nothing, [("SET", "out", 1)])
+    assert isinstance(raised.value.__cause__, ExecAbortError)
+    assert isinstance(raised.value, UNREACHABLE)
     await client.aclose()

@@ -273,7 +273,7 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
         else:
             commit.models[model_field(model)] = orjson.dumps(group.summary())
     if folded.views:
-        views = [board.view(job_id, publics.get(job_id)) for job_id in folded.views]
+        views = [board.view(job_id, publics.pop(job_id, None)) for job_id in folded.views]
         commit.update = orjson.dumps({"jobs": views})
     for item in folded.dead:
         commit.dead.append({"id": item.entry_id, "data": item.raw[:DEAD_DATA_BYTES],

@@ -29,6 +29,7 @@ try:  # redis-py's hiredis reader answers this when a reply is not complete yet
     from redis._parsers.hiredis import NOT_ENOUGH_DATA
 except ImportError:  # pragma: no cover - another redis-py: read_response, one at a time
     NOT_ENOUGH_DATA = None
+PUSH = getattr(hiredis, "PushNotification", None)  # a RESP3 push (hiredis >= 3.2)
 
 
 async def fenced(client: Redis, watch: Sequence[str], check: Callable[[list[Any]], None],
@@ -36,37 +37,61 @@ async def fenced(client: Redis, watch: Sequence[str], check: Callable[[list[Any]
     """WATCH ``watch`` and read them (``check`` gets their values and raises to give up),
     then run ``commands`` in MULTI/EXEC; EXEC's replies, one per command.
 
-    Raises :class:`WatchError` when a watched key changed before EXEC, and an error reply
-    that refused the whole transaction (EXECABORT). An error of one command is in its
-    place among the replies: as with any MULTI/EXEC, the others ran."""
+    Raises :class:`WatchError` when a watched key changed before EXEC; an error reply to
+    WATCH or to reading the keys (MOVED, MASTERDOWN, ...); and, when Redis refused the whole
+    transaction (EXECABORT), the error of the command it refused, as redis-py does. An error
+    of one command that ran is in its place among the replies: as with any MULTI/EXEC, the
+    others ran."""
     pool = client.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    clean = False  # no reply left unread, no WATCH left on: the connection may serve again
     try:
         await conn.send_packed_command(
             _pack([("WATCH", *watch), ("MGET", *watch)]), check_health=False)
-        _, values = await _replies(conn, 2)
+        for reply in (values := await _replies(conn, 2)):
+            if isinstance(reply, Exception):
+                raise reply  # (a WATCH that took is dropped with the connection)
         try:
-            check(values)
+            check(values[1])
         except BaseException:
             await conn.send_packed_command(_pack([("UNWATCH",)]), check_health=False)
             await _replies(conn, 1)
+            clean = True
             raise
         await conn.send_packed_command(
             _pack([("MULTI",), *commands, ("EXEC",)]), check_health=False)
         replies = await _replies(conn, len(commands) + 2)
-    except BaseException:
-        # Cancelled or failed half-way: replies may still be on their way, so this
-        # connection must not serve anyone else.
-        await asyncio.shield(conn.disconnect(nowait=True))
-        raise
+        clean = _in_step(replies[-1], len(commands))
     finally:
+        if not clean:
+            # Cancelled or failed half-way: replies may still be on their way, so this
+            # connection must not serve anyone else.
+            await asyncio.shield(conn.disconnect(nowait=True))
         await asyncio.shield(pool.release(conn))
+    return _result(replies, len(commands))
+
+
+def _in_step(result: Any, count: int) -> bool:
+    """Is ``result`` what EXEC answers to ``count`` commands (else the replies are out of
+    step with the commands)?"""
+    return result is None or isinstance(result, ResponseError) or (
+        isinstance(result, list) and len(result) == count)
+
+
+def _result(replies: list[Any], count: int) -> list[Any]:
+    """EXEC's replies, from every reply to MULTI, the ``count`` commands and EXEC."""
     result = replies[-1]
     if result is None:
         raise WatchError("a watched key changed")
     if isinstance(result, ResponseError):
-        raise result  # EXECABORT: a command was refused while queued; nothing ran
-    return list(result)
+        refused = next((r for r in replies[1:-1] if isinstance(r, Exception)), None)
+        if refused is not None:  # EXECABORT: this command was refused while queued
+            raise refused from result
+        raise result
+    if not _in_step(result, count):
+        raise ResponseError(f"EXEC answered {type(result).__name__} for {count} commands")
+    assert isinstance(result, list)
+    return result
 
 
 def _pack(commands: Sequence[Command]) -> bytes:
@@ -89,6 +114,8 @@ async def _replies(conn: AbstractConnection, count: int) -> list[Any]:
             reply = reader.gets(False)  # False: bytes as they are, never decoded
             if reply is NOT_ENOUGH_DATA:
                 await parser.read_from_socket()
+            elif PUSH is not None and isinstance(reply, PUSH):
+                await parser.handle_push_response(reply)  # RESP3: not a reply; redis-py's way
             elif isinstance(reply, ConnectionError):  # LOADING and the like, as redis-py
                 raise reply
             else:

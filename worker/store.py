@@ -219,8 +219,9 @@ class Store:
                 replies = await fenced(node, (k.lease, k.applied), fence, commands)
             except WatchError:
                 continue  # a lease renewal touched it: look again
-            for reply in replies:
+            for command, reply in zip(commands, replies):
                 if isinstance(reply, Exception):
+                    reply.add_note(f"(the commit's {command[0]!r} on {command[1]!r})")
                     raise reply
             return text(replies[update_at]) if commit.update is not None else None
         raise LeaseLost("the lease or the applied id kept changing during the commit")
