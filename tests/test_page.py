@@ -396,6 +396,22 @@ def test_share_link_restores_grouping_selection_and_modal(page: Page, r: redis.R
     other.close()
 
 
+def test_the_link_the_mlflow_client_prints_opens_that_run(page: Page, r: redis.Redis,
+                                                           keys: Keys,
+                                                           worker: RunningWorker) -> None:
+    """``mlflow`` ends a run with "View run at <tracking URI>/#/experiments/1/runs/<id>"."""
+    seed(r, keys, worker, board(time.time()))
+    open_live(page, "/#/experiments/1/runs/qwen-a")
+    detail = page.get_by_test_id("job-detail")
+    expect(detail).to_be_visible()
+    expect(detail).to_have_attribute("data-job-id", "qwen-a")
+    detail.get_by_test_id("detail-close").click()
+    # a new page load (another query), for an id no job can have: nothing opens
+    open_live(page, "/?archived=0#/experiments/1/runs/no%20such%20run")
+    expect(card(page, "qwen-a")).to_be_visible()
+    expect(detail).to_be_hidden()
+
+
 # --- Safety and details ---------------------------------------------------------------------------
 
 XSS_MODEL = "<img src=x onerror=alert(1)>"

@@ -17,6 +17,7 @@ import {
   buildQuery,
   derive,
   parseAddress,
+  runFromHash,
   setSelected,
   state,
 } from "./state.js";
@@ -89,10 +90,18 @@ async function fromList(run) {
   schedule();
 }
 
+// A run an address names the MLflow way (`/#/experiments/1/runs/<id>`, the link the mlflow
+// client prints): its detail opens once the first snapshot is in.
+let askedRun = null;
+
 function onMessage(message) {
   const changed = applyMessage(message);
   stats.messages += 1;
   if (changed.snapshot && stats.messages === 1) performance.mark("monitor:snapshot");
+  if (askedRun !== null && state.loaded) {
+    openDetail(askedRun);
+    askedRun = null;
+  }
   compareSawChanges(changed.ids);
   detailSawChanges(changed.ids);
   insightsSawChanges(changed.ids);
@@ -237,6 +246,7 @@ function start() {
   state.showArchived = asked.showArchived;
   state.filter = asked.filter;
   state.selected = asked.compare.slice();
+  askedRun = runFromHash(location.hash);
   setUnauthorizedHandler(() => onStatus("unauthorized", ""));
 
   groupToggle.addEventListener("change", () => {

@@ -238,6 +238,18 @@ export function parseAddress(search) {
   };
 }
 
+/** The job an MLflow-style address names (`#/experiments/<id>/runs/<run id>`), or null. */
+export function runFromHash(hash) {
+  const match = /^#\/experiments\/[^/]+\/runs\/([^/?#]+)/.exec(hash || "");
+  let id = "";
+  try {
+    id = match ? decodeURIComponent(match[1]) : "";
+  } catch {
+    return null; // a malformed escape: no run
+  }
+  return JOB_ID.test(id) ? id : null;
+}
+
 /**
  * The query string for the current view. `share` spells every setting out and names the
  * selection (for a link to hand on); otherwise only what differs from the defaults, and the
