@@ -104,12 +104,17 @@ def test_a_real_trainer_run_reports_everything(
     assert (config["num_train_epochs"], config["learning_rate"]) == (2, 5e-3)
 
     points = [orjson.loads(p) for p in r.lrange(keys.metrics(job_id), 0, -1)]
-    logged = [(h["step"], h.get("loss"), h.get("eval_loss")) for h in history
-              if "loss" in h or "eval_loss" in h]
-    assert [(p["step"], p["loss"], p["eval_loss"]) for p in points] == [
+    # every log: its losses, and its other numbers (learning rate, grad norm, eval runtime,
+    # the end-of-training summary) as extra
+    logged = [(h["step"], h.get("loss"), h.get("eval_loss"),
+               {k: v for k, v in h.items() if k not in ("step", "epoch", "loss", "eval_loss")})
+              for h in history]
+    assert [(p["step"], p["loss"], p["eval_loss"], p.get("extra", {})) for p in points] == [
         (step, pytest.approx(loss) if loss is not None else None,
-         pytest.approx(ev) if ev is not None else None) for step, loss, ev in logged]
+         pytest.approx(ev) if ev is not None else None, pytest.approx(others))
+        for step, loss, ev, others in logged]
     assert len(evals) == 2 and len([p for p in points if p["eval_loss"] is not None]) == 2
+    assert "learning_rate" in points[0]["extra"] and "train_runtime" in points[-1]["extra"]
 
 
 def test_a_trainer_stopped_from_the_api_mid_run_ends_early_as_stopped(

@@ -4,7 +4,8 @@
     trainer = Trainer(model=model, args=args, ..., callbacks=[MonitorCallback()])
 
 It sends ``job_started`` when training begins (model name from the model's config, epochs,
-the training arguments, GPU count), ``metrics`` for every logged loss and eval loss,
+the training arguments, GPU count), ``metrics`` for every log (its loss and eval loss, and
+its other numbers, such as the learning rate, as ``extra``),
 ``checkpoint`` for every saved ``checkpoint-N`` folder, and ``job_finished`` at the end. A
 training that raises ends as ``failed`` with the error (when the script exits, or at once
 through :meth:`MonitorCallback.fail`). Asked to stop (from the page, the API or auto-stop;
@@ -27,7 +28,10 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from monitor.limits import MAX_EXTRA, MAX_METRIC_NAME
 from monitor.sdk import Run, start_run
+
+NOT_EXTRA = ("loss", "eval_loss", "epoch", "step")  # sent as themselves
 
 __all__ = ["MonitorCallback", "stable_job_id"]
 
@@ -89,10 +93,11 @@ class MonitorCallback(TrainerCallback):
         if self.run is None or not logs:
             return
         loss, eval_loss = _number(logs.get("loss")), _number(logs.get("eval_loss"))
-        if loss is None and eval_loss is None:
+        extra = _others(logs)
+        if loss is None and eval_loss is None and not extra:
             return
         self.run.log(epoch=logs.get("epoch", state.epoch), step=state.global_step, loss=loss,
-                     eval_loss=eval_loss)
+                     eval_loss=eval_loss, extra=extra or None)
         if eval_loss is not None:
             self._sent_eval = (state.global_step, eval_loss)
 
@@ -147,6 +152,19 @@ class MonitorCallback(TrainerCallback):
             self.run = None
         else:
             self.fail(error if error is not None else "training stopped before it ended")
+
+
+def _others(logs: dict[str, Any]) -> dict[str, float]:
+    """The numbers the Trainer logged besides the losses and where it is (learning rate,
+    gradient norm, eval accuracy, its end-of-training summary...): a metrics event's
+    ``extra``, kept in the job's metric history."""
+    out: dict[str, float] = {}
+    for name, value in sorted(logs.items()):
+        number = _number(value)
+        if (number is not None and math.isfinite(number) and name not in NOT_EXTRA
+                and len(name) <= MAX_METRIC_NAME and len(out) < MAX_EXTRA):
+            out[name] = number
+    return out
 
 
 def _number(value: Any) -> float | None:
