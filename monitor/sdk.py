@@ -9,6 +9,7 @@ One more thread per process, :mod:`monitor.control`, tells every run of a stop r
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import logging
 import math
@@ -61,6 +62,9 @@ BATCH_SIZE = 500
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 DROP_WARNING_INTERVAL = 10.0
+# While no worker has said how many partitions there are, the sender looks again this often
+# (seconds); a deployment of one partition on a plain Redis never says.
+UNDECLARED_RECHECK = 5.0
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
@@ -170,8 +174,13 @@ class Run:
         self._client: redis.Redis | None = None
         self._cluster = cluster
         self._prefix = prefix
-        # The keys of the run's partition (docs/scale-out.md), learnt on the first send.
+        # The stream the run's events go to, chosen on the first send, and the keys of its
+        # partition (docs/scale-out.md), learnt then: for good when the deployment says how
+        # many partitions it has, else provisionally those of one partition.
+        self._stream: str | None = None
         self._keys: Keys | None = None
+        self._declared = False
+        self._looked_at = 0.0  # monotonic: when the sender last asked for the partition count
         self._uid = uid
         self._url = url
         self._buffer_size = buffer_size
@@ -434,7 +443,11 @@ class Run:
                 if not batch:
                     if self._stop.is_set():
                         return
-                    self._wake.wait()
+                    if self._stream is not None and not self._declared:
+                        if not self._wake.wait(UNDECLARED_RECHECK):
+                            self._look_again()
+                    else:
+                        self._wake.wait()
                     continue
                 try:
                     self._send(batch)
@@ -468,28 +481,51 @@ class Run:
         # A failed batch is sent again whole; its event_ids make the repeats harmless.
         if self._client is None:
             self._client = self._connect()
-        stream = self._partition_keys(self._client).events
+        if self._stream is None or (
+                not self._declared
+                and time.monotonic() - self._looked_at >= UNDECLARED_RECHECK):
+            self._learn_partition(self._client)
+        assert self._stream is not None
         pipe = self._client.pipeline(transaction=False)
         for data in batch:
-            pipe.xadd(stream, {"data": data})
+            pipe.xadd(self._stream, {"data": data})
         pipe.execute()
 
-    def _partition_keys(self, client: redis.Redis) -> Keys:
+    def _learn_partition(self, client: redis.Redis) -> None:
         """The keys of this run's partition: with one partition, the prefix's; else its
-        route's, claimed as every publisher does (the deployment says how many there are)."""
-        if self._keys is None:
-            declared = client.get(Partitioning(self._prefix).declared)
-            part = Partitioning(self._prefix, int(declared) if declared is not None else 1,
-                                self._cluster)
-            model = UNNAMED if self.model_name is None else self.model_name
-            index = route_sync(client, Routes(part), [(self.job_id, True, model)])[0]
-            self._keys = part.keys(index)
-        return self._keys
+        route's, claimed as every publisher does. The deployment says how many there are
+        (``<prefix>partitions``, written by the first partitioned worker) and then they are
+        learnt for good. Until it does, one partition is assumed for the stop requests, and
+        the events go to the ingress stream: partition 0's own with one partition on a
+        plain Redis, else the router's, which sends them on. The stream, once chosen, stays,
+        so the run's events never overtake each other."""
+        self._looked_at = time.monotonic()
+        declared = client.get(Partitioning(self._prefix).declared)
+        if declared is None:
+            if self._stream is None:
+                self._keys = Partitioning(self._prefix, 1, self._cluster).keys(0)
+                self._stream = Partitioning(self._prefix).ingress
+            return
+        part = Partitioning(self._prefix, int(declared), self._cluster)
+        model = UNNAMED if self.model_name is None else self.model_name
+        index = route_sync(client, Routes(part), [(self.job_id, True, model)])[0]
+        self._keys = part.keys(index)
+        self._declared = True
+        if self._stream is None:
+            self._stream = self._keys.events
+
+    def _look_again(self) -> None:
+        """Idle and still undeclared: ask again (Redis away: the next send will)."""
+        if self._client is None:
+            return
+        with contextlib.suppress(redis.RedisError, RedisClusterException):
+            self._learn_partition(self._client)
 
     @property
     def control_target(self) -> tuple[str, str, bool] | None:
         """(Redis URL, key prefix of the run's partition, cluster) the control channel asks;
-        None until the first send has learnt the partition."""
+        None until the sender has learnt the partition (the first send, or later when no
+        worker had said how many partitions there are)."""
         keys = self._keys
         return None if keys is None else (self._control_url, keys.prefix, self._cluster)
 

@@ -11,14 +11,17 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 import pytest
 import redis
 
+from monitor import sdk
 from monitor.keys import Keys
 from monitor.limits import MAX_NAME, MAX_TEXT
+from monitor.partitions import Partitioning
 from monitor.sdk import Run, RunStats, start_run
 from tests.conftest import RedisServer
-from tests.helpers import read_events
+from tests.helpers import read_events, wait_for
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 COMMON = {"job_id": "job-1", "model_name": MODEL}
@@ -402,3 +405,31 @@ def test_the_gpu_count_comes_from_torch_only_when_the_trainer_imported_it(
     assert detected_gpu_count() == 4
     fake.cuda.is_available = lambda: False
     assert detected_gpu_count() == 0
+
+
+def test_a_run_started_before_any_worker_learns_its_partition_once_one_says(
+    r: redis.Redis, keys: Keys, open_run: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trainer may start before the deployment's first worker has said how many partitions
+    there are: its events go to the ingress stream (which the router reads) and stay there,
+    one partition is assumed until a worker says, and then the trainer hears the stop
+    requests of its model's partition."""
+    monkeypatch.setattr(sdk, "UNDECLARED_RECHECK", 0.05)
+    run = open_run()
+    run.log(step=1, loss=1.0)
+    run.flush()
+    assert run.control_target is not None
+    assert run.control_target[1:] == (keys.prefix, False)  # one partition, so far
+    r.set(keys.prefix + "partitions", 4)  # what the first worker of 4 partitions writes
+    part = Partitioning(keys.prefix, 4)
+    ours = part.keys(part.of_model(MODEL))
+    wait_for(lambda: run.control_target is not None and run.control_target[1] == ours.prefix,
+             5, "the run to learn its partition")
+    assert r.hget(part.routes, "job-1") == str(part.of_model(MODEL)).encode()  # claimed
+    run.log(step=2, loss=0.5)
+    run.flush()
+    assert [e["step"] for e in bodies(read_events(r, keys))[1:]] == [1, 2]  # one stream
+    assert not r.exists(ours.events)
+    r.hset(ours.stops, "job-1", orjson.dumps({"at": 1.0, "by": "user", "reason": "late"}))
+    wait_for(lambda: run.should_stop, 5, "the trainer to hear the stop")
+    assert run.stop_request is not None and run.stop_request["reason"] == "late"
