@@ -612,8 +612,7 @@ class Board:
         """The current job view of one job. ``public``: its :meth:`JobState.public`, if at
         hand, which becomes the view (the caller gives it away)."""
         job = self.jobs[job_id]
-        best = self.groups[job.model_name].best
-        return job_view(public or job.public(), (best[2], best[0]) if best else None,
+        return job_view(public or job.public(), _best_id_value(self.groups[job.model_name].best),
                         consume=True)
 
 

@@ -500,11 +500,12 @@ class Run:
         plain Redis, else the router's, which sends them on. The stream, once chosen, stays,
         so the run's events never overtake each other."""
         self._looked_at = time.monotonic()
-        declared = client.get(Partitioning(self._prefix).declared)
+        unsaid = Partitioning(self._prefix)
+        declared = client.get(unsaid.declared)
         if declared is None:
             if self._stream is None:
                 self._keys = Partitioning(self._prefix, 1, self._cluster).keys(0)
-                self._stream = Partitioning(self._prefix).ingress
+                self._stream = unsaid.ingress
             return
         part = Partitioning(self._prefix, int(declared), self._cluster)
         model = UNNAMED if self.model_name is None else self.model_name

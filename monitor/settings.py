@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_type_hints
 from urllib.parse import urlsplit
 
-from monitor.limits import DEFAULT_PREFIX, DEFAULT_REDIS_URL, MAX_PARTITIONS
+from monitor.limits import DEFAULT_PREFIX, DEFAULT_REDIS_URL, MAX_METRIC_NAME, MAX_PARTITIONS
 from monitor.partitions import Partitioning
 
 ENV_PREFIX = "MONITOR_"
@@ -195,10 +195,15 @@ def _port(value: int) -> str | None:
     return None if 0 <= value < 65536 else "must be a port number (0 picks a free one)"
 
 
+def _names(value: str) -> list[str]:
+    """Comma-separated names, as they are (no URL tidying, unlike :func:`_split`)."""
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
 def _metric_names(value: str) -> str | None:
-    for name in _split(value):
-        if len(name) > 250:
-            return f"{name[:40]!r}... is longer than MLflow's 250 characters"
+    for name in _names(value):
+        if len(name) > MAX_METRIC_NAME:
+            return f"{name[:40]!r}... is longer than MLflow's {MAX_METRIC_NAME} characters"
     return None
 
 
@@ -251,11 +256,11 @@ class GatewaySettings(CommonSettings):
 
     @property
     def mlflow_loss_names(self) -> list[str]:
-        return [n.strip() for n in self.mlflow_loss_metrics.split(",") if n.strip()]
+        return _names(self.mlflow_loss_metrics)
 
     @property
     def mlflow_eval_loss_names(self) -> list[str]:
-        return [n.strip() for n in self.mlflow_eval_loss_metrics.split(",") if n.strip()]
+        return _names(self.mlflow_eval_loss_metrics)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Pack the worker's commands with hiredis (C) rather than redis-py's asyncio packer (Python).
 
-A commit is one transaction of commands with thousands of arguments, and redis-py's asyncio
-connection packs them in Python (its sync connection already uses hiredis). hiredis' packer gives the
-same bytes about nine times faster, which was about a tenth of the worker's CPU per event.
+The worker's loading reads and other commands go through redis-py's asyncio connection, which
+packs them in Python (its sync connection already uses hiredis). hiredis' packer gives the
+same bytes about nine times faster. (The commit and the fenced read are packed by
+:mod:`worker.fenced` itself.)
 """
 
 from __future__ import annotations
