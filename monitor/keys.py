@@ -9,6 +9,13 @@ import orjson
 GROUP = "workers"  # the consumer group every worker reads <prefix>events with
 
 
+class Everyone:
+    """The type of :data:`EVERYONE`: no model filter (``None`` is the group without a model)."""
+
+
+EVERYONE = Everyone()
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     """Redis names for one deployment, all under ``prefix`` (default ``monitor:``)."""
@@ -55,6 +62,21 @@ class Keys:
     def group(self, model_name: str | None) -> str:
         """Set of the job ids whose model is ``model_name``."""
         return f"{self.prefix}group:{model_field(model_name)}"
+
+    def order(self, archived: bool, model: str | None | Everyone = EVERYONE) -> str:
+        """Sorted set: job id -> ``-created_at`` of the jobs that are archived (or not), of
+        one model group or of every model: Redis's order (score, then id) is the list's,
+        newest first (docs/state.md)."""
+        kind = "archived" if archived else "live"
+        if isinstance(model, Everyone):
+            return f"{self.prefix}order:{kind}"
+        return f"{self.prefix}order:{kind}:{model_field(model)}"
+
+    @property
+    def order_built(self) -> str:
+        """Set once the ``order`` sets hold every job (state older than them is indexed when
+        a worker first takes the lease)."""
+        return f"{self.prefix}order:built"
 
     @property
     def alive(self) -> str:
