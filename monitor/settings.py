@@ -223,6 +223,9 @@ class GatewaySettings(CommonSettings):
                                     "as long again is dropped", _positive)
     ws_deflate: bool = _setting(False, "compress WebSocket messages (saves bandwidth to far "
                                        "clients, costs the gateway CPU)")
+    api_jobs_max: int = _setting(10_000, "the most jobs GET /api/jobs answers in one list "
+                                         "without ?limit=; past it a 413 asks for pages",
+                                 _positive)
     allowed_hosts: str = _setting("", "comma-separated host names this gateway answers to (the "
                                       "Host header) besides the loopback ones; empty: only "
                                       "loopback names when bound to loopback, else any",

@@ -13,6 +13,8 @@ from pydantic import ValidationError
 
 from monitor.events import BadEvent, event_adapter, parse_event
 from monitor.insights import model_insights
+from monitor.keys import EVERYONE
+from monitor.limits import MAX_MODEL_NAME
 from web.compare import MAX_IDS, MIN_IDS, build_comparison, selection_best, to_csv
 from web.errors import ApiError, validation_errors
 from web.gateway import Gateway, gateway_of
@@ -26,11 +28,23 @@ from web.schemas import (
     JobDetail,
     JobList,
     JobMetrics,
+    JobPage,
     ModelRow,
     StopRequest,
     WhoAmI,
 )
 from web.security import origin_allowed, origin_ok, token_ok
+from web.windows import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    MAX_Q,
+    BadWindow,
+    Filters,
+    WindowReader,
+    cursor_of,
+    decode_cursor,
+    window_reader,
+)
 
 MAX_EVENTS = 1000
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -95,11 +109,57 @@ def unknown(job_id: str) -> ApiError:
     return ApiError(404, f"unknown job {job_id!r}")
 
 
-@router.get("/jobs", response_model=JobList, summary="Every job, newest first")
-async def list_jobs(gw: GW, include_archived: bool = False) -> Response:
+@router.get("/jobs", response_model=JobList | JobPage,
+            responses={413: {"model": Error, "description": "too many jobs for one answer"}},
+            summary="Every job, newest first; or a page of them (limit, cursor, filters)")
+async def list_jobs(
+    gw: GW, include_archived: bool = False,
+    limit: Annotated[int | None, Query(ge=1, le=MAX_PAGE)] = None,
+    cursor: Annotated[str | None, Query(max_length=1024)] = None,
+    model: Annotated[str | None, Query(max_length=MAX_MODEL_NAME,
+                                       description="the exact model_name")] = None,
+    unnamed: Annotated[bool, Query(description="the jobs that never named a model")] = False,
+    status: Annotated[Literal["running", "completed", "failed", "stopped"] | None,
+                      Query()] = None,
+    q: Annotated[str | None, Query(max_length=MAX_Q)] = None,
+) -> Response:
+    """docs/rest.md: without ``limit`` and ``cursor``, every job (up to a bound); else a page."""
+    if model is not None and unnamed:
+        raise ApiError(422, "give model or unnamed=true, not both")
+    filters = Filters.of(include_archived, None if unnamed else EVERYONE if model is None
+                         else model, status, q)
+    windows = window_reader(gw.reader, gw.settings.partitioning)
+    if limit is None and cursor is None:
+        if not filters.selective and filters.model is EVERYONE:
+            return await whole_list(gw, windows, include_archived)
+        limit = gw.settings.api_jobs_max + 1  # filtered: every match, up to the bound
+        page = await windows.page(filters, None, limit, budget=2**62)
+        if len(page.views) == limit:
+            raise too_many(f"more than {gw.settings.api_jobs_max:,}", gw)
+        return JSON({"version": cursor_of(page.versions), "jobs": page.views})
+    try:
+        after = decode_cursor(cursor, filters) if cursor is not None else None
+    except BadWindow as e:
+        raise ApiError(422, str(e)) from e
+    page = await windows.page(filters, after, limit or DEFAULT_PAGE)
+    return JSON({"version": cursor_of(page.versions), "jobs": page.views,
+                 "next": page.next_cursor(filters), "total": page.total})
+
+
+async def whole_list(gw: Gateway, windows: WindowReader, include_archived: bool) -> Response:
+    """Today's answer, every job, while there are at most ``api_jobs_max`` of them."""
+    count = await windows.count(include_archived)
+    if count > gw.settings.api_jobs_max:
+        raise too_many(f"{count:,}", gw)
     snapshot = await gw.reader.snapshot()
     body = snapshot.listing_all if include_archived else snapshot.listing
     return Response(body, media_type="application/json")
+
+
+def too_many(count: str, gw: Gateway) -> ApiError:
+    return ApiError(413, f"{count} jobs are more than one answer holds (MONITOR_API_JOBS_MAX="
+                         f"{gw.settings.api_jobs_max:,}): ask for pages with ?limit= and "
+                         "?cursor= (docs/rest.md)")
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail, responses=NOT_FOUND,

@@ -17,7 +17,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from monitor.keys import Keys
+from monitor.keys import Keys, model_field
 from monitor.redistools import UNREACHABLE, backoff, heal, text
 from monitor.rules import parse_pos
 
@@ -43,19 +43,26 @@ def update_message(version: str, data: bytes) -> str:
 
 
 def merge_updates(entries: list[tuple[str, bytes]]) -> tuple[str, str]:
-    """One update for consecutive updates: each job as the last of them left it, at the last
-    one's version (that version, and the message's body after it). Under load the hub reads
-    many commits at once and each client gets one message for them, instead of falling
-    behind by one message per commit."""
+    """One update for consecutive updates: each job and model row as the last of them left
+    it, at the last one's version (that version, and the message's body after it). Under
+    load the hub reads many commits at once and each client gets one message for them,
+    instead of falling behind by one message per commit."""
     if len(entries) == 1:
         version, data = entries[0]
         return version, update_body(data)
     jobs: dict[str, Any] = {}
+    models: dict[str, Any] = {}  # by model field: null and "null" differ
     for _, data in entries:
-        for job in orjson.loads(data)["jobs"]:
+        update = orjson.loads(data)
+        for job in update["jobs"]:
             jobs.pop(job["id"], None)  # re-insert: the order follows the latest change
             jobs[job["id"]] = job
-    return entries[-1][0], update_body(orjson.dumps({"jobs": list(jobs.values())}))
+        for row in update.get("models", ()):
+            models[model_field(row["model_name"])] = row
+    merged: dict[str, Any] = {"jobs": list(jobs.values())}  # "jobs" first: see update_body
+    if models:
+        merged["models"] = list(models.values())
+    return entries[-1][0], update_body(orjson.dumps(merged))
 
 
 MAX_QUEUED_BYTES = 16 * 1024 * 1024  # per client: past this, a resync is cheaper

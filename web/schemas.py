@@ -105,6 +105,14 @@ class JobList(BaseModel):
     jobs: list[JobView]
 
 
+class JobPage(BaseModel):
+    version: str = Field(description="the version the page was read at")
+    jobs: list[JobView]
+    next: str | None = Field(description="the cursor of the next page; null at the end")
+    total: int | None = Field(description="how many jobs the filters select, when known "
+                                          "without reading them")
+
+
 class MetricPoint(BaseModel):
     step: int | None
     epoch: float | None

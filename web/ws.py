@@ -1,4 +1,5 @@
-"""``/ws`` (docs/websocket.md): a snapshot with its version, then every update, in order.
+"""``/ws`` (docs/websocket.md): a snapshot with its version, then every update, in order;
+with ``?windows=1`` a summary and what the client asks for (:mod:`web.ws_windows`).
 
 ``?since=V`` resumes after V with nothing missed (or a fresh snapshot when V is no longer
 kept). A client whose queue overflows is sent a fresh snapshot; one that keeps overflowing is
@@ -29,11 +30,12 @@ from web.partitioned import (
 )
 from web.security import origin_ok, token_ok
 from web.state import Snapshot, StateReader
+from web.ws_windows import serve_windows
 
 log = logging.getLogger("monitor.gateway")
 
-# The page sends nothing; a client frame larger than this is closed with 1009 as its header
-# arrives, instead of being buffered (the server's default would take 16 MiB per client).
+# A client frame larger than this is closed with 1009 as its header arrives, instead of being
+# buffered (the server's default would take 16 MiB per client); requests are far smaller.
 MAX_CLIENT_MESSAGE = 64 * 1024
 TOO_SLOW = 3  # overflows within SLOW_WINDOW seconds that close the connection with 1013
 SLOW_WINDOW = 30.0
@@ -205,6 +207,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_POLICY, "missing or wrong token")
         return
     since = websocket.query_params.get("since")
+    windowed = websocket.query_params.get("windows") == "1"
     async with gw.hub.subscribe() as subscriber, anyio.create_task_group() as tasks:
 
         async def until_either_ends(part: Callable[[], Awaitable[None]]) -> None:
@@ -232,6 +235,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             reached = await start(websocket, gw, reader, subscriber, since)
             await send_updates(websocket, gw, subscriber, reached)
 
-        tasks.start_soon(until_either_ends, serve)
-        tasks.start_soon(until_either_ends, lambda: read_until_closed(websocket))
+        if windowed:
+            tasks.start_soon(until_either_ends, lambda: serve_windows(
+                websocket, gw, subscriber, send, too_slow))
+        else:
+            tasks.start_soon(until_either_ends, serve)
+            tasks.start_soon(until_either_ends, lambda: read_until_closed(websocket))
         tasks.start_soon(until_either_ends, lambda: watchdog(subscriber, gw.settings.ws_ping))

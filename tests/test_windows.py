@@ -1,0 +1,362 @@
+"""Pages of ``GET /api/jobs`` and ``/ws?windows=1`` windows, checked against the whole list
+(docs/rest.md, Pages of jobs; docs/websocket.md, Windows): no job missing, doubled or stale
+after paging, filtering and live updates."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from monitor.keys import Keys
+from monitor.rules import parse_pos
+from monitor.settings import GatewaySettings
+from tests.gateway_helpers import RunningWorker, publish
+from web.app import create_app
+from web.watching import Watching
+from web.windows import Filters, key_of
+
+pytestmark = pytest.mark.timeout(120)
+
+MODELS = ["org/alpha-7b", "org/beta-1b", "gamma", None]
+STATUSES = ["completed", "failed", "stopped"]
+
+
+def make_client(redis_url: str, keys: Keys, **settings: Any) -> TestClient:
+    return TestClient(create_app(GatewaySettings(redis_url=redis_url, prefix=keys.prefix,
+                                                 **settings)), base_url="http://127.0.0.1")
+
+
+@pytest.fixture
+def client(redis_url: str, keys: Keys) -> Iterator[TestClient]:
+    with make_client(redis_url, keys) as c:
+        yield c
+
+
+def scenario(rng: random.Random, jobs: int, start: int = 0) -> list[dict[str, Any]]:
+    """Jobs over the models (one in four never names one), some with a name, finished or
+    not, some archived; created_at ties on purpose (several jobs share a ts)."""
+    events: list[dict[str, Any]] = []
+    for n in range(start, start + jobs):
+        job = f"job-{n:04d}"
+        model = rng.choice(MODELS)
+        ts = 1_000 + (n // 3)  # three jobs per second: ties by id
+        started: dict[str, Any] = {"type": "job_started", "job_id": job, "ts": ts}
+        if model is not None:
+            started["model_name"] = model
+        if rng.random() < 0.5:
+            started["name"] = rng.choice(["lr-sweep", "Baseline", "seed run", "LR warm"])
+        events.append(started)
+        events.append({"type": "metrics", "job_id": job, "ts": ts + 1, "step": 1,
+                       "eval_loss": round(rng.uniform(0.2, 1.0), 4)})
+        if rng.random() < 0.6:
+            events.append({"type": "job_finished", "job_id": job, "ts": ts + 2,
+                           "status": rng.choice(STATUSES)})
+        if rng.random() < 0.15:
+            events.append({"type": "job_archived", "job_id": job, "ts": ts + 3})
+    return events
+
+
+def everything(client: TestClient) -> list[dict[str, Any]]:
+    body = client.get("/api/jobs", params={"include_archived": "true"}).json()
+    return list(body["jobs"])
+
+
+def expected(views: list[dict[str, Any]], filters: Filters) -> list[str]:
+    return [v["id"] for v in views if filters.matches(v)]
+
+
+def pages(client: TestClient, limit: int, **params: Any) -> tuple[list[dict[str, Any]], int]:
+    """Every page of a filtered list; the views in order, and how many requests it took."""
+    views: list[dict[str, Any]] = []
+    cursor = None
+    asked = 0
+    while True:
+        query = {**params, "limit": limit, **({"cursor": cursor} if cursor else {})}
+        response = client.get("/api/jobs", params=query)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        asked += 1
+        assert len(body["jobs"]) <= limit
+        views.extend(body["jobs"])
+        cursor = body["next"]
+        if cursor is None:
+            return views, asked
+        assert asked < 500
+
+
+FILTER_CASES: list[tuple[dict[str, Any], Filters]] = [
+    ({}, Filters.of()),
+    ({"include_archived": "true"}, Filters.of(True)),
+    ({"model": "org/alpha-7b"}, Filters.of(model="org/alpha-7b")),
+    ({"unnamed": "true", "include_archived": "true"}, Filters.of(True, None)),
+    ({"status": "running"}, Filters.of(status="running")),
+    ({"q": "SWEEP"}, Filters.of(q="sweep")),
+    ({"q": "beta", "include_archived": "true"}, Filters.of(True, q="beta")),
+    ({"q": "job-01", "status": "failed"}, Filters.of(q="job-01", status="failed")),
+    ({"q": "nothing matches this"}, Filters.of(q="nothing matches this")),
+]
+
+
+@pytest.mark.parametrize(("params", "filters"), FILTER_CASES,
+                         ids=[str(p) or "all" for p, _ in FILTER_CASES])
+def test_pages_list_every_job_once_in_order(client: TestClient, r: redis.Redis, keys: Keys,
+                                            worker: RunningWorker, params: dict[str, Any],
+                                            filters: Filters) -> None:
+    publish(r, keys, scenario(random.Random(7), 240))
+    worker.wait_applied()
+    whole = everything(client)
+    assert len(whole) == 240
+    views, _ = pages(client, 7, **params)
+    assert [v["id"] for v in views] == expected(whole, filters)
+    by_id = {v["id"]: v for v in whole}
+    assert all(v == by_id[v["id"]] for v in views)  # the same views as the whole list
+
+
+def test_a_page_says_how_many_jobs_when_a_set_knows(client: TestClient, r: redis.Redis,
+                                                    keys: Keys, worker: RunningWorker) -> None:
+    publish(r, keys, scenario(random.Random(3), 60))
+    worker.wait_applied()
+    whole = everything(client)
+    body = client.get("/api/jobs", params={"limit": 5, "model": "gamma"}).json()
+    assert body["total"] == len(expected(whole, Filters.of(model="gamma")))
+    assert client.get("/api/jobs", params={"limit": 5, "q": "a"}).json()["total"] is None
+
+
+def test_past_the_bound_the_whole_list_is_refused_with_413(redis_url: str, r: redis.Redis,
+                                                           keys: Keys,
+                                                           worker: RunningWorker) -> None:
+    publish(r, keys, scenario(random.Random(1), 30))
+    worker.wait_applied()
+    with make_client(redis_url, keys, api_jobs_max=20) as client:
+        refused = client.get("/api/jobs")
+        assert refused.status_code == 413
+        live = len(expected(everything_paged(client), Filters.of()))
+        assert refused.json()["detail"] == (
+            f"{live} jobs are more than one answer holds (MONITOR_API_JOBS_MAX=20): ask for "
+            "pages with ?limit= and ?cursor= (docs/rest.md)")
+        assert client.get("/api/jobs", params={"limit": 10}).status_code == 200
+        # a filter that selects few is answered whole
+        few = client.get("/api/jobs", params={"q": "job-0001"})
+        assert few.status_code == 200 and [v["id"] for v in few.json()["jobs"]] in (
+            [], ["job-0001"])
+    with make_client(redis_url, keys, api_jobs_max=100) as client:
+        assert client.get("/api/jobs").status_code == 200
+
+
+def everything_paged(client: TestClient) -> list[dict[str, Any]]:
+    return pages(client, 1000, include_archived="true")[0]
+
+
+def test_bad_cursors_and_filters_are_422(client: TestClient, r: redis.Redis, keys: Keys,
+                                         worker: RunningWorker) -> None:
+    publish(r, keys, scenario(random.Random(2), 12))
+    worker.wait_applied()
+    first = client.get("/api/jobs", params={"limit": 3}).json()
+    assert first["next"] is not None
+    other = client.get("/api/jobs", params={"limit": 3, "cursor": first["next"],
+                                            "include_archived": "true"})
+    assert other.status_code == 422
+    assert "for these filters" in other.json()["detail"]
+    assert client.get("/api/jobs", params={"cursor": "nonsense"}).status_code == 422
+    assert client.get("/api/jobs", params={"limit": 0}).status_code == 422
+    assert client.get("/api/jobs", params={"limit": 1001}).status_code == 422
+    assert client.get("/api/jobs", params={"status": "sleeping"}).status_code == 422
+    both = client.get("/api/jobs", params={"model": "gamma", "unnamed": "true"})
+    assert both.status_code == 422 and both.json()["detail"] == \
+        "give model or unnamed=true, not both"
+    # cursor alone: pages of 100
+    rest = client.get("/api/jobs", params={"cursor": first["next"]}).json()
+    assert [v["id"] for v in rest["jobs"]] == [
+        v["id"] for v in client.get("/api/jobs").json()["jobs"]][3:]
+
+
+# --- /ws?windows=1 ---------------------------------------------------------------------------
+
+
+class WindowedPage:
+    """A client of ``/ws?windows=1`` that keeps what it was sent the way docs/websocket.md
+    says a client does, so the test can compare it with the whole list."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        summary = ws.receive_json()
+        assert summary["type"] == "summary"
+        self.summary = summary
+        self.models = {self.model_key(row): row for row in summary["models"]}
+        self.views: dict[str, dict[str, Any]] = {}
+        self.windows: dict[str, tuple[Filters, list[str], Any, str | None]] = {}
+
+    @staticmethod
+    def model_key(row: dict[str, Any]) -> str:
+        return repr(row["model_name"])
+
+    def ask(self, window_id: str, limit: int, filters: dict[str, Any],
+            cursor: str | None = None) -> dict[str, Any]:
+        self.ws.send_json({"type": "window", "id": window_id, "limit": limit,
+                           "cursor": cursor, **filters})
+        reply = self.receive_until("window")
+        parsed = Filters.of(filters.get("archived", False),
+                            filters["model"] if "model" in filters else Filters().model,
+                            filters.get("status"), filters.get("q"))
+        old = self.windows.get(window_id)
+        ids = (old[1] if old and cursor else []) + [v["id"] for v in reply["jobs"]]
+        self.windows[window_id] = (parsed, ids, reply["end"], reply["next"])
+        for view in reply["jobs"]:
+            self.views[view["id"]] = view
+        return reply
+
+    def ask_all(self, window_id: str, limit: int, filters: dict[str, Any]) -> None:
+        reply = self.ask(window_id, limit, filters)
+        while reply["next"] is not None:
+            reply = self.ask(window_id, limit, filters, reply["next"])
+
+    def receive_until(self, kind: str) -> dict[str, Any]:
+        while True:
+            message = self.ws.receive_json()
+            if message["type"] == kind:
+                return dict(message)
+            assert message["type"] == "update", message
+            self.apply(message)
+
+    def apply(self, update: dict[str, Any]) -> None:
+        for view in update["jobs"]:
+            self.views[view["id"]] = view
+            for window_id, (filters, ids, end, nxt) in self.windows.items():
+                inside = filters.matches(view) and (
+                    end is None or key_of(view) <= (-end["created_at"], end["id"]))
+                if view["id"] in ids and not inside:
+                    ids.remove(view["id"])
+                elif inside and view["id"] not in ids:
+                    ids.append(view["id"])
+                    ids.sort(key=lambda i: key_of(self.views[i]))
+        for row in update["models"]:
+            self.models[self.model_key(row)] = row
+
+    def check(self, whole: list[dict[str, Any]]) -> None:
+        """Every window holds exactly the jobs of the whole list it covers, each as the
+        server has it now."""
+        by_id = {v["id"]: v for v in whole}
+        for filters, ids, end, _ in self.windows.values():
+            covered = [v["id"] for v in whole if filters.matches(v) and (
+                end is None or key_of(v) <= (-end["created_at"], end["id"]))]
+            assert ids == covered
+            for job_id in ids:
+                assert self.views[job_id] == by_id[job_id], job_id
+
+
+def sync(page: WindowedPage, r: redis.Redis, keys: Keys, worker: RunningWorker,
+         marker: str, step: int) -> None:
+    """Until every update committed so far has reached the page: a last change of a watched
+    job, waited for."""
+    publish(r, keys, [{"type": "metrics", "job_id": marker, "step": step, "loss": 1.0}])
+    worker.wait_applied()
+    while True:
+        message = page.ws.receive_json()
+        assert message["type"] == "update", message
+        page.apply(message)
+        if any(v["id"] == marker and v["step"] == step for v in message["jobs"]):
+            return
+
+
+def test_windows_stay_equal_to_the_whole_list_through_live_changes(
+        client: TestClient, r: redis.Redis, keys: Keys, worker: RunningWorker) -> None:
+    rng = random.Random(11)
+    publish(r, keys, [{"type": "job_started", "job_id": "zz-marker", "ts": 1.0}])
+    publish(r, keys, scenario(rng, 150))
+    worker.wait_applied()
+    with client.websocket_connect("ws://127.0.0.1/ws?windows=1") as ws:
+        page = WindowedPage(ws)
+        whole = everything(client)
+        assert page.summary["jobs"] + page.summary["archived"] == len(whole)
+        assert sorted(page.models.values(), key=repr) == sorted(
+            client.get("/api/models").json(), key=repr)
+        ws.send_json({"type": "watch", "ids": ["zz-marker", "no-such-job"]})
+        jobs = page.receive_until("jobs")
+        assert [v["id"] for v in jobs["jobs"]] == ["zz-marker"]
+        page.ask("flat", 20, {})
+        page.ask("flat", 20, {}, page.windows["flat"][3])  # two pages
+        page.ask("alpha", 10, {"model": "org/alpha-7b", "archived": True})
+        page.ask_all("unnamed", 50, {"model": None})
+        page.ask("sweeps", 5, {"q": "sweep", "status": "running"})
+        page.check(whole)
+        for round_ in range(4):
+            events = scenario(rng, 10, start=1000 + 10 * round_)  # new jobs, newest
+            shown = page.windows["flat"][1] + page.windows["alpha"][1]
+            for job in rng.sample(shown, 6):
+                events.append({"type": "metrics", "job_id": job, "step": 5 + round_,
+                               "eval_loss": round(rng.uniform(0.1, 1.0), 4)})
+            for job in rng.sample(shown, 2):
+                events.append({"type": rng.choice(["job_archived", "job_restored"]),
+                               "job_id": job})
+            # a new best in a model: every delta of its candidates moves
+            events.append({"type": "metrics", "job_id": page.windows["alpha"][1][-1],
+                           "step": 99, "eval_loss": 0.01 / (round_ + 1)})
+            publish(r, keys, events)
+            sync(page, r, keys, worker, "zz-marker", round_ + 1)
+            page.check(everything(client))
+        models = client.get("/api/models").json()
+        assert all(page.models[page.model_key(row)] == row for row in models)
+
+
+def test_bad_window_messages_are_answered_with_an_error(client: TestClient) -> None:
+    with client.websocket_connect("ws://127.0.0.1/ws?windows=1") as ws:
+        assert ws.receive_json()["type"] == "summary"
+        for message, detail in [
+            ("not json", "not JSON"),
+            ('{"type": "dance"}', "type must be window, close, watch or unwatch"),
+            ('{"type": "window", "id": "a b"}', "id must be 1 to 64 of A-Z a-z 0-9 . _ : -"),
+            ('{"type": "window", "id": "w", "limit": 501}',
+             "limit must be an integer from 1 to 500"),
+            ('{"type": "window", "id": "w", "status": "sleeping"}',
+             "status must be one of running, completed, failed, stopped"),
+            ('{"type": "window", "id": "w", "cursor": "abc"}',
+             "no window 'w' to go on with: start it with cursor null"),
+            ('{"type": "watch", "ids": []}', "ids must be a list of 1 to 100 job ids"),
+        ]:
+            ws.send_text(message)
+            error = ws.receive_json()
+            assert error["type"] == "error" and error["detail"] == detail, message
+        for n in range(16):
+            ws.send_json({"type": "window", "id": f"w{n}"})
+            assert ws.receive_json()["type"] == "window"
+        ws.send_json({"type": "window", "id": "one-too-many"})
+        assert ws.receive_json() == {"type": "error", "id": "one-too-many",
+                                     "detail": "at most 16 windows"}
+
+
+def view(job_id: str, created_at: float, **fields: Any) -> dict[str, Any]:
+    return {"id": job_id, "created_at": created_at, "archived": False, "model_name": None,
+            "status": "running", "name": None, "model_display": "Unknown Model", **fields}
+
+
+def test_an_update_older_than_a_reply_is_not_sent() -> None:
+    watching = Watching(1)
+    watching.start_over([parse_pos("5-0")])
+    shown = [view("b", 2.0), view("a", 1.0)]
+    watching.took_page("flat", Filters.of(), True, shown, None,
+                       {"a": [parse_pos("9-0")], "b": [parse_pos("9-0")]})
+    # an update read before the page (9-0) is older than what the page holds
+    assert watching.route(0, parse_pos("8-0"), [view("a", 1.0, step=1)]) == []
+    newer = view("a", 1.0, step=2)
+    assert watching.route(0, parse_pos("10-0"), [newer]) == [newer]
+    # a new job enters a window that reaches the end of the list; one archived leaves it
+    fresh, gone = view("c", 3.0), view("b", 2.0, archived=True)
+    assert watching.route(0, parse_pos("11-0"), [fresh, gone]) == [fresh, gone]
+    assert watching.windows["flat"].ids == {"a", "c"}
+    assert watching.route(0, parse_pos("12-0"), [view("b", 2.0, step=3)]) == [
+        view("b", 2.0, step=3)]  # archived, not held, matches again: back in
+    assert watching.rows(0, parse_pos("4-0"), [{"model_name": None}]) == []
+
+
+def test_a_window_short_of_the_end_takes_only_jobs_up_to_its_end() -> None:
+    watching = Watching(1)
+    watching.start_over([parse_pos("1-0")])
+    watching.took_page("flat", Filters.of(), True, [view("b", 5.0)], (-5.0, "b"),
+                       {"b": [parse_pos("2-0")]})
+    assert watching.route(0, parse_pos("3-0"), [view("old", 1.0)]) == []  # a later page's
+    assert watching.route(0, parse_pos("3-0"), [view("new", 9.0)]) == [view("new", 9.0)]

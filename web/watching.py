@@ -1,0 +1,111 @@
+"""What one windowed ``/ws`` client watches, and which parts of an update it is sent. Pure.
+
+A client is sent a job's change when it holds the job (a window or a watch gave it), or when
+the job now enters one of its windows. A window or watch reply is read at a version per
+partition; an update of a job at or before the version its copy was read at is older than
+that copy, and is not sent (docs/websocket.md, Windows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitor.rules import Pos
+from web.windows import Filters, Key, key_of
+
+MAX_WINDOWS = 16
+MAX_WATCHED = 1000
+
+
+@dataclass
+class Window:
+    """A window's filters, how far down the list it covers, and the jobs it holds."""
+
+    filters: Filters
+    end: Key | None  # the place it covers up to; None: the end of the list
+    ids: set[str] = field(default_factory=set)
+
+    def covers(self, view: dict[str, Any]) -> bool:
+        return self.filters.matches(view) and (self.end is None or key_of(view) <= self.end)
+
+
+@dataclass
+class Watching:
+    """One client's windows and watched jobs, and the version each job's copy was read at."""
+
+    partitions: int
+    windows: dict[str, Window] = field(default_factory=dict)
+    watched: set[str] = field(default_factory=set)
+    read_at: dict[str, list[Pos]] = field(default_factory=dict)  # job id -> per partition
+    summary_at: list[Pos] = field(default_factory=list)  # the model rows' version
+
+    def start_over(self, summary_at: list[Pos]) -> None:
+        """A new summary: nothing is held any more."""
+        self.windows.clear()
+        self.watched.clear()
+        self.read_at.clear()
+        self.summary_at = summary_at
+
+    def _note(self, views: list[dict[str, Any]], read_at: dict[str, list[Pos]]) -> None:
+        for view in views:
+            self.read_at[view["id"]] = read_at[view["id"]]
+
+    def took_page(self, window_id: str, filters: Filters, first: bool,
+                  views: list[dict[str, Any]], end: Key | None,
+                  read_at: dict[str, list[Pos]]) -> None:
+        """A window's page was sent: the first (the window starts again) or the next."""
+        if first:
+            self.windows[window_id] = Window(filters, end)
+        window = self.windows[window_id]
+        window.end = end
+        window.ids.update(view["id"] for view in views)
+        self._note(views, read_at)
+
+    def close(self, window_id: str) -> None:
+        self.windows.pop(window_id, None)
+        self._forget_unheld()
+
+    def watch(self, views: list[dict[str, Any]], read_at: dict[str, list[Pos]]) -> None:
+        self.watched.update(view["id"] for view in views)
+        self._note(views, read_at)
+
+    def unwatch(self, ids: list[str]) -> None:
+        self.watched.difference_update(ids)
+        self._forget_unheld()
+
+    def holds(self, job_id: str) -> bool:
+        return job_id in self.watched or any(job_id in w.ids for w in self.windows.values())
+
+    def _forget_unheld(self) -> None:
+        for job_id in [j for j in self.read_at if not self.holds(j)]:
+            del self.read_at[job_id]
+
+    def route(self, index: int, pos: Pos, views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The views of an update (of partition ``index`` at ``pos``) to send, in order; the
+        windows follow them (a job that stops matching a window leaves it, one that starts
+        to and falls within it enters)."""
+        out = []
+        for view in views:
+            job_id = view["id"]
+            read = self.read_at.get(job_id)
+            if read is not None:
+                if pos <= read[index]:
+                    continue  # the client's copy is newer
+                del self.read_at[job_id]
+            send = job_id in self.watched
+            for window in self.windows.values():
+                if job_id in window.ids:
+                    send = True
+                    if not window.covers(view):
+                        window.ids.discard(job_id)
+                elif window.covers(view):
+                    window.ids.add(job_id)
+                    send = True
+            if send:
+                out.append(view)
+        return out
+
+    def rows(self, index: int, pos: Pos, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The model rows of an update to send: none older than the summary's."""
+        return rows if not self.summary_at or pos > self.summary_at[index] else []

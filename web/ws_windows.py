@@ -1,0 +1,251 @@
+"""``/ws?windows=1`` (docs/websocket.md, Windows): a summary of the models, then the windows and
+jobs the client asks for, and of each update only what concerns them.
+
+The client's requests and the updates are handled one at a time (a lock), so a reply always
+lands between two updates, and :class:`web.watching.Watching` drops what is older than it.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+import anyio
+import orjson
+from starlette.websockets import WebSocket
+
+from monitor.keys import EVERYONE, Everyone
+from monitor.limits import MAX_MODEL_NAME
+from monitor.rules import parse_pos
+from web.gateway import Gateway
+from web.hub import Subscriber
+from web.partitioned import PartitionedReader, cursor
+from web.watching import MAX_WATCHED, MAX_WINDOWS, Watching
+from web.windows import (
+    MAX_LIMIT,
+    BadWindow,
+    Filters,
+    Key,
+    Page,
+    WindowReader,
+    decode_cursor,
+    window_reader,
+)
+
+WINDOW_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+JOB_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+DEFAULT_LIMIT = 100
+MAX_WATCH_IDS = 100
+
+
+@lru_cache(maxsize=256)
+def parsed(text: str) -> dict[str, Any]:
+    """An update's JSON, parsed once however many clients route it (the hub hands every
+    subscriber the same string)."""
+    value: dict[str, Any] = orjson.loads(text)
+    return value
+
+
+def end_of(end: Key | None) -> dict[str, Any] | None:
+    """A window's end as the client sees it: the place in the order it covers up to."""
+    return None if end is None else {"created_at": -end[0], "id": end[1]}
+
+
+class WindowedClient:
+    """One ``/ws?windows=1`` connection."""
+
+    def __init__(self, websocket: WebSocket, gw: Gateway, subscriber: Subscriber,
+                 send: Any) -> None:
+        self.websocket = websocket
+        self.gw = gw
+        self.subscriber = subscriber
+        self._send = send  # web.ws.send, which notes the send for the watchdog and /metrics
+        part = gw.settings.partitioning
+        self.split = part.split
+        self.reader: WindowReader = window_reader(gw.reader, part if part.split else None)
+        self.watching = Watching(len(self.reader.readers))
+        self.versions: list[str] = []
+        self.lock = anyio.Lock()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self._send(self.websocket, self.subscriber, orjson.dumps(message).decode())
+
+    def version(self) -> str:
+        return cursor(self.versions)
+
+    async def summary(self) -> None:
+        """Send a summary; every window and watch starts over."""
+        found = await self.reader.summary()
+        self.versions = list(found.versions)
+        self.watching.start_over([parse_pos(v) for v in found.versions])
+        await self.send({"type": "summary", "version": self.version(), "models": found.models,
+                         "jobs": found.jobs, "archived": found.archived})
+
+    # --- Requests ----------------------------------------------------------------------------
+
+    async def requests(self) -> None:
+        """Answer the client's messages until it goes away."""
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            raw = message.get("text")
+            if raw is None:
+                raw = (message.get("bytes") or b"").decode("utf-8", "replace")
+            async with self.lock:
+                await self.answer(raw)
+
+    async def answer(self, raw: str) -> None:
+        request: Any = None
+        try:
+            request = orjson.loads(raw)
+            if not isinstance(request, dict):
+                raise BadWindow("a message is a JSON object")
+            kind = request.get("type")
+            if kind == "window":
+                await self.window(request)
+            elif kind == "close":
+                self.watching.close(_window_id(request))
+            elif kind == "watch":
+                await self.watch(_ids(request))
+            elif kind == "unwatch":
+                self.watching.unwatch(_ids(request))
+            else:
+                raise BadWindow("type must be window, close, watch or unwatch")
+        except orjson.JSONDecodeError:
+            await self.send({"type": "error", "id": None, "detail": "not JSON"})
+        except BadWindow as e:
+            asked = request.get("id") if isinstance(request, dict) else None
+            await self.send({"type": "error", "id": asked if isinstance(asked, str) else None,
+                             "detail": str(e)})
+
+    async def window(self, request: dict[str, Any]) -> None:
+        window_id = _window_id(request)
+        filters = _filters(request)
+        limit = request.get("limit", DEFAULT_LIMIT)
+        if type(limit) is not int or not 1 <= limit <= MAX_LIMIT:
+            raise BadWindow(f"limit must be an integer from 1 to {MAX_LIMIT}")
+        given = request.get("cursor")
+        after: Key | None = None
+        if given is not None:
+            if not isinstance(given, str):
+                raise BadWindow("cursor must be a string or null")
+            held = self.watching.windows.get(window_id)
+            if held is None:
+                raise BadWindow(f"no window {window_id!r} to go on with: start it with "
+                                "cursor null")
+            if held.filters != filters:
+                raise BadWindow("a later page takes the filters of the window's first")
+            after = decode_cursor(given, filters)
+        elif window_id not in self.watching.windows and \
+                len(self.watching.windows) >= MAX_WINDOWS:
+            raise BadWindow(f"at most {MAX_WINDOWS} windows")
+        page = await self.reader.page(filters, after, limit)
+        self.watching.took_page(window_id, filters, given is None, page.views, page.end,
+                                self._read_at(page))
+        await self.send({"type": "window", "id": window_id, "version": cursor(page.versions),
+                         "jobs": page.views, "next": page.next_cursor(filters),
+                         "end": end_of(page.end), "total": page.total})
+
+    async def watch(self, ids: list[str]) -> None:
+        fresh = [i for i in ids if i not in self.watching.watched]
+        if len(self.watching.watched) + len(fresh) > MAX_WATCHED:
+            raise BadWindow(f"at most {MAX_WATCHED} watched jobs")
+        views, versions = await self._jobs(ids)
+        self.watching.watch(views, {v["id"]: [parse_pos(x) for x in versions[v["id"]]]
+                                    for v in views})
+        await self.send({"type": "jobs", "version": self.version(), "jobs": views})
+
+    async def _jobs(self, ids: list[str]) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+        """The views of ``ids`` (unknown ones left out), each with the versions it was read at."""
+        reader = self.gw.reader
+        where = ([0] * len(ids) if not isinstance(reader, PartitionedReader)
+                 else [await reader.partition_of(i) for i in ids])
+        return await self.reader.jobs(ids, where)
+
+    def _read_at(self, page: Page) -> dict[str, list[Any]]:
+        return {job_id: [parse_pos(v) for v in versions]
+                for job_id, versions in page.read_at.items()}
+
+    # --- Updates -----------------------------------------------------------------------------
+
+    async def route(self, item: tuple[Any, ...]) -> None:
+        """Send what of one queued update concerns this client."""
+        if self.split:
+            index, version, body = item
+            update = parsed("{" + body)
+        else:
+            index, (version, message) = 0, item
+            update = parsed(message)
+        pos = parse_pos(version)
+        if pos <= parse_pos(self.versions[index]):
+            return  # older than what the client was sent
+        self.versions[index] = version
+        views = self.watching.route(index, pos, update["jobs"])
+        rows = self.watching.rows(index, pos, update.get("models", []))
+        if views or rows:
+            await self.send({"type": "update", "version": self.version(), "jobs": views,
+                             "models": rows})
+
+
+def _window_id(request: dict[str, Any]) -> str:
+    window_id = request.get("id")
+    if not isinstance(window_id, str) or not WINDOW_ID.fullmatch(window_id):
+        raise BadWindow("id must be 1 to 64 of A-Z a-z 0-9 . _ : -")
+    return window_id
+
+
+def _ids(request: dict[str, Any]) -> list[str]:
+    ids = request.get("ids")
+    if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_WATCH_IDS or not all(
+            isinstance(i, str) and JOB_ID.fullmatch(i) for i in ids):
+        raise BadWindow(f"ids must be a list of 1 to {MAX_WATCH_IDS} job ids")
+    return list(dict.fromkeys(ids))
+
+
+def _filters(request: dict[str, Any]) -> Filters:
+    archived = request.get("archived", False)
+    if not isinstance(archived, bool):
+        raise BadWindow("archived must be true or false")
+    model: str | None | Everyone = EVERYONE
+    if "model" in request:
+        model = request["model"]
+        if model is not None and (not isinstance(model, str) or len(model) > MAX_MODEL_NAME):
+            raise BadWindow(f"model must be a model name (at most {MAX_MODEL_NAME} "
+                            "characters) or null")
+    status, q = request.get("status"), request.get("q")
+    if status is not None and not isinstance(status, str):
+        raise BadWindow("status must be a string or null")
+    if q is not None and not isinstance(q, str):
+        raise BadWindow("q must be a string or null")
+    return Filters.of(archived, model, status, q)
+
+
+async def serve_windows(websocket: WebSocket, gw: Gateway, subscriber: Subscriber,
+                        send: Any, resync: Any) -> None:
+    """Serve one windowed client until it goes away: its requests and the updates, in turn.
+    ``resync`` is called when its queue overflowed; it returns False to go on (after which
+    the client gets a fresh summary) and True when the client was closed as too slow."""
+    client = WindowedClient(websocket, gw, subscriber, send)
+    async with client.lock:
+        await client.summary()
+
+    async def updates() -> None:
+        while True:
+            item = await subscriber.next()
+            async with client.lock:
+                if isinstance(item, str):  # RESYNC
+                    if await resync(websocket, subscriber):
+                        return
+                    await client.summary()
+                    continue
+                await client.route(item)
+
+    async with anyio.create_task_group() as tasks:
+        async def either(part: Any) -> None:
+            await part()
+            tasks.cancel_scope.cancel()
+
+        tasks.start_soon(either, updates)
+        tasks.start_soon(either, client.requests)
