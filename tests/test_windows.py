@@ -226,7 +226,7 @@ class WindowedPage:
     def apply(self, update: dict[str, Any]) -> None:
         for view in update["jobs"]:
             self.views[view["id"]] = view
-            for window_id, (filters, ids, end, nxt) in self.windows.items():
+            for filters, ids, end, _ in self.windows.values():
                 inside = filters.matches(view) and (
                     end is None or key_of(view) <= (-end["created_at"], end["id"]))
                 if view["id"] in ids and not inside:
