@@ -94,6 +94,7 @@ class Row:
     rss_after: float
     updates_sent: int
     updates_received: int
+    resyncs: int
 
 
 async def first_message(url: str) -> tuple[float, float]:
@@ -150,18 +151,20 @@ class Clients:
         self.models = models
         self.count = count
         self.received = 0
+        self.resyncs = 0
         self.ready = threading.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
         self.thread.start()
 
     async def _client(self, n: int, started: list[int]) -> None:
+        model = self.models[n % len(self.models)]
+        asks = [orjson.dumps({"type": "window", "id": "model", "limit": 50, "model": model}),
+                orjson.dumps({"type": "window", "id": "flat", "limit": 50})]
         async with websockets.connect(self.url + "?windows=1", max_size=MAX_MESSAGE) as ws:
             await ws.recv()
-            model = self.models[n % len(self.models)]
-            await ws.send(orjson.dumps({"type": "window", "id": "model", "limit": 50,
-                                        "model": model}).decode())
-            await ws.send(orjson.dumps({"type": "window", "id": "flat", "limit": 50}).decode())
+            for ask in asks:
+                await ws.send(ask.decode())
             replies = 0
             while replies < 2:
                 if orjson.loads(await ws.recv())["type"] == "window":
@@ -176,6 +179,10 @@ class Clients:
                     continue
                 if message["type"] == "update":
                     self.received += 1
+                elif message["type"] == "summary":  # fell behind: ask again, as the page does
+                    self.resyncs += 1
+                    for ask in asks:
+                        await ws.send(ask.decode())
 
     async def _run(self) -> None:
         started = [0]
@@ -220,7 +227,7 @@ def measure(jobs: int, args: argparse.Namespace, client: redis.Redis, work: Path
         finally:
             stop_process(gateway, "gateway")
         return Row(jobs, fill_s, snapshot, summary, window, rest, whole_status, rss_idle,
-                   rss_clients, rss_after, sent, clients.received)
+                   rss_clients, rss_after, sent, clients.received, clients.resyncs)
     finally:
         delete_prefix(client, prefix)
 
@@ -243,6 +250,7 @@ def report(rows: list[Row], args: argparse.Namespace) -> str:
          [f"{r.rss_after:,.0f}" for r in rows]),
         ("updates appended / messages the clients got",
          [f"{r.updates_sent:,} / {r.updates_received:,}" for r in rows]),
+        ("clients that fell behind (a fresh summary)", [f"{r.resyncs:,}" for r in rows]),
     ]
     return table(["figure", *[f"{r.jobs:,} jobs" for r in rows]],
                  [[name, *values] for name, values in figures],

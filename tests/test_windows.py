@@ -17,7 +17,7 @@ from monitor.rules import parse_pos
 from monitor.settings import GatewaySettings
 from tests.gateway_helpers import RunningWorker, publish
 from web.app import create_app
-from web.watching import Watching
+from web.watching import Changes, Watching
 from web.windows import Filters, key_of
 
 pytestmark = pytest.mark.timeout(120)
@@ -341,14 +341,15 @@ def test_an_update_older_than_a_reply_is_not_sent() -> None:
     watching.took_page("flat", Filters.of(), True, shown, None,
                        {"a": [parse_pos("9-0")], "b": [parse_pos("9-0")]})
     # an update read before the page (9-0) is older than what the page holds
-    assert watching.route(0, parse_pos("8-0"), [view("a", 1.0, step=1)]) == []
+    assert watching.route(0, parse_pos("8-0"), Changes([view("a", 1.0, step=1)])) == []
     newer = view("a", 1.0, step=2)
-    assert watching.route(0, parse_pos("10-0"), [newer]) == [newer]
+    assert watching.route(0, parse_pos("10-0"), Changes([newer])) == [newer]
     # a new job enters a window that reaches the end of the list; one archived leaves it
     fresh, gone = view("c", 3.0), view("b", 2.0, archived=True)
-    assert watching.route(0, parse_pos("11-0"), [fresh, gone]) == [fresh, gone]
+    sent = watching.route(0, parse_pos("11-0"), Changes([fresh, gone]))
+    assert sorted(sent, key=lambda v: v["id"]) == [gone, fresh]
     assert watching.windows["flat"].ids == {"a", "c"}
-    assert watching.route(0, parse_pos("12-0"), [view("b", 2.0, step=3)]) == [
+    assert watching.route(0, parse_pos("12-0"), Changes([view("b", 2.0, step=3)])) == [
         view("b", 2.0, step=3)]  # archived, not held, matches again: back in
     assert watching.rows(0, parse_pos("4-0"), [{"model_name": None}]) == []
 
@@ -358,5 +359,7 @@ def test_a_window_short_of_the_end_takes_only_jobs_up_to_its_end() -> None:
     watching.start_over([parse_pos("1-0")])
     watching.took_page("flat", Filters.of(), True, [view("b", 5.0)], (-5.0, "b"),
                        {"b": [parse_pos("2-0")]})
-    assert watching.route(0, parse_pos("3-0"), [view("old", 1.0)]) == []  # a later page's
-    assert watching.route(0, parse_pos("3-0"), [view("new", 9.0)]) == [view("new", 9.0)]
+    # a job further down is a later page's; a new one above the end enters
+    assert watching.route(0, parse_pos("3-0"), Changes([view("old", 1.0)])) == []
+    assert watching.route(0, parse_pos("3-0"), Changes([view("new", 9.0)])) == [
+        view("new", 9.0)]

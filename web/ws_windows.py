@@ -21,7 +21,7 @@ from monitor.rules import parse_pos
 from web.gateway import Gateway
 from web.hub import Subscriber
 from web.partitioned import PartitionedReader, cursor
-from web.watching import MAX_WATCHED, MAX_WINDOWS, Watching
+from web.watching import MAX_WATCHED, MAX_WINDOWS, Changes, Watching
 from web.windows import (
     MAX_LIMIT,
     BadWindow,
@@ -39,12 +39,13 @@ DEFAULT_LIMIT = 100
 MAX_WATCH_IDS = 100
 
 
-@lru_cache(maxsize=256)
-def parsed(text: str) -> dict[str, Any]:
-    """An update's JSON, parsed once however many clients route it (the hub hands every
-    subscriber the same string)."""
-    value: dict[str, Any] = orjson.loads(text)
-    return value
+@lru_cache(maxsize=16)
+def parsed(text: str) -> tuple[Changes, list[dict[str, Any]]]:
+    """An update's views, indexed, and its model rows: parsed once however many clients route
+    it (the hub hands every subscriber the same string). Only the last few are kept: one
+    update of a big model can weigh megabytes."""
+    update = orjson.loads(text)
+    return Changes(update["jobs"]), update.get("models", [])
 
 
 def end_of(end: Key | None) -> dict[str, Any] | None:
@@ -182,8 +183,9 @@ class WindowedClient:
         if pos <= parse_pos(self.versions[index]):
             return  # older than what the client was sent
         self.versions[index] = version
-        views = self.watching.route(index, pos, update["jobs"])
-        rows = self.watching.rows(index, pos, update.get("models", []))
+        changes, models = update
+        views = self.watching.route(index, pos, changes)
+        rows = self.watching.rows(index, pos, models)
         if views or rows:
             await self.send({"type": "update", "version": self.version(), "jobs": views,
                              "models": rows})
