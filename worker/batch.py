@@ -17,8 +17,9 @@ import orjson
 from monitor import history
 from monitor.events import BadEvent, Event, JobHeartbeat, parse_event
 from monitor.keys import Keys, model_field
-from monitor.rules import Board, JobState, Pos, parse_pos
+from monitor.rules import Board, Group, JobState, Pos, parse_pos
 from worker.moves import MOVE, RELAY, SKIP, Diverter
+from worker.order import Place, place_of, reorder
 
 log = logging.getLogger("monitor.worker")
 
@@ -87,7 +88,9 @@ class Folded:
     models: set[str | None] = field(default_factory=set)
     points: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    moved: dict[str, tuple[str | None, bool]] = field(default_factory=dict)  # id -> (model, stored)
+    # Each job as stored when this batch first touched it (None: not stored here yet): what
+    # its model group and order sets are as far as Redis knows.
+    stored_as: dict[str, Place | None] = field(default_factory=dict)
     dead: list[Decoded] = field(default_factory=list)
     applied: int = 0
     duplicates: int = 0
@@ -137,9 +140,8 @@ def fold(board: Board, items: list[Decoded], divert: Diverter | None = None) -> 
             refuse(folded, item, item.reason or "invalid")
             continue
         before = board.jobs.get(event.job_id)
-        if event.job_id not in folded.moved:  # first touch in this batch: as stored
-            folded.moved[event.job_id] = (before.model_name if before else None,
-                                          before is not None)
+        if event.job_id not in folded.stored_as:  # first touch in this batch: as stored
+            folded.stored_as[event.job_id] = place_of(before) if before is not None else None
         if item.handoff is not None:
             if before is None:
                 board.adopt(JobState.restore(item.handoff["public"], item.handoff["private"]))
@@ -200,6 +202,8 @@ class Commit:
     models_gone: list[str] = field(default_factory=list)
     group_add: dict[str, list[str]] = field(default_factory=dict)
     group_remove: dict[str, list[str]] = field(default_factory=dict)
+    order_add: dict[str, list[float | str]] = field(default_factory=dict)  # key -> score, id, ...
+    order_remove: dict[str, list[str]] = field(default_factory=dict)
     append: dict[str, list[bytes]] = field(default_factory=dict)
     replace: dict[str, list[bytes]] = field(default_factory=dict)
     seen_add: dict[str, list[str]] = field(default_factory=dict)  # key -> event ids
@@ -226,6 +230,13 @@ def take_over(commit: Commit, keys: Keys, job_id: str, handoff: dict[str, Any]) 
         commit.configs[job_id] = orjson.dumps(handoff["config"])
     if handoff.get("seen"):
         commit.seen_add.setdefault(keys.seen(job_id), []).extend(handoff["seen"])
+
+
+def update_data(views: bytes, rows: list[bytes]) -> bytes:
+    """An entry of ``<prefix>updates``: ``{"jobs": views, "models": rows}``, from JSON
+    already serialized (the rows are those written to ``<prefix>models``). ``jobs`` comes
+    first: readers slice the body."""
+    return b'{"jobs":' + views + b',"models":[' + b",".join(rows) + b"]}"
 
 
 def build_commit(board: Board, folded: Folded, keys: Keys,
@@ -259,22 +270,26 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
                 commit.alive[job_id] = round(job.alive_at * 1000)
             if job.stop_requested is not None:
                 commit.stops[job_id] = orjson.dumps(job.stop_requested)
-        before_model, stored = folded.moved[job_id]
-        if not stored or before_model != job.model_name:
+        before = folded.stored_as[job_id]
+        if before is None or before.model_name != job.model_name:
             commit.group_add.setdefault(keys.group(job.model_name), []).append(job_id)
-            if stored:
-                commit.group_remove.setdefault(keys.group(before_model), []).append(job_id)
+            if before is not None:
+                commit.group_remove.setdefault(keys.group(before.model_name), []).append(job_id)
+        reorder(commit, keys, job_id, before, place_of(job))
     for job_id, config in folded.configs.items():
         commit.configs[job_id] = orjson.dumps(config)
+    rows = []
     for model in folded.models:
         group = board.groups.get(model)
         if group is None:
             commit.models_gone.append(model_field(model))
+            rows.append(orjson.dumps(Group(model).summary()))  # no jobs here any more: 0s
         else:
-            commit.models[model_field(model)] = orjson.dumps(group.summary())
-    if folded.views:
+            row = commit.models[model_field(model)] = orjson.dumps(group.summary())
+            rows.append(row)
+    if folded.views or rows:
         views = [board.view(job_id, publics.pop(job_id, None)) for job_id in folded.views]
-        commit.update = orjson.dumps({"jobs": views})
+        commit.update = update_data(orjson.dumps(views), rows)
     for item in folded.dead:
         commit.dead.append({"id": item.entry_id, "data": item.raw[:DEAD_DATA_BYTES],
                             "reason": item.reason or "invalid"})

@@ -51,6 +51,7 @@ from worker.batch import (
 from worker.fleet import Fleet
 from worker.lease import Lease
 from worker.moves import Diverter
+from worker.order import backfill, place_of, reorder
 from worker.packing import pack_with_hiredis
 from worker.pipeline import BUG, Batch, CommitFailed, Pipeline
 from worker.router import IngressRouter
@@ -230,6 +231,7 @@ class Worker:
             self.divert.marks = {source: parse_pos(at) for source, at in marks.items()}
             self.divert.moved = moved
         await self.store.adopt_pending(self.lease.token)
+        await backfill(self.store, self.lease, self.pipeline.applied)
         cursor = "0"
         while entries := await self.store.read(self.lease.token, cursor,
                                                self.settings.batch_size):
@@ -318,6 +320,7 @@ class Worker:
         commit = build_commit(self.board, folded, self.keys, {})
         if job is not None:
             commit.removed.append(job_id)
+            reorder(commit, self.keys, job_id, place_of(job), None)
         commit.moved_out[job_id] = str(to)
         commit.finalise[job_id] = to
         await self.pipeline.commit(commit)

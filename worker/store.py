@@ -200,6 +200,20 @@ class Store:
         applied id still moves with what was written and nothing is applied twice; the first
         error is raised after."""
         k = self.keys
+        commands = writes(k, commit, updates_keep=updates_keep, dead_keep=dead_keep)
+        update_at = len(commands) - 1  # the XADD to updates, when there is one, is last
+        if ack:
+            commands.append(("XACK", k.events, GROUP, *ack))
+            commands.append(("XTRIM", k.events, "MINID", "~", commit.applied))
+        replies = await self.write_fenced(lease, expected, commands)
+        return text(replies[update_at]) if commit.update is not None else None
+
+    async def write_fenced(self, lease: Lease, expected: str, commands: list[Command]
+                           ) -> list[Any]:
+        """Run ``commands`` in one MULTI/EXEC if we hold the lease and the applied id is
+        still ``expected`` (WATCHed, so neither can change before EXEC); their replies. An
+        error reply of one of them is raised once all ran."""
+        k = self.keys
 
         def fence(values: list[Any]) -> None:
             token, applied = values
@@ -208,11 +222,6 @@ class Store:
             if (text(applied) if applied is not None else "0-0") != expected:
                 raise LeaseLost(f"another worker committed past {expected}")
 
-        commands = writes(k, commit, updates_keep=updates_keep, dead_keep=dead_keep)
-        update_at = len(commands) - 1  # the XADD to updates, when there is one, is last
-        if ack:
-            commands.append(("XACK", k.events, GROUP, *ack))
-            commands.append(("XTRIM", k.events, "MINID", "~", commit.applied))
         node = await node_client(self.redis, k.lease, self._nodes)
         for _ in range(WATCH_TRIES):
             try:
@@ -223,8 +232,15 @@ class Store:
                 if isinstance(reply, Exception):
                     reply.add_note(f"(the commit's {command[0]!r} on {command[1]!r})")
                     raise reply
-            return text(replies[update_at]) if commit.update is not None else None
+            return replies
         raise LeaseLost("the lease or the applied id kept changing during the commit")
+
+    async def scan_jobs(self, cursor: int, count: int) -> tuple[int, list[bytes]]:
+        """One HSCAN step over ``<prefix>jobs``: the next cursor (0 at the end) and the
+        stored job states it gave (a job may come twice; none is missed)."""
+        reply: Any = await self.redis.hscan(self.keys.jobs, cursor, count=count)
+        after, found = reply
+        return int(after), list(found.values())
 
     async def send_out(self, outgoing: list[tuple[int, dict[str, bytes]]]) -> None:
         """Append entries to other partitions' streams, in order."""
@@ -313,6 +329,10 @@ def writes(k: Keys, c: Commit, *, updates_keep: int, dead_keep: int) -> list[Com
         out.append(("SREM", key, *ids))
     for key, ids in c.group_add.items():
         out.append(("SADD", key, *ids))
+    for key, ids in c.order_remove.items():
+        out.append(("ZREM", key, *ids))
+    for key, scored in c.order_add.items():
+        out.append(("ZADD", key, *scored))
     for key, points in c.replace.items():
         out.append(("DEL", key))
         if points:
