@@ -5,17 +5,23 @@ after paging, filtering and live updates."""
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
 from monitor.keys import Keys
+from monitor.partitions import Partitioning
 from monitor.rules import parse_pos
 from monitor.settings import GatewaySettings
+from tests.conftest import delete_prefix
 from tests.gateway_helpers import RunningWorker, publish
+from tests.helpers import env_for, spawn_monitor, stop_process, wait_for
 from web.app import create_app
 from web.watching import Changes, Watching
 from web.windows import Filters, key_of
@@ -363,3 +369,67 @@ def test_a_window_short_of_the_end_takes_only_jobs_up_to_its_end() -> None:
     assert watching.route(0, parse_pos("3-0"), Changes([view("old", 1.0)])) == []
     assert watching.route(0, parse_pos("3-0"), Changes([view("new", 9.0)])) == [
         view("new", 9.0)]
+
+
+def test_windows_over_four_partitions_follow_jobs_that_move(redis_url: str, r: redis.Redis,
+                                                            tmp_path: Path) -> None:
+    """Four partitions, two worker processes: jobs whose first events name no model live in
+    the unnamed partition until they name one, and then move; the windows follow them."""
+    prefix = f"winparts{time.monotonic_ns()}:"
+    env = {**env_for(redis_url, prefix), "MONITOR_PARTITIONS": "4"}
+    workers = [spawn_monitor(env, tmp_path / f"worker{i}.log", "worker", "--lease-ttl", "1",
+                             "--block", "0.05") for i in range(2)]
+    part = Partitioning(prefix, 4, False)
+    rng = random.Random(5)
+    published = 0
+
+    def send(events: list[dict[str, Any]]) -> None:
+        nonlocal published
+        with r.pipeline(transaction=False) as pipe:  # raw XADDs: the ingress router routes
+            for event in events:
+                pipe.xadd(part.ingress, {"data": orjson.dumps(event)})
+            pipe.execute()
+        published += len(events)
+
+    def applied() -> int:
+        return sum(int(r.hget(k.stats, "applied") or 0) for k in part.all_keys())
+
+    def moving(n: int) -> list[dict[str, Any]]:
+        job = f"mover-{n:03d}"
+        return [{"type": "metrics", "job_id": job, "ts": 2_000 + n, "loss": 1.0, "step": 1},
+                {"type": "job_started", "job_id": job, "ts": 2_000 + n,
+                 "model_name": MODELS[n % 3], "name": "moved sweep"}]
+
+    try:
+        send([{"type": "job_started", "job_id": "zz-marker", "ts": 1.0}, *scenario(rng, 80)])
+        wait_for(lambda: applied() == published, 30, "the workers to apply")
+        with make_client(redis_url, Keys(prefix), partitions=4) as client, \
+                client.websocket_connect("ws://127.0.0.1/ws?windows=1") as ws:
+            page = WindowedPage(ws)
+            ws.send_json({"type": "watch", "ids": ["zz-marker"]})
+            page.receive_until("jobs")
+            page.ask("flat", 15, {})
+            page.ask("alpha", 10, {"model": "org/alpha-7b"})
+            page.ask_all("unnamed", 50, {"model": None})
+            page.check(everything(client))
+            for round_ in range(3):
+                events = [event for n in range(4) for event in moving(4 * round_ + n)]
+                send(events + scenario(rng, 5, start=500 + 5 * round_))
+                wait_for(lambda: applied() == published, 30,
+                         "the workers to apply")
+                send([{"type": "metrics", "job_id": "zz-marker", "step": round_ + 1,
+                       "loss": 1.0}])
+                wait_for(lambda: applied() == published, 30, "the marker")
+                while True:
+                    message = ws.receive_json()
+                    page.apply(message)
+                    if any(v["id"] == "zz-marker" and v["step"] == round_ + 1
+                           for v in message["jobs"]):
+                        break
+                whole = everything(client)
+                assert sum(v["id"].startswith("mover-") for v in whole) == 4 * (round_ + 1)
+                page.check(whole)
+    finally:
+        for proc in workers:
+            stop_process(proc)
+        delete_prefix(r, prefix)

@@ -65,6 +65,14 @@ def merge_updates(entries: list[tuple[str, bytes]]) -> tuple[str, str]:
     return entries[-1][0], update_body(orjson.dumps(merged))
 
 
+class Shared(str):
+    """An update's text as the hub hands it to every subscriber: one object, so what is
+    derived from it once (``/ws?windows=1`` parses and indexes it, web.ws_windows) is shared
+    by every client, and goes when the last queue lets go of it."""
+
+    derived: Any = None
+
+
 MAX_QUEUED_BYTES = 16 * 1024 * 1024  # per client: past this, a resync is cheaper
 
 
@@ -167,8 +175,8 @@ class Hub:
             self.subscribers.discard(subscriber)
 
     def _broadcast(self, version: str, body: str) -> None:
-        item: tuple[Any, ...] = ((version, with_version(version, body)) if self.index is None
-                                 else (self.index, version, body))
+        item: tuple[Any, ...] = ((version, Shared(with_version(version, body)))
+                                 if self.index is None else (self.index, version, Shared(body)))
         for subscriber in list(self.subscribers):
             subscriber.offer(item)
 

@@ -8,7 +8,6 @@ lands between two updates, and :class:`web.watching.Watching` drops what is olde
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from typing import Any
 
 import anyio
@@ -19,7 +18,7 @@ from monitor.keys import EVERYONE, Everyone
 from monitor.limits import MAX_MODEL_NAME
 from monitor.rules import parse_pos
 from web.gateway import Gateway
-from web.hub import Subscriber
+from web.hub import Shared, Subscriber
 from web.partitioned import PartitionedReader, cursor
 from web.watching import MAX_WATCHED, MAX_WINDOWS, Changes, Watching
 from web.windows import (
@@ -39,13 +38,20 @@ DEFAULT_LIMIT = 100
 MAX_WATCH_IDS = 100
 
 
-@lru_cache(maxsize=16)
-def parsed(text: str) -> tuple[Changes, list[dict[str, Any]]]:
+def parsed(text: str, body: bool = False) -> tuple[Changes, list[dict[str, Any]]]:
     """An update's views, indexed, and its model rows: parsed once however many clients route
-    it (the hub hands every subscriber the same string). Only the last few are kept: one
-    update of a big model can weigh megabytes."""
-    update = orjson.loads(text)
-    return Changes(update["jobs"]), update.get("models", [])
+    it (the hub hands every subscriber the same :class:`web.hub.Shared` text, which keeps
+    them until the last client has routed it: one update of a big model can weigh
+    megabytes). ``body``: the text is what follows an update's opening brace (with
+    partitions the hub hands out the body, web.partitioned)."""
+    if isinstance(text, Shared) and text.derived is not None:
+        derived: tuple[Changes, list[dict[str, Any]]] = text.derived
+        return derived
+    update = orjson.loads("{" + text if body else str(text))  # orjson takes no subclass
+    derived = (Changes(update["jobs"]), update.get("models", []))
+    if isinstance(text, Shared):
+        text.derived = derived
+    return derived
 
 
 def end_of(end: Key | None) -> dict[str, Any] | None:
@@ -175,7 +181,7 @@ class WindowedClient:
         """Send what of one queued update concerns this client."""
         if self.split:
             index, version, body = item
-            update = parsed("{" + body)
+            update = parsed(body, body=True)
         else:
             index, (version, message) = 0, item
             update = parsed(message)
