@@ -4,6 +4,7 @@ after paging, filtering and live updates."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from tests.conftest import delete_prefix
 from tests.gateway_helpers import RunningWorker, publish
 from tests.helpers import env_for, spawn_monitor, stop_process, wait_for
 from web.app import create_app
+from web.hub import RESYNC, ROUTED, Subscriber
 from web.watching import Changes, Watching
 from web.windows import Filters, key_of
 
@@ -433,3 +435,40 @@ def test_windows_over_four_partitions_follow_jobs_that_move(redis_url: str, r: r
         for proc in workers:
             stop_process(proc)
         delete_prefix(r, prefix)
+
+
+def test_updates_wait_as_they_came_while_a_client_holds_and_are_routed_in_order() -> None:
+    routed: list[str] = []
+
+    def route(item: tuple[Any, ...]) -> str | None:
+        routed.append(item[0])
+        return None if item[0] == "skip" else f"message of {item[0]}"
+
+    subscriber = Subscriber(asyncio.Queue(10))
+    subscriber.offer(("early", "x"))  # before the client started routing
+    subscriber.start_routing(route)
+    assert (subscriber.hold, subscriber.raw) == (True, 1)
+    subscriber.offer(("held", "x"))
+    subscriber.hold = False
+    subscriber.offer(("after", "x"))  # raw ones wait: this one waits behind them
+    assert routed == [] and subscriber.raw == 3
+    for _ in range(3):
+        item = subscriber.queue.get_nowait()
+        route(item)
+        subscriber.routed()
+    assert routed == ["early", "held", "after"] and subscriber.raw == 0
+    subscriber.offer(("skip", "x"))  # routed at once now; nothing for this client
+    subscriber.offer(("now", "x"))
+    assert subscriber.queue.get_nowait() == (ROUTED, "message of now")
+    assert subscriber.queue.empty()
+
+
+def test_a_client_whose_routing_fails_starts_over_and_holds() -> None:
+    def broken(item: tuple[Any, ...]) -> str | None:
+        raise KeyError("jobs")
+
+    subscriber = Subscriber(asyncio.Queue(10))
+    subscriber.start_routing(broken)
+    subscriber.hold = False
+    subscriber.offer(("a", "x"))
+    assert subscriber.queue.get_nowait() == RESYNC and subscriber.hold

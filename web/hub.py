@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,20 +76,48 @@ class Shared(str):
 MAX_QUEUED_BYTES = 16 * 1024 * 1024  # per client: past this, a resync is cheaper
 
 
+ROUTED = "routed"  # first of a queued item that is a windowed client's own message
+
+
 @dataclass(eq=False)
 class Subscriber:
     """One WebSocket client's queue of (version, message) or :data:`RESYNC`, bounded both in
-    messages and in bytes (one update of a 100,000-job group can weigh megabytes)."""
+    messages and in bytes (one update of a 100,000-job group can weigh megabytes).
 
-    # (version, message), or with partitions (partition, version, body); or RESYNC.
+    A windowed client (``/ws?windows=1``, web.ws_windows) sets ``route``: each update is then
+    routed as the hub hands it out, and only what concerns the client, its own small message,
+    is queued, as ``(ROUTED, text)``. While ``hold`` is set (the client is answering a request
+    or starting over) or updates wait that came then (``raw``), an update is queued as it came
+    instead, and the client routes it in turn and calls :meth:`routed`: updates are routed in
+    their order, and between a request's reply and the updates before it."""
+
+    # (version, message), or with partitions (partition, version, body); or RESYNC; or
+    # (ROUTED, message).
     queue: asyncio.Queue[Any]
     max_bytes: int = MAX_QUEUED_BYTES
     queued_bytes: int = 0
     overflows: list[float] = field(default_factory=list)
     sending_since: float | None = None  # when the send now in progress began
+    route: Callable[[tuple[Any, ...]], str | None] | None = None
+    hold: bool = False
+    raw: int = 0  # updates queued as they came, not yet routed
 
     def offer(self, item: tuple[Any, ...]) -> None:
         """Queue an update; past either bound, drop what is queued and ask for a resync."""
+        raw = False
+        if self.route is not None:
+            if self.hold or self.raw:
+                raw = True
+            else:
+                try:
+                    text = self.route(item)
+                except Exception:  # a defect: this client starts over, the others go on
+                    log.exception("routing an update to a windowed client failed")
+                    self.resync()
+                    return
+                if text is None:
+                    return
+                item = (ROUTED, text)
         size = len(item[-1])
         if self.queue.full() or (self.queued_bytes and self.queued_bytes + size > self.max_bytes):
             self.resync()
@@ -97,11 +125,30 @@ class Subscriber:
             return
         self.queue.put_nowait(item)
         self.queued_bytes += size
+        self.raw += raw
+
+    def start_routing(self, route: Callable[[tuple[Any, ...]], str | None]) -> None:
+        """Become a windowed client's queue, holding updates until it has started: those
+        already queued are routed in turn, like any that come while it holds."""
+        items = []
+        while not self.queue.empty():
+            items.append(self.queue.get_nowait())
+        for item in items:
+            self.queue.put_nowait(item)
+        self.raw = sum(not isinstance(item, str) for item in items)
+        self.hold = True
+        self.route = route
+
+    def routed(self) -> None:
+        """A windowed client routed an update that was queued as it came."""
+        self.raw -= 1
 
     def resync(self) -> None:
         while not self.queue.empty():
             self.queue.get_nowait()
         self.queued_bytes = 0
+        self.raw = 0
+        self.hold = self.route is not None  # a windowed client starts over: hold till then
         self.queue.put_nowait(RESYNC)
 
     async def next(self) -> Any:

@@ -1,8 +1,10 @@
 """``/ws?windows=1`` (docs/websocket.md, Windows): a summary of the models, then the windows and
 jobs the client asks for, and of each update only what concerns them.
 
-The client's requests and the updates are handled one at a time (a lock), so a reply always
-lands between two updates, and :class:`web.watching.Watching` drops what is older than it.
+Each update is routed as the hub hands it out, into the client's own message (so a client's
+queue holds what it will be sent, not every update). While the client's request is answered,
+updates wait as they came and are routed after the reply, in order: a reply always lands
+between two updates, and :class:`web.watching.Watching` drops what is older than it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from monitor.keys import EVERYONE, Everyone
 from monitor.limits import MAX_MODEL_NAME
 from monitor.rules import parse_pos
 from web.gateway import Gateway
-from web.hub import Shared, Subscriber
+from web.hub import ROUTED, Shared, Subscriber
 from web.partitioned import PartitionedReader, cursor
 from web.watching import MAX_WATCHED, MAX_WINDOWS, Changes, Watching
 from web.windows import (
@@ -76,7 +78,10 @@ class WindowedClient:
         self.lock = anyio.Lock()
 
     async def send(self, message: dict[str, Any]) -> None:
-        await self._send(self.websocket, self.subscriber, orjson.dumps(message).decode())
+        await self.send_text(orjson.dumps(message).decode())
+
+    async def send_text(self, text: str) -> None:
+        await self._send(self.websocket, self.subscriber, text)
 
     def version(self) -> str:
         return cursor(self.versions)
@@ -90,18 +95,6 @@ class WindowedClient:
                          "jobs": found.jobs, "archived": found.archived})
 
     # --- Requests ----------------------------------------------------------------------------
-
-    async def requests(self) -> None:
-        """Answer the client's messages until it goes away."""
-        while True:
-            message = await self.websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            raw = message.get("text")
-            if raw is None:
-                raw = (message.get("bytes") or b"").decode("utf-8", "replace")
-            async with self.lock:
-                await self.answer(raw)
 
     async def answer(self, raw: str) -> None:
         request: Any = None
@@ -177,8 +170,9 @@ class WindowedClient:
 
     # --- Updates -----------------------------------------------------------------------------
 
-    async def route(self, item: tuple[Any, ...]) -> None:
-        """Send what of one queued update concerns this client."""
+    def route(self, item: tuple[Any, ...]) -> str | None:
+        """What of one update concerns this client, as the message to send (None: nothing).
+        Called in the updates' order (web.hub.Subscriber)."""
         if self.split:
             index, version, body = item
             update = parsed(body, body=True)
@@ -187,14 +181,15 @@ class WindowedClient:
             update = parsed(message)
         pos = parse_pos(version)
         if pos <= parse_pos(self.versions[index]):
-            return  # older than what the client was sent
+            return None  # older than what the client was sent
         self.versions[index] = version
         changes, models = update
         views = self.watching.route(index, pos, changes)
         rows = self.watching.rows(index, pos, models)
-        if views or rows:
-            await self.send({"type": "update", "version": self.version(), "jobs": views,
-                             "models": rows})
+        if not views and not rows:
+            return None
+        return orjson.dumps({"type": "update", "version": self.version(), "jobs": views,
+                             "models": rows}).decode()
 
 
 def _window_id(request: dict[str, Any]) -> str:
@@ -237,18 +232,42 @@ async def serve_windows(websocket: WebSocket, gw: Gateway, subscriber: Subscribe
     the client gets a fresh summary) and True when the client was closed as too slow."""
     client = WindowedClient(websocket, gw, subscriber, send)
     async with client.lock:
+        subscriber.start_routing(client.route)  # what came before: routed after the summary
         await client.summary()
+        subscriber.hold = False
 
     async def updates() -> None:
         while True:
             item = await subscriber.next()
             async with client.lock:
-                if isinstance(item, str):  # RESYNC
+                if isinstance(item, str):  # RESYNC: the subscriber holds updates till done
                     if await resync(websocket, subscriber):
                         return
                     await client.summary()
+                    subscriber.hold = False
                     continue
-                await client.route(item)
+                if item[0] is ROUTED:
+                    await client.send_text(item[1])
+                    continue
+                text = client.route(item)
+                subscriber.routed()
+                if text is not None:
+                    await client.send_text(text)
+
+    async def requests() -> None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            raw = message.get("text")
+            if raw is None:
+                raw = (message.get("bytes") or b"").decode("utf-8", "replace")
+            async with client.lock:
+                subscriber.hold = True  # updates meanwhile wait, to follow the reply
+                try:
+                    await client.answer(raw)
+                finally:
+                    subscriber.hold = False
 
     async with anyio.create_task_group() as tasks:
         async def either(part: Any) -> None:
@@ -256,4 +275,4 @@ async def serve_windows(websocket: WebSocket, gw: Gateway, subscriber: Subscribe
             tasks.cancel_scope.cancel()
 
         tasks.start_soon(either, updates)
-        tasks.start_soon(either, client.requests)
+        tasks.start_soon(either, requests)
