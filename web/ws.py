@@ -30,7 +30,7 @@ from web.partitioned import (
 )
 from web.security import origin_ok, token_ok
 from web.state import Snapshot, StateReader
-from web.ws_windows import serve_windows
+from web.ws_windows import WindowedClient
 
 log = logging.getLogger("monitor.gateway")
 
@@ -236,8 +236,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             await send_updates(websocket, gw, subscriber, reached)
 
         if windowed:
-            tasks.start_soon(until_either_ends, lambda: serve_windows(
-                websocket, gw, subscriber, send, too_slow))
+            client = WindowedClient(websocket, gw, subscriber, send)
+            tasks.start_soon(until_either_ends, lambda: client.updates(too_slow))
+            tasks.start_soon(until_either_ends, client.requests)
         else:
             tasks.start_soon(until_either_ends, serve)
             tasks.start_soon(until_either_ends, lambda: read_until_closed(websocket))

@@ -10,6 +10,7 @@ between two updates, and :class:`web.watching.Watching` drops what is older than
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -76,6 +77,7 @@ class WindowedClient:
         self.watching = Watching(len(self.reader.readers))
         self.versions: list[str] = []
         self.lock = anyio.Lock()
+        self.started = anyio.Event()  # the summary is sent
 
     async def send(self, message: dict[str, Any]) -> None:
         await self.send_text(orjson.dumps(message).decode())
@@ -93,6 +95,53 @@ class WindowedClient:
         self.watching.start_over([parse_pos(v) for v in found.versions])
         await self.send({"type": "summary", "version": self.version(), "models": found.models,
                          "jobs": found.jobs, "archived": found.archived})
+
+    # --- The two halves of a connection, each a task of web.ws ------------------------------
+
+    async def updates(self, resync: Callable[[WebSocket, Subscriber], Awaitable[bool]]
+                      ) -> None:
+        """Send the summary, then what of each update concerns the client, until it goes.
+        ``resync`` is called when its queue overflowed: False to go on (with a fresh
+        summary), True when it closed the client as too slow."""
+        subscriber = self.subscriber
+        async with self.lock:
+            subscriber.start_routing(self.route)  # what came before: routed after the summary
+            await self.summary()
+            subscriber.hold = False
+        self.started.set()
+        while True:
+            item = await subscriber.next()
+            async with self.lock:
+                if isinstance(item, str):  # RESYNC: the subscriber holds updates till done
+                    if await resync(self.websocket, subscriber):
+                        return
+                    await self.summary()
+                    subscriber.hold = False
+                    continue
+                if item[0] is ROUTED:
+                    await self.send_text(item[1])
+                    continue
+                text = self.route(item)
+                subscriber.routed()
+                if text is not None:
+                    await self.send_text(text)
+
+    async def requests(self) -> None:
+        """Answer the client's messages, after the summary, until it goes away."""
+        await self.started.wait()
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            raw = message.get("text")
+            if raw is None:
+                raw = (message.get("bytes") or b"").decode("utf-8", "replace")
+            async with self.lock:
+                self.subscriber.hold = True  # updates meanwhile wait, to follow the reply
+                try:
+                    await self.answer(raw)
+                finally:
+                    self.subscriber.hold = False
 
     # --- Requests ----------------------------------------------------------------------------
 
@@ -225,54 +274,3 @@ def _filters(request: dict[str, Any]) -> Filters:
     return Filters.of(archived, model, status, q)
 
 
-async def serve_windows(websocket: WebSocket, gw: Gateway, subscriber: Subscriber,
-                        send: Any, resync: Any) -> None:
-    """Serve one windowed client until it goes away: its requests and the updates, in turn.
-    ``resync`` is called when its queue overflowed; it returns False to go on (after which
-    the client gets a fresh summary) and True when the client was closed as too slow."""
-    client = WindowedClient(websocket, gw, subscriber, send)
-    async with client.lock:
-        subscriber.start_routing(client.route)  # what came before: routed after the summary
-        await client.summary()
-        subscriber.hold = False
-
-    async def updates() -> None:
-        while True:
-            item = await subscriber.next()
-            async with client.lock:
-                if isinstance(item, str):  # RESYNC: the subscriber holds updates till done
-                    if await resync(websocket, subscriber):
-                        return
-                    await client.summary()
-                    subscriber.hold = False
-                    continue
-                if item[0] is ROUTED:
-                    await client.send_text(item[1])
-                    continue
-                text = client.route(item)
-                subscriber.routed()
-                if text is not None:
-                    await client.send_text(text)
-
-    async def requests() -> None:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            raw = message.get("text")
-            if raw is None:
-                raw = (message.get("bytes") or b"").decode("utf-8", "replace")
-            async with client.lock:
-                subscriber.hold = True  # updates meanwhile wait, to follow the reply
-                try:
-                    await client.answer(raw)
-                finally:
-                    subscriber.hold = False
-
-    async with anyio.create_task_group() as tasks:
-        async def either(part: Any) -> None:
-            await part()
-            tasks.cancel_scope.cancel()
-
-        tasks.start_soon(either, updates)
-        tasks.start_soon(either, requests)
