@@ -1,7 +1,9 @@
 // The page's entry point: reads the address, wires the controls, keeps the live connection,
-// and draws the page's frame (toolbar, connection, empty and error states, selection bar).
+// and draws the page's frame (toolbar, summary line, connection, empty and error states,
+// selection bar).
 
 import { runJobAction, stopAll } from "./actions.js";
+import { buildQuery, keepWindowLimit, parseAddress, runFromHash } from "./address.js";
 import { TOKEN_MESSAGE, getAdvisor, refusalReason, setUnauthorizedHandler } from "./api.js";
 import { compareSawChanges, initCompare, openCompare } from "./compare.js";
 import { detailSawChanges, initDetail, openDetail } from "./detail.js";
@@ -11,20 +13,14 @@ import { countText } from "./format.js";
 import { initList } from "./list.js";
 import { connectLive } from "./live.js";
 import { registerRenderer, schedule, stats } from "./render.js";
-import {
-  MAX_SELECTED,
-  applyMessage,
-  buildQuery,
-  derive,
-  parseAddress,
-  runFromHash,
-  setSelected,
-  state,
-} from "./state.js";
+import { MAX_SELECTED, applyMessage, setSelected, state, totals } from "./state.js";
+import { answeredWatch, initSubscriptions, syncSubscriptions } from "./subscribe.js";
+import { complete } from "./windows.js";
 
 const MESSAGE_MS = 4000; // how long the "at most 5" message stays
 const NOTICE_MS = 8000; // how long a failed action's notice stays
 const CLOCK_MS = 30_000; // how often "no signal for 14 min" moves on
+const QUERY_MS = 250; // the filter goes to the server once typing pauses this long
 
 const $ = (id) => document.getElementById(id);
 const groupToggle = $("group-toggle");
@@ -39,6 +35,7 @@ const compareButton = h("button", { type: "button", class: "primary",
   "data-testid": "compare-button" });
 let messageTimer = null;
 let noticeTimer = null;
+let queryTimer = null;
 
 const CONNECTION_WORDS = {
   connecting: "Connecting…",
@@ -91,25 +88,27 @@ async function fromList(run) {
 }
 
 // A run an address names the MLflow way (`/#/experiments/1/runs/<id>`, the link the mlflow
-// client prints): its detail opens once the first snapshot is in.
+// client prints): its detail opens once the first summary is in (and asks for that job).
 let askedRun = null;
 
 function onMessage(message) {
-  const changed = applyMessage(message);
+  const asked = message.type === "jobs" ? answeredWatch() : [];
+  const changed = applyMessage(message, asked);
   stats.messages += 1;
-  if (changed.snapshot && stats.messages === 1) performance.mark("monitor:snapshot");
+  if (changed.summary && stats.messages === 1) performance.mark("monitor:summary");
   if (askedRun !== null && state.loaded) {
     openDetail(askedRun);
     askedRun = null;
   }
   compareSawChanges(changed.ids);
   detailSawChanges(changed.ids);
-  insightsSawChanges(changed.ids);
+  insightsSawChanges(changed.ids, changed.models);
   schedule();
 }
 
 function onStatus(status, detail) {
   if (status === "live" && state.connection !== "live") loadAdvisor();
+  if (status !== "live") state.linked = false; // windows are asked again after the next summary
   state.connection = status;
   state.connectionDetail = detail;
   schedule();
@@ -145,7 +144,18 @@ function renderConnection() {
   setAttr(connection, "title", state.connectionDetail ? `${title} (${state.connectionDetail})` : title);
 }
 
-function renderStates(derived) {
+/** What the list shows nothing of, when loaded: "no match", "all archived", or null. */
+function nothingShown(sums) {
+  if (!state.loaded || sums.all === 0) return null;
+  if (state.query) {
+    const flat = state.windows.get("flat");
+    const done = flat !== undefined && complete(flat) && flat.filters.q === state.query.toLowerCase();
+    return done && flat.ids.length === 0 ? "no-match" : null;
+  }
+  return sums.runs === 0 ? "archived" : null;
+}
+
+function renderStates(sums) {
   const errorState = $("error-state");
   const unauthorized = state.connection === "unauthorized";
   const refused = state.connection === "refused";
@@ -172,14 +182,14 @@ function renderStates(derived) {
       : `No answer from ${location.host}${state.connectionDetail ? ` (${state.connectionDetail})` : ""}. `
         + "Is `monitor gateway` running? This page keeps trying and fills in as soon as it answers.");
   }
-  show($("empty-state"), state.loaded && state.jobs.size === 0 && !unauthorized);
+  show($("empty-state"), state.loaded && sums.all === 0 && !unauthorized);
   const noMatch = $("no-match");
-  const hiding = state.loaded && state.jobs.size > 0 && derived.flat.length === 0;
-  show(noMatch, hiding);
-  if (hiding) {
-    setText(noMatch.querySelector(".panel-text"), state.filter
-      ? `No run matches “${state.filter}”.`
-      : `All ${countText(derived.archived, "run")} are archived: tick “Show archived” to see them.`);
+  const nothing = nothingShown(sums);
+  show(noMatch, nothing !== null);
+  if (nothing !== null) {
+    setText(noMatch.querySelector(".panel-text"), nothing === "no-match"
+      ? `No run matches “${state.query}”.`
+      : `All ${countText(sums.archived, "run")} are archived: tick “Show archived” to see them.`);
   }
   const banner = $("banner");
   let text = state.notice;
@@ -191,13 +201,23 @@ function renderStates(derived) {
   show(banner, Boolean(text));
 }
 
-function renderSummary(derived) {
+/** "1,000,000 runs · 500 models · 3,000 archived", from the model rows; with a filter, how
+ * many runs match (so far, while the search goes on). */
+function renderSummary(sums) {
   if (!state.loaded) {
     setText($("summary"), "");
     return;
   }
-  const parts = [countText(derived.flat.length, "run"), countText(derived.groups.length, "model")];
-  if (derived.archived && !state.showArchived) parts.push(`${derived.archived.toLocaleString("en-US")} archived`);
+  if (state.query) {
+    const flat = state.windows.get("flat");
+    const found = flat ? flat.ids.length : 0;
+    const done = flat !== undefined && complete(flat);
+    setText($("summary"), `${found.toLocaleString("en-US")}${done ? "" : "+"} `
+      + `${found === 1 && done ? "run matches" : "runs match"}${done ? "" : " so far"}`);
+    return;
+  }
+  const parts = [countText(sums.runs, "run"), countText(sums.models, "model")];
+  if (sums.archived && !state.showArchived) parts.push(`${sums.archived.toLocaleString("en-US")} archived`);
   setText($("summary"), parts.join(" · "));
 }
 
@@ -222,15 +242,15 @@ function renderSelection() {
 }
 
 function renderFrame() {
-  const derived = state.loaded ? derive() : { flat: [], groups: [], archived: 0 };
+  const sums = totals();
   groupToggle.checked = state.grouped;
   archivedToggle.checked = state.showArchived;
   if (document.activeElement !== filterInput && filterInput.value !== state.filter) {
     filterInput.value = state.filter;
   }
   renderConnection();
-  renderStates(derived);
-  renderSummary(derived);
+  renderStates(sums);
+  renderSummary(sums);
   renderSelection();
   const query = buildQuery();
   if (location.search !== query) {
@@ -245,22 +265,31 @@ function start() {
   state.grouped = asked.grouped;
   state.showArchived = asked.showArchived;
   state.filter = asked.filter;
+  state.query = asked.filter.trim();
   state.selected = asked.compare.slice();
+  if (asked.windowLimit !== null) state.windowLimit = asked.windowLimit;
+  keepWindowLimit(asked.windowLimit);
   askedRun = runFromHash(location.hash);
   setUnauthorizedHandler(() => onStatus("unauthorized", ""));
 
   groupToggle.addEventListener("change", () => {
     state.grouped = groupToggle.checked;
+    state.listVersion += 1;
     schedule();
   });
   archivedToggle.addEventListener("change", () => {
     state.showArchived = archivedToggle.checked;
-    state.derivedDirty = true;
+    state.listVersion += 1;
     schedule();
   });
   filterInput.addEventListener("input", () => {
     state.filter = filterInput.value;
-    state.derivedDirty = true;
+    clearTimeout(queryTimer);
+    queryTimer = setTimeout(() => {
+      state.query = state.filter.trim();
+      state.listVersion += 1;
+      schedule();
+    }, QUERY_MS);
     schedule();
   });
   $("clear-selection").addEventListener("click", () => {
@@ -272,6 +301,7 @@ function start() {
     if (state.selected.length >= 2) openCompare(state.selected);
   });
 
+  registerRenderer("subscriptions", syncSubscriptions); // first: the list draws what it asked
   initList({
     onOpen: (id) => openDetail(id),
     onSelect: select,
@@ -288,7 +318,7 @@ function start() {
     schedule();
   }, CLOCK_MS);
 
-  connectLive({ onMessage, onStatus, since: () => state.version, diagnose: refusalReason });
+  initSubscriptions(connectLive({ onMessage, onStatus, diagnose: refusalReason }));
   if (state.selected.length >= 2) openCompare(state.selected);
   schedule();
   // For the benchmark and for debugging from the console.

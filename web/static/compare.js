@@ -10,6 +10,7 @@ import {
   onJobActionClick,
   runJobAction,
 } from "./actions.js";
+import { shareUrl } from "./address.js";
 import { compareUrl, getComparison, getMetrics } from "./api.js";
 import { LineChart, pointsOf, xAxisFor } from "./chart.js";
 import { h, setText, trapFocus } from "./dom.js";
@@ -27,7 +28,7 @@ import {
   tierTitle,
 } from "./format.js";
 import { registerRenderer, schedule } from "./render.js";
-import { shareUrl, state } from "./state.js";
+import { state } from "./state.js";
 
 const REFRESH_MS = 300; // wait this long after a change before refetching the comparison
 const RUN_COLORS = ["var(--run-1)", "var(--run-2)", "var(--run-3)", "var(--run-4)", "var(--run-5)"];

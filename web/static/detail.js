@@ -111,7 +111,9 @@ export function openDetail(id) {
 /** Jobs changed (from /ws): redraw at once, refetch the curves shortly after: at most once
  * per REFRESH_MS, so a run that logs faster than that still has its curves refreshed. */
 export function detailSawChanges(ids) {
-  if (state.detailId === null || !ids.includes(state.detailId)) return;
+  if (state.detailId === null) return;
+  if (!state.jobs.has(state.detailId)) dirty = true; // on its way, or found unknown
+  if (!ids.includes(state.detailId)) return;
   dirty = true;
   if (timer === null) timer = setTimeout(loadMetrics, REFRESH_MS);
 }
@@ -241,9 +243,11 @@ function renderDetail() {
     return;
   }
   const job = state.jobs.get(id);
-  if (!job) {
+  if (!job) { // asked with `watch`: on its way, or unknown
     setText(heading, id);
-    body.replaceChildren(h("p", { class: "error-text" }, "This job is not known (any more)."));
+    body.replaceChildren(state.missing.has(id)
+      ? h("p", { class: "error-text" }, "This job is not known (any more).")
+      : h("p", { class: "muted" }, "Loading the run…"));
     return;
   }
   if (body.firstChild !== head) body.replaceChildren(head, curvesSection, rest);

@@ -1,43 +1,25 @@
 // The job list: cards in a grid that reflows with the window, flat or in a section per model.
-// Only what is on screen (plus a margin) is in the DOM: 100,000 jobs cost as much to draw as
-// the 30 that fit in the window. Cards are kept by job id and refilled only when their job,
-// selection, mode, pending action or open confirmation changed (a silent job's also as the
-// clock moves).
+// Flat, it shows the list's window (docs/websocket.md, Windows) and asks its next page as the
+// end comes into view. Grouped, a section per model row (its name, run count and best loss
+// from the row), open or closed; an open section on screen has its own window and loads more
+// the same way. With a filter, the grouped view groups the filter's results. Only what is on
+// screen (plus a margin) is in the DOM.
 
-import {
-  actionButton,
-  askStopAll,
-  canStop,
-  cannotWinIds,
-  fillControl,
-  hoursLeft,
-  isConfirming,
-  isJobAction,
-  newControl,
-  stopAllControl,
-} from "./actions.js";
-import { derive, state } from "./state.js";
-import { h, fromTemplate, setAttr, setChildren, setText } from "./dom.js";
-import {
-  deltaBadgeText,
-  forecastRangeText,
-  forecastText,
-  jobTitle,
-  lossBadgeText,
-  runCountText,
-  shortId,
-  staleText,
-  statusText,
-  stopAllQuestion,
-  stopBadgeText,
-  stopRequestText,
-  tierTitle,
-  timeText,
-} from "./format.js";
+import { askStopAll, cannotWinIds, hoursLeft, isConfirming, isJobAction, stopAllControl }
+  from "./actions.js";
+import { fillCard, newCard } from "./cards.js";
+import { fromTemplate, setAttr, setChildren, setText } from "./dom.js";
+import { lossText, runCountText, stopAllQuestion } from "./format.js";
 import { registerRenderer, schedule } from "./render.js";
+import { modelRows, shownCount, state } from "./state.js";
+import { sectionWindow, sectionWindowOf, wantMore } from "./subscribe.js";
+import { complete } from "./windows.js";
 
 const OVERSCAN = 600; // px drawn above and below the window
+const AHEAD = 1200; // px: the next page is asked when the loaded end is this close below the view
 const POOL_MAX = 200; // cards kept for reuse after they scroll away
+const OPEN_FIRST = 6; // the grouped view opens at most this many sections by itself ...
+const OPEN_FIRST_RUNS = 200; // ... while they hold this many runs (always the first one)
 
 const list = document.getElementById("list");
 let sizes = null; // card and header sizes, from the CSS custom properties
@@ -47,7 +29,9 @@ const cards = new Map(); // job id -> card record
 const sections = new Map(); // model key (exact model_name, null: none) -> section record
 const sectionModel = new WeakMap(); // section element -> its exact model_name (null: none)
 const pool = [];
+const listMore = fromTemplate("more-template"); // the flat list's "loading / searching" line
 let firstShown = false;
+let openedFirst = false; // the grouped view opened its first sections since it was turned on
 
 function readSizes() {
   const css = getComputedStyle(list);
@@ -58,158 +42,141 @@ function readSizes() {
     headH: px("--group-head-h"),
     groupGap: px("--group-gap"),
     minW: px("--card-min-w"),
+    moreH: px("--more-h"),
   };
 }
 
-function computeLayout(derived, width) {
+// --- What the list shows ----------------------------------------------------------------------
+
+/** The flat list's window (the list, or the filter's results), if asked. */
+function flatWindow() {
+  return state.windows.get("flat");
+}
+
+/** What a window's closing line says, or null when it has loaded everything. */
+function moreText(win, count) {
+  if (win === undefined || win.next === undefined || win.fresh) {
+    return win?.filters.q ? "Searching…" : "Loading runs…";
+  }
+  if (win.error) return `Could not load more runs: ${win.error}`;
+  if (win.next === null) return null;
+  const n = win.ids.length;
+  if (win.filters.q || win.filters.status) {
+    return win.asking ? `Searching… ${runCountText(n)} found so far`
+      : `${runCountText(n)} found so far · more load as you scroll`;
+  }
+  const of = count ?? win.total;
+  return `Showing ${n.toLocaleString("en-US")}${of !== null ? ` of ${runCountText(of)}` : ""}`
+    + ` · ${win.asking ? "loading more…" : "more load as you scroll"}`;
+}
+
+/** Grouped, unfiltered: a section per model row with runs to show. */
+function rowSections() {
+  const out = [];
+  for (const row of modelRows()) {
+    const count = shownCount(row);
+    if (count === 0) continue;
+    const open = state.expanded.has(row.model_name);
+    const win = open ? sectionWindowOf(row.model_name) : undefined;
+    out.push({ key: row.model_name, display: row.model_display, row, count, open, win,
+      ids: win ? win.ids : [] });
+  }
+  return out;
+}
+
+/** Grouped, filtered: the filter's results, a section per model, each open. */
+function resultSections(win) {
+  const byModel = new Map();
+  for (const id of win ? win.ids : []) {
+    const job = state.jobs.get(id);
+    let entry = byModel.get(job.model_name);
+    if (entry === undefined) {
+      const row = state.models.get(job.model_name) ?? null;
+      entry = { key: job.model_name, display: job.model_display, row, count: 0, open: true,
+        win: null, ids: [] };
+      byModel.set(job.model_name, entry);
+    }
+    entry.ids.push(id);
+    entry.count += 1;
+  }
+  const out = [...byModel.values()];
+  out.sort((a, b) => {
+    if (a.key === null || b.key === null) return a.key === null ? 1 : -1;
+    const x = a.display.toLowerCase();
+    const y = b.display.toLowerCase();
+    return x !== y ? (x < y ? -1 : 1) : a.key < b.key ? -1 : 1;
+  });
+  return out;
+}
+
+/** Open the first sections when the grouped view is turned on (none open yet): as many as
+ * hold a screenful or two of runs, at least the first. */
+function openFirstSections() {
+  if (!state.grouped || state.query) {
+    openedFirst = state.grouped && openedFirst;
+    return;
+  }
+  if (openedFirst || !state.loaded) return;
+  openedFirst = true;
+  if (state.expanded.size > 0) return;
+  let runs = 0;
+  for (const row of modelRows()) {
+    const count = shownCount(row);
+    if (count === 0) continue;
+    if (state.expanded.size > 0 && (state.expanded.size >= OPEN_FIRST
+        || runs + count > OPEN_FIRST_RUNS)) break;
+    state.expanded.add(row.model_name);
+    runs += count;
+  }
+}
+
+// --- Layout -----------------------------------------------------------------------------------
+
+/** How many card slots an open section keeps room for: what it holds, or what it will. */
+function slotsOf(entry) {
+  if (entry.win === null) return entry.ids.length; // a filter's results: what was found
+  const win = entry.win;
+  const first = Math.min(entry.count, state.windowLimit); // its first page, once asked
+  if (win === undefined) return first;
+  return Math.max(win.ids.length, win.reserve, win.next === undefined ? first : 0);
+}
+
+function computeLayout(width) {
   const m = sizes;
   const cols = Math.max(1, Math.floor((width + m.gap) / (m.minW + m.gap)));
   const colW = (width - m.gap * (cols - 1)) / cols;
   const rowH = m.cardH + m.gap;
-  const base = { version: derived.version, width, grouped: state.grouped, cols, colW, rowH };
+  const rowsH = (n) => (n ? Math.ceil(n / cols) * rowH - m.gap : 0);
+  const base = { version: state.listVersion, width, grouped: state.grouped, cols, colW, rowH };
+  const flat = flatWindow();
   if (!state.grouped) {
-    const rows = Math.ceil(derived.flat.length / cols);
-    return { ...base, total: rows ? rows * rowH - m.gap : 0 };
+    const ids = flat ? flat.ids : [];
+    const more = state.loaded ? moreText(flat, null) : null;
+    const end = rowsH(ids.length);
+    return { ...base, ids, win: flat, more, end,
+      total: end + (more !== null ? m.moreH + (end ? m.gap : 0) : 0) };
   }
   let top = 0;
   const placed = [];
-  for (const group of derived.groups) {
-    const rows = Math.ceil(group.ids.length / cols);
-    const height = m.headH + rows * rowH - m.gap;
-    placed.push({ group, top, height });
+  const entries = state.query ? resultSections(flat) : rowSections();
+  for (const entry of entries) {
+    let height = m.headH;
+    let more = null;
+    if (entry.open) {
+      const slots = slotsOf(entry);
+      more = entry.win === null ? null : moreText(entry.win, entry.count);
+      height += rowsH(slots) + (more !== null ? m.moreH + (slots ? m.gap : 0) : 0);
+    }
+    placed.push({ entry, top, height, more });
     top += height + m.groupGap;
   }
-  return { ...base, placed, total: Math.max(0, top - m.groupGap) };
+  const end = Math.max(0, top - m.groupGap);
+  const more = state.query && state.loaded ? moreText(flat, null) : null;
+  return { ...base, placed, win: state.query ? flat : null, more, end,
+    total: end + (more !== null ? m.moreH + (end ? m.gap : 0) : 0) };
 }
 
-// --- Cards ------------------------------------------------------------------------------------------
-
-function newCard() {
-  const el = fromTemplate("card-template");
-  const rec = {
-    el,
-    id: null,
-    job: null,
-    selected: null,
-    grouped: null,
-    pending: null,
-    confirm: null,
-    now: null,
-    x: null,
-    y: null,
-    w: null,
-    check: el.querySelector(".card-select input"),
-    title: el.querySelector(".card-title"),
-    status: el.querySelector(".status"),
-    model: el.querySelector(".card-model"),
-    time: el.querySelector(".card-time"),
-    sub: el.querySelector(".card-sub"),
-    badges: el.querySelector(".badges"),
-    actions: el.querySelector(".card-actions"),
-    best: h("span", { class: "badge badge-best", "data-testid": "badge-best" }, "🏆 Best"),
-    loss: h("span", { class: "badge badge-loss", "data-testid": "badge-loss" }),
-    delta: h("span", { class: "badge badge-delta", "data-testid": "badge-delta" }),
-    forecast: h("span", { class: "badge badge-forecast", "data-testid": "badge-forecast" }),
-    stale: h("span", { class: "badge badge-stale", "data-testid": "badge-stale" }),
-    stopBadge: h("span", { class: "badge badge-stop", "data-testid": "badge-stop" }),
-    stop: newControl("stop", { class: "card-action card-stop" }),
-    archive: actionButton("archive", { class: "card-action" }),
-    restore: actionButton("restore", { class: "card-action" }),
-  };
-  return rec;
-}
-
-function fillCard(rec, job, selected, grouped, pending, confirming) {
-  const { el } = rec;
-  setAttr(el, "data-job-id", job.id);
-  setAttr(el, "data-status", job.status);
-  el.classList.toggle("archived", job.archived);
-  el.classList.toggle("selected", selected);
-  el.classList.toggle("is-best", job.is_best);
-  rec.check.checked = selected;
-  const title = jobTitle(job);
-  setText(rec.title, title);
-  setAttr(rec.title, "title", job.name || job.id);
-  setAttr(rec.check, "aria-label", `Select ${title} for comparison`);
-  setText(rec.status, statusText(job));
-  rec.status.className = `status status-${job.status}`;
-  setAttr(rec.status, "title",
-    job.status === "failed" ? (job.error ? `Failed: ${job.error}` : "Failed") : null);
-  if (grouped) {
-    setText(rec.model, job.name ? shortId(job.id) : "");
-    setAttr(rec.model, "title", job.name ? job.id : null);
-  } else {
-    setText(rec.model, job.model_display);
-    setAttr(rec.model, "title", job.model_name === null ? "Unknown Model" : job.model_name);
-  }
-  setText(rec.time, timeText(job.created_at));
-  setAttr(rec.time, "title", new Date(job.created_at * 1000).toLocaleString());
-  // The start time's place says the most pressing of: silent, asked to stop, the forecast.
-  const stale = job.status === "running" && job.stale;
-  const stopText = stopBadgeText(job);
-  const forecast = job.status === "running" ? job.forecast ?? null : null;
-  fillStale(rec, stale ? job.last_seen : null);
-  fillForecast(rec, !stale && stopText === null ? forecast : null);
-  if (stopText !== null) {
-    setText(rec.stopBadge, stopText);
-    setAttr(rec.stopBadge, "data-by", job.stop_requested.by);
-    setAttr(rec.stopBadge, "title", `Stop requested ${stopRequestText(job.stop_requested)}`);
-  }
-  const stopAside = stopText !== null && !stale;
-  rec.el.classList.toggle("has-aside", stale || stopText !== null || forecast !== null);
-  if (stopAside && rec.stopBadge.parentNode !== rec.sub) rec.sub.append(rec.stopBadge);
-  else if (!stopAside && rec.stopBadge.parentNode === rec.sub) rec.stopBadge.remove();
-
-  const badges = stopText !== null && !stopAside ? [rec.stopBadge] : [];
-  if (job.is_best) badges.push(rec.best);
-  if (job.best_eval_loss !== null) {
-    setText(rec.loss, lossBadgeText(job.best_eval_loss));
-    badges.push(rec.loss);
-  }
-  if (grouped && job.tier !== null && job.delta_pct !== null) {
-    setText(rec.delta, deltaBadgeText(job.delta_pct));
-    setAttr(rec.delta, "data-tier", job.tier);
-    setAttr(rec.delta, "title", tierTitle(job.tier));
-    rec.delta.className = `badge badge-delta tier-${job.tier}`;
-    badges.push(rec.delta);
-  }
-  if (job.archived) badges.push(h("span", { class: "badge badge-archived" }, "Archived"));
-  setChildren(rec.badges, badges);
-  const action = job.archived ? rec.restore : rec.archive;
-  action.disabled = pending;
-  setAttr(action, "aria-label", `${job.archived ? "Restore" : "Archive"} ${title}`);
-  if (confirming && canStop(job)) setChildren(rec.actions, [state.confirming.node]);
-  else if (canStop(job)) setChildren(rec.actions, [fillControl(rec.stop, job), action]);
-  else setChildren(rec.actions, [action]);
-}
-
-/** A silent running card's badge, in its start time's place: `no signal for 14 min`. */
-function fillStale(rec, lastSeen) {
-  rec.el.classList.toggle("is-stale", lastSeen !== null);
-  if (lastSeen === null) {
-    rec.stale.remove();
-    return;
-  }
-  setText(rec.stale, staleText(lastSeen, state.now));
-  setAttr(rec.stale, "title", `No event or heartbeat since ${timeText(lastSeen)}: the trainer `
-    + "may be gone (its forecast is paused)");
-  if (rec.stale.parentNode !== rec.sub) rec.sub.append(rec.stale);
-}
-
-/** A running card's forecast badge, in its start time's place (none without a forecast). */
-function fillForecast(rec, forecast) {
-  if (forecast === null) {
-    rec.forecast.remove();
-    return;
-  }
-  const text = forecastText(forecast);
-  setText(rec.forecast, text);
-  setAttr(rec.forecast, "data-verdict", forecast.verdict);
-  setAttr(rec.forecast, "title", `${text}. Forecast of the best eval loss: `
-    + forecastRangeText(forecast));
-  rec.forecast.className = `badge badge-forecast verdict-${forecast.verdict}`;
-  if (rec.forecast.parentNode !== rec.sub) rec.sub.append(rec.forecast);
-}
+// --- Cards ------------------------------------------------------------------------------------
 
 function placeCard(id, parent, x, y, w) {
   const job = state.jobs.get(id);
@@ -247,77 +214,6 @@ function placeCard(id, parent, x, y, w) {
   if (rec.el.parentNode !== parent) parent.appendChild(rec.el);
 }
 
-// --- Sections (grouped view) ------------------------------------------------------------------------
-
-function placeSection(entry) {
-  const { group, top, height } = entry;
-  let rec = sections.get(group.key);
-  if (rec === undefined) {
-    const el = fromTemplate("group-template");
-    rec = {
-      el,
-      name: el.querySelector(".group-name"),
-      count: el.querySelector(".group-count"),
-      full: el.querySelector(".group-full"),
-      cards: el.querySelector(".group-cards"),
-      stop: el.querySelector(".group-stop"),
-      stopKey: null,
-      top: null,
-      height: null,
-    };
-    setAttr(el, "data-model", group.modelName === null ? "" : group.modelName);
-    sectionModel.set(el, group.modelName);
-    setAttr(el.querySelector('[data-action="insights"]'), "aria-label",
-      `Insights for ${group.display}`);
-    setText(rec.name, group.display);
-    const full = group.modelName === null ? "" : group.modelName;
-    setText(rec.full, full !== group.display ? full : "");
-    setAttr(rec.full, "title", full || null);
-    setAttr(rec.name, "title", full || "Unknown Model");
-    sections.set(group.key, rec);
-  }
-  rec.frame = frameNo;
-  setText(rec.count, runCountText(group.ids.length));
-  fillStopAll(rec, group);
-  if (rec.top !== top) {
-    rec.el.style.top = `${top}px`;
-    rec.top = top;
-  }
-  if (rec.height !== height) {
-    rec.el.style.height = `${height}px`;
-    rec.height = height;
-  }
-  if (rec.el.parentNode !== list) list.appendChild(rec.el);
-  return rec;
-}
-
-/** A section's "Stop all that can't win", while some of its runs can't win and no advisor
- * stops them itself; redone only when the jobs, the advisor, a confirmation or a call moved. */
-function fillStopAll(rec, group) {
-  const key = [state.version, state.advisor, state.confirming, state.pending.size, group.ids];
-  if (rec.stopKey !== null && key.every((part, i) => part === rec.stopKey[i])) return;
-  rec.stopKey = key;
-  const ids = cannotWinIds(group.ids).filter((id) => !state.pending.has(id));
-  if (ids.length === 0) {
-    setChildren(rec.stop, []);
-    return;
-  }
-  const control = stopAllControl(group.modelName, group.display);
-  const { hours, known } = hoursLeft(ids);
-  const question = stopAllQuestion(ids.length, hours, known);
-  if (control.dataset.action === "stop-all") setAttr(control, "title", question);
-  else {
-    const said = control.querySelector(".confirm-question");
-    setText(said, question);
-    setAttr(said, "title", question); // cut short in a narrow window
-    setText(control.querySelector('[data-action="stop-all-confirm"]'),
-      `Stop ${ids.length.toLocaleString("en-US")}`);
-  }
-  setChildren(rec.stop, [control]);
-}
-
-// --- The frame -----------------------------------------------------------------------------------
-
 function placeRows(ids, parent, from, to) {
   const { cols, colW, rowH } = layout;
   const gap = sizes.gap;
@@ -332,23 +228,137 @@ function placeRows(ids, parent, from, to) {
   }
 }
 
+/** The closing line of a window (loading, searching, how many of how many) at `y`. */
+function placeMore(node, parent, text, y) {
+  if (text === null) {
+    node.remove();
+    return;
+  }
+  setText(node, text);
+  node.style.top = `${y}px`;
+  if (node.parentNode !== parent) parent.appendChild(node);
+}
+
+// --- Sections (grouped view) ------------------------------------------------------------------
+
+function newSection(entry) {
+  const el = fromTemplate("group-template");
+  const rec = {
+    el,
+    name: el.querySelector(".group-name"),
+    count: el.querySelector(".group-count"),
+    best: el.querySelector(".group-best"),
+    full: el.querySelector(".group-full"),
+    expand: el.querySelector('[data-action="expand"]'),
+    cards: el.querySelector(".group-cards"),
+    stop: el.querySelector(".group-stop"),
+    more: fromTemplate("more-template"),
+    ids: [],
+    stopKey: null,
+    top: null,
+    height: null,
+  };
+  const modelName = entry.key;
+  setAttr(el, "data-model", modelName === null ? "" : modelName);
+  sectionModel.set(el, modelName);
+  setAttr(el.querySelector('[data-action="insights"]'), "aria-label",
+    `Insights for ${entry.display}`);
+  setText(rec.name, entry.display);
+  const full = modelName === null ? "" : modelName;
+  setText(rec.full, full !== entry.display ? full : "");
+  setAttr(rec.full, "title", full || null);
+  setAttr(rec.name, "title", full || "Unknown Model");
+  return rec;
+}
+
+function placeSection(placedEntry, viewTop, viewBottom) {
+  const { entry, top, height, more } = placedEntry;
+  let rec = sections.get(entry.key);
+  if (rec === undefined) {
+    rec = newSection(entry);
+    sections.set(entry.key, rec);
+  }
+  rec.frame = frameNo;
+  rec.ids = entry.ids;
+  const filtered = entry.win === null;
+  setText(rec.count, runCountText(entry.count));
+  const best = entry.row?.best_eval_loss ?? null;
+  setText(rec.best, best === null ? "" : `best ${lossText(best)}`);
+  setAttr(rec.best, "title", best === null ? null : `Best eval loss of the model's runs `
+    + `(${entry.row.best_job_id})`);
+  setAttr(rec.el, "data-open", entry.open ? "true" : "false");
+  rec.expand.hidden = filtered;
+  setAttr(rec.expand, "aria-expanded", entry.open ? "true" : "false");
+  setAttr(rec.expand, "aria-label", `${entry.open ? "Close" : "Open"} the runs of ${entry.display}`);
+  fillStopAll(rec, entry);
+  if (rec.top !== top) {
+    rec.el.style.top = `${top}px`;
+    rec.top = top;
+  }
+  if (rec.height !== height) {
+    rec.el.style.height = `${height}px`;
+    rec.height = height;
+  }
+  if (rec.el.parentNode !== list) list.appendChild(rec.el);
+  if (!entry.open) {
+    rec.more.remove();
+    return;
+  }
+  const offset = top + sizes.headH;
+  const win = entry.win === null ? null : sectionWindow(entry.key, frameNo);
+  const ids = win === null ? entry.ids : win.ids;
+  placeRows(ids, rec.cards, viewTop - offset, viewBottom - offset);
+  const rowsEnd = ids.length ? Math.ceil(ids.length / layout.cols) * layout.rowH - sizes.gap : 0;
+  const slotsEnd = height - sizes.headH - (more !== null ? sizes.moreH : 0);
+  placeMore(rec.more, rec.cards, more, more !== null && slotsEnd > 0 ? slotsEnd : 0);
+  if (win !== null && offset + rowsEnd < viewBottom + AHEAD) wantMore(win);
+}
+
+/** A section's "Stop all that can't win", while some of its loaded runs can't win and no
+ * advisor stops them itself; redone only when the jobs, the advisor, a confirmation or a call
+ * moved. */
+function fillStopAll(rec, entry) {
+  const key = [state.version, state.advisor, state.confirming, state.pending.size, entry.ids];
+  if (rec.stopKey !== null && key.every((part, i) => part === rec.stopKey[i])) return;
+  rec.stopKey = key;
+  const ids = cannotWinIds(entry.ids).filter((id) => !state.pending.has(id));
+  if (ids.length === 0) {
+    setChildren(rec.stop, []);
+    return;
+  }
+  const control = stopAllControl(entry.key, entry.display);
+  const { hours, known } = hoursLeft(ids);
+  const question = stopAllQuestion(ids.length, hours, known);
+  if (control.dataset.action === "stop-all") setAttr(control, "title", question);
+  else {
+    const said = control.querySelector(".confirm-question");
+    setText(said, question);
+    setAttr(said, "title", question); // cut short in a narrow window
+    setText(control.querySelector('[data-action="stop-all-confirm"]'),
+      `Stop ${ids.length.toLocaleString("en-US")}`);
+  }
+  setChildren(rec.stop, [control]);
+}
+
+// --- The frame --------------------------------------------------------------------------------
+
 function renderList() {
   frameNo += 1;
-  const derived = state.loaded ? derive() : { flat: [], groups: [], version: 0 };
+  openFirstSections();
   // Read every geometry first, then write: no layout thrashing.
   sizes ??= readSizes();
   const width = list.clientWidth;
   const rect = list.getBoundingClientRect();
   const viewTop = -rect.top - OVERSCAN;
   const viewBottom = -rect.top + window.innerHeight + OVERSCAN;
-  if (!layout || layout.version !== derived.version || layout.width !== width ||
+  if (!layout || layout.version !== state.listVersion || layout.width !== width ||
       layout.grouped !== state.grouped) {
-    layout = computeLayout(derived, width);
+    layout = computeLayout(width);
     list.style.height = `${layout.total}px`;
   }
   list.classList.toggle("grouped", state.grouped);
   if (!state.grouped) {
-    placeRows(derived.flat, list, viewTop, viewBottom);
+    placeRows(layout.ids, list, viewTop, viewBottom);
   } else {
     const placed = layout.placed;
     let lo = 0;
@@ -359,12 +369,20 @@ function renderList() {
       else hi = mid;
     }
     for (let i = lo; i < placed.length && placed[i].top <= viewBottom; i++) {
-      const entry = placed[i];
-      const rec = placeSection(entry);
-      const offset = entry.top + sizes.headH;
-      placeRows(entry.group.ids, rec.cards, viewTop - offset, viewBottom - offset);
+      placeSection(placed[i], viewTop, viewBottom);
     }
   }
+  placeMore(listMore, list, layout.more, layout.end + (layout.end ? sizes.gap : 0));
+  if (layout.win && layout.end < viewBottom + AHEAD) wantMore(layout.win);
+  sweep();
+  if (!firstShown && cards.size > 0) {
+    firstShown = true;
+    performance.mark("monitor:list-shown");
+  }
+}
+
+/** Take out of the DOM the cards and sections this frame did not place. */
+function sweep() {
   for (const [id, rec] of cards) {
     if (rec.frame === frameNo) continue;
     rec.el.remove();
@@ -376,16 +394,21 @@ function renderList() {
     rec.el.remove();
     sections.delete(key);
   }
-  if (!firstShown && cards.size > 0) {
-    firstShown = true;
-    performance.mark("monitor:list-shown");
-  }
+}
+
+/** Open or close the section of `modelName`. */
+function toggleSection(modelName) {
+  if (state.expanded.has(modelName)) state.expanded.delete(modelName);
+  else state.expanded.add(modelName);
+  state.listVersion += 1;
+  schedule();
 }
 
 /**
  * Wire the list's clicks by their `data-action`: the card (`open`) opens its job, its
- * checkbox (`select`) and its archive or restore button do not; a model section's
- * `insights` button opens that model's insights (with its exact model_name, null for none).
+ * checkbox (`select`) and its archive or restore button do not; a model section's `expand`
+ * opens or closes it, its `insights` button opens that model's insights (with its exact
+ * model_name, null for none).
  */
 export function initList({ onOpen, onSelect, onAction, onInsights, onStopAll }) {
   list.addEventListener("click", (event) => {
@@ -396,11 +419,11 @@ export function initList({ onOpen, onSelect, onAction, onInsights, onStopAll }) 
       if (!sectionModel.has(section)) return;
       const modelName = sectionModel.get(section);
       const { action } = target.dataset;
-      if (action === "insights") onInsights(modelName);
+      if (action === "expand") toggleSection(modelName);
+      else if (action === "insights") onInsights(modelName);
       else if (action === "stop-all") askStopAll(modelName, sections.get(modelName)?.name.textContent ?? "");
       else if (action === "stop-all-confirm") {
-        const group = derive().byModel.get(modelName);
-        onStopAll(group ? cannotWinIds(group.ids) : []);
+        onStopAll(cannotWinIds(sections.get(modelName)?.ids ?? []));
       } else if (isJobAction(action)) onAction(action, null);
       return;
     }

@@ -1,5 +1,6 @@
-// The WebSocket to the page's own host: snapshot, then updates; after a drop it reconnects
-// with backoff and resumes with `?since=<last version>`, so nothing is missed.
+// The WebSocket to the page's own host, windowed (`/ws?windows=1`): a summary, then the
+// answers to what the page asks and the updates of what it watches. After a drop it
+// reconnects with backoff; the new connection's summary tells the page to ask again.
 
 const CLOSE_POLICY = 1008; // wrong token or origin: retrying will not help
 const BACKOFF_MS = [250, 500, 1000, 2000, 4000, 5000];
@@ -8,11 +9,12 @@ const STEADY_MS = 5000; // a connection open this long resets the backoff
 
 /**
  * Keep a live connection. `onMessage(message)` gets every parsed message; `onStatus(status,
- * detail)` hears "live", "reconnecting", "offline", "unauthorized" or "refused"; `since()`
- * gives the version to resume from (null: start with a snapshot); `diagnose()` is asked, when
- * a first connection fails before it opens, for a reason it will never open (or null).
+ * detail)` hears "live", "reconnecting", "offline", "unauthorized" or "refused"; `diagnose()`
+ * is asked, when a first connection fails before it opens, for a reason it will never open
+ * (or null). The answer's `send(message)` sends a message on the open connection (false when
+ * none is open: the next summary will have the page ask again).
  */
-export function connectLive({ onMessage, onStatus, since, diagnose = async () => null }) {
+export function connectLive({ onMessage, onStatus, diagnose = async () => null }) {
   let socket = null;
   let failures = 0;
   let timer = null;
@@ -22,9 +24,7 @@ export function connectLive({ onMessage, onStatus, since, diagnose = async () =>
 
   function url() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const version = since();
-    const query = version ? `?since=${encodeURIComponent(version)}` : "";
-    return `${scheme}//${location.host}/ws${query}`;
+    return `${scheme}//${location.host}/ws?windows=1`;
   }
 
   function open() {
@@ -91,6 +91,11 @@ export function connectLive({ onMessage, onStatus, since, diagnose = async () =>
 
   open();
   return {
+    send(message) {
+      if (socket === null || socket.readyState !== WebSocket.OPEN) return false;
+      socket.send(JSON.stringify(message));
+      return true;
+    },
     stop() {
       stopped = true;
       clearTimeout(timer);

@@ -1,19 +1,33 @@
-// The page's one state object, the one place a WebSocket message changes it, and the
-// derived lists (flat order, model groups) the list renders from.
+// The page's one state object, and the one place a WebSocket message changes it. The page
+// holds the model rows (every model's counts and best run) and the job views of the windows
+// and watches it asked for (docs/websocket.md, Windows), never the whole list.
+
+import { fold, insert, ready } from "./windows.js";
 
 export const MAX_SELECTED = 5;
-const JOB_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 export const state = {
-  jobs: new Map(), // job id -> job view, exactly as the server last sent it
-  order: [], // every job id, newest created_at first (ties: smaller id first)
-  version: null, // the last version applied: what a reconnect resumes from
-  loaded: false, // a snapshot has arrived
+  jobs: new Map(), // job id -> job view as last sent: the jobs a window holds or a watch asked
+  held: new Map(), // job id -> how many windows hold it
+  models: new Map(), // exact model_name (null: none) -> model row, every model's
+  modelsShape: 0, // moves when a model row comes or goes, or a clean name changes
+  windows: new Map(), // purpose -> window (windows.js): "flat", "model:<name>", "insights"
+  byWid: new Map(), // the server's window id -> window
+  watched: new Set(), // job ids asked with `watch` (the selection, the job view, a comparison)
+  missing: new Set(), // ids a watch answer left out: no such job
+  listVersion: 0, // moves whenever what the list shows may have changed
+  version: null, // the last version seen
+  loaded: false, // a summary has arrived
+  session: 0, // moves with each summary: a new connection, whose windows must be asked again
+  linked: false, // a summary arrived on the open connection: the page may ask for windows
   connection: "connecting", // connecting | live | reconnecting | offline | unauthorized
   connectionDetail: "", // why the last connection ended, when it matters
   grouped: false,
   showArchived: false,
-  filter: "",
+  filter: "", // the filter text as typed
+  query: "", // the filter the list's window asks for (the text, once typing pauses)
+  expanded: new Set(), // model names (exact; null: none) whose sections are open
+  windowLimit: 100, // jobs per page of a window (`?window=N` for tests)
   selected: [], // job ids in the order they were ticked: Run #1, Run #2, ...
   selectionMessage: "", // the visible "at most 5" message, while shown
   notice: "", // a failed action, shown until the next one
@@ -25,187 +39,214 @@ export const state = {
   compareIds: null, // the job ids of the open comparison, else null
   logScale: false, // the loss charts' axis: log (the charts' toggle) or linear
   insights: null, // the open insights panel: {modelName} (exact; null: no model), else null
-  derived: null, // see derive()
-  derivedDirty: true,
 };
 
-// --- Order ------------------------------------------------------------------------------------
+// --- Holding job views ----------------------------------------------------------------------
 
-function before(a, b) {
-  // Newest first, as the server sorts: by (-created_at, id).
-  if (a.created_at !== b.created_at) return a.created_at > b.created_at;
-  return a.id < b.id;
+function hold(id) {
+  state.held.set(id, (state.held.get(id) || 0) + 1);
 }
 
-/** Where `job` goes in `ids` (sorted newest first): binary search on created_at, then id. */
-function position(job, ids = state.order) {
-  const { jobs } = state;
-  let lo = 0;
-  let hi = ids.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (before(jobs.get(ids[mid]), job)) lo = mid + 1;
-    else hi = mid;
+/** A window let go of job `id`: forget its view when nothing else needs it. */
+export function release(id) {
+  const left = (state.held.get(id) || 0) - 1;
+  if (left > 0) {
+    state.held.set(id, left);
+    return;
   }
-  return lo;
+  state.held.delete(id);
+  if (!state.watched.has(id)) state.jobs.delete(id);
 }
 
-function sortOrder() {
-  const { order, jobs } = state;
-  for (let i = 1; i < order.length; i++) {
-    if (!before(jobs.get(order[i - 1]), jobs.get(order[i]))) {
-      order.sort((x, y) => (before(jobs.get(x), jobs.get(y)) ? -1 : 1));
-      return;
-    }
+/** Let go of every job a window holds, and empty it. */
+export function emptyWindow(win) {
+  for (const id of win.ids) release(id);
+  win.ids = [];
+  win.members = new Set();
+  state.listVersion += 1;
+}
+
+/** Forget window `win` (closed): its jobs go unless another window or a watch holds them. */
+export function dropWindow(win) {
+  emptyWindow(win);
+  state.windows.delete(win.purpose);
+  state.byWid.delete(win.wid);
+}
+
+/**
+ * Take a newer view of a job: every ready window it enters or leaves follows, and the page
+ * keeps it while a window holds it or it is watched. False for a view that is older than the
+ * one held (a job's model never changes once named: a view without one was sent on by the
+ * partition the job left, docs/websocket.md).
+ */
+function take(job) {
+  const old = state.jobs.get(job.id);
+  if (old !== undefined && old.model_name !== null && job.model_name === null) return false;
+  // Windows sort by the views they hold: the new one goes in once each has moved it.
+  for (const win of state.windows.values()) {
+    if (!ready(win)) continue;
+    const was = win.members.has(job.id);
+    const moved = fold(win, job, old, state.jobs);
+    if (moved === null) continue;
+    state.listVersion += 1;
+    if (moved === "in") hold(job.id);
+    else if (moved === "out" && was) release(job.id);
   }
+  if (state.held.has(job.id) || state.watched.has(job.id)) state.jobs.set(job.id, job);
+  else state.jobs.delete(job.id);
+  state.pending.delete(job.id); // it answers any archive or stop of it
+  state.missing.delete(job.id);
+  return true;
 }
 
 // --- Messages -----------------------------------------------------------------------------------
 
-/**
- * Apply one `/ws` message (snapshot or update) to the state; the ids of the jobs it
- * changed (every job for a snapshot).
- */
-export function applyMessage(message) {
-  if (message.type === "snapshot") {
-    state.jobs = new Map(message.jobs.map((job) => [job.id, job]));
-    state.order = message.jobs.map((job) => job.id);
-    sortOrder();
-    state.version = message.version;
-    state.loaded = true;
-    state.derivedDirty = true;
-    state.pending.clear();
-    return { snapshot: true, ids: state.order };
+function takeRows(rows, replace) {
+  const { models } = state;
+  let shape = replace;
+  if (replace) models.clear();
+  for (const row of rows) {
+    const old = models.get(row.model_name);
+    const gone = row.job_count === 0 && row.archived_count === 0;
+    if (gone) {
+      if (old !== undefined) models.delete(row.model_name);
+      shape = shape || old !== undefined;
+      continue;
+    }
+    shape = shape || old === undefined || old.model_display !== row.model_display;
+    models.set(row.model_name, row);
   }
-  if (message.type !== "update") return { snapshot: false, ids: [] };
-  // Keep the derived lists current in place (a new run, an archived one) while they are
-  // valid: one update costs a binary search, not a pass over 100,000 jobs.
-  const derived = state.derivedDirty ? null : state.derived;
-  const needle = needleOf();
+  if (shape) state.modelsShape += 1;
+  if (rows.length || replace) state.listVersion += 1;
+}
+
+/** A window's answer: a page of it, in order (the first page replaces what it held). */
+function takePage(message) {
+  const win = state.byWid.get(message.id);
+  if (win === undefined) return []; // closed, or asked again since: a late answer
+  if (win.fresh) {
+    emptyWindow(win);
+    win.fresh = false;
+    win.next = undefined;
+  }
   const ids = [];
   for (const job of message.jobs) {
-    const old = state.jobs.get(job.id);
-    // A job's model never changes once named: a view without one is an older one, sent on
-    // by the partition the job left (docs/websocket.md, Partitions).
-    if (old !== undefined && old.model_name !== null && job.model_name === null) continue;
-    const moved = old !== undefined && old.created_at !== job.created_at;
-    const wasShown = derived !== null && old !== undefined && isShown(old, needle);
-    if (moved) state.order.splice(position(old), 1);
-    if (wasShown && (moved || !isShown(job, needle))) unshow(derived, old);
-    state.jobs.set(job.id, job); // a job in an update replaces our copy whole
-    state.pending.delete(job.id); // and answers any archive or restore of it
-    if (old === undefined || moved) state.order.splice(position(job), 0, job.id);
-    if (derived !== null) {
-      derived.archived += Number(job.archived) - Number(old !== undefined && old.archived);
-      if (isShown(job, needle) && (!wasShown || moved)) show(derived, job);
-    }
+    if (!take(job)) continue;
     ids.push(job.id);
+    if (win.members.has(job.id)) continue;
+    // The server put it in this window: hold it (take() kept no copy when nothing else did).
+    state.jobs.set(job.id, job);
+    insert(win, job, state.jobs);
+    hold(job.id);
   }
-  state.version = message.version;
-  return { snapshot: false, ids };
+  win.next = message.next;
+  // The place the window covers down to (a server without `end`: its last job, if more follow).
+  const last = win.ids.length ? state.jobs.get(win.ids[win.ids.length - 1]) : null;
+  win.end = message.end !== undefined ? message.end
+    : message.next === null || last === null ? null : { created_at: last.created_at, id: last.id };
+  if (message.total !== null || win.total === null) win.total = message.total;
+  win.asking = false;
+  win.error = "";
+  if (win.ids.length >= win.reserve || win.next === null) win.reserve = 0;
+  state.listVersion += 1;
+  return ids;
 }
 
-// --- Derived lists --------------------------------------------------------------------------------
-
-function matches(job, needle) {
-  return (
-    job.id.toLowerCase().includes(needle) ||
-    (job.name !== null && job.name.toLowerCase().includes(needle)) ||
-    job.model_display.toLowerCase().includes(needle) ||
-    (job.model_name !== null && job.model_name.toLowerCase().includes(needle))
-  );
+/** Ids of the jobs a watch answer named (the others are unknown: `state.missing`). */
+function takeWatched(message, asked) {
+  const ids = [];
+  for (const job of message.jobs) if (take(job)) ids.push(job.id);
+  const found = new Set(message.jobs.map((job) => job.id));
+  for (const id of asked) if (!found.has(id) && state.watched.has(id)) state.missing.add(id);
+  return ids;
 }
 
-function needleOf() {
-  return state.filter.trim().toLowerCase();
+/**
+ * Apply one `/ws` message to the state. `asked` is, for a `jobs` answer, the ids its watch
+ * asked. Returns `{ids, models, summary}`: the jobs whose views changed, the model names whose
+ * rows did, and whether it was a summary (a new connection).
+ */
+export function applyMessage(message, asked = []) {
+  const out = { ids: [], models: [], summary: false };
+  switch (message.type) {
+    case "summary":
+      takeRows(message.models, true);
+      state.version = message.version;
+      state.loaded = true;
+      state.session += 1;
+      state.linked = true;
+      state.pending.clear();
+      out.summary = true;
+      out.models = message.models.map((row) => row.model_name);
+      break;
+    case "window":
+      out.ids = takePage(message);
+      break;
+    case "jobs":
+      out.ids = takeWatched(message, asked);
+      break;
+    case "update":
+      for (const job of message.jobs) if (take(job)) out.ids.push(job.id);
+      takeRows(message.models || [], false);
+      out.models = (message.models || []).map((row) => row.model_name);
+      state.version = message.version;
+      break;
+    case "error": {
+      const win = message.id ? state.byWid.get(message.id) : undefined;
+      if (win !== undefined) {
+        win.error = message.detail;
+        win.asking = false;
+        state.listVersion += 1;
+      }
+      break;
+    }
+    default:
+      break;
+  }
+  return out;
 }
 
-function isShown(job, needle) {
-  return (state.showArchived || !job.archived) && (!needle || matches(job, needle));
-}
+// --- Model rows ---------------------------------------------------------------------------------
 
-function newGroup(job) {
-  // A Map tells null from "null", so the exact model name is the key.
-  return { key: job.model_name, modelName: job.model_name, display: job.model_display, ids: [] };
+/** How many runs the list shows of a model row (its archived ones with "Show archived"). */
+export function shownCount(row) {
+  return row.job_count + (state.showArchived ? row.archived_count : 0);
 }
 
 /** Sections are in the order of their clean names (case aside); Unknown Model last. */
-function groupBefore(a, b) {
-  if (a.modelName === null || b.modelName === null) return b.modelName === null && a !== b;
-  const x = a.display.toLowerCase();
-  const y = b.display.toLowerCase();
+export function sectionBefore(a, b) {
+  if (a.model_name === null || b.model_name === null) return b.model_name === null && a !== b;
+  const x = a.model_display.toLowerCase();
+  const y = b.model_display.toLowerCase();
   if (x !== y) return x < y;
-  return a.modelName < b.modelName;
+  return a.model_name < b.model_name;
 }
 
-function placeGroup(derived, group) {
-  let lo = 0;
-  let hi = derived.groups.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (groupBefore(derived.groups[mid], group)) lo = mid + 1;
-    else hi = mid;
+let sortedRows = { shape: -1, rows: [] };
+
+/** Every model row, in the sections' order (sorted again only when a model came or went). */
+export function modelRows() {
+  if (sortedRows.shape !== state.modelsShape) {
+    const rows = [...state.models.values()];
+    rows.sort((a, b) => (sectionBefore(a, b) ? -1 : sectionBefore(b, a) ? 1 : 0));
+    sortedRows = { shape: state.modelsShape, rows: rows.map((row) => row.model_name) };
   }
-  derived.groups.splice(lo, 0, group);
+  return sortedRows.rows.map((name) => state.models.get(name)).filter(Boolean);
 }
 
-function show(derived, job) {
-  derived.version += 1;
-  derived.flat.splice(position(job, derived.flat), 0, job.id);
-  let group = derived.byModel.get(job.model_name);
-  if (group === undefined) {
-    group = newGroup(job);
-    derived.byModel.set(job.model_name, group);
-    placeGroup(derived, group);
-  }
-  group.ids.splice(position(job, group.ids), 0, job.id);
-}
-
-function unshow(derived, job) {
-  // `job` is the copy the lists were sorted by (still the one in state.jobs).
-  derived.version += 1;
-  derived.flat.splice(position(job, derived.flat), 1);
-  const group = derived.byModel.get(job.model_name);
-  group.ids.splice(position(job, group.ids), 1);
-  if (group.ids.length === 0) {
-    derived.groups.splice(derived.groups.indexOf(group), 1);
-    derived.byModel.delete(job.model_name);
-  }
-}
-
-/**
- * The jobs the list shows, in order: `flat` (ids, newest first) and `groups` (a section per
- * model, by clean name, each with its ids newest first); `version` changes whenever they do. Built
- * in one pass after a snapshot or a change of toggle or filter; kept current in place by
- * applyMessage otherwise (a new loss changes no list at all).
- */
-export function derive() {
-  if (!state.derivedDirty && state.derived) return state.derived;
-  const needle = needleOf();
-  const flat = [];
-  const byModel = new Map();
-  const groups = [];
+/** The totals the page's summary line says: runs shown, models with any, archived runs. */
+export function totals() {
+  let runs = 0;
+  let models = 0;
   let archived = 0;
-  for (const id of state.order) {
-    const job = state.jobs.get(id);
-    if (job.archived) archived += 1;
-    if (!isShown(job, needle)) continue;
-    flat.push(id);
-    let group = byModel.get(job.model_name);
-    if (group === undefined) {
-      group = newGroup(job);
-      byModel.set(job.model_name, group);
-      groups.push(group);
-    }
-    group.ids.push(id);
+  for (const row of state.models.values()) {
+    const shown = shownCount(row);
+    runs += shown;
+    models += shown > 0 ? 1 : 0;
+    archived += row.archived_count;
   }
-  groups.sort((a, b) => (groupBefore(a, b) ? -1 : groupBefore(b, a) ? 1 : 0));
-  const version = state.derived ? state.derived.version + 1 : 1;
-  state.derived = { flat, groups, byModel, archived, version };
-  state.derivedDirty = false;
-  return state.derived;
+  return { runs, models, archived, all: runs + (state.showArchived ? 0 : archived) };
 }
-
 
 // --- Selection ----------------------------------------------------------------------------------
 
@@ -219,52 +260,4 @@ export function setSelected(id, on) {
     state.selected.splice(at, 1);
   }
   return true;
-}
-
-// --- The address: grouping, archived toggle, filter and comparison --------------------------------
-
-/** What a page address asks for (`/?group=1&archived=0&compare=a,b,c`). */
-export function parseAddress(search) {
-  const params = new URLSearchParams(search);
-  const ids = (params.get("compare") || "")
-    .split(",")
-    .map((part) => part.trim())
-    .filter((part) => JOB_ID.test(part));
-  return {
-    grouped: params.get("group") === "1",
-    showArchived: params.get("archived") === "1",
-    filter: params.get("q") || "",
-    compare: [...new Set(ids)].slice(0, MAX_SELECTED),
-  };
-}
-
-/** The job an MLflow-style address names (`#/experiments/<id>/runs/<run id>`), or null. */
-export function runFromHash(hash) {
-  const match = /^#\/experiments\/[^/]+\/runs\/([^/?#]+)/.exec(hash || "");
-  let id = "";
-  try {
-    id = match ? decodeURIComponent(match[1]) : "";
-  } catch {
-    return null; // a malformed escape: no run
-  }
-  return JOB_ID.test(id) ? id : null;
-}
-
-/**
- * The query string for the current view. `share` spells every setting out and names the
- * selection (for a link to hand on); otherwise only what differs from the defaults, and the
- * comparison only while it is open (for the address bar, so a reload keeps the view).
- */
-export function buildQuery({ share = false } = {}) {
-  const parts = [];
-  if (share || state.grouped) parts.push(`group=${state.grouped ? 1 : 0}`);
-  if (share || state.showArchived) parts.push(`archived=${state.showArchived ? 1 : 0}`);
-  if (state.filter) parts.push(`q=${encodeURIComponent(state.filter)}`);
-  const ids = share ? state.compareIds || state.selected : state.compareIds;
-  if (ids && ids.length) parts.push(`compare=${ids.map(encodeURIComponent).join(",")}`);
-  return parts.length ? `?${parts.join("&")}` : "";
-}
-
-export function shareUrl() {
-  return `${location.origin}/${buildQuery({ share: true })}`;
 }
