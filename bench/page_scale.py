@@ -11,7 +11,8 @@ the ``<prefix>models`` hash (each model's row: counts and best run), the model g
 ``order:built``; pipelined in chunks, with progress on stderr. ``monitor gateway`` (its own
 process) then serves exactly what it would after the worker had folded the events. The page
 (windowed: ``/ws?windows=1``) runs in Debian's Chromium (Playwright, 1280x800), one fresh
-browser context per job count, and is timed with its own performance marks:
+browser context per job count (after one unmeasured load), and is timed with its own
+performance marks:
 
 - first /ws message: its size as the page received it (the summary: every model row) and
   when it arrived, from navigation start;
@@ -379,6 +380,18 @@ def under_updates(page: Any, client: redis.Redis, keys: Keys, updates: Updates, 
             "work_max": max(work, default=math.nan)}
 
 
+def warm_up(browser: Any, base: str) -> None:
+    """Load the page once, unmeasured: the browser's first page (its process start, the
+    scripts compiled) is not any row's."""
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        page.goto(f"{base}/")
+        page.wait_for_selector("[data-testid=job-card]", timeout=120_000)
+    finally:
+        context.close()
+
+
 def measure(browser: Any, base: str, client: redis.Redis, keys: Keys, updates: Updates,
             jobs: int, rate: float, seconds: float) -> list[Row]:
     """The flat view from navigation, then the grouped view from its toggle."""
@@ -450,10 +463,14 @@ def goals(rows: list[Row]) -> str:
          GOAL_CARDS_MS, [by[n, "flat"].shown_ms for n in sizes]),
         ("grouped view after the toggle, ms", f"< {GOAL_GROUPED_MS:,.0f}", GOAL_GROUPED_MS,
          [by[n, "grouped"].shown_ms for n in sizes]),
-        ("frame p95 under updates (flat), ms", f"< {GOAL_FRAME_P95_MS}", GOAL_FRAME_P95_MS,
-         [by[n, "flat"].frame_p95 for n in sizes]),
-        ("frame p95 under updates (grouped), ms", f"< {GOAL_FRAME_P95_MS}", GOAL_FRAME_P95_MS,
-         [by[n, "grouped"].frame_p95 for n in sizes]),
+        ("frame p95 under updates, flat: the page's work per frame, ms",
+         f"< {GOAL_FRAME_P95_MS}", GOAL_FRAME_P95_MS, [by[n, "flat"].work_p95 for n in sizes]),
+        ("frame p95 under updates, grouped: the page's work per frame, ms",
+         f"< {GOAL_FRAME_P95_MS}", GOAL_FRAME_P95_MS, [by[n, "grouped"].work_p95 for n in sizes]),
+        ("frame interval p95 under updates, flat (no frame dropped), ms",
+         f"< {INTERVAL_P95_MS}", INTERVAL_P95_MS, [by[n, "flat"].frame_p95 for n in sizes]),
+        ("frame interval p95 under updates, grouped (no frame dropped), ms",
+         f"< {INTERVAL_P95_MS}", INTERVAL_P95_MS, [by[n, "grouped"].frame_p95 for n in sizes]),
         ("first /ws message, KB", f"< {GOAL_FIRST_KB:,.0f}", GOAL_FIRST_KB,
          [by[n, "flat"].first_kb for n in sizes]),
     ]
@@ -518,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
                         "--log-level", "WARNING"], log_dir / f"gateway-{jobs}.log")
                     base = f"http://127.0.0.1:{port}"
                     wait_http_ok(f"{base}/healthz", gateway)
+                    warm_up(browser, base)
                     updates = Updates(fleet, bases)
                     rows += measure(browser, base, client, keys, updates, jobs, args.rate,
                                     seconds)

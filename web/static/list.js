@@ -12,8 +12,7 @@ import { fromTemplate, setAttr, setChildren, setText } from "./dom.js";
 import { lossText, runCountText, stopAllQuestion } from "./format.js";
 import { registerRenderer, schedule } from "./render.js";
 import { modelRows, shownCount, state } from "./state.js";
-import { sectionWindow, sectionWindowOf, wantMore } from "./subscribe.js";
-import { complete } from "./windows.js";
+import { sectionReserve, sectionWindow, sectionWindowOf, wantMore } from "./subscribe.js";
 
 const OVERSCAN = 600; // px drawn above and below the window
 const AHEAD = 1200; // px: the next page is asked when the loaded end is this close below the view
@@ -55,10 +54,10 @@ function flatWindow() {
 
 /** What a window's closing line says, or null when it has loaded everything. */
 function moreText(win, count) {
+  if (win?.error) return `Could not load the runs: ${win.error}`;
   if (win === undefined || win.next === undefined || win.fresh) {
     return win?.filters.q ? "Searching…" : "Loading runs…";
   }
-  if (win.error) return `Could not load more runs: ${win.error}`;
   if (win.next === null) return null;
   const n = win.ids.length;
   if (win.filters.q || win.filters.status) {
@@ -93,7 +92,7 @@ function resultSections(win) {
     if (entry === undefined) {
       const row = state.models.get(job.model_name) ?? null;
       entry = { key: job.model_name, display: job.model_display, row, count: 0, open: true,
-        win: null, ids: [] };
+        win: null, ids: [], more: win.next !== null };
       byModel.set(job.model_name, entry);
     }
     entry.ids.push(id);
@@ -137,7 +136,7 @@ function slotsOf(entry) {
   if (entry.win === null) return entry.ids.length; // a filter's results: what was found
   const win = entry.win;
   const first = Math.min(entry.count, state.windowLimit); // its first page, once asked
-  if (win === undefined) return first;
+  if (win === undefined) return Math.max(first, sectionReserve(entry.key));
   return Math.max(win.ids.length, win.reserve, win.next === undefined ? first : 0);
 }
 
@@ -280,8 +279,8 @@ function placeSection(placedEntry, viewTop, viewBottom) {
   }
   rec.frame = frameNo;
   rec.ids = entry.ids;
-  const filtered = entry.win === null;
-  setText(rec.count, runCountText(entry.count));
+  const filtered = entry.win === null; // a filter's results: no window of its own
+  setText(rec.count, `${runCountText(entry.count)}${entry.more ? " so far" : ""}`);
   const best = entry.row?.best_eval_loss ?? null;
   setText(rec.best, best === null ? "" : `best ${lossText(best)}`);
   setAttr(rec.best, "title", best === null ? null : `Best eval loss of the model's runs `

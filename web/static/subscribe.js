@@ -125,6 +125,11 @@ export function sectionWindow(modelName, frame) {
   return win;
 }
 
+/** How many runs the section of `modelName` held when it gave its window up (room kept). */
+export function sectionReserve(modelName) {
+  return reserves.get(modelName) ?? 0;
+}
+
 /** The open section's window of `modelName`, if it has one. */
 export function sectionWindowOf(modelName) {
   return state.windows.get(sectionPurpose(modelName));
