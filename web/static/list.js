@@ -317,7 +317,9 @@ function placeSection(placedEntry, viewTop, viewBottom) {
  * advisor stops them itself; redone only when the jobs, the advisor, a confirmation or a call
  * moved. */
 function fillStopAll(rec, entry) {
-  const key = [state.version, state.advisor, state.confirming, state.pending.size, entry.ids];
+  // The ids move in place as pages come: listVersion says when, version when a view changed.
+  const key = [state.version, state.listVersion, state.advisor, state.confirming,
+    state.pending.size, entry.ids];
   if (rec.stopKey !== null && key.every((part, i) => part === rec.stopKey[i])) return;
   rec.stopKey = key;
   const ids = cannotWinIds(entry.ids).filter((id) => !state.pending.has(id));
