@@ -176,14 +176,22 @@ def scroll_through(page: Page, purpose: str) -> tuple[list[str], int]:
     raise AssertionError("never reached the end of the list")
 
 
+SCROLL_TO_SECTION = """(name) => {
+    const el = [...document.querySelectorAll('[data-testid=model-group]')]
+        .find((e) => e.dataset.model === name);
+    if (el) scrollTo(0, el.getBoundingClientRect().top + scrollY - 100);
+    return el !== undefined;
+}"""
+
+
 def find_section(page: Page, model: str | None) -> Locator:
     """The section of ``model``, scrolled to (sections off screen are not in the DOM)."""
-    section = group(page, "" if model is None else model)
+    name = "" if model is None else model
     page.evaluate("window.scrollTo(0, 0)")
     for _ in range(200):
-        if section.count():
-            section.locator(".group-head").scroll_into_view_if_needed()
-            return section
+        if page.evaluate(SCROLL_TO_SECTION, name):
+            page.wait_for_timeout(50)  # a frame places what is now on screen
+            return group(page, name)
         page.evaluate("window.scrollBy(0, innerHeight * 0.9)")
         page.wait_for_timeout(30)
     raise AssertionError(f"no section for {model!r}")
@@ -388,3 +396,31 @@ def test_jobs_no_window_holds_are_watched_while_needed(page: Page, r: redis.Redi
     # An id no job has: the view says so.
     page.goto(f"/?window={WINDOW + 1}#/experiments/1/runs/no-such-run")
     expect(detail).to_contain_text("This job is not known (any more).")
+
+
+def test_more_open_sections_than_the_server_allows_windows(page: Page, r: redis.Redis,
+                                                          keys: Keys,
+                                                          worker: RunningWorker) -> None:
+    """20 open sections, and the server allows 16 windows a connection: the sections on
+    screen hold windows, those scrolled away give theirs up and ask again when they are
+    back, and every section shows its runs when it is on screen."""
+    now = time.time()
+    models = [f"m{k:02d}/model" for k in range(20)]
+    events = [{"type": "job_started", "job_id": f"m{k:02d}-{n}", "model_name": model,
+               "name": f"m{k:02d}-run{n}", "ts": now - 1000 + k * 10 + n}
+              for k, model in enumerate(models) for n in range(2)]
+    seed(r, keys, worker, events)
+    open_live(page, "/?group=1&window=5")
+    expect(group(page, models[0]).get_by_test_id("job-card")).to_have_count(2)
+    for model in models:  # open every section
+        expand = find_section(page, model).locator('[data-action="expand"]')
+        if expand.get_attribute("aria-expanded") == "false":
+            expand.click()
+            expect(expand).to_have_attribute("aria-expanded", "true")
+    page.evaluate("window.scrollTo(0, 0)")
+    for model in models:  # each, when on screen, shows its two runs
+        section = find_section(page, model)
+        expect(section.get_by_test_id("job-card")).to_have_count(2)
+        expect(section.locator(".list-more")).to_have_count(0)
+    windows = page.evaluate("[...window.monitor.state.windows.keys()]")
+    assert 0 < len(windows) <= 12, windows

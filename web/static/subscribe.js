@@ -117,9 +117,10 @@ export function sectionWindow(modelName, frame) {
       state.windowLimit);
     win.model = modelName;
     win.reserve = reserve;
+    win.placed = frame;
     state.windows.set(purpose, win);
+    evictSections(frame); // first: the server refuses a window past its limit
     restart(win, false);
-    evictSections(frame);
   }
   win.placed = frame;
   return win;
