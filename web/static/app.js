@@ -212,8 +212,11 @@ function renderSummary(sums) {
     const flat = state.windows.get("flat");
     const found = flat ? flat.ids.length : 0;
     const done = flat !== undefined && complete(flat);
-    setText($("summary"), `${found.toLocaleString("en-US")}${done ? "" : "+"} `
-      + `${found === 1 && done ? "run matches" : "runs match"}${done ? "" : " so far"}`);
+    const n = found.toLocaleString("en-US");
+    let text = `${n}+ runs match so far`;
+    if (done) text = found === 1 ? "1 run matches" : `${n} runs match`;
+    else if (found === 0) text = "Searching…";
+    setText($("summary"), text);
     return;
   }
   const parts = [countText(sums.runs, "run"), countText(sums.models, "model")];
