@@ -85,12 +85,11 @@ function take(job) {
   // Windows sort by the views they hold: the new one goes in once each has moved it.
   for (const win of state.windows.values()) {
     if (!ready(win)) continue;
-    const was = win.members.has(job.id);
     const moved = fold(win, job, old, state.jobs);
     if (moved === null) continue;
     state.listVersion += 1;
     if (moved === "in") hold(job.id);
-    else if (moved === "out" && was) release(job.id);
+    else if (moved === "out") release(job.id);
   }
   if (state.held.has(job.id) || state.watched.has(job.id)) state.jobs.set(job.id, job);
   else state.jobs.delete(job.id);
