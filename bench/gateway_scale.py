@@ -3,9 +3,8 @@
     .venv/bin/python -m bench.gateway_scale [--quick] [--jobs 10000,100000,1000000]
                                             [--clients 100] [--seconds 10] [--rate 200]
 
-Per row the state is written straight into Redis in the shapes the worker commits (the
-``jobs`` and ``models`` hashes and the ``order`` sets; ``bench.page_scale`` builds the jobs,
-500 models), and a real ``monitor gateway`` process serves it. Measured:
+Per row the state is written straight into Redis in the shapes the worker commits
+(``bench.page_scale`` builds and writes it: jobs over 500 models), and a real ``monitor gateway`` process serves it. Measured:
 
 - the first ``/ws`` message: the snapshot of every job (``/ws``; up to 100,000 jobs, past
   that it is hundreds of megabytes) and the summary of ``/ws?windows=1``, its size and the time
@@ -54,30 +53,15 @@ from bench.common import (
     verdict,
     wait_http_ok,
 )
-from bench.page_scale import Fleet, Updates, build_fleet, send_updates, write_state
+from bench.page_scale import Updates, build_fleet, send_updates, write_state
 from monitor.keys import Keys
 
 ROWS = [10_000, 100_000, 1_000_000]
 QUICK_ROWS = [2_000, 10_000]
 SNAPSHOT_UP_TO = 100_000  # past this the old snapshot is not measured (hundreds of MB)
-FILL_CHUNK = 10_000
 GOAL_FIRST_KB = 200.0
 GOAL_RSS_MB = 300.0
 MAX_MESSAGE = 2**30
-
-
-def write_order(client: redis.Redis, keys: Keys, fleet: Fleet) -> None:
-    """The ``order`` sets (docs/state.md), as the worker keeps them."""
-    items = list(fleet.jobs.values())
-    for start in range(0, len(items), FILL_CHUNK):
-        with client.pipeline(transaction=False) as pipe:
-            for job in items[start:start + FILL_CHUNK]:
-                score = {job["id"]: -job["created_at"]}
-                pipe.zadd(keys.order(job["archived"]), score)  # type: ignore[arg-type]
-                pipe.zadd(keys.order(job["archived"], job["model_name"]),
-                          score)  # type: ignore[arg-type]
-            pipe.execute()
-    client.set(keys.order_built, 1)
 
 
 @dataclass
@@ -200,7 +184,6 @@ def measure(jobs: int, args: argparse.Namespace, client: redis.Redis, work: Path
         started = time.monotonic()
         fleet, bases = build_fleet(jobs)
         write_state(client, keys, fleet)
-        write_order(client, keys, fleet)
         fill_s = time.monotonic() - started
         print(f"  {jobs:,} jobs written in {fill_s:.0f}s", file=sys.stderr)
         port = free_port()

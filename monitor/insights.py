@@ -27,6 +27,16 @@ def candidates(views: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [v for v in views if not v["archived"] and v["best_eval_loss"] is not None]
 
 
+def points(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The candidates that can be placed on the cost chart (their GPU-hours are known), as
+    ``{job_id, name, gpu_hours, best_eval_loss}``, cheapest first: what the page draws
+    without holding the model's jobs."""
+    placed = [{"job_id": v["id"], "name": v.get("name"), "gpu_hours": h,
+               "best_eval_loss": v["best_eval_loss"]}
+              for v in candidates(views) if (h := gpu_hours(v)) is not None]
+    return sorted(placed, key=lambda p: (p["gpu_hours"], p["best_eval_loss"], p["job_id"]))
+
+
 def pareto(views: list[dict[str, Any]]) -> list[str]:
     """Ids of the candidates that no other candidate beats on both GPU-hours (as few or
     fewer) and best eval loss (strictly lower), cheapest first. Candidates without GPU-hours
@@ -232,6 +242,7 @@ def model_insights(model_name: str | None, model_display: str,
         "model_display": model_display,
         "gpu_hours": sum(hours) if hours else None,
         "pareto": pareto(views),
+        "points": points(views),
         "replicates": replicates(views),
         "noise_pct": noise_pct(views),
         "hyperparameters": hyperparameters(views),

@@ -165,6 +165,8 @@ def test_model_insights_puts_it_together() -> None:
     out = model_insights("org/model", "org/model", views)
     assert out["gpu_hours"] == 4.0  # archived jobs do not count
     assert out["pareto"] == ["costly"]
+    assert out["points"] == [{"job_id": "costly", "name": None, "gpu_hours": 4.0,
+                              "best_eval_loss": 2.0}]
     assert [g["job_ids"] for g in out["replicates"]] == [["r3", "r7"]]  # only seeds differ
     assert out["noise_pct"] == pytest.approx(0.001 / 2 ** 0.5 / 0.6005 * 100)  # sample std
     assert out["hyperparameters"][0]["name"] == "learning_rate"

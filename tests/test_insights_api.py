@@ -68,6 +68,10 @@ def test_insights_of_a_sweep(client: TestClient, r: redis.Redis, keys: Keys,
     assert (body["model_name"], body["model_display"]) == (Q, Q)
     assert body["gpu_hours"] == pytest.approx(4.5)  # 4 runs x 1 h + 2 x 0.25 h ("lone": none)
     assert body["pareto"] == ["c1", "a0"]  # the cheapest good run, then the best
+    # every placed candidate, cheapest first ("lone" has no GPU count: not placed)
+    assert [(p["job_id"], p["best_eval_loss"]) for p in body["points"]] == [
+        ("c1", 0.799), ("c0", 0.8), ("a0", 0.5), ("a1", 0.502), ("b0", 0.6), ("b1", 0.603)]
+    assert body["points"][0]["gpu_hours"] == pytest.approx(0.25)
     assert [(g["config"], g["job_ids"]) for g in body["replicates"]] == [
         ({"learning_rate": 1e-4}, ["a0", "a1"]), ({"learning_rate": 3e-4}, ["b0", "b1"]),
         ({"learning_rate": 1e-3}, ["c0", "c1"])]

@@ -202,11 +202,20 @@ class Hyperparameter(BaseModel):
     importance: float = Field(description="share of the variance explained, 0 to 1")
 
 
+class CostPoint(BaseModel):
+    job_id: str
+    name: str | None
+    gpu_hours: float
+    best_eval_loss: float
+
+
 class Insights(BaseModel):
     model_name: str | None
     model_display: str
     gpu_hours: float | None
     pareto: list[str] = Field(description="candidates on the GPU-hours / best eval loss front")
+    points: list[CostPoint] = Field(description="every candidate with known GPU-hours, "
+                                                "cheapest first")
     replicates: list[Replicates]
     noise_pct: float | None = Field(description="pooled seed noise, % of the mean")
     hyperparameters: list[Hyperparameter]

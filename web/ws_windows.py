@@ -73,6 +73,7 @@ class WindowedClient:
         self._send = send  # web.ws.send, which notes the send for the watchdog and /metrics
         part = gw.settings.partitioning
         self.split = part.split
+        self.part = part if part.split else None
         self.reader: WindowReader = window_reader(gw.reader, part if part.split else None)
         self.watching = Watching(len(self.reader.readers))
         self.versions: list[str] = []
@@ -235,6 +236,8 @@ class WindowedClient:
         changes, models = update
         views = self.watching.route(index, pos, changes)
         rows = self.watching.rows(index, pos, models)
+        if self.part is not None:  # a model's row from its own partition only (the summary's)
+            rows = [row for row in rows if self.part.of_model(row["model_name"]) == index]
         if not views and not rows:
             return None
         return orjson.dumps({"type": "update", "version": self.version(), "jobs": views,
