@@ -1,9 +1,8 @@
 // A model's insights (a side panel): its GPU-hours, seed noise, which hyperparameters move the
 // loss, the GPU-hours / best eval loss scatter with its Pareto front, and its replicate groups.
-// GET /api/insights answers; the scatter places the points the answer gives, or, from a server
-// whose answer has none, the live views of a window of the model's runs (the page holds no
-// model's every job). It refetches (at most once a second) while open whenever the model's
-// row or one of its jobs the page holds changes.
+// GET /api/insights answers, the scatter's points included (the page holds no model's every
+// job). It refetches (at most once a second) while open whenever the model's row or one of
+// its jobs the page holds changes.
 
 import { getInsights } from "./api.js";
 import { ScatterChart } from "./chart.js";
@@ -21,13 +20,8 @@ import {
 } from "./format.js";
 import { registerRenderer, schedule } from "./render.js";
 import { state } from "./state.js";
-import { closeWindow, openWindow } from "./subscribe.js";
-import { complete, filtersOf } from "./windows.js";
 
 const REFRESH_MS = 1000; // at most one refetch per this long while the model's jobs change
-const WINDOW = "insights"; // the window of the model's runs, for a scatter the answer lacks
-const WINDOW_PAGE = 500;
-const WINDOW_MAX = 5000; // runs the scatter loads at most that way
 
 const panel = document.getElementById("model-insights");
 const body = panel.querySelector(".insights-body");
@@ -50,10 +44,6 @@ async function load() {
     if (mine !== generation) return;
     data = answer;
     error = "";
-    if (!Array.isArray(answer.points)) {
-      openWindow(WINDOW, filtersOf({ archived: false, model: state.insights.modelName }),
-        { limit: WINDOW_PAGE, want: WINDOW_MAX });
-    }
   } catch (e) {
     if (mine !== generation) return;
     error = e.message;
@@ -77,15 +67,11 @@ export function openInsights(modelName) {
 }
 
 /** Jobs or model rows changed (from /ws): refetch, at most once a second, if the open
- * model's row or one of its jobs did (and redraw a scatter drawn from the page's views). */
+ * model's row or one of its jobs did. */
 export function insightsSawChanges(ids, models) {
   if (state.insights === null) return;
   const { modelName } = state.insights;
   const ours = ids.some((id) => state.jobs.get(id)?.model_name === modelName);
-  if (ours && data && !Array.isArray(data.points)) {
-    dirty = true;
-    schedule();
-  }
   if (timer !== null || (!ours && !models.includes(modelName))) return;
   timer = setTimeout(load, REFRESH_MS);
 }
@@ -131,35 +117,15 @@ function hyperparameters(answer) {
       h("tbody", {}, rows)));
 }
 
-/** The scatter's points: the answer's (`{job_id, name, gpu_hours, best_eval_loss}`), else the
- * candidates among the views of the model's window; and whether that window is still loading. */
-function scatterPoints(answer) {
-  if (Array.isArray(answer.points)) {
-    return { loading: false, runs: answer.points.map((p) => ({ id: p.job_id, name: p.name,
-      gpu_hours: p.gpu_hours, best_eval_loss: p.best_eval_loss })) };
-  }
-  const win = state.windows.get(WINDOW);
-  const runs = [];
-  for (const id of win ? win.ids : []) {
-    const job = state.jobs.get(id);
-    if (job.archived || job.best_eval_loss === null || job.gpu_hours === null) continue;
-    runs.push(job);
-  }
-  return { loading: win === undefined || !complete(win), runs };
-}
-
 function pareto(answer) {
   const front = new Set(answer.pareto);
   const points = [];
-  const { loading, runs } = scatterPoints(answer);
-  for (const job of runs) {
-    const label = jobTitle(job);
-    points.push({ x: job.gpu_hours, y: job.best_eval_loss, label, front: front.has(job.id),
-      title: `${job.name || job.id}: ${lossText(job.best_eval_loss)} at `
-        + `${gpuHoursText(job.gpu_hours)} GPU-hours${front.has(job.id) ? " (Pareto front)" : ""}` });
-  }
-  if (points.length === 0 && loading) {
-    return h("p", { class: "muted", "data-testid": "insights-pareto" }, "Loading the runs…");
+  for (const p of answer.points) { // {job_id, name, gpu_hours, best_eval_loss}, cheapest first
+    const run = { id: p.job_id, name: p.name };
+    const onFront = front.has(p.job_id);
+    points.push({ x: p.gpu_hours, y: p.best_eval_loss, label: jobTitle(run), front: onFront,
+      title: `${p.name || p.job_id}: ${lossText(p.best_eval_loss)} at `
+        + `${gpuHoursText(p.gpu_hours)} GPU-hours${onFront ? " (Pareto front)" : ""}` });
   }
   if (points.length === 0) {
     return h("p", { class: "muted", "data-testid": "insights-pareto" }, "No run to place yet: "
@@ -228,7 +194,6 @@ export function initInsights() {
     timer = null;
     state.insights = null;
     data = null;
-    closeWindow(WINDOW);
     scatter?.destroy();
     scatter = null;
     dirty = true;
