@@ -553,8 +553,14 @@ class Board:
         rank key), as :func:`stored_rank` gives. Its jobs' states stay out until warmed."""
         assert model_name not in self.groups, f"group {model_name!r} is on the board already"
         group = self.group(model_name)
+        keys = []
         for job_id, archived, key in ranks:
-            group.enter(job_id, archived, key)
+            group.members.add(job_id)
+            group.archived += archived
+            if key is not None:
+                keys.append(key)
+        group.ranking = SortedList(keys)  # sorted once, not one insertion at a time
+        group.best = group.ranking[0] if keys else None
 
     def warm(self, job: JobState) -> None:
         """Put a stored job's state back on the board; its group is loaded and counts it."""
