@@ -657,10 +657,16 @@ class Board:
                         consume=True)
 
     def view_stored(self, public: dict[str, Any]) -> dict[str, Any]:
-        """The view of a job whose state is not on the board, from its stored public state
-        (which becomes the view)."""
-        best = self.groups[public["model_name"]].best
-        return job_view(public, _best_id_value(best), consume=True)
+        """The view of a job whose state is not on the board, from its stored public state:
+        the view :meth:`view` would give once the job is restored (a field stored before it
+        existed gets its default, as :meth:`JobState.restore` gives it)."""
+        filled = {name: public.get(name, blank) for name, blank in _BLANK_PUBLIC.items()}
+        filled["model_display"] = model_display(filled["model_name"])
+        best = self.groups[filled["model_name"]].best
+        return job_view(filled, _best_id_value(best), consume=True)
+
+
+_BLANK_PUBLIC = JobState(id="", created_at=0.0, updated_at=0.0).public()
 
 
 def _best_id_value(key: RankKey | None) -> tuple[str, float] | None:

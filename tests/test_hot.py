@@ -14,7 +14,9 @@ import pytest
 import redis
 
 from monitor.keys import Keys
+from monitor.rules import Board, JobState, stored_rank
 from monitor.settings import WorkerSettings
+from tests.helpers import ev, fold
 from tests.test_order_index import scenario
 from worker.consumer import Worker
 from worker.hot import HotJobs
@@ -37,6 +39,27 @@ def test_the_coldest_jobs_beyond_the_limit_go_never_those_of_the_last_two_turns(
         hot.next_turn()
         hot.touch(touched)
     assert hot.coldest() == expected
+
+
+@pytest.mark.parametrize("left_out", [(), ("stale", "last_seen", "eval_count", "autostop"),
+                                      ("model_display",)])
+def test_the_view_of_a_job_not_in_memory_is_the_view_of_it_restored(
+        left_out: tuple[str, ...]) -> None:
+    """From its stored public state, as old as it may be (fields it predates left out)."""
+    folded = fold([ev("job_started", "a", model_name="org/m", ts=1.0),
+                   ev("metrics", "a", eval_loss=0.5, ts=2.0),
+                   ev("job_started", "b", model_name="org/m", ts=3.0, name="b"),
+                   ev("metrics", "b", eval_loss=0.7, step=5, ts=4.0),
+                   ev("job_finished", "b", status="completed", final_loss=0.3, ts=5.0)])
+    stored = {j: ({k: v for k, v in job.public().items() if k not in left_out},
+                  job.private()) for j, job in folded.jobs.items()}
+    hot = Board()
+    hot.load(JobState.restore(*stored[j]) for j in "ab")
+    cold = Board()
+    cold.load_group("org/m", [(j, *stored_rank(j, stored[j][0])) for j in "ab"])
+    view = cold.view_stored(dict(stored["b"][0]))
+    assert view == hot.view("b") and list(view) == list(hot.view("b"))
+    assert (view["delta_pct"], view["final_loss"]) == (pytest.approx(40.0), 0.3)
 
 
 def snapshot(r: redis.Redis, keys: Keys, jobs: list[str]) -> dict[str, Any]:
