@@ -122,9 +122,8 @@ async def test_a_worker_keeping_two_job_states_writes_what_one_keeping_all_write
             pipe.execute()
         worker = Worker(WorkerSettings(redis_url=redis_url, prefix=run_keys.prefix,
                                        batch_size=7, block=0.05, hot_jobs=hot_jobs))
-        commit = worker.store.commit
-
-        async def slow(*args: Any, **kwargs: Any) -> str | None:
+        async def slow(*args: Any, commit: Any = worker.store.commit,
+                       **kwargs: Any) -> str | None:
             await asyncio.sleep(0.01)  # the next batch is folded meanwhile
             return await commit(*args, **kwargs)
 
