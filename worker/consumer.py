@@ -346,8 +346,9 @@ class Worker:
         may stop before an item whose job must move first, returned with the items after
         it (the commit is None when that is the first).
 
-        Folding while the previous commit runs is safe: that commit wrote only jobs and
-        groups already on the board, which :meth:`_load` never reads again. Only a history
+        Folding while the previous commit runs is safe: that commit wrote only groups
+        already on the board, which :meth:`_load` never reads again, and jobs of the last
+        batch, whose states stay on the board for this one (worker.hot). Only a history
         about to be thinned is read back, so its points must have landed first."""
         await self._load([item.event for item in items if item.event is not None])
         await self._know_stored_ids(items)
