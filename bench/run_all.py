@@ -28,7 +28,8 @@ import redis
 
 from bench.common import HEADLINES_ENV, machine_line, redis_url, table
 
-BENCHES = ["worker_throughput", "latency", "fanout", "slow_clients", "page_scale", "gateway_scale",
+BENCHES = ["worker_throughput", "worker_memory", "latency", "fanout", "slow_clients",
+           "page_scale", "gateway_scale",
            "forecast_backtest", "forecast_pipeline", "stop_latency", "scale_out", "peers",
            "mlflow_compare"]
 RESULTS = Path(__file__).with_name("results.md")

@@ -398,9 +398,13 @@ class Group:
         }
 
     def add(self, job: JobState) -> None:
-        self.members.add(job.id)
-        self.archived += job.archived
-        if (key := job.rank_key) is not None:
+        self.enter(job.id, job.archived, job.rank_key)
+
+    def enter(self, job_id: str, archived: bool, key: RankKey | None) -> None:
+        """Count a job in, by what the group needs of it (its state may stay in storage)."""
+        self.members.add(job_id)
+        self.archived += archived
+        if key is not None:
             self.ranking.add(key)
             if self.best is None or key < self.best:
                 self.best = key
@@ -412,6 +416,16 @@ class Group:
             self.ranking.remove(key)
             if key == self.best:
                 self.best = self.ranking[0] if self.ranking else None
+
+
+def stored_rank(job_id: str, public: dict[str, Any]) -> tuple[bool, RankKey | None]:
+    """What a group needs of a stored job (its :meth:`JobState.public`): whether it is
+    archived, and its :attr:`JobState.rank_key`."""
+    archived = bool(public["archived"])
+    best = public["best_eval_loss"]
+    if archived or best is None:
+        return archived, None
+    return archived, (best, public["created_at"], job_id)
 
 
 # --- What a reader sees: the view, delta, tier, clean name ------------------------------------
@@ -512,6 +526,10 @@ class Board:
 
     One event costs work in proportion to what it changes: a new best in a group of n jobs
     changes n views, a new non-best loss changes one.
+
+    A group may count jobs whose state is not in ``jobs`` (the worker keeps only some in
+    memory): it holds what ranking needs of each, and a job's state is put back with
+    :meth:`warm` before an event touches it.
     """
 
     jobs: dict[str, JobState] = field(default_factory=dict)
@@ -528,6 +546,29 @@ class Board:
         for job in jobs:
             self.jobs[job.id] = job
             self.group(job.model_name).add(job)
+
+    def load_group(self, model_name: str | None,
+                   ranks: Iterable[tuple[str, bool, RankKey | None]]) -> None:
+        """Put a stored group on the board by what it needs of each job: (job id, archived,
+        rank key), as :func:`stored_rank` gives. Its jobs' states stay out until warmed."""
+        assert model_name not in self.groups, f"group {model_name!r} is on the board already"
+        group = self.group(model_name)
+        keys = []
+        for job_id, archived, key in ranks:
+            group.members.add(job_id)
+            group.archived += archived
+            if key is not None:
+                keys.append(key)
+        group.ranking = SortedList(keys)  # sorted once, not one insertion at a time
+        group.best = group.ranking[0] if keys else None
+
+    def warm(self, job: JobState) -> None:
+        """Put a stored job's state back on the board; its group is loaded and counts it."""
+        self.jobs[job.id] = job
+
+    def cool(self, job_id: str) -> None:
+        """Take a job's state off the board, its group still counting it (it is stored)."""
+        self.jobs.pop(job_id, None)
 
     def apply(self, event: Event, pos: Pos, ts: float) -> Change:
         """Fold one event; ``ts`` is the event's time (its ``ts``, else the entry's time)."""
@@ -614,6 +655,18 @@ class Board:
         job = self.jobs[job_id]
         return job_view(public or job.public(), _best_id_value(self.groups[job.model_name].best),
                         consume=True)
+
+    def view_stored(self, public: dict[str, Any]) -> dict[str, Any]:
+        """The view of a job whose state is not on the board, from its stored public state:
+        the view :meth:`view` would give once the job is restored (a field stored before it
+        existed gets its default, as :meth:`JobState.restore` gives it)."""
+        filled = {name: public.get(name, blank) for name, blank in _BLANK_PUBLIC.items()}
+        filled["model_display"] = model_display(filled["model_name"])
+        best = self.groups[filled["model_name"]].best
+        return job_view(filled, _best_id_value(best), consume=True)
+
+
+_BLANK_PUBLIC = JobState(id="", created_at=0.0, updated_at=0.0).public()
 
 
 def _best_id_value(key: RankKey | None) -> tuple[str, float] | None:

@@ -127,6 +127,9 @@ class WorkerSettings(CommonSettings):
                                  _positive)
     dead_keep: int = _setting(10_000, "refused entries kept in <prefix>dead (approximate)",
                               _positive)
+    hot_jobs: int = _setting(50_000, "job states kept in memory, the most recently touched; "
+                                     "another is read back from Redis when an event touches "
+                                     "it", _positive)
 
     def __post_init__(self) -> None:
         super().__post_init__()

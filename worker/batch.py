@@ -239,9 +239,17 @@ def update_data(views: bytes, rows: list[bytes]) -> bytes:
     return b'{"jobs":' + views + b',"models":[' + b",".join(rows) + b"]}"
 
 
+def cold_views(board: Board, folded: Folded) -> list[str]:
+    """Jobs whose view changed but whose state is not on the board (a new best moved their
+    delta): their stored public states make their views."""
+    return [job_id for job_id in folded.views if job_id not in board.jobs]
+
+
 def build_commit(board: Board, folded: Folded, keys: Keys,
-                 histories: dict[str, list[dict[str, Any]]]) -> Commit:
-    """The writes for ``folded``; ``histories`` holds the stored points of :func:`rewrites`."""
+                 histories: dict[str, list[dict[str, Any]]],
+                 cold: dict[str, dict[str, Any]] | None = None) -> Commit:
+    """The writes for ``folded``; ``histories`` holds the stored points of :func:`rewrites`,
+    ``cold`` the stored public states of :func:`cold_views` (given away: they become views)."""
     commit = Commit(applied=folded.last_id)
     publics = {}
     for job_id in folded.jobs:
@@ -288,7 +296,8 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
             row = commit.models[model_field(model)] = orjson.dumps(group.summary())
             rows.append(row)
     if folded.views or rows:
-        views = [board.view(job_id, publics.pop(job_id, None)) for job_id in folded.views]
+        views = [board.view(job_id, publics.pop(job_id, None)) if job_id in board.jobs
+                 else board.view_stored((cold or {})[job_id]) for job_id in folded.views]
         commit.update = update_data(orjson.dumps(views), rows)
     for item in folded.dead:
         commit.dead.append({"id": item.entry_id, "data": item.raw[:DEAD_DATA_BYTES],

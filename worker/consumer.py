@@ -23,6 +23,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -43,12 +44,14 @@ from worker.batch import (
     Entry,
     Folded,
     build_commit,
+    cold_views,
     fold,
     poisoned,
     rewrites,
     stored_id_lookups,
 )
 from worker.fleet import Fleet
+from worker.hot import HotJobs
 from worker.lease import Lease
 from worker.moves import Diverter
 from worker.order import backfill, place_of, reorder
@@ -87,8 +90,11 @@ class Worker:
         self.lease = Lease(self.redis, self.keys.lease, settings.lease_ttl, self.name)
         self.pipeline = Pipeline(self.store, self.lease, settings)
         self.generation = -1  # the lease generation recovered for; -1: recover before reading
-        self.board = Board()  # every stored job and model group loaded so far
+        # Every model group loaded so far, by what ranking needs of each job, and the states
+        # of the jobs touched most recently (worker.hot).
+        self.board = Board()
         self.loaded_groups: set[str | None] = set()
+        self.hot = HotJobs(settings.hot_jobs)
 
     @property
     def leading(self) -> bool:
@@ -103,6 +109,7 @@ class Worker:
     def _forget_state(self) -> None:
         self.board = Board()
         self.loaded_groups = set()
+        self.hot = HotJobs(self.settings.hot_jobs)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Apply events until ``stop`` is set; survives Redis going away and coming back."""
@@ -317,7 +324,7 @@ class Worker:
             folded.views.update(dict.fromkeys(change.jobs))
             folded.models.update(change.models)
         folded.outgoing.append((to, self.divert.forward(item, **extra)))
-        commit = build_commit(self.board, folded, self.keys, {})
+        commit = await self._build_commit(folded, {})
         if job is not None:
             commit.removed.append(job_id)
             reorder(commit, self.keys, job_id, place_of(job), None)
@@ -339,8 +346,9 @@ class Worker:
         may stop before an item whose job must move first, returned with the items after
         it (the commit is None when that is the first).
 
-        Folding while the previous commit runs is safe: that commit wrote only jobs and
-        groups already on the board, which :meth:`_load` never reads again. Only a history
+        Folding while the previous commit runs is safe: that commit wrote only groups
+        already on the board, which :meth:`_load` never reads again, and jobs of the last
+        batch, whose states stay on the board for this one (worker.hot). Only a history
         about to be thinned is read back, so its points must have landed first."""
         await self._load([item.event for item in items if item.event is not None])
         await self._know_stored_ids(items)
@@ -354,12 +362,22 @@ class Worker:
         if to_read:
             await self.pipeline.settle()  # the points about to be read back must have landed
         histories = await self.store.histories(to_read) if to_read else {}
-        commit = build_commit(self.board, folded, self.keys, histories)
+        self.hot.touch(folded.jobs)
+        commit = await self._build_commit(folded, histories)
         now = time.time()
         BATCH_SIZE.observe(commit.observed, [folded.applied + folded.heartbeats])
         EVENT_AGE.observe(commit.observed, [max(0.0, now - item.pos[0] / 1000)
                                           for item in items[:len(items) - len(rest)]])
         return commit, rest
+
+    async def _build_commit(self, folded: Folded,
+                            histories: dict[str, list[dict[str, Any]]]) -> Commit:
+        """:func:`build_commit`, with the stored states of the jobs whose view changed but
+        whose state is not on the board. (Those were not touched by the commit that may be
+        in flight, so what Redis has of them is final.)"""
+        cold = cold_views(self.board, folded)
+        stored = await self.store.publics(cold) if cold else {}
+        return build_commit(self.board, folded, self.keys, histories, stored)
 
     async def _know_stored_ids(self, items: list[Decoded]) -> None:
         """Tell the board which event ids of ``items`` its jobs' stored sets hold: those
@@ -376,9 +394,16 @@ class Worker:
             self.board.jobs[job_id].seen.know(stored)
 
     async def _load(self, events: list[Event]) -> None:
-        """Bring every stored job and whole model group these events touch onto the board."""
-        board = self.board
-        unknown = list({e.job_id for e in events if e.job_id not in board.jobs})
+        """Bring the state of every stored job these events touch onto the board, and their
+        model groups (what ranking needs of each of their jobs); first take the states of
+        the jobs touched least recently off it, past ``hot_jobs``."""
+        board, hot = self.board, self.hot
+        hot.next_turn()
+        touched = {e.job_id for e in events}
+        hot.touch(job_id for job_id in touched if job_id in board.jobs)
+        for job_id in hot.coldest():
+            board.cool(job_id)
+        unknown = [job_id for job_id in touched if job_id not in board.jobs]
         staged = await self.store.load_jobs(unknown)
         models: set[str | None] = set()
         for event in events:
@@ -390,15 +415,14 @@ class Worker:
                 if event.model_name is not None:
                     models.add(event.model_name)
         needed = [m for m in models if m not in self.loaded_groups]
-        if not needed:
-            return
-        members = await self.store.group_members(needed)
-        missing = [job_id for ids in members.values() for job_id in ids
-                   if job_id not in staged and job_id not in board.jobs]
-        staged.update(await self.store.load_jobs(missing))
-        for model in needed:
-            board.load(staged[job_id] for job_id in members[model] if job_id in staged)
-            self.loaded_groups.add(model)
+        if needed:
+            rankings = await self.store.rankings(needed)
+            for model in needed:
+                board.load_group(model, rankings[model])
+                self.loaded_groups.add(model)
+        for job in staged.values():
+            board.warm(job)
+        hot.touch(staged)
 
 
 async def _sleep(stop: asyncio.Event | None, seconds: float) -> None:

@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError, WatchError
 from monitor.keys import GROUP, Keys
 from monitor.partitions import Partitioning, parse_route, route_value
 from monitor.redistools import node_client, text
-from monitor.rules import JobState
+from monitor.rules import JobState, RankKey, stored_rank
 from worker.batch import Commit, Entry
 from worker.fenced import Command, fenced
 from worker.lease import Lease
@@ -42,6 +42,7 @@ end
 return dropped
 """
 LOAD_CHUNK = 2000  # jobs per read while loading, so the lease renews between chunks
+RANK_READ = 20_000  # jobs per round trip while reading what groups rank (~10 MB of states)
 WATCH_TRIES = 5  # a renewal of our own lease between WATCH and EXEC aborts it: try again
 
 
@@ -150,6 +151,36 @@ class Store:
                 pipe.smembers(self.keys.group(model))
             replies = await pipe.execute()
         return {model: {text(m) for m in members} for model, members in zip(models, replies)}
+
+    async def rankings(self, models: list[str | None]
+                       ) -> dict[str | None, list[tuple[str, bool, RankKey | None]]]:
+        """What each model group needs of its stored jobs (see :func:`stored_rank`), read
+        from their public states a round trip of :data:`RANK_READ` at a time; the states
+        are not kept."""
+        members = await self.group_members(models)
+        out: dict[str | None, list[tuple[str, bool, RankKey | None]]] = {m: [] for m in models}
+        todo = [(model, job_id) for model in models for job_id in members[model]]
+        for start in range(0, len(todo), RANK_READ):
+            part = todo[start : start + RANK_READ]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for at in range(0, len(part), LOAD_CHUNK):
+                    pipe.hmget(self.keys.jobs, [job_id for _, job_id in part[at : at + LOAD_CHUNK]])
+                replies = await pipe.execute()
+            publics = (raw for reply in replies for raw in reply)
+            for (model, job_id), raw in zip(part, publics):
+                if raw is not None:
+                    out[model].append((job_id, *stored_rank(job_id, orjson.loads(raw))))
+        return out
+
+    async def publics(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The stored public states of these jobs (missing ones are left out)."""
+        out = {}
+        for start in range(0, len(job_ids), LOAD_CHUNK):
+            chunk = job_ids[start : start + LOAD_CHUNK]
+            for job_id, raw in zip(chunk, await self.redis.hmget(self.keys.jobs, chunk)):
+                if raw is not None:
+                    out[job_id] = orjson.loads(raw)
+        return out
 
     async def stored_ids(self, lookups: dict[str, list[str]]) -> dict[str, set[str]]:
         """Which of these event ids each job's stored set holds."""
