@@ -18,15 +18,17 @@ from fastapi.testclient import TestClient
 
 from monitor.keys import Keys
 from monitor.partitions import Partitioning
-from monitor.rules import parse_pos
+from monitor.rules import JobState, job_view, parse_pos
 from monitor.settings import GatewaySettings
 from tests.conftest import delete_prefix
 from tests.gateway_helpers import RunningWorker, publish
 from tests.helpers import env_for, spawn_monitor, stop_process, wait_for
 from web.app import create_app
-from web.hub import RESYNC, ROUTED, Subscriber
+from web.gateway import Gateway
+from web.hub import RESYNC, ROUTED, Reply, Shared, Subscriber, update_message
 from web.watching import Changes, Watching
 from web.windows import Filters, key_of
+from web.ws_windows import WindowedClient
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -148,10 +150,14 @@ def test_past_the_bound_the_whole_list_is_refused_with_413(redis_url: str, r: re
             f"{live} jobs are more than one answer holds (MONITOR_API_JOBS_MAX=20): ask for "
             "pages with ?limit= and ?cursor= (docs/rest.md)")
         assert client.get("/api/jobs", params={"limit": 10}).status_code == 200
-        # a filter that selects few is answered whole
-        few = client.get("/api/jobs", params={"q": "job-0001"})
-        assert few.status_code == 200 and [v["id"] for v in few.json()["jobs"]] in (
-            [], ["job-0001"])
+        # a filter is answered whole when the jobs it reads are within the bound: a model's
+        # are, a search of every job is not (it would read them all)
+        whole = everything_paged(client)
+        gamma = client.get("/api/jobs", params={"model": "gamma"})
+        assert gamma.status_code == 200
+        assert [v["id"] for v in gamma.json()["jobs"]] == expected(whole,
+                                                                   Filters.of(model="gamma"))
+        assert client.get("/api/jobs", params={"q": "job-0001"}).status_code == 413
     with make_client(redis_url, keys, api_jobs_max=100) as client:
         assert client.get("/api/jobs").status_code == 200
 
@@ -214,9 +220,21 @@ class WindowedPage:
         old = self.windows.get(window_id)
         ids = (old[1] if old and cursor else []) + [v["id"] for v in reply["jobs"]]
         self.windows[window_id] = (parsed, ids, reply["end"], reply["next"])
-        for view in reply["jobs"]:
-            self.views[view["id"]] = view
+        self.take(reply["jobs"], window_id)
         return reply
+
+    def watch(self, ids: list[str]) -> dict[str, Any]:
+        self.ws.send_json({"type": "watch", "ids": ids})
+        reply = self.receive_until("jobs")
+        self.take(reply["jobs"])
+        return reply
+
+    def take(self, views: list[dict[str, Any]], taking: str | None = None) -> None:
+        """A reply's views: newer than any update before it, they move the other windows
+        as an update's do."""
+        for view in views:
+            self.views[view["id"]] = view
+            self.place(view, skip=taking)
 
     def ask_all(self, window_id: str, limit: int, filters: dict[str, Any]) -> None:
         reply = self.ask(window_id, limit, filters)
@@ -231,17 +249,22 @@ class WindowedPage:
             assert message["type"] == "update", message
             self.apply(message)
 
+    def place(self, view: dict[str, Any], skip: str | None = None) -> None:
+        for window_id, (filters, ids, end, _) in self.windows.items():
+            if window_id == skip:
+                continue
+            inside = filters.matches(view) and (
+                end is None or key_of(view) <= (-end["created_at"], end["id"]))
+            if view["id"] in ids and not inside:
+                ids.remove(view["id"])
+            elif inside and view["id"] not in ids:
+                ids.append(view["id"])
+                ids.sort(key=lambda i: key_of(self.views[i]))
+
     def apply(self, update: dict[str, Any]) -> None:
         for view in update["jobs"]:
             self.views[view["id"]] = view
-            for filters, ids, end, _ in self.windows.values():
-                inside = filters.matches(view) and (
-                    end is None or key_of(view) <= (-end["created_at"], end["id"]))
-                if view["id"] in ids and not inside:
-                    ids.remove(view["id"])
-                elif inside and view["id"] not in ids:
-                    ids.append(view["id"])
-                    ids.sort(key=lambda i: key_of(self.views[i]))
+            self.place(view)
         for row in update["models"]:
             self.models[self.model_key(row)] = row
 
@@ -283,8 +306,7 @@ def test_windows_stay_equal_to_the_whole_list_through_live_changes(
         assert page.summary["jobs"] + page.summary["archived"] == len(whole)
         assert sorted(page.models.values(), key=repr) == sorted(
             client.get("/api/models").json(), key=repr)
-        ws.send_json({"type": "watch", "ids": ["zz-marker", "no-such-job"]})
-        jobs = page.receive_until("jobs")
+        jobs = page.watch(["zz-marker", "no-such-job"])
         assert [v["id"] for v in jobs["jobs"]] == ["zz-marker"]
         page.ask("flat", 20, {})
         page.ask("flat", 20, {}, page.windows["flat"][3])  # two pages
@@ -408,8 +430,7 @@ def test_windows_over_four_partitions_follow_jobs_that_move(redis_url: str, r: r
         with make_client(redis_url, Keys(prefix), partitions=4) as client, \
                 client.websocket_connect("ws://127.0.0.1/ws?windows=1") as ws:
             page = WindowedPage(ws)
-            ws.send_json({"type": "watch", "ids": ["zz-marker"]})
-            page.receive_until("jobs")
+            page.watch(["zz-marker"])
             page.ask("flat", 15, {})
             page.ask("alpha", 10, {"model": "org/alpha-7b"})
             page.ask_all("unnamed", 50, {"model": None})
@@ -437,7 +458,7 @@ def test_windows_over_four_partitions_follow_jobs_that_move(redis_url: str, r: r
         delete_prefix(r, prefix)
 
 
-def test_updates_wait_as_they_came_while_a_client_holds_and_are_routed_in_order() -> None:
+def test_updates_wait_as_they_came_while_a_client_restarts_or_asks_and_go_in_order() -> None:
     routed: list[str] = []
 
     def route(item: tuple[Any, ...]) -> str | None:
@@ -447,28 +468,232 @@ def test_updates_wait_as_they_came_while_a_client_holds_and_are_routed_in_order(
     subscriber = Subscriber(asyncio.Queue(10))
     subscriber.offer(("early", "x"))  # before the client started routing
     subscriber.start_routing(route)
-    assert (subscriber.hold, subscriber.raw) == (True, 1)
-    subscriber.offer(("held", "x"))
-    subscriber.hold = False
+    assert (subscriber.restarting, subscriber.raw) == (True, 1)
+    subscriber.offer(("restarting", "x"))
+    subscriber.restarting = False
+    subscriber.requesting = 1
+    reply = Reply()
+    assert subscriber.put_reply(reply)
+    subscriber.offer(("asking", "x"))
+    subscriber.requesting = 0
     subscriber.offer(("after", "x"))  # raw ones wait: this one waits behind them
-    assert routed == [] and subscriber.raw == 3
-    for _ in range(3):
-        item = subscriber.queue.get_nowait()
-        route(item)
-        subscriber.routed()
-    assert routed == ["early", "held", "after"] and subscriber.raw == 0
+    assert routed == [] and subscriber.raw == 4
+    taken = [subscriber.queue.get_nowait() for _ in range(5)]
+    assert taken[2] is reply  # between the updates before the request and those after
+    for item in taken:
+        if item is not reply:
+            route(item)
+            subscriber.routed()
+    assert routed == ["early", "restarting", "asking", "after"] and subscriber.raw == 0
     subscriber.offer(("skip", "x"))  # routed at once now; nothing for this client
     subscriber.offer(("now", "x"))
     assert subscriber.queue.get_nowait() == (ROUTED, "message of now")
     assert subscriber.queue.empty()
+    subscriber.offer(("big", "x" * (2 * 1024 * 1024)))  # routed in the client's task
+    assert subscriber.raw == 1 and routed[-1] == "now"
 
 
-def test_a_client_whose_routing_fails_starts_over_and_holds() -> None:
+def test_a_client_whose_routing_fails_or_who_falls_behind_starts_over() -> None:
     def broken(item: tuple[Any, ...]) -> str | None:
         raise KeyError("jobs")
 
-    subscriber = Subscriber(asyncio.Queue(10))
+    subscriber = Subscriber(asyncio.Queue(2))
     subscriber.start_routing(broken)
-    subscriber.hold = False
+    subscriber.restarting = False
     subscriber.offer(("a", "x"))
-    assert subscriber.queue.get_nowait() == RESYNC and subscriber.hold
+    assert subscriber.queue.get_nowait() == RESYNC and subscriber.restarting
+    assert subscriber.generation == 1
+    subscriber.restarting = False
+    first, second = Reply(), Reply()
+    assert subscriber.put_reply(first) and subscriber.put_reply(second)
+    assert not subscriber.put_reply(Reply())  # full: a summary instead, the replies dropped
+    assert first.ready.is_set() and first.text is None and subscriber.generation == 2
+    assert subscriber.queue.get_nowait() == RESYNC
+
+
+# --- Races, made deterministic: a client over a fake socket, state written straight in -------
+
+
+def stored(job_id: str, created_at: float, model: str | None = None,
+           **fields: Any) -> dict[str, Any]:
+    """A stored job state (``<prefix>jobs``) as the worker writes it."""
+    state = JobState(id=job_id, created_at=created_at, updated_at=created_at,
+                     model_name=model).public()
+    state.update(fields)
+    return state
+
+
+class Direct:
+    """State written straight into Redis, one commit at a time: the jobs, their order sets
+    and an update; and what the hub would hand out for it."""
+
+    def __init__(self, r: redis.Redis, keys: Keys) -> None:
+        self.r = r
+        self.keys = keys
+        r.set(keys.order_built, 1)
+
+    def commit(self, *jobs: dict[str, Any]) -> tuple[str, Shared]:
+        k = self.keys
+        with self.r.pipeline(transaction=True) as pipe:
+            for job in jobs:
+                pipe.hset(k.jobs, job["id"], orjson.dumps(job))
+                for archived in (False, True):
+                    pipe.zrem(k.order(archived), job["id"])
+                    pipe.zrem(k.order(archived, job["model_name"]), job["id"])
+                pipe.zadd(k.order(job["archived"]), {job["id"]: -job["created_at"]})
+                pipe.zadd(k.order(job["archived"], job["model_name"]),
+                          {job["id"]: -job["created_at"]})
+            views = [job_view(job, None) for job in jobs]
+            pipe.xadd(k.updates, {"data": orjson.dumps({"jobs": views, "models": []})})
+            version = pipe.execute()[-1].decode()
+        return version, Shared(update_message(version, orjson.dumps({"jobs": views})))
+
+
+class FakeSocket:
+    """What the client sends, and a gate that holds its sends (a slow client)."""
+
+    def __init__(self) -> None:
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.sent: list[dict[str, Any]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def receive(self) -> dict[str, Any]:
+        return await self.inbox.get()
+
+    def ask(self, message: dict[str, Any]) -> None:
+        self.inbox.put_nowait({"type": "websocket.receive", "text": orjson.dumps(message)
+                               .decode()})
+
+    async def until(self, kind: str, count: int = 1) -> None:
+        for _ in range(500):
+            if sum(m["type"] == kind for m in self.sent) >= count:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no {kind} message: {self.sent}")
+
+    def steps(self, job_id: str) -> list[Any]:
+        return [(m["type"], j["step"]) for m in self.sent
+                for j in (m.get("jobs") if isinstance(m.get("jobs"), list) else [])
+                if j["id"] == job_id]
+
+
+async def running_client(redis_url: str, keys: Keys, queue: int = 100
+                         ) -> tuple[WindowedClient, FakeSocket, Subscriber, list[Any]]:
+    gw = Gateway.build(GatewaySettings(redis_url=redis_url, prefix=keys.prefix))
+    socket = FakeSocket()
+    subscriber = Subscriber(asyncio.Queue(queue))
+
+    async def send(websocket: Any, subscriber: Subscriber, text: str) -> None:
+        await socket.gate.wait()
+        socket.sent.append(orjson.loads(text))
+
+    async def never_too_slow(websocket: Any, subscriber: Subscriber) -> bool:
+        return False
+
+    client = WindowedClient(socket, gw, subscriber, send)  # type: ignore[arg-type]
+    tasks = [asyncio.create_task(client.updates(never_too_slow)),
+             asyncio.create_task(client.requests())]
+    await socket.until("summary")
+    return client, socket, subscriber, tasks
+
+
+async def stop(client: WindowedClient, tasks: list[Any]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await client.gw.close()
+
+
+async def test_what_was_routed_before_a_request_goes_out_before_its_reply(
+        redis_url: str, r: redis.Redis, keys: Keys) -> None:
+    direct = Direct(r, keys)
+    direct.commit(stored("X", 100.0), stored("Y", 99.0))
+    client, socket, subscriber, tasks = await running_client(redis_url, keys)
+    try:
+        socket.ask({"type": "window", "id": "flat", "limit": 10})
+        await socket.until("window")
+        socket.gate.clear()  # the client reads slowly
+        subscriber.offer(direct.commit(stored("X", 100.0, step=2)))  # routed at once, queued
+        third = direct.commit(stored("X", 100.0, step=3))  # the hub has not read it yet
+        socket.ask({"type": "window", "id": "flat", "limit": 10, "cursor": None})
+        await asyncio.sleep(0.2)  # the request is read at step 3
+        socket.gate.set()
+        await socket.until("window", 2)
+        subscriber.offer(third)  # the hub catches up: step 3 (not news), then 4
+        subscriber.offer(direct.commit(stored("X", 100.0, step=4)))
+        await asyncio.sleep(0.2)
+        assert socket.steps("X")[1:] == [("update", 2), ("window", 3), ("update", 4)]
+    finally:
+        await stop(client, tasks)
+
+
+async def test_a_client_that_falls_behind_during_a_request_starts_over_cleanly(
+        redis_url: str, r: redis.Redis, keys: Keys) -> None:
+    direct = Direct(r, keys)
+    direct.commit(stored("X", 100.0))
+    client, socket, subscriber, tasks = await running_client(redis_url, keys, queue=3)
+    release = asyncio.Event()
+    read = client.reader.page
+
+    async def slow_page(*args: Any, **kwargs: Any) -> Any:
+        await release.wait()
+        return await read(*args, **kwargs)
+
+    try:
+        client.reader.page = slow_page  # type: ignore[method-assign]
+        socket.ask({"type": "window", "id": "flat", "limit": 10})
+        await asyncio.sleep(0.05)
+        assert subscriber.requesting == 1
+        for step in range(4):  # they wait as they came, and overflow the queue
+            subscriber.offer(direct.commit(stored("X", 100.0, step=step)))
+        assert subscriber.restarting and subscriber.generation == 1
+        release.set()  # the reply's turn ends with the request: then the summary
+        await socket.until("summary", 2)
+        await asyncio.sleep(0.1)
+        assert [m["type"] for m in socket.sent] == ["summary", "summary"]  # no stale reply
+        assert (subscriber.requesting, subscriber.restarting, subscriber.raw) == (0, False, 0)
+        socket.ask({"type": "window", "id": "flat", "limit": 10})
+        await socket.until("window")
+        subscriber.offer(direct.commit(stored("X", 100.0, step=9)))
+        await asyncio.sleep(0.1)
+        assert socket.steps("X") == [("window", 3), ("update", 9)]
+    finally:
+        release.set()
+        await stop(client, tasks)
+
+
+def test_a_reply_moves_the_other_windows_as_an_update_would() -> None:
+    watching = Watching(1)
+    watching.start_over([parse_pos("1-0")])
+    watching.took_page("done", Filters.of(status="completed"), True, [], None, {})
+    watching.took_page("flat", Filters.of(), True, [view("X", 1.0)], None,
+                       {"X": [parse_pos("2-0")]})
+    finished = view("X", 1.0, status="completed")
+    watching.watch([finished], {"X": [parse_pos("5-0")]})  # read after X finished
+    assert watching.windows["done"].ids == {"X"}
+    # its finishing update, older than the watch's copy, is not sent again
+    assert watching.route(0, parse_pos("4-0"), Changes([finished])) == []
+    archived = view("X", 1.0, status="completed", archived=True)
+    assert watching.route(0, parse_pos("6-0"), Changes([archived])) == [archived]
+    assert watching.windows["done"].ids == set() and watching.windows["flat"].ids == set()
+
+
+def test_pages_past_ties_and_unstored_jobs_make_progress(redis_url: str, r: redis.Redis,
+                                                         keys: Keys) -> None:
+    """9,000 jobs created in the same second; the cursor's job leaves the set before the next
+    page (archived); ids in a set with no stored job are passed over."""
+    direct = Direct(r, keys)
+    jobs = [stored(f"t{n:05d}", 500.0) for n in range(9000)]
+    for start in range(0, len(jobs), 1000):
+        direct.commit(*jobs[start:start + 1000])
+    r.zadd(keys.order(False), {f"ghost{n}": -400.0 for n in range(3000)})
+    with make_client(redis_url, keys) as client:
+        first = client.get("/api/jobs", params={"limit": 5}).json()
+        assert [v["id"] for v in first["jobs"]] == [f"t{n:05d}" for n in range(5)]
+        direct.commit(stored("t00004", 500.0, archived=True))
+        second = client.get("/api/jobs", params={"limit": 5, "cursor": first["next"]}).json()
+        assert [v["id"] for v in second["jobs"]] == [f"t{n:05d}" for n in range(5, 10)]
+        for params in ({}, {"status": "running"}):  # read in sets, or filtered in chunks
+            views, _ = pages(client, 1000, **params)
+            assert [v["id"] for v in views] == [j["id"] for j in jobs if j["id"] != "t00004"]

@@ -128,15 +128,19 @@ async def list_jobs(
         raise ApiError(422, "give model or unnamed=true, not both")
     filters = Filters.of(include_archived, None if unnamed else EVERYONE if model is None
                          else model, status, q)
-    windows = window_reader(gw.reader, gw.settings.partitioning)
+    part = gw.settings.partitioning
+    windows = window_reader(gw.reader, part if part.split else None)
     if limit is None and cursor is None:
         if not filters.selective and filters.model is EVERYONE:
             return await whole_list(gw, windows, include_archived)
-        limit = gw.settings.api_jobs_max + 1  # filtered: every match, up to the bound
-        page = await windows.page(filters, None, limit, budget=2**62)
-        if len(page.views) == limit:
-            raise too_many(f"more than {gw.settings.api_jobs_max:,}", gw)
+        await must_be_indexed(windows)
+        # filtered: every match, when the jobs to read are within the bound
+        count = await windows.count(include_archived, filters.model)
+        if count > gw.settings.api_jobs_max:
+            raise too_many(count, gw)
+        page = await windows.page(filters, None, count + 1, budget=count + 1)
         return JSON({"version": cursor_of(page.versions), "jobs": page.views})
+    await must_be_indexed(windows)
     try:
         after = decode_cursor(cursor, filters) if cursor is not None else None
     except BadWindow as e:
@@ -146,18 +150,25 @@ async def list_jobs(
                  "next": page.next_cursor(filters), "total": page.total})
 
 
+async def must_be_indexed(windows: WindowReader) -> None:
+    if not await windows.indexed():
+        raise ApiError(503, "the worker is indexing the jobs (once, after an upgrade: "
+                            "docs/state.md); try again in a few seconds")
+
+
 async def whole_list(gw: Gateway, windows: WindowReader, include_archived: bool) -> Response:
-    """Today's answer, every job, while there are at most ``api_jobs_max`` of them."""
+    """Today's answer, every job, while there are at most ``api_jobs_max`` of them (while the
+    order sets are still being built they count fewer: the answer is whole anyway)."""
     count = await windows.count(include_archived)
     if count > gw.settings.api_jobs_max:
-        raise too_many(f"{count:,}", gw)
+        raise too_many(count, gw)
     snapshot = await gw.reader.snapshot()
     body = snapshot.listing_all if include_archived else snapshot.listing
     return Response(body, media_type="application/json")
 
 
-def too_many(count: str, gw: Gateway) -> ApiError:
-    return ApiError(413, f"{count} jobs are more than one answer holds (MONITOR_API_JOBS_MAX="
+def too_many(count: int, gw: Gateway) -> ApiError:
+    return ApiError(413, f"{count:,} jobs are more than one answer holds (MONITOR_API_JOBS_MAX="
                          f"{gw.settings.api_jobs_max:,}): ask for pages with ?limit= and "
                          "?cursor= (docs/rest.md)")
 

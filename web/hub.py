@@ -74,9 +74,24 @@ class Shared(str):
 
 
 MAX_QUEUED_BYTES = 16 * 1024 * 1024  # per client: past this, a resync is cheaper
+ROUTE_IN_HUB_MAX = 1024 * 1024  # a bigger update is routed in each client's own task
 
 
 ROUTED = "routed"  # first of a queued item that is a windowed client's own message
+
+
+class Reply:
+    """The place in a windowed client's queue of the reply to its request: everything
+    queued before the request went out before it, everything after follows it. Filled in
+    once the request is answered (None: nothing to send, or the client started over)."""
+
+    def __init__(self) -> None:
+        self.text: str | None = None
+        self.ready = asyncio.Event()
+
+    def fill(self, text: str | None) -> None:
+        self.text = text
+        self.ready.set()
 
 
 @dataclass(eq=False)
@@ -86,27 +101,31 @@ class Subscriber:
 
     A windowed client (``/ws?windows=1``, web.ws_windows) sets ``route``: each update is then
     routed as the hub hands it out, and only what concerns the client, its own small message,
-    is queued, as ``(ROUTED, text)``. While ``hold`` is set (the client is answering a request
-    or starting over) or updates wait that came then (``raw``), an update is queued as it came
-    instead, and the client routes it in turn and calls :meth:`routed`: updates are routed in
-    their order, and between a request's reply and the updates before it."""
+    is queued, as ``(ROUTED, text)``. While the client answers a request (``requesting``) or
+    starts over (``restarting``), or updates wait that came then (``raw``), an update is
+    queued as it came instead (so is a big one, whose routing would hold up the hub), and the
+    client routes it in turn and calls :meth:`routed`: updates are routed in their order, and
+    a request's :class:`Reply` sits between the updates before it and those after."""
 
     # (version, message), or with partitions (partition, version, body); or RESYNC; or
-    # (ROUTED, message).
+    # (ROUTED, message); or a Reply.
     queue: asyncio.Queue[Any]
     max_bytes: int = MAX_QUEUED_BYTES
     queued_bytes: int = 0
     overflows: list[float] = field(default_factory=list)
     sending_since: float | None = None  # when the send now in progress began
     route: Callable[[tuple[Any, ...]], str | None] | None = None
-    hold: bool = False
+    requesting: int = 0
+    restarting: bool = False
     raw: int = 0  # updates queued as they came, not yet routed
+    generation: int = 0  # resyncs so far: what was taken before one is dropped
 
     def offer(self, item: tuple[Any, ...]) -> None:
         """Queue an update; past either bound, drop what is queued and ask for a resync."""
         raw = False
         if self.route is not None:
-            if self.hold or self.raw:
+            if self.requesting or self.restarting or self.raw or \
+                    len(item[-1]) > ROUTE_IN_HUB_MAX:
                 raw = True
             else:
                 try:
@@ -128,16 +147,26 @@ class Subscriber:
         self.raw += raw
 
     def start_routing(self, route: Callable[[tuple[Any, ...]], str | None]) -> None:
-        """Become a windowed client's queue, holding updates until it has started: those
-        already queued are routed in turn, like any that come while it holds."""
+        """Become a windowed client's queue, restarting (a summary is on its way): the
+        updates already queued are routed in turn, like any that come meanwhile."""
         items = []
         while not self.queue.empty():
             items.append(self.queue.get_nowait())
         for item in items:
             self.queue.put_nowait(item)
         self.raw = sum(not isinstance(item, str) for item in items)
-        self.hold = True
+        self.restarting = True
         self.route = route
+
+    def put_reply(self, reply: Reply) -> bool:
+        """Queue the place of a request's reply; False when the queue is full (the client
+        is sent a fresh summary instead, and asks again)."""
+        if self.queue.full():
+            self.resync()
+            self.overflows.append(time.monotonic())
+            return False
+        self.queue.put_nowait(reply)
+        return True
 
     def routed(self) -> None:
         """A windowed client routed an update that was queued as it came."""
@@ -145,15 +174,18 @@ class Subscriber:
 
     def resync(self) -> None:
         while not self.queue.empty():
-            self.queue.get_nowait()
+            item = self.queue.get_nowait()
+            if isinstance(item, Reply):
+                item.fill(None)
         self.queued_bytes = 0
         self.raw = 0
-        self.hold = self.route is not None  # a windowed client starts over: hold till then
+        self.generation += 1
+        self.restarting = self.route is not None  # a windowed client starts over
         self.queue.put_nowait(RESYNC)
 
     async def next(self) -> Any:
         item = await self.queue.get()
-        if not isinstance(item, str):
+        if not isinstance(item, str | Reply):
             self.queued_bytes -= len(item[-1])
         return item
 

@@ -70,7 +70,7 @@ class PartitionedReader:
         versions = tuple(s.version for s in parts)
         return PartitionedSnapshot(cursor(list(versions)), merged, versions)
 
-    async def _locate(self, job_ids: list[str]) -> list[int]:
+    async def locate(self, job_ids: list[str]) -> list[int]:
         """The partition that holds each job (its route's; unrouted: the unnamed one)."""
         if not job_ids:
             return []
@@ -82,7 +82,7 @@ class PartitionedReader:
         return int(to) if to is not None else None
 
     async def _where(self, job_id: str) -> int:
-        index = (await self._locate([job_id]))[0]
+        index = (await self.locate([job_id]))[0]
         if not await self.readers[index].exists(job_id):
             moved = await self._moved(index, job_id)
             if moved is not None:
@@ -103,7 +103,7 @@ class PartitionedReader:
         return await self.readers[await self._where(job_id)].metrics(job_id)
 
     async def views(self, job_ids: list[str]) -> list[dict[str, Any] | None]:
-        where = await self._locate(job_ids)
+        where = await self.locate(job_ids)
         out: list[dict[str, Any] | None] = [None] * len(job_ids)
         for index in set(where):
             at = [i for i, w in enumerate(where) if w == index]

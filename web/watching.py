@@ -18,6 +18,7 @@ from web.windows import Filters, Key, key_of
 
 MAX_WINDOWS = 16
 MAX_WATCHED = 1000
+MAX_HELD = 20_000  # jobs one client's windows may hold: its memory here is bounded
 
 
 class Changes:
@@ -71,9 +72,20 @@ class Watching:
         self.read_at.clear()
         self.summary_at = summary_at
 
-    def _note(self, views: list[dict[str, Any]], read_at: dict[str, list[Pos]]) -> None:
+    def _note(self, views: list[dict[str, Any]], read_at: dict[str, list[Pos]],
+              taking: str | None = None) -> None:
+        """Views a reply gave: what they were read at, and the windows they belong to now
+        (as an update's views move them: a reply is newer than any update sent before it).
+        ``taking``: the window whose page this is, which holds them already."""
         for view in views:
             self.read_at[view["id"]] = read_at[view["id"]]
+            for window_id, window in self.windows.items():
+                if window_id == taking:
+                    continue
+                if window.covers(view):
+                    window.ids.add(view["id"])
+                else:
+                    window.ids.discard(view["id"])
 
     def took_page(self, window_id: str, filters: Filters, first: bool,
                   views: list[dict[str, Any]], end: Key | None,
@@ -81,10 +93,15 @@ class Watching:
         """A window's page was sent: the first (the window starts again) or the next."""
         if first:
             self.windows[window_id] = Window(filters, end)
+            self._forget_unheld()  # what the window held before
         window = self.windows[window_id]
         window.end = end
         window.ids.update(view["id"] for view in views)
-        self._note(views, read_at)
+        self._note(views, read_at, taking=window_id)
+
+    def held(self) -> int:
+        """Jobs the client's windows hold (with repeats): what its memory here grows with."""
+        return sum(len(window.ids) for window in self.windows.values())
 
     def close(self, window_id: str) -> None:
         self.windows.pop(window_id, None)

@@ -32,7 +32,6 @@ DEFAULT_PAGE = 100
 SCAN_BUDGET = 20_000  # jobs read per reply when a filter is not answered by a set
 CHUNK = 1000  # jobs read per round trip while filtering
 MAX_Q = 256
-MAX_TIES = 10_000  # jobs with the cursor's exact created_at read to find the place after it
 STATUSES = ("running", "completed", "failed", "stopped")
 
 Key = tuple[float, str]  # a place in the order: (-created_at, id)
@@ -40,29 +39,50 @@ Key = tuple[float, str]  # a place in the order: (-created_at, id)
 # KEYS: jobs, updates, then the sorted sets to read. ARGV: after-score ('' from the top),
 # after-id, count. Returns the updates stream's last id, then per set: its size, whether it
 # has more after what is returned, and the entries as id, score, stored job (or false).
+# Where the cursor's job is no longer in a set, the place after it is found by binary search
+# among the entries of its score, comparing ids byte by byte (Redis's order; Lua's own string
+# comparison follows the server's locale).
 _PAGE = """
+local function before(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
 local count = tonumber(ARGV[3])
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local out = {last[1] and last[1][1] or '0-0'}
 for k = 3, #KEYS do
   local key = KEYS[k]
-  local start, extra = 0, 0
+  local start = 0
   if ARGV[1] ~= '' then
     local own = redis.call('ZSCORE', key, ARGV[2])
     if own and tonumber(own) == tonumber(ARGV[1]) then
       start = redis.call('ZRANK', key, ARGV[2]) + 1
     else
-      -- the cursor's job left this set: start at its score, the caller skips the ties
-      start = redis.call('ZCOUNT', key, '-inf', '(' .. ARGV[1])
-      extra = math.min(redis.call('ZCOUNT', key, ARGV[1], ARGV[1]), tonumber(ARGV[4]))
+      local lo = redis.call('ZCOUNT', key, '-inf', '(' .. ARGV[1])
+      local hi = lo + redis.call('ZCOUNT', key, ARGV[1], ARGV[1])
+      while lo < hi do
+        local mid = math.floor((lo + hi) / 2)
+        if before(ARGV[2], redis.call('ZRANGE', key, mid, mid)[1]) then
+          hi = mid
+        else
+          lo = mid + 1
+        end
+      end
+      start = lo
     end
   end
   local size = redis.call('ZCARD', key)
-  local got = redis.call('ZRANGE', key, start, start + count + extra - 1, 'WITHSCORES')
+  local got = redis.call('ZRANGE', key, start, start + count - 1, 'WITHSCORES')
   local ids = {}
   for i = 1, #got, 2 do ids[#ids + 1] = got[i] end
   local stored = {}
-  if #ids > 0 then stored = redis.call('HMGET', KEYS[1], unpack(ids)) end
+  for i = 1, #ids, 500 do  -- unpack has a limit: HMGET a part at a time
+    local part = redis.call('HMGET', KEYS[1], unpack(ids, i, math.min(i + 499, #ids)))
+    for j = 1, #part do stored[#stored + 1] = part[j] end
+  end
   local entries = {}
   for i = 1, #ids do
     entries[#entries + 1] = ids[i]
@@ -187,6 +207,7 @@ class _Read:
     entries: list[tuple[Key, int, dict[str, Any]]] = field(default_factory=list)
     versions: list[str] = field(default_factory=list)
     more: bool = False  # some set has entries after those merged
+    reached: Key | None = None  # every set with more was read at least this far
     total: int = 0
 
 
@@ -223,10 +244,24 @@ class WindowReader:
                             key=lambda r: (r["model_display"].lower(), r["model_name"] or ""))
         return out
 
-    async def count(self, include_archived: bool) -> int:
-        """How many jobs the ``order`` sets hold (archived ones too, or not)."""
+    async def indexed(self) -> bool:
+        """Whether every partition's order sets hold its jobs: built, or no job yet (a worker
+        builds them once, when it first takes the lease after an upgrade)."""
+        for reader in self.readers:
+            async with reader.redis.pipeline(transaction=False) as pipe:
+                pipe.exists(reader.keys.order_built)
+                pipe.hlen(reader.keys.jobs)
+                built, jobs = await pipe.execute()
+            if not built and jobs:
+                return False
+        return True
+
+    async def count(self, include_archived: bool,
+                    model: str | None | Everyone = EVERYONE) -> int:
+        """How many jobs the ``order`` sets hold (archived ones too, or not; of one model or
+        of every model)."""
         kinds = (False, True) if include_archived else (False,)
-        sizes = await asyncio.gather(*(r.redis.zcard(r.keys.order(archived))
+        sizes = await asyncio.gather(*(r.redis.zcard(r.keys.order(archived, model))
                                        for r in self.readers for archived in kinds))
         return sum(int(size) for size in sizes)
 
@@ -234,10 +269,11 @@ class WindowReader:
                    budget: int = SCAN_BUDGET) -> Page:
         """Up to ``limit`` jobs after ``after`` (None: from the top) that ``filters`` select."""
         taken: list[tuple[Key, int, dict[str, Any]]] = []
-        read_at: dict[str, list[str]] = {}
-        scanned = 0
+        read_at: dict[str, list[str]] = {}  # also: the jobs taken (a job moving between two
+        scanned = 0                          # reads may be read twice)
         total: int | None = None
         versions: list[str] = []
+        end: Key | None = None
         while True:
             want = min(CHUNK, budget - scanned) if filters.selective else limit - len(taken)
             got = await self._read(filters, after, max(want, 1))
@@ -245,19 +281,22 @@ class WindowReader:
             if total is None and not filters.selective:
                 total = got.total
             full = False
+            at = -1
             for at, (key, index, job) in enumerate(got.entries):
                 after = key  # read up to here
                 scanned += 1
-                if filters.matches(job):
+                if filters.matches(job) and job["id"] not in read_at:
                     taken.append((key, index, job))
                     read_at[job["id"]] = got.versions
                     if len(taken) == limit:
                         full = True
                         break
-            last_read = not got.more and (not got.entries or at == len(got.entries) - 1)
-            if last_read:
-                end: Key | None = None  # nothing follows what was read
+            if not got.more and at == len(got.entries) - 1:
+                end = None  # nothing follows what was read
                 break
+            if not got.entries and got.reached is not None:
+                after = got.reached  # nothing usable read (unstored): go on past it
+                scanned += max(want, 1)
             if full or scanned >= budget:
                 end = after
                 break
@@ -269,48 +308,53 @@ class WindowReader:
         parts = await asyncio.gather(*(self._read_one(i, filters, after, count)
                                        for i in range(len(self.readers))))
         out = _Read()
-        seen: dict[str, int] = {}  # id -> where in entries (a moving job is in two partitions)
-        merged: list[tuple[Key, int, dict[str, Any]]] = []
-        for index, (version, size, more, entries) in enumerate(parts):
+        chosen: dict[str, tuple[Key, int, dict[str, Any]]] = {}
+        for index, (version, size, more, reached, entries) in enumerate(parts):
             out.versions.append(version)
             out.total += size
             out.more = out.more or more
-            merged.extend((key, index, job) for key, job in entries)
-        merged.sort(key=lambda e: e[0])
-        for key, index, job in merged:
-            at = seen.get(job["id"])
-            if at is None:
-                seen[job["id"]] = len(out.entries)
-                out.entries.append((key, index, job))
-            elif self.part is not None and self.part.of_model(job["model_name"]) == index:
-                out.entries[at] = (key, index, job)  # moving: its model's partition wins
+            if reached is not None and (out.reached is None or reached < out.reached):
+                out.reached = reached
+            for key, job in entries:
+                other = chosen.get(job["id"])
+                # a moving job is in two partitions for a moment: its model's wins
+                if other is None or (self.part is not None
+                                     and self.part.of_model(job["model_name"]) == index):
+                    chosen[job["id"]] = (key, index, job)
+        out.entries = sorted(chosen.values(), key=lambda e: e[0])
         if len(out.entries) > count:  # past the first `count` another set may hold more
             del out.entries[count:]
             out.more = True
         return out
 
     async def _read_one(self, index: int, filters: Filters, after: Key | None, count: int
-                        ) -> tuple[str, int, bool, list[tuple[Key, dict[str, Any]]]]:
+                        ) -> tuple[str, int, bool, Key | None,
+                                   list[tuple[Key, dict[str, Any]]]]:
         reader = self.readers[index]
         keys = reader.keys
         names = [keys.order(archived, model) for archived, model in filters.sets()]
         score = "" if after is None else repr(after[0])
         job_id = "" if after is None else after[1]
         reply: Any = await self._scripts[index](
-            keys=[keys.jobs, keys.updates, *names], args=[score, job_id, count, MAX_TIES])
+            keys=[keys.jobs, keys.updates, *names], args=[score, job_id, count])
         version = text(reply[0])
         size, more = 0, False
         entries: list[tuple[Key, dict[str, Any]]] = []
+        reached: Key | None = None  # the last entry read of a set that has more
         for at in range(1, len(reply), 3):
             size += int(reply[at])
-            more = more or bool(reply[at + 1])
             flat = reply[at + 2]
+            if reply[at + 1]:
+                more = True
+                last = (float(flat[-2]), text(flat[-3])) if flat else None
+                if last is not None and (reached is None or last < reached):
+                    reached = last
             for i in range(0, len(flat), 3):
                 key = (float(flat[i + 1]), text(flat[i]))
                 if (after is not None and key <= after) or not flat[i + 2]:
-                    continue  # a tie before the cursor, or indexed and not yet stored
+                    continue  # not after the cursor (never, but cheap to be sure), or unstored
                 entries.append((key, orjson.loads(flat[i + 2])))
-        return version, size, more, entries
+        return version, size, more, reached, entries
 
     async def jobs(self, ids: list[str], where: list[int]
                    ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:

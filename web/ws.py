@@ -30,7 +30,7 @@ from web.partitioned import (
 )
 from web.security import origin_ok, token_ok
 from web.state import Snapshot, StateReader
-from web.ws_windows import WindowedClient
+from web.ws_windows import NotIndexed, WindowedClient
 
 log = logging.getLogger("monitor.gateway")
 
@@ -220,6 +220,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 gw.counters.dropped += 1
                 with anyio.move_on_after(1), contextlib.suppress(*GONE):
                     await websocket.close(CLOSE_TRY_LATER, "not reading; reconnect with ?since=")
+            except NotIndexed:
+                with contextlib.suppress(*GONE):
+                    await websocket.close(CLOSE_TRY_LATER, "the worker is indexing the jobs; "
+                                                           "reconnect")
             except UNREACHABLE as e:
                 log.warning("closing a WebSocket: Redis unreachable (%s)", e)
                 with contextlib.suppress(*GONE):

@@ -2,13 +2,15 @@
 jobs the client asks for, and of each update only what concerns them.
 
 Each update is routed as the hub hands it out, into the client's own message (so a client's
-queue holds what it will be sent, not every update). While the client's request is answered,
-updates wait as they came and are routed after the reply, in order: a reply always lands
-between two updates, and :class:`web.watching.Watching` drops what is older than it.
+queue holds what it will be sent, not every update). A request's reply takes its place in the
+queue when the request comes; updates that come while it is answered wait as they came and are
+routed after it, in order, and :class:`web.watching.Watching` drops what is older than it.
+One task sends, in queue order.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,19 +23,20 @@ from monitor.keys import EVERYONE, Everyone
 from monitor.limits import MAX_MODEL_NAME
 from monitor.rules import parse_pos
 from web.gateway import Gateway
-from web.hub import ROUTED, Shared, Subscriber
+from web.hub import ROUTED, Reply, Shared, Subscriber
 from web.partitioned import PartitionedReader, cursor
-from web.watching import MAX_WATCHED, MAX_WINDOWS, Changes, Watching
+from web.watching import MAX_HELD, MAX_WATCHED, MAX_WINDOWS, Changes, Watching
 from web.windows import (
     MAX_LIMIT,
     BadWindow,
     Filters,
     Key,
-    Page,
     WindowReader,
     decode_cursor,
     window_reader,
 )
+
+log = logging.getLogger("monitor.gateway")
 
 WINDOW_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 JOB_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -57,13 +60,22 @@ def parsed(text: str, body: bool = False) -> tuple[Changes, list[dict[str, Any]]
     return derived
 
 
+class NotIndexed(Exception):
+    """The order sets are not built yet (a worker builds them once, after an upgrade)."""
+
+
+def error_message(asked: str | None, detail: str) -> str:
+    return orjson.dumps({"type": "error", "id": asked, "detail": detail}).decode()
+
+
 def end_of(end: Key | None) -> dict[str, Any] | None:
     """A window's end as the client sees it: the place in the order it covers up to."""
     return None if end is None else {"created_at": -end[0], "id": end[1]}
 
 
 class WindowedClient:
-    """One ``/ws?windows=1`` connection."""
+    """One ``/ws?windows=1`` connection: two tasks of web.ws, :meth:`updates` (the only one
+    that sends) and :meth:`requests`."""
 
     def __init__(self, websocket: WebSocket, gw: Gateway, subscriber: Subscriber,
                  send: Any) -> None:
@@ -74,14 +86,10 @@ class WindowedClient:
         part = gw.settings.partitioning
         self.split = part.split
         self.part = part if part.split else None
-        self.reader: WindowReader = window_reader(gw.reader, part if part.split else None)
+        self.reader: WindowReader = window_reader(gw.reader, self.part)
         self.watching = Watching(len(self.reader.readers))
         self.versions: list[str] = []
-        self.lock = anyio.Lock()
-        self.started = anyio.Event()  # the summary is sent
-
-    async def send(self, message: dict[str, Any]) -> None:
-        await self.send_text(orjson.dumps(message).decode())
+        self.started = anyio.Event()  # the first summary is sent
 
     async def send_text(self, text: str) -> None:
         await self._send(self.websocket, self.subscriber, text)
@@ -90,46 +98,61 @@ class WindowedClient:
         return cursor(self.versions)
 
     async def summary(self) -> None:
-        """Send a summary; every window and watch starts over."""
+        """Send a summary; every window and watch starts over, and updates routed from now
+        on are newer than it."""
+        generation = self.subscriber.generation
         found = await self.reader.summary()
+        if generation != self.subscriber.generation:
+            return  # fell behind meanwhile: the next summary follows
         self.versions = list(found.versions)
         self.watching.start_over([parse_pos(v) for v in found.versions])
-        await self.send({"type": "summary", "version": self.version(), "models": found.models,
-                         "jobs": found.jobs, "archived": found.archived})
+        self.subscriber.restarting = False
+        await self.send_text(orjson.dumps({
+            "type": "summary", "version": self.version(), "models": found.models,
+            "jobs": found.jobs, "archived": found.archived}).decode())
 
-    # --- The two halves of a connection, each a task of web.ws ------------------------------
+    # --- The two halves of a connection ------------------------------------------------------
 
     async def updates(self, resync: Callable[[WebSocket, Subscriber], Awaitable[bool]]
                       ) -> None:
-        """Send the summary, then what of each update concerns the client, until it goes.
-        ``resync`` is called when its queue overflowed: False to go on (with a fresh
-        summary), True when it closed the client as too slow."""
+        """Send the summary, then in queue order what of each update concerns the client and
+        the replies to its requests, until it goes. ``resync`` is called when its queue
+        overflowed: False to go on (with a fresh summary), True when it closed the client as
+        too slow."""
         subscriber = self.subscriber
-        async with self.lock:
-            subscriber.start_routing(self.route)  # what came before: routed after the summary
-            await self.summary()
-            subscriber.hold = False
+        await self.ensure_indexed()
+        subscriber.start_routing(self.route)  # what came before: routed after the summary
+        await self.summary()
         self.started.set()
         while True:
             item = await subscriber.next()
-            async with self.lock:
-                if isinstance(item, str):  # RESYNC: the subscriber holds updates till done
-                    if await resync(self.websocket, subscriber):
-                        return
-                    await self.summary()
-                    subscriber.hold = False
+            if isinstance(item, str):  # RESYNC
+                if await resync(self.websocket, subscriber):
+                    return
+                await self.summary()
+            elif isinstance(item, Reply):
+                await item.ready.wait()
+                if item.text is not None:
+                    await self.send_text(item.text)
+            elif item[0] is ROUTED:
+                await self.send_text(item[1])
+            else:  # queued as it came: routed now, in turn (nothing awaited in between)
+                try:
+                    text = self.route(item)
+                except Exception:  # a defect: this client starts over
+                    log.exception("routing an update to a windowed client failed")
+                    subscriber.resync()
                     continue
-                if item[0] is ROUTED:
-                    await self.send_text(item[1])
-                    continue
-                text = self.route(item)
                 subscriber.routed()
                 if text is not None:
                     await self.send_text(text)
 
     async def requests(self) -> None:
-        """Answer the client's messages, after the summary, until it goes away."""
+        """Answer the client's messages, after the first summary, until it goes away. Each
+        reply takes its place in the queue when the request comes, and updates wait as they
+        came until it is answered."""
         await self.started.wait()
+        subscriber = self.subscriber
         while True:
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
@@ -137,16 +160,28 @@ class WindowedClient:
             raw = message.get("text")
             if raw is None:
                 raw = (message.get("bytes") or b"").decode("utf-8", "replace")
-            async with self.lock:
-                self.subscriber.hold = True  # updates meanwhile wait, to follow the reply
-                try:
-                    await self.answer(raw)
-                finally:
-                    self.subscriber.hold = False
+            reply = Reply()
+            if not subscriber.put_reply(reply):
+                continue  # too far behind: a summary is on its way, and the client asks again
+            subscriber.requesting += 1
+            text = None
+            try:
+                text = await self.answer(raw, subscriber.generation)
+            finally:
+                subscriber.requesting -= 1
+                reply.fill(text)
+
+    async def ensure_indexed(self) -> None:
+        """Windows read the order sets: while a worker still builds them (once, after an
+        upgrade), close with 1013 so the client comes back."""
+        if not await self.reader.indexed():
+            raise NotIndexed
 
     # --- Requests ----------------------------------------------------------------------------
 
-    async def answer(self, raw: str) -> None:
+    async def answer(self, raw: str, generation: int) -> str | None:
+        """The reply to one message (None: none). What it read is taken in only if the
+        client did not start over meanwhile (``generation``)."""
         request: Any = None
         try:
             request = orjson.loads(raw)
@@ -154,23 +189,23 @@ class WindowedClient:
                 raise BadWindow("a message is a JSON object")
             kind = request.get("type")
             if kind == "window":
-                await self.window(request)
-            elif kind == "close":
+                return await self.window(request, generation)
+            if kind == "close":
                 self.watching.close(_window_id(request))
-            elif kind == "watch":
-                await self.watch(_ids(request))
-            elif kind == "unwatch":
+                return None
+            if kind == "watch":
+                return await self.watch(_ids(request), generation)
+            if kind == "unwatch":
                 self.watching.unwatch(_ids(request))
-            else:
-                raise BadWindow("type must be window, close, watch or unwatch")
+                return None
+            raise BadWindow("type must be window, close, watch or unwatch")
         except orjson.JSONDecodeError:
-            await self.send({"type": "error", "id": None, "detail": "not JSON"})
+            return error_message(None, "not JSON")
         except BadWindow as e:
             asked = request.get("id") if isinstance(request, dict) else None
-            await self.send({"type": "error", "id": asked if isinstance(asked, str) else None,
-                             "detail": str(e)})
+            return error_message(asked if isinstance(asked, str) else None, str(e))
 
-    async def window(self, request: dict[str, Any]) -> None:
+    async def window(self, request: dict[str, Any], generation: int) -> str | None:
         window_id = _window_id(request)
         filters = _filters(request)
         limit = request.get("limit", DEFAULT_LIMIT)
@@ -191,32 +226,47 @@ class WindowedClient:
         elif window_id not in self.watching.windows and \
                 len(self.watching.windows) >= MAX_WINDOWS:
             raise BadWindow(f"at most {MAX_WINDOWS} windows")
+        if self.watching.held() >= MAX_HELD:
+            raise BadWindow(f"at most {MAX_HELD:,} jobs held: close a window or start it "
+                            "again")
         page = await self.reader.page(filters, after, limit)
+        if generation != self.subscriber.generation:
+            return None  # started over meanwhile: the client asks again
         self.watching.took_page(window_id, filters, given is None, page.views, page.end,
-                                self._read_at(page))
-        await self.send({"type": "window", "id": window_id, "version": cursor(page.versions),
-                         "jobs": page.views, "next": page.next_cursor(filters),
-                         "end": end_of(page.end), "total": page.total})
+                                self._read_at(page.read_at))
+        return orjson.dumps({"type": "window", "id": window_id, "version": self.version(),
+                             "jobs": page.views, "next": page.next_cursor(filters),
+                             "end": end_of(page.end), "total": page.total}).decode()
 
-    async def watch(self, ids: list[str]) -> None:
+    async def watch(self, ids: list[str], generation: int) -> str | None:
         fresh = [i for i in ids if i not in self.watching.watched]
         if len(self.watching.watched) + len(fresh) > MAX_WATCHED:
             raise BadWindow(f"at most {MAX_WATCHED} watched jobs")
-        views, versions = await self._jobs(ids)
-        self.watching.watch(views, {v["id"]: [parse_pos(x) for x in versions[v["id"]]]
-                                    for v in views})
-        await self.send({"type": "jobs", "version": self.version(), "jobs": views})
+        views, read_at = await self._jobs(ids)
+        if generation != self.subscriber.generation:
+            return None
+        self.watching.watch(views, self._read_at(read_at))
+        return orjson.dumps({"type": "jobs", "version": self.version(),
+                             "jobs": views}).decode()
 
     async def _jobs(self, ids: list[str]) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
         """The views of ``ids`` (unknown ones left out), each with the versions it was read at."""
         reader = self.gw.reader
-        where = ([0] * len(ids) if not isinstance(reader, PartitionedReader)
-                 else [await reader.partition_of(i) for i in ids])
-        return await self.reader.jobs(ids, where)
+        if not isinstance(reader, PartitionedReader):
+            return await self.reader.jobs(ids, [0] * len(ids))
+        where = await reader.locate(ids)
+        views, read_at = await self.reader.jobs(ids, where)
+        missing = [i for i in ids if i not in read_at]
+        if missing:  # moving, or unknown: where its tombstone says
+            found, more = await self.reader.jobs(
+                missing, [await reader.partition_of(i) for i in missing])
+            views += found
+            read_at.update(more)
+        return views, read_at
 
-    def _read_at(self, page: Page) -> dict[str, list[Any]]:
-        return {job_id: [parse_pos(v) for v in versions]
-                for job_id, versions in page.read_at.items()}
+    @staticmethod
+    def _read_at(read_at: dict[str, list[str]]) -> dict[str, list[Any]]:
+        return {job_id: [parse_pos(v) for v in versions] for job_id, versions in read_at.items()}
 
     # --- Updates -----------------------------------------------------------------------------
 
