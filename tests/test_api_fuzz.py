@@ -40,6 +40,9 @@ def on_the_test_redis(redis_url: str) -> Any:
                 b'"best_checkpoint_path":null,"final_loss":null,"final_eval_loss":null,'
                 b'"total_epochs":null,"created_at":1.0,"updated_at":1.0,"finished_at":null,'
                 b'"gpu_count":null,"error":null}')
+    for order in (keys.order(False), keys.order(False, None)):  # indexed, as the worker does
+        client.zadd(order, {"job-a": -1.0})
+    client.set(keys.order_built, 1)
     publish(client, keys, [{"type": "metrics", "job_id": "job-a", "loss": 1.0}])
     yield
     for key in client.scan_iter(match=f"{PREFIX}*"):

@@ -16,7 +16,6 @@ import { sectionReserve, sectionWindow, sectionWindowOf, wantMore } from "./subs
 
 const OVERSCAN = 600; // px drawn above and below the window
 const AHEAD = 1200; // px: the next page is asked when the loaded end is this close below the view
-const POOL_MAX = 200; // cards kept for reuse after they scroll away
 const OPEN_FIRST = 6; // the grouped view opens at most this many sections by itself ...
 const OPEN_FIRST_RUNS = 200; // ... while they hold this many runs (always the first one)
 
@@ -27,7 +26,6 @@ let frameNo = 0;
 const cards = new Map(); // job id -> card record
 const sections = new Map(); // model key (exact model_name, null: none) -> section record
 const sectionModel = new WeakMap(); // section element -> its exact model_name (null: none)
-const pool = [];
 const listMore = fromTemplate("more-template"); // the flat list's "loading / searching" line
 let firstShown = false;
 let openedFirst = false; // the grouped view opened its first sections since it was turned on
@@ -181,7 +179,9 @@ function placeCard(id, parent, x, y, w) {
   const job = state.jobs.get(id);
   let rec = cards.get(id);
   if (rec === undefined) {
-    rec = pool.pop() || newCard();
+    // A new element, never one that showed another job: a click aimed at a card as it goes
+    // lands on a detached element and does nothing, not on another job.
+    rec = newCard();
     rec.id = id;
     rec.job = null;
     cards.set(id, rec);
@@ -388,7 +388,6 @@ function sweep() {
     if (rec.frame === frameNo) continue;
     rec.el.remove();
     cards.delete(id);
-    if (pool.length < POOL_MAX) pool.push(rec);
   }
   for (const [key, rec] of sections) {
     if (rec.frame === frameNo) continue;
