@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -96,3 +97,36 @@ class RunningWorker:
         self.client.close()
         if self.error is not None:
             raise self.error
+
+
+Drain = Callable[[], Awaitable[None]]
+
+
+@asynccontextmanager
+async def draining_worker(redis_url: str, keys: Keys, r: redis.Redis, batch_size: int,
+                          timeout: float = 10.0) -> AsyncIterator[Drain]:
+    """A worker in this event loop; ``await drain()`` waits until it applied every entry now
+    in the stream (or raises the worker's error)."""
+    worker = Worker(WorkerSettings(redis_url=redis_url, prefix=keys.prefix,
+                                   batch_size=batch_size, block=0.05))
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+
+    async def drain() -> None:
+        last = r.xrevrange(keys.events, count=1)
+        target = last[0][0].decode() if last else "0-0"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if task.done():
+                task.result()
+            applied = r.get(keys.applied)
+            if (applied.decode() if applied else "0-0") == target:
+                return
+            await asyncio.sleep(0.025)
+        raise AssertionError(f"worker did not apply up to {target}")
+
+    try:
+        yield drain
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)

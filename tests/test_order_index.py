@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -20,6 +20,7 @@ from monitor.keys import Keys, model_field
 from monitor.partitions import Partitioning
 from monitor.rules import Board, Group
 from monitor.settings import WorkerSettings
+from tests.gateway_helpers import Drain, draining_worker
 from tests.helpers import ts_of
 from tests.redis_cluster import LocalCluster, flush
 from tests.reference import reference_views
@@ -199,33 +200,15 @@ def check_model_rows(client: Any, keys: Keys) -> list[dict[str, Any]]:
     return updates
 
 
-Drain = Callable[[], Awaitable[None]]
 
 
 @pytest.fixture
 async def drain(redis_url: str, keys: Keys, r: redis.Redis) -> AsyncIterator[Drain]:
     """A worker in this event loop (batches of 7); ``await drain()`` waits until it applied
     every entry."""
-    worker = Worker(WorkerSettings(redis_url=redis_url, prefix=keys.prefix, batch_size=7,
-                                   block=0.05))
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-
-    async def wait() -> None:
-        last = r.xrevrange(keys.events, count=1)
-        target = last[0][0].decode() if last else "0-0"
-        for _ in range(800):
-            if task.done():
-                task.result()
-            applied = r.get(keys.applied)
-            if (applied.decode() if applied else "0-0") == target:
-                return
-            await asyncio.sleep(0.025)
-        raise AssertionError(f"worker did not apply up to {target}")
-
-    yield wait
-    stop.set()
-    await asyncio.wait_for(task, 10)
+    async with draining_worker(redis_url, keys, r, batch_size=7,
+                               timeout=20) as wait:
+        yield wait
 
 
 def publish(r: redis.Redis, keys: Keys, events: list[dict[str, Any]]) -> list[str]:

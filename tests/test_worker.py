@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -16,6 +16,7 @@ from monitor import history
 from monitor.keys import GROUP, Keys, model_field
 from monitor.sdk import start_run
 from monitor.settings import WorkerSettings
+from tests.gateway_helpers import Drain, draining_worker
 from worker.consumer import Worker
 from worker.store import LeaseLost
 
@@ -37,33 +38,14 @@ def updates(r: redis.Redis, keys: Keys) -> list[tuple[str, list[dict[str, Any]]]
     return [(i.decode(), orjson.loads(f[b"data"])["jobs"]) for i, f in r.xrange(keys.updates)]
 
 
-Drain = Callable[[], Awaitable[None]]
 
 
 @pytest.fixture
 async def drain(redis_url: str, keys: Keys, r: redis.Redis) -> AsyncIterator[Drain]:
     """Run a worker in this event loop; ``await drain()`` waits until every entry is applied."""
-    settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, batch_size=50,
-                              block=0.05)
-    worker = Worker(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-
-    async def wait() -> None:
-        last = r.xrevrange(keys.events, count=1)
-        target = last[0][0].decode() if last else "0-0"
-        for _ in range(400):
-            if task.done():
-                task.result()
-            applied = r.get(keys.applied)
-            if (applied.decode() if applied else "0-0") == target:
-                return
-            await asyncio.sleep(0.025)
-        raise AssertionError(f"worker did not apply up to {target}")
-
-    yield wait
-    stop.set()
-    await asyncio.wait_for(task, 10)
+    async with draining_worker(redis_url, keys, r, batch_size=50,
+                               timeout=10) as wait:
+        yield wait
 
 
 async def test_raw_events_become_job_views_model_rows_and_one_update_per_commit(
