@@ -15,6 +15,7 @@ import orjson
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from redis.cluster import RedisCluster
 
 from monitor.keys import Keys
 from monitor.partitions import Partitioning
@@ -23,6 +24,7 @@ from monitor.settings import GatewaySettings
 from tests.conftest import delete_prefix
 from tests.gateway_helpers import RunningWorker, publish
 from tests.helpers import env_for, spawn_monitor, stop_process, wait_for
+from tests.redis_cluster import flush
 from web.app import create_app
 from web.gateway import Gateway
 from web.hub import RESYNC, ROUTED, Reply, Shared, Subscriber, update_message
@@ -395,15 +397,24 @@ def test_a_window_short_of_the_end_takes_only_jobs_up_to_its_end() -> None:
         view("new", 9.0)]
 
 
-def test_windows_over_four_partitions_follow_jobs_that_move(redis_url: str, r: redis.Redis,
-                                                            tmp_path: Path) -> None:
-    """Four partitions, two worker processes: jobs whose first events name no model live in
-    the unnamed partition until they name one, and then move; the windows follow them."""
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
+def test_windows_over_four_partitions_follow_jobs_that_move(
+        request: pytest.FixtureRequest, backend: str, redis_url: str, tmp_path: Path) -> None:
+    """Four partitions, two worker processes, on Redis and on a real Redis Cluster: jobs
+    whose first events name no model live in the unnamed partition until they name one, and
+    then move; the windows follow them."""
+    cluster = backend == "cluster"
+    if cluster:
+        local = request.getfixturevalue("redis_cluster")
+        flush(local)
+        redis_url = local.url
+    r: Any = RedisCluster.from_url(redis_url) if cluster else redis.Redis.from_url(redis_url)
     prefix = f"winparts{time.monotonic_ns()}:"
-    env = {**env_for(redis_url, prefix), "MONITOR_PARTITIONS": "4"}
+    env = {**env_for(redis_url, prefix), "MONITOR_PARTITIONS": "4",
+           "MONITOR_REDIS_CLUSTER": str(cluster).lower()}
     workers = [spawn_monitor(env, tmp_path / f"worker{i}.log", "worker", "--lease-ttl", "1",
                              "--block", "0.05") for i in range(2)]
-    part = Partitioning(prefix, 4, False)
+    part = Partitioning(prefix, 4, cluster)
     rng = random.Random(5)
     published = 0
 
@@ -427,7 +438,8 @@ def test_windows_over_four_partitions_follow_jobs_that_move(redis_url: str, r: r
     try:
         send([{"type": "job_started", "job_id": "zz-marker", "ts": 1.0}, *scenario(rng, 80)])
         wait_for(lambda: applied() == published, 30, "the workers to apply")
-        with make_client(redis_url, Keys(prefix), partitions=4) as client, \
+        with make_client(redis_url, Keys(prefix), partitions=4,
+                         redis_cluster=cluster) as client, \
                 client.websocket_connect("ws://127.0.0.1/ws?windows=1") as ws:
             page = WindowedPage(ws)
             page.watch(["zz-marker"])
@@ -455,7 +467,9 @@ def test_windows_over_four_partitions_follow_jobs_that_move(redis_url: str, r: r
     finally:
         for proc in workers:
             stop_process(proc)
-        delete_prefix(r, prefix)
+        if not cluster:
+            delete_prefix(r, prefix)
+        r.close()
 
 
 def test_updates_wait_as_they_came_while_a_client_restarts_or_asks_and_go_in_order() -> None:
