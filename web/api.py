@@ -15,6 +15,7 @@ from monitor.events import BadEvent, event_adapter, parse_event
 from monitor.insights import model_insights
 from monitor.keys import EVERYONE
 from monitor.limits import MAX_MODEL_NAME
+from web import partitioned
 from web.compare import MAX_IDS, MIN_IDS, build_comparison, selection_best, to_csv
 from web.errors import ApiError, validation_errors
 from web.gateway import Gateway, gateway_of
@@ -41,9 +42,7 @@ from web.windows import (
     BadWindow,
     Filters,
     WindowReader,
-    cursor_of,
     decode_cursor,
-    window_reader,
 )
 
 MAX_EVENTS = 1000
@@ -128,25 +127,24 @@ async def list_jobs(
         raise ApiError(422, "give model or unnamed=true, not both")
     filters = Filters.of(include_archived, None if unnamed else EVERYONE if model is None
                          else model, status, q)
-    part = gw.settings.partitioning
-    windows = window_reader(gw.reader, part if part.split else None)
+    windows = gw.windows
     if limit is None and cursor is None:
         if not filters.selective and filters.model is EVERYONE:
-            return await whole_list(gw, windows, include_archived)
+            return await whole_list(gw, filters)
         await must_be_indexed(windows)
         # filtered: every match, when the jobs to read are within the bound
-        count = await windows.count(include_archived, filters.model)
+        count = await windows.count(filters)
         if count > gw.settings.api_jobs_max:
             raise too_many(count, gw)
         page = await windows.page(filters, None, count + 1, budget=count + 1)
-        return JSON({"version": cursor_of(page.versions), "jobs": page.views})
+        return JSON({"version": partitioned.cursor(page.versions), "jobs": page.views})
     await must_be_indexed(windows)
     try:
         after = decode_cursor(cursor, filters) if cursor is not None else None
     except BadWindow as e:
         raise ApiError(422, str(e)) from e
     page = await windows.page(filters, after, limit or DEFAULT_PAGE)
-    return JSON({"version": cursor_of(page.versions), "jobs": page.views,
+    return JSON({"version": partitioned.cursor(page.versions), "jobs": page.views,
                  "next": page.next_cursor(filters), "total": page.total})
 
 
@@ -156,14 +154,14 @@ async def must_be_indexed(windows: WindowReader) -> None:
                             "docs/state.md); try again in a few seconds")
 
 
-async def whole_list(gw: Gateway, windows: WindowReader, include_archived: bool) -> Response:
+async def whole_list(gw: Gateway, filters: Filters) -> Response:
     """Today's answer, every job, while there are at most ``api_jobs_max`` of them (while the
     order sets are still being built they count fewer: the answer is whole anyway)."""
-    count = await windows.count(include_archived)
+    count = await gw.windows.count(filters)
     if count > gw.settings.api_jobs_max:
         raise too_many(count, gw)
     snapshot = await gw.reader.snapshot()
-    body = snapshot.listing_all if include_archived else snapshot.listing
+    body = snapshot.listing_all if filters.archived else snapshot.listing
     return Response(body, media_type="application/json")
 
 

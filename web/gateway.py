@@ -21,6 +21,7 @@ from web.hub import Hub
 from web.metrics import GatewayCounters
 from web.partitioned import PartitionedHub, PartitionedReader
 from web.state import StateReader
+from web.windows import WindowReader
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Gateway:
     reader: StateReader | PartitionedReader  # reads: retried, so a broken connection heals
     hub: Hub | PartitionedHub
     routes: Routes
+    windows: WindowReader  # pages of the list, over the same reads (docs/websocket.md)
     counters: GatewayCounters = field(default_factory=GatewayCounters)
     # POST /api/events bodies are parsed one at a time (in a thread), so a burst of large
     # ones holds at most one body's objects at once.
@@ -47,10 +49,13 @@ class Gateway:
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError])
         if part.split:
-            return cls(settings, writes, keys, PartitionedReader(reads, part),
-                       PartitionedHub(writes, part, settings.ws_queue), Routes(part))
-        return cls(settings, writes, keys, StateReader(reads, keys),
-                   Hub(writes, keys, settings.ws_queue), Routes(part))
+            reader = PartitionedReader(reads, part)
+            return cls(settings, writes, keys, reader,
+                       PartitionedHub(writes, part, settings.ws_queue), Routes(part),
+                       WindowReader(reader.readers, part))
+        one = StateReader(reads, keys)
+        return cls(settings, writes, keys, one, Hub(writes, keys, settings.ws_queue),
+                   Routes(part), WindowReader([one], None))
 
     async def publish(self, events: list[bytes]) -> None:
         """Append events to the streams of their partitions (docs/scale-out.md), each

@@ -21,7 +21,15 @@ from monitor.partitions import Partitioning, parse_route
 from monitor.redistools import text
 from monitor.rules import Pos, parse_pos
 from web.hub import START_WAIT, Hub, Subscriber
-from web.state import MAX_REPLAY, NO_VERSION, Snapshot, StateReader, valid_version
+from web.state import (
+    MAX_REPLAY,
+    NO_VERSION,
+    Snapshot,
+    StateReader,
+    list_key,
+    model_row_key,
+    valid_version,
+)
 
 CURSOR_SEPARATOR = "."
 
@@ -37,6 +45,20 @@ def parse_cursor(value: str, count: int) -> list[str] | None:
     if len(versions) != count or not all(valid_version(v) for v in versions):
         return None
     return versions
+
+
+def merge_model_rows(found: list[list[dict[str, Any]]], part: Partitioning | None
+                     ) -> list[dict[str, Any]]:
+    """One row per model from each partition's rows, by clean name; a model's row comes from
+    its partition (a job that has not named its model yet may briefly be counted
+    elsewhere)."""
+    rows: dict[Any, dict[str, Any]] = {}
+    for index, partition_rows in enumerate(found):
+        for row in partition_rows:
+            if part is None or part.of_model(row["model_name"]) == index or \
+                    row["model_name"] not in rows:
+                rows[row["model_name"]] = row
+    return sorted(rows.values(), key=model_row_key)
 
 
 def positions(versions: list[str]) -> list[Pos]:
@@ -66,7 +88,7 @@ class PartitionedReader:
                 here = self.part.of_model(view["model_name"]) == index
                 if view["id"] not in views or here:  # moving: its model's partition wins
                     views[view["id"]] = view
-        merged = sorted(views.values(), key=lambda v: (-v["created_at"], v["id"]))
+        merged = sorted(views.values(), key=list_key)
         versions = tuple(s.version for s in parts)
         return PartitionedSnapshot(cursor(list(versions)), merged, versions)
 
@@ -121,17 +143,9 @@ class PartitionedReader:
         return await self.readers[self.part.of_model(model_name)].model_jobs(model_name)
 
     async def models(self) -> list[dict[str, Any]]:
-        """The model rows of every partition; a model's row comes from its partition (a job
-        that has not named its model yet may briefly be counted elsewhere)."""
-        rows: dict[Any, dict[str, Any]] = {}
-        for index, found in enumerate(await asyncio.gather(*(r.models()
-                                                              for r in self.readers))):
-            for row in found:
-                if self.part.of_model(row["model_name"]) == index or \
-                        row["model_name"] not in rows:
-                    rows[row["model_name"]] = row
-        return sorted(rows.values(),
-                      key=lambda r: (r["model_display"].lower(), r["model_name"] or ""))
+        """The model rows of every partition (see :func:`merge_model_rows`)."""
+        return merge_model_rows(await asyncio.gather(*(r.models() for r in self.readers)),
+                                self.part)
 
     async def missed_each(self, versions: list[str]) -> list[int] | None:
         """How many updates each partition has after its version in ``versions``, when a

@@ -46,6 +46,17 @@ end
 
 
 
+def list_key(job: dict[str, Any]) -> tuple[float, str]:
+    """A job's place in the list's order: newest ``created_at`` first, ties by the smaller id
+    (the order of the ``order`` sets, docs/state.md)."""
+    return (-job["created_at"], job["id"])
+
+
+def model_row_key(row: dict[str, Any]) -> tuple[str, str]:
+    """Model rows are listed by clean name (case aside), then exact name."""
+    return (row["model_display"].lower(), row["model_name"] or "")
+
+
 def best_runs(models: dict[bytes, bytes]) -> dict[str, tuple[str, float]]:
     """Model field -> (best job id, its best eval loss), from the ``models`` hash."""
     best = {}
@@ -63,7 +74,7 @@ def build_views(jobs: list[bytes], models: dict[bytes, bytes]) -> list[dict[str,
     for raw in jobs:
         public = orjson.loads(raw)
         views.append(job_view(public, best.get(model_field(public["model_name"]))))
-    views.sort(key=lambda v: (-v["created_at"], v["id"]))
+    views.sort(key=list_key)
     return views
 
 
@@ -226,7 +237,7 @@ class StateReader:
     async def models(self) -> list[dict[str, Any]]:
         """The model rows, by clean name."""
         rows = [orjson.loads(raw) for raw in (await self.redis.hgetall(self.keys.models)).values()]
-        rows.sort(key=lambda r: (r["model_display"].lower(), r["model_name"] or ""))
+        rows.sort(key=model_row_key)
         return rows
 
     async def missed(self, version: str) -> int | None:

@@ -14,7 +14,8 @@ from typing import Any
 
 from monitor.keys import Everyone, model_field
 from monitor.rules import Pos
-from web.windows import Filters, Key, key_of
+from web.state import list_key
+from web.windows import Filters, Key
 
 MAX_WINDOWS = 16
 MAX_WATCHED = 1000
@@ -27,7 +28,7 @@ class Changes:
 
     def __init__(self, views: list[dict[str, Any]]) -> None:
         self.by_id = {view["id"]: view for view in views}
-        ordered = sorted(((key_of(view), view) for view in self.by_id.values()),
+        ordered = sorted(((list_key(view), view) for view in self.by_id.values()),
                          key=lambda entry: entry[0])
         self._all = ([key for key, _ in ordered], [view for _, view in ordered])
         self._models: dict[str, tuple[list[Key], list[dict[str, Any]]]] = {}
@@ -52,7 +53,7 @@ class Window:
     ids: set[str] = field(default_factory=set)
 
     def covers(self, view: dict[str, Any]) -> bool:
-        return (self.end is None or key_of(view) <= self.end) and self.filters.matches(view)
+        return (self.end is None or list_key(view) <= self.end) and self.filters.matches(view)
 
 
 @dataclass

@@ -23,8 +23,8 @@ from monitor.keys import EVERYONE, Everyone, model_field
 from monitor.partitions import Partitioning
 from monitor.redistools import text
 from monitor.rules import job_view
-from web.partitioned import CURSOR_SEPARATOR
-from web.state import NO_VERSION, StateReader, best_runs
+from web.partitioned import merge_model_rows
+from web.state import NO_VERSION, StateReader, best_runs, list_key
 
 MAX_LIMIT = 500  # jobs in one window reply (REST pages: MAX_PAGE)
 MAX_PAGE = 1000
@@ -153,11 +153,6 @@ class Filters:
         return hashlib.blake2b(raw, digest_size=6).hexdigest()
 
 
-def key_of(job: dict[str, Any]) -> Key:
-    """A job's place in the list's order."""
-    return (-job["created_at"], job["id"])
-
-
 def encode_cursor(key: Key, filters: Filters) -> str:
     raw = orjson.dumps([key[0], key[1], filters.fingerprint()])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -222,9 +217,9 @@ class WindowReader:
     async def summary(self) -> Summary:
         """Every model row and the number of jobs, archived and not, each partition read
         atomically with its version."""
-        rows: dict[Any, dict[str, Any]] = {}
+        found: list[list[dict[str, Any]]] = []
         out = Summary([], [], 0, 0)
-        for index, reader in enumerate(self.readers):
+        for reader in self.readers:
             keys = reader.keys
             async with reader.redis.pipeline(transaction=True) as pipe:
                 pipe.hgetall(keys.models)
@@ -235,13 +230,8 @@ class WindowReader:
             out.versions.append(text(last[0][0]) if last else NO_VERSION)
             out.jobs += int(live)
             out.archived += int(archived)
-            for raw in models.values():
-                row = orjson.loads(raw)
-                if self.part is None or self.part.of_model(row["model_name"]) == index or \
-                        row["model_name"] not in rows:
-                    rows[row["model_name"]] = row
-        out.models = sorted(rows.values(),
-                            key=lambda r: (r["model_display"].lower(), r["model_name"] or ""))
+            found.append([orjson.loads(raw) for raw in models.values()])
+        out.models = merge_model_rows(found, self.part)
         return out
 
     async def indexed(self) -> bool:
@@ -256,13 +246,12 @@ class WindowReader:
                 return False
         return True
 
-    async def count(self, include_archived: bool,
-                    model: str | None | Everyone = EVERYONE) -> int:
-        """How many jobs the ``order`` sets hold (archived ones too, or not; of one model or
-        of every model)."""
-        kinds = (False, True) if include_archived else (False,)
+    async def count(self, filters: Filters) -> int:
+        """How many jobs the ``order`` sets that ``filters`` read hold (before ``status`` and
+        ``q`` leave some out)."""
         sizes = await asyncio.gather(*(r.redis.zcard(r.keys.order(archived, model))
-                                       for r in self.readers for archived in kinds))
+                                       for r in self.readers
+                                       for archived, model in filters.sets()))
         return sum(int(size) for size in sizes)
 
     async def page(self, filters: Filters, after: Key | None, limit: int,
@@ -374,7 +363,7 @@ class WindowReader:
             for raw in raws:
                 if raw is not None:
                     job = orjson.loads(raw)
-                    taken.append((key_of(job), index, job))
+                    taken.append((list_key(job), index, job))
                     read_at[job["id"]] = versions
         return await self._views(taken), read_at
 
@@ -394,16 +383,3 @@ class WindowReader:
                                      if row is not None})
         return [job_view(job, best[index].get(model_field(job["model_name"])), consume=True)
                 for _, index, job in taken]
-
-
-def cursor_of(versions: list[str]) -> str:
-    """The version of a page read at ``versions`` (one per partition), as ``/ws`` gives it."""
-    return CURSOR_SEPARATOR.join(versions)
-
-
-def window_reader(reader: Any, part: Partitioning | None) -> WindowReader:
-    """The window reader over a gateway's state reader (one partition or several)."""
-    readers = getattr(reader, "readers", None)
-    if readers is not None:
-        return WindowReader(list(readers), part)
-    return WindowReader([reader], None)

@@ -33,7 +33,6 @@ from web.windows import (
     Key,
     WindowReader,
     decode_cursor,
-    window_reader,
 )
 
 log = logging.getLogger("monitor.gateway")
@@ -86,7 +85,7 @@ class WindowedClient:
         part = gw.settings.partitioning
         self.split = part.split
         self.part = part if part.split else None
-        self.reader: WindowReader = window_reader(gw.reader, self.part)
+        self.reader: WindowReader = gw.windows
         self.watching = Watching(len(self.reader.readers))
         self.versions: list[str] = []
         self.started = anyio.Event()  # the first summary is sent
