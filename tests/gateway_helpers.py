@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis
@@ -15,6 +15,21 @@ import redis
 from monitor.keys import Keys
 from monitor.settings import WorkerSettings
 from worker.consumer import Worker
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+
+def make_client(redis_url: str, keys: Keys, **settings: Any) -> TestClient:
+    """The gateway app on ``keys``' prefix, for requests and WebSockets in this process.
+    (Imported here, not above: the trainer-side tests use this module without the app.)"""
+    from fastapi.testclient import TestClient
+
+    from monitor.settings import GatewaySettings
+    from web.app import create_app
+
+    return TestClient(create_app(GatewaySettings(redis_url=redis_url, prefix=keys.prefix,
+                                                 **settings)), base_url="http://127.0.0.1")
 
 
 def publish(r: redis.Redis, keys: Keys, events: list[dict[str, Any] | bytes]) -> list[str]:
@@ -30,11 +45,6 @@ def stop_mid_run(redis_url: str, keys: Keys, job_id: str, train: Callable[[], ob
                  after_step: int, reason: str | None = None) -> None:
     """Run ``train`` in a thread; once the job's view is at ``after_step`` or later, ask it to
     stop through ``POST /api/jobs/{id}/stop`` of a real gateway app; wait for training to end."""
-    from fastapi.testclient import TestClient
-
-    from monitor.settings import GatewaySettings
-    from web.app import create_app
-
     client = redis.Redis.from_url(redis_url)
     training = threading.Thread(target=train)
     training.start()
@@ -46,8 +56,7 @@ def stop_mid_run(redis_url: str, keys: Keys, job_id: str, train: Callable[[], ob
                 break
             assert time.monotonic() < deadline and training.is_alive(), "training never logged"
             time.sleep(0.05)
-        app = create_app(GatewaySettings(redis_url=redis_url, prefix=keys.prefix))
-        with TestClient(app, base_url="http://127.0.0.1") as api:
+        with make_client(redis_url, keys) as api:
             body = {"reason": reason} if reason is not None else None
             assert api.post(f"/api/jobs/{job_id}/stop", json=body).status_code == 202
     finally:

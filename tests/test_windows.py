@@ -22,25 +22,20 @@ from monitor.partitions import Partitioning
 from monitor.rules import JobState, job_view, parse_pos
 from monitor.settings import GatewaySettings
 from tests.conftest import delete_prefix
-from tests.gateway_helpers import RunningWorker, publish
+from tests.gateway_helpers import RunningWorker, make_client, publish
 from tests.helpers import env_for, spawn_monitor, stop_process, wait_for
 from tests.redis_cluster import flush
-from web.app import create_app
 from web.gateway import Gateway
 from web.hub import RESYNC, ROUTED, Reply, Shared, Subscriber, update_message
+from web.state import list_key
 from web.watching import Changes, Watching
-from web.windows import Filters, key_of
+from web.windows import Filters
 from web.ws_windows import WindowedClient
 
 pytestmark = pytest.mark.timeout(120)
 
 MODELS = ["org/alpha-7b", "org/beta-1b", "gamma", None]
 STATUSES = ["completed", "failed", "stopped"]
-
-
-def make_client(redis_url: str, keys: Keys, **settings: Any) -> TestClient:
-    return TestClient(create_app(GatewaySettings(redis_url=redis_url, prefix=keys.prefix,
-                                                 **settings)), base_url="http://127.0.0.1")
 
 
 @pytest.fixture
@@ -256,12 +251,12 @@ class WindowedPage:
             if window_id == skip:
                 continue
             inside = filters.matches(view) and (
-                end is None or key_of(view) <= (-end["created_at"], end["id"]))
+                end is None or list_key(view) <= (-end["created_at"], end["id"]))
             if view["id"] in ids and not inside:
                 ids.remove(view["id"])
             elif inside and view["id"] not in ids:
                 ids.append(view["id"])
-                ids.sort(key=lambda i: key_of(self.views[i]))
+                ids.sort(key=lambda i: list_key(self.views[i]))
 
     def apply(self, update: dict[str, Any]) -> None:
         for view in update["jobs"]:
@@ -276,7 +271,7 @@ class WindowedPage:
         by_id = {v["id"]: v for v in whole}
         for filters, ids, end, _ in self.windows.values():
             covered = [v["id"] for v in whole if filters.matches(v) and (
-                end is None or key_of(v) <= (-end["created_at"], end["id"]))]
+                end is None or list_key(v) <= (-end["created_at"], end["id"]))]
             assert ids == covered
             for job_id in ids:
                 assert self.views[job_id] == by_id[job_id], job_id

@@ -15,20 +15,13 @@ from starlette.websockets import WebSocketDisconnect
 
 from monitor.keys import Keys
 from monitor.rules import parse_pos
-from monitor.settings import GatewaySettings
 from tests.conftest import free_port
-from tests.gateway_helpers import RunningWorker, publish
-from web.app import create_app
+from tests.gateway_helpers import RunningWorker, make_client, publish
 from web.hub import Hub
 
 pytestmark = pytest.mark.timeout(60)
 
 Q = "Qwen/Qwen2.5-7B-Instruct"
-
-
-def make_client(redis_url: str, keys: Keys, **settings: Any) -> TestClient:
-    return TestClient(create_app(GatewaySettings(redis_url=redis_url, prefix=keys.prefix,
-                                                 **settings)), base_url="http://127.0.0.1")
 
 
 @pytest.fixture
