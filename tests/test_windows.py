@@ -491,8 +491,7 @@ def test_updates_wait_as_they_came_while_a_client_restarts_or_asks_and_go_in_ord
     assert taken[2] is reply  # between the updates before the request and those after
     for item in taken:
         if item is not reply:
-            route(item)
-            subscriber.routed()
+            subscriber.route_queued(item)
     assert routed == ["early", "restarting", "asking", "after"] and subscriber.raw == 0
     subscriber.offer(("skip", "x"))  # routed at once now; nothing for this client
     subscriber.offer(("now", "x"))

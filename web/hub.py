@@ -128,12 +128,7 @@ class Subscriber:
                     len(item[-1]) > ROUTE_IN_HUB_MAX:
                 raw = True
             else:
-                try:
-                    text = self.route(item)
-                except Exception:  # a defect: this client starts over, the others go on
-                    log.exception("routing an update to a windowed client failed")
-                    self.resync()
-                    return
+                text = self._route(item)
                 if text is None:
                     return
                 item = (ROUTED, text)
@@ -168,9 +163,23 @@ class Subscriber:
         self.queue.put_nowait(reply)
         return True
 
-    def routed(self) -> None:
-        """A windowed client routed an update that was queued as it came."""
-        self.raw -= 1
+    def route_queued(self, item: tuple[Any, ...]) -> str | None:
+        """Route an update that was queued as it came (the client's turn for it); what to
+        send, if anything."""
+        generation = self.generation
+        text = self._route(item)
+        if generation == self.generation:  # a resync forgot every raw one already
+            self.raw -= 1
+        return text
+
+    def _route(self, item: tuple[Any, ...]) -> str | None:
+        assert self.route is not None
+        try:
+            return self.route(item)
+        except Exception:  # a defect: this client starts over, the others go on
+            log.exception("routing an update to a windowed client failed")
+            self.resync()
+            return None
 
     def resync(self) -> None:
         while not self.queue.empty():

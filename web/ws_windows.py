@@ -10,7 +10,6 @@ One task sends, in queue order.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,8 +33,6 @@ from web.windows import (
     WindowReader,
     decode_cursor,
 )
-
-log = logging.getLogger("monitor.gateway")
 
 WINDOW_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 JOB_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -135,16 +132,8 @@ class WindowedClient:
                     await self.send_text(item.text)
             elif item[0] is ROUTED:
                 await self.send_text(item[1])
-            else:  # queued as it came: routed now, in turn (nothing awaited in between)
-                try:
-                    text = self.route(item)
-                except Exception:  # a defect: this client starts over
-                    log.exception("routing an update to a windowed client failed")
-                    subscriber.resync()
-                    continue
-                subscriber.routed()
-                if text is not None:
-                    await self.send_text(text)
+            elif (text := subscriber.route_queued(item)) is not None:  # queued as it came
+                await self.send_text(text)
 
     async def requests(self) -> None:
         """Answer the client's messages, after the first summary, until it goes away. Each
