@@ -1,10 +1,11 @@
-"""Gateway scale: what a client waits for, and what the gateway holds, at 10,000 to 1,000,000 jobs.
+"""Gateway scale: what a client waits for, and what the gateway holds, at up to 1,000,000 jobs.
 
     .venv/bin/python -m bench.gateway_scale [--quick] [--jobs 10000,100000,1000000]
                                             [--clients 100] [--seconds 10] [--rate 200]
 
 Per row the state is written straight into Redis in the shapes the worker commits
-(``bench.page_scale`` builds and writes it: jobs over 500 models), and a real ``monitor gateway`` process serves it. Measured:
+(``bench.page_scale`` builds and writes it: jobs over 500 models), and a real
+``monitor gateway`` process serves it. Measured:
 
 - the first ``/ws`` message: the snapshot of every job (``/ws``; up to 100,000 jobs, past
   that it is hundreds of megabytes) and the summary of ``/ws?windows=1``, its size and the time

@@ -278,12 +278,12 @@ def run_row(client: redis.Redis, url: str, jobs: int, events: int, log_dir: Path
 def report(rows: list[Row]) -> list[str]:
     headers = ["jobs", "models", "running", "fill s (not timed)", "Redis MB of state",
                "start → 1st event applied s", "RSS after 1st event MB", "stream events",
-               "1st pass over the running jobs s", "whole stream s", "events/s", "worker CPU µs/event", "RSS after stream MB",
-               "peak RSS MB"]
+               "1st pass over the running jobs s", "whole stream s", "events/s",
+               "worker CPU µs/event", "RSS after stream MB", "peak RSS MB"]
     body = [[f"{r.jobs:,}", f"{min(MODELS, r.jobs):,}", f"{r.running:,}", f"{r.fill_s:.1f}",
              f"{r.redis_mb:,.0f}", f"{r.first_s:.2f}", f"{r.rss_first_mb:,.0f}",
-             f"{r.events:,}", f"{r.pass_s:.2f}", f"{r.stream_s:.2f}", f"{r.events / r.stream_s:,.0f}",
-             f"{r.cpu_s / r.events * 1e6:.1f}", f"{r.rss_after_mb:,.0f}", f"{r.peak_mb:,.0f}"]
+             f"{r.events:,}", f"{r.pass_s:.2f}", f"{r.stream_s:.2f}",
+             f"{r.events / r.stream_s:,.0f}", f"{r.cpu_s / r.events * 1e6:.1f}", f"{r.rss_after_mb:,.0f}", f"{r.peak_mb:,.0f}"]
             for r in rows]
     lines = [table(headers, body) + "\n"]
     big = rows[-1]

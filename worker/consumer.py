@@ -3,10 +3,10 @@
 Crash safety comes from the order of things. A batch's effects, the id of its last entry, the
 acknowledgement of its entries and the trimming of the stream are one atomic transaction,
 fenced by the lease and the committed id (see :mod:`worker.store`). (Only a batch applied one
-entry at a time, after a failure, is acknowledged after its commits.) After a crash the next holder of the lease
-re-reads every unacknowledged entry: those at or before the committed id are acknowledged
-without being applied again, the rest are applied. So each entry is applied exactly once,
-whenever the process dies.
+entry at a time, after a failure, is acknowledged after its commits.) After a crash the next
+holder of the lease re-reads every unacknowledged entry: those at or before the committed id
+are acknowledged without being applied again, the rest are applied. So each entry is applied
+exactly once, whenever the process dies.
 
 One turn has named steps: recover (after taking the lease), read, fold, commit, settle. In a
 backlog :meth:`Worker.run` overlaps them, folding one batch while Redis runs the commit of the
