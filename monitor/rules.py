@@ -125,41 +125,37 @@ class JobState:
         return self.status != RUNNING
 
     @property
-    def final_loss(self) -> float | None:
-        if not self.finished:
-            return None
-        return self.given_final_loss if self.given_final_loss is not None else self.loss
-
-    @property
-    def final_eval_loss(self) -> float | None:
-        if not self.finished:
-            return None
-        given = self.given_final_eval_loss
-        return given if given is not None else self.eval_loss
-
-    @property
     def is_candidate(self) -> bool:
         """May this job be its group's best run (docs/state.md, Best run)?"""
         return not self.archived and self.best_eval_loss is not None
 
     @property
     def rank_key(self) -> RankKey | None:
-        if not self.is_candidate:
-            return None
-        assert self.best_eval_loss is not None
-        return (self.best_eval_loss, self.created_at, self.id)
+        return rank_key(self.id, self.archived, self.best_eval_loss, self.created_at)
+
+    @property
+    def place(self) -> tuple[str | None, bool, float | None, float]:
+        """What decides its group and its place in it: model name, archived, best eval loss,
+        created at (equal places, equal :attr:`rank_key`)."""
+        return self.model_name, self.archived, self.best_eval_loss, self.created_at
 
     def public(self) -> dict[str, Any]:
         """The job state (docs/state.md, Job state) without ``config``, as stored for readers:
         the fields of ``PUBLIC_FIELDS``, ``model_display`` last. (A dict display: it runs for
-        every job a batch touches, and builds the dict in one step.)"""
+        every job a batch touches, and builds the dict in one step.) A final loss is the
+        one ``job_finished`` gave, else the job's latest; None while it runs."""
+        finished = self.status != RUNNING
+        given_loss, given_eval = self.given_final_loss, self.given_final_eval_loss
         return {
             "id": self.id, "model_name": self.model_name, "name": self.name,
             "status": self.status, "archived": self.archived, "epoch": self.epoch,
             "step": self.step, "loss": self.loss, "eval_loss": self.eval_loss,
             "best_eval_loss": self.best_eval_loss, "best_epoch": self.best_epoch,
             "best_step": self.best_step, "best_checkpoint_path": self.best_checkpoint_path,
-            "final_loss": self.final_loss, "final_eval_loss": self.final_eval_loss,
+            "final_loss": None if not finished else (
+                given_loss if given_loss is not None else self.loss),
+            "final_eval_loss": None if not finished else (
+                given_eval if given_eval is not None else self.eval_loss),
             "total_epochs": self.total_epochs, "total_steps": self.total_steps,
             "created_at": self.created_at, "updated_at": self.updated_at,
             "finished_at": self.finished_at, "gpu_count": self.gpu_count, "error": self.error,
@@ -259,6 +255,14 @@ def _observe_eval(job: JobState, value: float, key: ObsKey, step: int | None,
 def new_job(job_id: str, ts: float) -> JobState:
     """A job as its first event creates it."""
     return JobState(id=job_id, created_at=ts, updated_at=ts)
+
+
+def rank_key(job_id: str, archived: bool, best_eval_loss: float | None,
+             created_at: float) -> RankKey | None:
+    """A job's place among its group's candidates (None: not a candidate)."""
+    if archived or best_eval_loss is None:
+        return None
+    return (best_eval_loss, created_at, job_id)
 
 
 class JobChange(NamedTuple):  # a tuple: one is made per event, and a frozen dataclass costs 4x
@@ -422,10 +426,7 @@ def stored_rank(job_id: str, public: dict[str, Any]) -> tuple[bool, RankKey | No
     """What a group needs of a stored job (its :meth:`JobState.public`): whether it is
     archived, and its :attr:`JobState.rank_key`."""
     archived = bool(public["archived"])
-    best = public["best_eval_loss"]
-    if archived or best is None:
-        return archived, None
-    return archived, (best, public["created_at"], job_id)
+    return archived, rank_key(job_id, archived, public["best_eval_loss"], public["created_at"])
 
 
 # --- What a reader sees: the view, delta, tier, clean name ------------------------------------
@@ -440,18 +441,28 @@ def job_view(public: dict[str, Any], best: tuple[str, float] | None, *,
     ``public`` is the caller's to give away, and becomes the view (no copy).
     """
     view = public if consume else dict(public)
+    view.update(view_extras(public, best))
+    view["forecast"] = public.get("forecast") if public["status"] == RUNNING else None
+    view.setdefault("eval_count", 0)  # stored before it was counted
+    return view
+
+
+def view_extras(public: dict[str, Any], best: tuple[str, float] | None) -> dict[str, Any]:
+    """What a view adds to the public state, in the view's order: ``is_best``, ``delta_pct``,
+    ``tier``, ``gpu_hours`` (see :func:`job_view`)."""
     is_best = best is not None and best[0] == public["id"]
     delta = None
     candidate = not public["archived"] and public["best_eval_loss"] is not None
     if best is not None and candidate and not is_best:
         delta = delta_pct(public["best_eval_loss"], best[1])
-    view["is_best"] = is_best
-    view["delta_pct"] = delta
-    view["tier"] = tier(delta)
-    view["gpu_hours"] = gpu_hours(public)
-    view["forecast"] = public.get("forecast") if public["status"] == RUNNING else None
-    view.setdefault("eval_count", 0)  # stored before it was counted
-    return view
+    return {"is_best": is_best, "delta_pct": delta, "tier": tier(delta),
+            "gpu_hours": gpu_hours(public)}
+
+
+def view_is_public_and_extras(public: dict[str, Any]) -> bool:
+    """Is the view of this :meth:`JobState.public` that state with :func:`view_extras` after
+    it, nothing changed (a running job's forecast shows; a finished one's is hidden)?"""
+    return public["status"] == RUNNING or public["forecast"] is None
 
 
 def gpu_hours(public: dict[str, Any]) -> float | None:
@@ -578,15 +589,16 @@ class Board:
             return Change(DUPLICATE)  # nothing but the trainer's own events creates a job
         if job is None:
             job = self.jobs[event.job_id] = new_job(event.job_id, ts)
-        before_model, before_archived, before_key = job.model_name, job.archived, job.rank_key
+        before = job.place
 
         change = apply_to_job(job, event, pos, ts)
         if not change.applied or change.quiet:
             return Change(change)
 
-        if (not created and job.model_name == before_model and job.archived == before_archived
-                and job.rank_key == before_key):
+        if not created and job.place == before:
             return Change(change, frozenset((job.id,)))  # its place in the group is unchanged
+        before_model, before_archived = before[0], before[1]
+        before_key = rank_key(job.id, before_archived, before[2], before[3])
 
         changed_jobs = {job.id}
         changed_models: set[str | None] = set()
@@ -653,8 +665,11 @@ class Board:
         """The current job view of one job. ``public``: its :meth:`JobState.public`, if at
         hand, which becomes the view (the caller gives it away)."""
         job = self.jobs[job_id]
-        return job_view(public or job.public(), _best_id_value(self.groups[job.model_name].best),
-                        consume=True)
+        return job_view(public or job.public(), self.best_of(job.model_name), consume=True)
+
+    def best_of(self, model_name: str | None) -> tuple[str, float] | None:
+        """The group's best run as (job id, best eval loss), as views take it."""
+        return _best_id_value(self.groups[model_name].best)
 
     def view_stored(self, public: dict[str, Any]) -> dict[str, Any]:
         """The view of a job whose state is not on the board, from its stored public state:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,6 +12,7 @@ from monitor.events import Event, event_adapter
 from monitor.rules import Board
 from tests.helpers import pos_of, ts_of
 from tests.reference import reference_models, reference_views
+from worker.batch import board_view
 
 JOBS = ["a", "b", "c", "d"]
 MODELS = [None, None, None, "org/m1", "/x/huggingface_models/Org-m2/snap"]  # None often: jobs named late move groups
@@ -92,6 +94,10 @@ def test_incremental_equals_from_scratch_after_every_event(events: list[Event]) 
         expected = reference_views(stream)
         actual = {job_id: board.view(job_id) for job_id in board.jobs}
         assert actual == expected
+        # The worker's JSON of each view (spliced onto the stored state's) is the view's,
+        # byte for byte: same fields, same order.
+        for job_id in board.jobs:
+            assert board_view(board, job_id, None) == orjson.dumps(board.view(job_id))
         # Every view that changed is in the change set (what the worker pushes).
         moved = {j for j, v in actual.items() if views.get(j) != v}
         assert moved <= set(change.jobs)

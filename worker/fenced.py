@@ -47,19 +47,19 @@ async def fenced(client: Redis, watch: Sequence[str], check: Callable[[list[Any]
     clean = False  # no reply left unread, no WATCH left on: the connection may serve again
     try:
         await conn.send_packed_command(
-            _pack([("WATCH", *watch), ("MGET", *watch)]), check_health=False)
+            pack([("WATCH", *watch), ("MGET", *watch)]), check_health=False)
         for reply in (values := await _replies(conn, 2)):
             if isinstance(reply, Exception):
                 raise reply  # (a WATCH that took is dropped with the connection)
         try:
             check(values[1])
         except BaseException:
-            await conn.send_packed_command(_pack([("UNWATCH",)]), check_health=False)
+            await conn.send_packed_command(pack([("UNWATCH",)]), check_health=False)
             await _replies(conn, 1)
             clean = True
             raise
         await conn.send_packed_command(
-            _pack([("MULTI",), *commands, ("EXEC",)]), check_health=False)
+            pack([("MULTI",), *commands, ("EXEC",)]), check_health=False)
         replies = await _replies(conn, len(commands) + 2)
         clean = _in_step(replies[-1], len(commands))
     finally:
@@ -94,7 +94,8 @@ def _result(replies: list[Any], count: int) -> list[Any]:
     return result
 
 
-def _pack(commands: Sequence[Command]) -> bytes:
+def pack(commands: Sequence[Command]) -> bytes:
+    """``commands`` in Redis's protocol, as one piece to send."""
     # (hiredis' stub types a command as a 1-tuple; it takes any number of arguments)
     return b"".join([hiredis.pack_command(c) for c in commands])  # type: ignore[arg-type]
 
