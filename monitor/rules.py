@@ -134,9 +134,10 @@ class JobState:
         return rank_key(self.id, self.archived, self.best_eval_loss, self.created_at)
 
     @property
-    def place(self) -> tuple[str | None, bool, float | None, float]:
-        """What decides its group and its place in it: model name, archived, best eval loss,
-        created at (equal places, equal :attr:`rank_key`)."""
+    def standing(self) -> tuple[str | None, bool, float | None, float]:
+        """What decides its group and its rank there: model name, archived, best eval loss,
+        created at (equal standings, equal :attr:`rank_key`). Not its place in the list's
+        order, which its model, ``archived`` and ``created_at`` decide (docs/state.md)."""
         return self.model_name, self.archived, self.best_eval_loss, self.created_at
 
     def public(self) -> dict[str, Any]:
@@ -589,13 +590,13 @@ class Board:
             return Change(DUPLICATE)  # nothing but the trainer's own events creates a job
         if job is None:
             job = self.jobs[event.job_id] = new_job(event.job_id, ts)
-        before = job.place
+        before = job.standing
 
         change = apply_to_job(job, event, pos, ts)
         if not change.applied or change.quiet:
             return Change(change)
 
-        if not created and job.place == before:
+        if not created and job.standing == before:
             return Change(change, frozenset((job.id,)))  # its place in the group is unchanged
         before_model, before_archived = before[0], before[1]
         before_key = rank_key(job.id, before_archived, before[2], before[3])
