@@ -49,7 +49,7 @@ from bench.common import (
     verdict,
 )
 from bench.workload import Workload, _job_events, model_names
-from monitor.events import parse_event
+from monitor.decoded import parse_event
 from monitor.keys import Keys, model_field
 from monitor.rules import Board, Group, JobState, model_display, stored_rank
 

@@ -49,7 +49,7 @@ from bench.common import (
     verdict,
 )
 from bench.workload import Workload, generate
-from monitor.events import parse_event
+from monitor.decoded import parse_event
 from monitor.keys import Keys
 from monitor.sdk import start_run
 

@@ -1,4 +1,8 @@
-"""The wire contract: pydantic models for every event a trainer may write (docs/events.md)."""
+"""The wire contract: pydantic models for every event a trainer may write (docs/events.md).
+
+They give the JSON Schema and word every refusal. The worker reads events through
+:mod:`monitor.decoded` (msgspec structs, several times faster), which defers to these models
+on anything it does not accept itself."""
 
 from __future__ import annotations
 
@@ -21,7 +25,6 @@ from pydantic import (
 from monitor.limits import (
     JOB_ID_PATTERN,
     MAX_CONFIG_BYTES,
-    MAX_ENTRY_BYTES,
     MAX_EVENT_ID,
     MAX_EXTRA,
     MAX_INT,
@@ -209,8 +212,6 @@ EVENT_TYPES = ("job_started", "metrics", "checkpoint", "job_finished", "job_arch
                "job_stale")
 
 event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
-# The adapter's own validator, called without the adapter's wrapper (it runs per event).
-_validate_json = event_adapter.validator.validate_json
 
 
 class BadEvent(ValueError):
@@ -229,17 +230,6 @@ def describe(error: ValidationError) -> str:
     more = error.error_count() - 1
     suffix = f" (and {more} more)" if more else ""
     return f"{loc}: {msg}{suffix}" if loc else f"{msg}{suffix}"
-
-
-def parse_event(data: bytes | str) -> Event:
-    """Validate one raw JSON event; raises :class:`BadEvent` with a one-line reason."""
-    if len(data) > MAX_ENTRY_BYTES:
-        raise BadEvent(f"event is {len(data)} bytes, at most {MAX_ENTRY_BYTES}")
-    try:
-        event: Event = _validate_json(data)
-        return event
-    except ValidationError as e:
-        raise BadEvent(describe(e)) from None
 
 
 def json_schema() -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from sortedcontainers import SortedList
 
-from monitor.events import (
+from monitor.decoded import (
     Checkpoint,
     Event,
     JobArchived,
@@ -31,6 +31,7 @@ from monitor.events import (
     JobStarted,
     JobStopRequested,
     Metrics,
+    as_dict,
 )
 from monitor.limits import RUNNING
 from monitor.seen import SeenIds
@@ -310,7 +311,7 @@ def apply_to_job(job: JobState, event: Event, pos: Pos, ts: float) -> JobChange:
         return DUPLICATE
     # Derived events and requests, not the trainer's observations: no times, no model.
     if type(event) is JobForecast:
-        forecast = event.forecast.model_dump()
+        forecast = as_dict(event.forecast)
         if forecast == job.forecast:
             return DUPLICATE
         job.forecast = forecast

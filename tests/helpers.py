@@ -14,14 +14,14 @@ from typing import Any
 import orjson
 import redis
 
-from monitor.events import Event, event_adapter, parse_event
+from monitor.decoded import Event, event_of, parse_event
 from monitor.keys import Keys
 from monitor.rules import Board, Pos
 
 
 def ev(type: str, job_id: str = "a", **fields: Any) -> Event:
     """A validated event, e.g. ``ev("metrics", "a", eval_loss=0.3)``."""
-    return event_adapter.validate_python({"type": type, "job_id": job_id, **fields})
+    return event_of({"type": type, "job_id": job_id, **fields})
 
 
 def pos_of(i: int) -> Pos:

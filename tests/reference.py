@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from monitor.events import (
+from monitor.decoded import (
     Checkpoint,
     Event,
     JobArchived,
@@ -18,6 +18,7 @@ from monitor.events import (
     JobStarted,
     JobStopRequested,
     Metrics,
+    as_dict,
 )
 from monitor.rules import DERIVED, Pos, delta_pct, model_display, tier
 
@@ -71,7 +72,7 @@ def _dedup(events: list[tuple[Pos, float, Event]]) -> list[tuple[Pos, float, Eve
 
 
 def _job(job_id: str, all_events: list[tuple[Pos, float, Event]]) -> dict[str, Any]:
-    forecasts = [e.forecast.model_dump() for _, _, e in all_events if isinstance(e, JobForecast)]
+    forecasts = [as_dict(e.forecast) for _, _, e in all_events if isinstance(e, JobForecast)]
     stale, last_seen = _liveness(all_events)
     events = [item for item in all_events if not isinstance(item[2], DERIVED)]
     named = [e.model_name for _, _, e in events if e.model_name is not None]

@@ -21,7 +21,7 @@ from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect
 
 from monitor import history
-from monitor.events import event_adapter
+from monitor.decoded import event_of
 from monitor.keys import Keys, model_field
 from monitor.rules import Board
 from tests.conftest import RedisServer, free_port
@@ -125,7 +125,7 @@ def expected(results: list[dict[str, Any]]) -> tuple[Board, dict[str, list[Any]]
                    for j in range(2)]
         for job_id, call in events:
             position += 1
-            event = event_adapter.validate_python({**call, "job_id": job_id, "ts": 1.0})
+            event = event_of({**call, "job_id": job_id, "ts": 1.0})
             board.apply(event, (position, 0), 1.0)
             count += 1
             if call["type"] == "metrics":

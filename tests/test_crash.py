@@ -14,7 +14,8 @@ import pytest
 import redis
 
 from monitor import history
-from monitor.events import BadEvent, Metrics, parse_event
+from monitor.decoded import Metrics, parse_event
+from monitor.events import BadEvent
 from monitor.keys import Keys, model_field
 from monitor.rules import parse_pos
 from tests.helpers import env_for, spawn_monitor, stop_process

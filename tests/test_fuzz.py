@@ -13,7 +13,8 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor.events import BadEvent, parse_event
+from monitor.decoded import parse_event
+from monitor.events import BadEvent
 from monitor.keys import Keys
 from tests.gateway_helpers import RunningWorker
 

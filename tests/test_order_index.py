@@ -15,7 +15,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from monitor.events import parse_event
+from monitor.decoded import parse_event
 from monitor.keys import Keys, model_field
 from monitor.partitions import Partitioning
 from monitor.rules import Board, Group

@@ -22,7 +22,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 from websockets.sync.client import connect
 
-from monitor.events import parse_event
+from monitor.decoded import parse_event
 from monitor.partitions import Partitioning
 from monitor.sdk import start_run
 from tests.conftest import delete_prefix, free_port

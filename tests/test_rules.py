@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from monitor.events import Event
+from monitor.decoded import Event
 from monitor.rules import (
     PUBLIC_FIELDS,
     Board,

@@ -8,7 +8,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.events import Event, event_adapter
+from monitor.decoded import Event, event_of
 from monitor.rules import Board
 from tests.helpers import pos_of, ts_of
 from tests.reference import reference_models, reference_views
@@ -67,7 +67,7 @@ event_dicts = st.one_of(
 
 
 def _clean(d: dict[str, Any]) -> Event:
-    return event_adapter.validate_python({k: v for k, v in d.items() if v is not None})
+    return event_of({k: v for k, v in d.items() if v is not None})
 
 
 @st.composite

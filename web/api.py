@@ -11,7 +11,8 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import ValidationError
 
-from monitor.events import BadEvent, event_adapter, parse_event
+from monitor.decoded import parse_event
+from monitor.events import BadEvent, event_adapter
 from monitor.insights import model_insights
 from monitor.keys import EVERYONE
 from monitor.limits import MAX_MODEL_NAME

@@ -15,7 +15,8 @@ from typing import Any, NamedTuple
 import orjson
 
 from monitor import history
-from monitor.events import BadEvent, Event, JobHeartbeat, parse_event
+from monitor.decoded import Event, JobHeartbeat, parse_event
+from monitor.events import BadEvent
 from monitor.keys import Keys, model_field
 from monitor.rules import (
     Board,

@@ -31,8 +31,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
+from monitor.decoded import Event
 from monitor.errors import StartError
-from monitor.events import Event
 from monitor.histograms import BATCH_SIZE, EVENT_AGE
 from monitor.partitions import Partitioning
 from monitor.redistools import UNREACHABLE, backoff, connect, heal

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from monitor.events import Event
+import msgspec
+
+from monitor.decoded import Event
 from monitor.partitions import Partitioning
 from monitor.rules import Board, Pos
 
@@ -92,7 +94,7 @@ class Diverter:
                 if route is not None and not route[1]:  # final
                     if route[0] != self.index:
                         return Decision(RELAY, partition=route[0])
-                    return Decision(APPLY, event.model_copy(update={"model_name": None}))
+                    return Decision(APPLY, msgspec.structs.replace(event, model_name=None))
                 return Decision(MOVE, partition=self.part.of_model(event.model_name))
         return Decision(APPLY, event)
 

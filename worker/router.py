@@ -21,7 +21,8 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from monitor.events import BadEvent, parse_event
+from monitor.decoded import parse_event
+from monitor.events import BadEvent
 from monitor.partitions import UNNAMED, Routes
 from monitor.redistools import UNREACHABLE, backoff, heal, text
 from monitor.routing import Described, describe, route
