@@ -1,6 +1,7 @@
 """Scale-out: partitioned workers on a real Redis Cluster (docs/scale-out.md).
 
     .venv/bin/python -m bench.scale_out [--quick] [--events N] [--jobs N] [--partitions 1,2,4]
+                                        [--per-partition]
 
 A 3-master Redis Cluster of ``redis-server`` processes on free loopback ports (no
 persistence, so the disk is not measured) is started for the run. For each partition count
@@ -10,6 +11,15 @@ each event into the partition of its model as the SDK would send it (not timed);
 every event is applied, timed from the first applied event (process start-up excluded). Per row: events/s over all workers, worker CPU per event (the
 workers' /proc times summed), and Redis CPU per event on each node (INFO cpu). The goal
 (issue 16): worker CPU per event constant within 10% from P = 1 to P = 4.
+
+By default every row applies the same events, so a worker of a larger P holds fewer jobs (a
+quarter at P = 4), and a worker's cost per event falls with its state's size whatever the
+partitions do. ``--per-partition`` gives every partition the same load instead (row P: P
+times ``--events``, ``--jobs`` and jobs writing at once), so each worker holds about as many
+jobs, and sees as many of them in a batch, in every row: a cost that grows with P is what
+coordination between partitions would add. (With one stream of 1,000 jobs writing at once
+split over P partitions, a partition's batch of 1,000 events spans P times as many of each
+job's events, so a larger P writes each job fewer times per event.)
 
 This machine has 2 cores for 3 Redis nodes, P workers and this script, so the total rate
 stops growing where the cores run out, not where the design does; the projection to 16
@@ -185,23 +195,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=None, help="jobs (default 100,000)")
     parser.add_argument("--partitions", default=None, help="comma-separated partition "
                         "counts, one row each (default 1,2,4)")
+    parser.add_argument("--per-partition", action="store_true",
+                        help="the same load per partition: row P applies P times --events "
+                             "over P times --jobs, P times as many writing at once (default "
+                             "then 100,000 events, 25,000 jobs and 250 at once per partition)")
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args(argv)
-    events = args.events or (20_000 if args.quick else 400_000)
-    jobs = args.jobs or (2_000 if args.quick else 100_000)
+    share = 4 if args.per_partition else 1  # the defaults are the P = 4 totals either way
+    events = args.events or (20_000 if args.quick else 400_000) // share
+    jobs = args.jobs or (2_000 if args.quick else 100_000) // share
     counts = [int(p) for p in (args.partitions or ("1,2" if args.quick else "1,2,4")).split(",")]
     workload = Workload(events=events, jobs=jobs, models=50)
+
+    def load(partitions: int) -> Workload:
+        if not args.per_partition:
+            return workload
+        return Workload(events=events * partitions, jobs=jobs * partitions, models=50,
+                        concurrency=workload.concurrency // share * partitions)
+
     log_dir = Path(tempfile.mkdtemp(prefix="bench-scale-out-"))
     with LocalCluster() as cluster:
         cluster.start(masters=3, replicas=0, appendonly=False)
         print("## Scale-out on a Redis Cluster\n")
         print(machine_line(redis.Redis(host=cluster.nodes[0][0], port=cluster.nodes[0][1]))
               + "\n")
+        what = (f"{events:,} events over {jobs:,} jobs per partition, "
+                f"{workload.concurrency // share} writing at once (row P: P times as many)"
+                if args.per_partition else f"{events:,} events over {jobs:,} jobs")
         print(f"A 3-master Redis Cluster (redis-server, no persistence) on this machine; "
-              f"{events:,} events over {jobs:,} jobs and 50 models, pre-filled into the "
+              f"{what} and 50 models, pre-filled into the "
               f"partition streams; P `monitor worker` processes, timed from the first "
               f"applied event until every event is applied (start-up excluded). Logs: `{log_dir}`.\n")
-        rows = [run_row(cluster, p, workload, log_dir, args.timeout) for p in counts]
+        rows = [run_row(cluster, p, load(p), log_dir, args.timeout) for p in counts]
         for line in report(rows, workload):
             print(line)
         print()
