@@ -305,8 +305,8 @@ def _apply_signal(job: JobState, event: JobHeartbeat | JobStale, arrival: float)
 def apply_to_job(job: JobState, event: Event, pos: Pos, ts: float) -> JobChange:
     """Fold one event into ``job`` (in place): the rules of docs/state.md, Job state.
 
-    (Events are told apart by ``type(event) is``: an ``isinstance`` on a pydantic model goes
-    through the ABC machinery, and this runs for every event.)"""
+    (Events, :mod:`monitor.decoded`'s structs, are told apart by ``type(event) is``: the
+    cheapest test, and this runs for every event.)"""
     if event.event_id is not None and not job.seen.add(event.event_id):
         return DUPLICATE
     # Derived events and requests, not the trainer's observations: no times, no model.
