@@ -15,7 +15,7 @@ both on every event type, valid and not.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias
 
 import msgspec
 from msgspec import Meta, Struct
@@ -64,11 +64,8 @@ class _Event(Struct, frozen=True, kw_only=True, tag_field="type"):
     ts: NonNegNumber | None = None
     event_id: EventId | None = None
 
-    type: ClassVar[str]  # the event type, as the contract's models have it
-
 
 class JobStarted(_Event, frozen=True, tag="job_started"):
-    type: ClassVar[str] = "job_started"
     total_epochs: PositiveInt | None = None
     # Longer names are cut by the contract: msgspec leaves them to it.
     name: Annotated[str, Meta(max_length=MAX_NAME)] | None = None
@@ -86,7 +83,6 @@ class JobStarted(_Event, frozen=True, tag="job_started"):
 
 
 class Metrics(_Event, frozen=True, tag="metrics"):
-    type: ClassVar[str] = "metrics"
     epoch: NonNegNumber | None = None
     step: NonNegInt | None = None
     loss: Number | None = None
@@ -100,7 +96,6 @@ class Metrics(_Event, frozen=True, tag="metrics"):
 
 
 class Checkpoint(_Event, frozen=True, tag="checkpoint"):
-    type: ClassVar[str] = "checkpoint"
     path: Annotated[str, Meta(min_length=1, max_length=MAX_PATH)]
     epoch: NonNegNumber | None = None
     step: NonNegInt | None = None
@@ -108,7 +103,6 @@ class Checkpoint(_Event, frozen=True, tag="checkpoint"):
 
 
 class JobFinished(_Event, frozen=True, tag="job_finished"):
-    type: ClassVar[str] = "job_finished"
     status: Status
     error: Annotated[str, Meta(max_length=MAX_TEXT)] | None = None  # longer: the contract cuts
     final_loss: Number | None = None
@@ -136,38 +130,36 @@ class Forecast(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 class JobForecast(_Event, frozen=True, tag="job_forecast"):
-    type: ClassVar[str] = "job_forecast"
     forecast: Forecast
 
 
 class JobStopRequested(_Event, frozen=True, tag="job_stop_requested"):
-    type: ClassVar[str] = "job_stop_requested"
     by: Literal["user", "forecast"]
     reason: Annotated[str, Meta(max_length=MAX_REASON)] | None = None
 
 
 class JobHeartbeat(_Event, frozen=True, tag="job_heartbeat"):
-    type: ClassVar[str] = "job_heartbeat"
+    """The trainer is alive; creates no job."""
 
 
 class JobStale(_Event, frozen=True, tag="job_stale"):
-    type: ClassVar[str] = "job_stale"
     last_seen: NonNegNumber
 
 
 class JobArchived(_Event, frozen=True, tag="job_archived"):
-    type: ClassVar[str] = "job_archived"
+    """Takes the job out of the list and its group's ranking."""
 
 
 class JobRestored(_Event, frozen=True, tag="job_restored"):
-    type: ClassVar[str] = "job_restored"
+    """Brings an archived job back."""
 
 
 Event: TypeAlias = (JobStarted | Metrics | Checkpoint | JobFinished | JobArchived | JobRestored
                     | JobForecast | JobStopRequested | JobHeartbeat | JobStale)
-_STRUCTS: dict[str, type[_Event]] = {
-    cls.type: cls for cls in (JobStarted, Metrics, Checkpoint, JobFinished, JobArchived,
-                              JobRestored, JobForecast, JobStopRequested, JobHeartbeat, JobStale)}
+_STRUCTS: dict[str, type[_Event]] = {  # by event type: each struct's tag, a str on every one
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in (JobStarted, Metrics, Checkpoint, JobFinished, JobArchived, JobRestored,
+                JobForecast, JobStopRequested, JobHeartbeat, JobStale)}
 assert set(_STRUCTS) == set(contract.EVENT_TYPES)
 _decode = msgspec.json.Decoder(Event).decode
 

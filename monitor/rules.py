@@ -126,11 +126,6 @@ class JobState:
         return self.status != RUNNING
 
     @property
-    def is_candidate(self) -> bool:
-        """May this job be its group's best run (docs/state.md, Best run)?"""
-        return not self.archived and self.best_eval_loss is not None
-
-    @property
     def rank_key(self) -> RankKey | None:
         return rank_key(self.id, self.archived, self.best_eval_loss, self.created_at)
 
@@ -261,7 +256,8 @@ def new_job(job_id: str, ts: float) -> JobState:
 
 def rank_key(job_id: str, archived: bool, best_eval_loss: float | None,
              created_at: float) -> RankKey | None:
-    """A job's place among its group's candidates (None: not a candidate)."""
+    """A job's place among its group's candidates; None when it may not be its group's best
+    run (docs/state.md, Best run)."""
     if archived or best_eval_loss is None:
         return None
     return (best_eval_loss, created_at, job_id)
