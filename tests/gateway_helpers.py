@@ -1,4 +1,5 @@
-"""A real worker in a background thread, and publishing helpers, for gateway tests."""
+"""Real workers for tests (in a background thread, or in the test's event loop) and publishing
+helpers."""
 
 from __future__ import annotations
 
@@ -109,6 +110,28 @@ class RunningWorker:
 
 
 Drain = Callable[[], Awaitable[None]]
+
+
+async def run_until_applied(worker: Worker, r: redis.Redis, keys: Keys, count: int, *,
+                            counted: tuple[str, ...] = ("applied",),
+                            timeout: float = 30.0) -> None:
+    """Run ``worker`` in this event loop until the ``counted`` stats add up to ``count``
+    (raises the worker's error, or AssertionError after ``timeout``), then stop it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if task.done():
+                task.result()
+            if sum(int(n or 0) for n in r.hmget(keys.stats, list(counted))) >= count:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the worker did not reach {count} {'+'.join(counted)}")
+            await asyncio.sleep(0.025)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
 
 
 @asynccontextmanager

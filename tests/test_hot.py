@@ -16,6 +16,7 @@ import redis
 from monitor.keys import Keys
 from monitor.rules import Board, JobState, stored_rank
 from monitor.settings import WorkerSettings
+from tests.gateway_helpers import run_until_applied
 from tests.helpers import ev, fold
 from tests.test_order_index import scenario
 from worker.consumer import Worker
@@ -85,24 +86,6 @@ def snapshot(r: redis.Redis, keys: Keys, jobs: list[str]) -> dict[str, Any]:
     }
 
 
-async def run_until_applied(worker: Worker, r: redis.Redis, keys: Keys, count: int) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        for _ in range(1200):
-            if task.done():
-                task.result()
-            stats = r.hmget(keys.stats, ["applied", "duplicates"])
-            if sum(int(n or 0) for n in stats) >= count:
-                break
-            await asyncio.sleep(0.025)
-        else:
-            raise AssertionError("the worker did not apply every event")
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-
-
 async def test_a_worker_keeping_two_job_states_writes_what_one_keeping_all_writes(
         redis_url: str, r: redis.Redis, keys: Keys) -> None:
     rng = random.Random(23)
@@ -128,7 +111,8 @@ async def test_a_worker_keeping_two_job_states_writes_what_one_keeping_all_write
             return await commit(*args, **kwargs)
 
         worker.store.commit = slow  # type: ignore[method-assign]
-        await run_until_applied(worker, r, run_keys, len(events))
+        await run_until_applied(worker, r, run_keys, len(events),
+                                counted=("applied", "duplicates"))
         held = len(worker.board.jobs)
         counted = sum(len(g.members) for g in worker.board.groups.values())
         snapshots.append(snapshot(r, run_keys, job_ids))

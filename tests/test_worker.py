@@ -16,7 +16,7 @@ from monitor import history
 from monitor.keys import GROUP, Keys, model_field
 from monitor.sdk import start_run
 from monitor.settings import WorkerSettings
-from tests.gateway_helpers import Drain, draining_worker
+from tests.gateway_helpers import Drain, draining_worker, run_until_applied
 from worker.consumer import Worker
 from worker.store import LeaseLost
 
@@ -367,21 +367,6 @@ async def test_a_crash_between_commit_and_ack_applies_nothing_twice(
     assert len(r.xrange(keys.updates)) == 1
 
 
-async def _run_until_applied(worker: Worker, r: redis.Redis, keys: Keys, count: int) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        for _ in range(400):
-            if task.done():
-                task.result()
-            if int(r.hget(keys.stats, "applied") or 0) >= count:
-                break
-            await asyncio.sleep(0.025)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-
-
 def _losses_in_order(jobs: int, per_job: int) -> list[dict[str, Any]]:
     return [{"type": "metrics", "job_id": f"j{i % jobs}", "step": i // jobs,
              "loss": 1.0 / (1 + i), "eval_loss": 1.0 / (1 + i) + (i % 7) / 100,
@@ -397,7 +382,7 @@ async def test_batches_folded_while_the_last_commit_runs_apply_everything_once(
         xadd(r, keys, event)
     settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, batch_size=50,
                               block=0.05)
-    await _run_until_applied(Worker(settings), r, keys, len(events))
+    await run_until_applied(Worker(settings), r, keys, len(events))
     overlapped = (stored_jobs(r, keys), {f"j{i}": r.lrange(keys.metrics(f"j{i}"), 0, -1)
                                          for i in range(20)})
     assert int(r.hget(keys.stats, "applied")) == 1000 and r.hget(keys.stats, "duplicates") is None
@@ -435,7 +420,7 @@ async def test_event_ids_of_any_form_are_applied_once_across_batches_and_restart
         xadd(r, keys, event)
     settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, batch_size=50,
                               block=0.05)
-    await _run_until_applied(Worker(settings), r, keys, 300)
+    await run_until_applied(Worker(settings), r, keys, 300)
     assert int(r.hget(keys.stats, "duplicates")) == len(sent) - 300
     assert r.scard(keys.seen("j")) == 300
     assert len(r.hget(keys.folds, "j")) < 300  # it does not grow with the ids
@@ -445,7 +430,7 @@ async def test_event_ids_of_any_form_are_applied_once_across_batches_and_restart
     later = [*rng.sample(fresh, 40), {**fresh[0], "event_id": "new-1", "step": 300}]
     for event in later:
         xadd(r, keys, event)
-    await _run_until_applied(Worker(settings), r, keys, 301)
+    await run_until_applied(Worker(settings), r, keys, 301)
     assert int(r.hget(keys.stats, "duplicates")) == len(sent) - 300 + 40
     assert orjson.loads(r.lrange(keys.metrics("j"), -1, -1)[0])["step"] == 300
 
@@ -468,7 +453,7 @@ async def test_a_commit_that_fails_while_the_next_batch_is_folded_loses_nothing(
         return await commit(*args, **kwargs)
 
     worker.store.commit = fails_for_a_batch_holding_bad  # type: ignore[method-assign]
-    await _run_until_applied(worker, r, keys, len(events))
+    await run_until_applied(worker, r, keys, len(events))
     assert int(r.hget(keys.stats, "applied")) == 300 and r.hget(keys.stats, "duplicates") is None
     assert r.xinfo_groups(keys.events)[0]["pending"] == 0
     for j in range(10):
