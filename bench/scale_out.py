@@ -1,7 +1,7 @@
 """Scale-out: partitioned workers on a real Redis Cluster (docs/scale-out.md).
 
     .venv/bin/python -m bench.scale_out [--quick] [--events N] [--jobs N] [--partitions 1,2,4]
-                                        [--per-partition]
+                                        [--per-partition] [--repeat N]
 
 A 3-master Redis Cluster of ``redis-server`` processes on free loopback ports (no
 persistence, so the disk is not measured) is started for the run. For each partition count
@@ -20,6 +20,11 @@ jobs, and sees as many of them in a batch, in every row: a cost that grows with 
 coordination between partitions would add. (With one stream of 1,000 jobs writing at once
 split over P partitions, a partition's batch of 1,000 events spans P times as many of each
 job's events, so a larger P writes each job fewer times per event.)
+
+On a shared machine one run's worker CPU per event moves by 10-20% from the next, as much as
+the goal allows. ``--repeat N`` runs every row N times, in rounds that go up and down the
+partition counts in turn (1, 2, 4, then 4, 2, 1: no row always runs first or last), and
+shows each row's median run; the spread is taken between those medians.
 
 This machine has 2 cores for 3 Redis nodes, P workers and this script, so the total rate
 stops growing where the cores run out, not where the design does; the projection to 16
@@ -145,13 +150,32 @@ def run_row(cluster: LocalCluster, partitions: int, workload: Workload, log_dir:
         client.close()
 
 
-def report(rows: list[Row], workload: Workload) -> list[str]:
+def rounds(counts: list[int], repeat: int) -> list[int]:
+    """The order to run the rows in: ``repeat`` rounds over ``counts``, every other one
+    backwards, so that no row always runs first or last."""
+    return [p for r in range(repeat) for p in (counts if r % 2 == 0 else counts[::-1])]
+
+
+def median_run(runs: list[Row]) -> Row:
+    """The run with the median worker CPU per event (the lower middle one of an even count)."""
+    ranked = sorted(runs, key=lambda r: r.worker_us)
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def report(runs: dict[int, list[Row]], workload: Workload) -> list[str]:
+    rows = [median_run(r) for r in runs.values()]
     lines = [table(
         ["P", "workers", "events", "events/s", "worker CPU µs/event",
          "Redis CPU µs/event (node 1 / 2 / 3)", "Redis CPU µs/event, all nodes"],
         [[str(r.partitions), str(r.partitions), f"{r.events:,}", f"{r.rate:,.0f}",
           f"{r.worker_us:.1f}", " / ".join(f"{u:.1f}" for u in r.redis_us),
           f"{sum(r.redis_us):.1f}"] for r in rows]), ""]
+    if any(len(r) > 1 for r in runs.values()):
+        for p, r in runs.items():
+            lines.append(f"- P = {p}: {len(r)} runs, worker CPU µs/event "
+                         f"{', '.join(f'{x.worker_us:.1f}' for x in r)}, events/s "
+                         f"{', '.join(f'{x.rate:,.0f}' for x in r)}; the table shows the "
+                         "median run (of an even count, the lower of the middle two)")
     base, last = rows[0], rows[-1]
     spread = max(r.worker_us for r in rows) / min(r.worker_us for r in rows) - 1
     flat = spread <= GOAL_FLAT
@@ -199,8 +223,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="the same load per partition: row P applies P times --events "
                              "over P times --jobs, P times as many writing at once (default "
                              "then 100,000 events, 25,000 jobs and 250 at once per partition)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per row, in rounds up and down the partition counts; "
+                             "the table shows each row's median run (default 1)")
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     share = 4 if args.per_partition else 1  # the defaults are the P = 4 totals either way
     events = args.events or (20_000 if args.quick else 400_000) // share
     jobs = args.jobs or (2_000 if args.quick else 100_000) // share
@@ -226,8 +255,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{what} and 50 models, pre-filled into the "
               f"partition streams; P `monitor worker` processes, timed from the first "
               f"applied event until every event is applied (start-up excluded). Logs: `{log_dir}`.\n")
-        rows = [run_row(cluster, p, load(p), log_dir, args.timeout) for p in counts]
-        for line in report(rows, workload):
+        runs: dict[int, list[Row]] = {p: [] for p in counts}
+        for p in rounds(counts, args.repeat):
+            runs[p].append(run_row(cluster, p, load(p), log_dir, args.timeout))
+        for line in report(runs, workload):
             print(line)
         print()
     return 0
