@@ -489,18 +489,32 @@ def shown(delta: float) -> Decimal:
     return Decimal(delta).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP, context=_EXACT)
 
 
+TIERS = ((25, "red"), (10, "orange"), (5, "yellow"))  # shown above the bound: the colour
+_NEAR = 1e-9  # far wider than a float's error at these sizes (about 4e-15)
+
+
 def tier(delta: float | None) -> str | None:
-    """Colour of a delta, decided on the shown value so colour and text always agree."""
+    """Colour of a delta, decided on the shown value so colour and text always agree.
+
+    A shown value is above a bound b exactly when the delta is at least b + 0.05 (one
+    decimal, half up). Only a delta within a hair of such an edge needs the exact decimal
+    value (:func:`shown`); any other compares as a float. (This runs for every candidate's
+    view a batch writes, and :func:`shown` costs 1 µs.)"""
     if delta is None:
         return None
-    value = shown(delta)
-    if value > 25:
-        return "red"
-    if value > 10:
-        return "orange"
-    if value > 5:
-        return "yellow"
+    for bound, colour in TIERS:
+        edge = bound + 0.05
+        if abs(delta - edge) < _NEAR:
+            return exact_tier(delta)
+        if delta > edge:
+            return colour
     return None
+
+
+def exact_tier(delta: float) -> str | None:
+    """:func:`tier` from the exact shown value, for any delta."""
+    value = shown(delta)
+    return next((colour for bound, colour in TIERS if value > bound), None)
 
 
 @lru_cache(maxsize=4096)

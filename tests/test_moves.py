@@ -117,6 +117,36 @@ def test_a_naming_that_lost_the_race_for_the_route_is_applied_without_its_model(
                                       "loss": 1.0})).kind is APPLY
 
 
+def test_the_folds_quick_test_passes_only_entries_applied_as_they_are() -> None:
+    """``Diverter.diverts`` lets the fold skip :meth:`decide` for most entries: it may say
+    False only where decide would apply the entry's own event and no mark moves."""
+    here = 1
+    divert = Diverter(PART, here)
+    board = Board()
+    fold(board, [item({"type": "job_started", "job_id": "named", "model_name": model_in(here)}),
+                 item({"type": "metrics", "job_id": "unnamed", "loss": 1.0})])
+    divert.moved["gone"] = 3
+    divert.routes = {"unnamed": (here, False)}
+    handoff = {b"handoff": orjson.dumps({"public": {}, "private": {}})}
+    entries = []
+    for job in ("named", "unnamed", "gone", "new"):
+        for model in (None, model_in(here), model_in(0), model_in(2)):
+            event = orjson.dumps({"type": "metrics", "job_id": job, "model_name": model,
+                                  "loss": 1.0})
+            entries += [("3-0", {b"data": event}), ("3-0", {b"data": event, **handoff}),
+                        ("3-0", {b"data": event, b"src": b"p0|4-0"})]
+    entries += [("3-0", {b"data": b"{}"}), ("3-0", None)]
+    quick = 0
+    for entry in decode(entries):
+        if divert.diverts(entry):
+            continue
+        quick += 1
+        decision = divert.decide(board, entry)
+        assert (decision.kind, decision.event) == (APPLY, entry.event), entry
+        assert entry.src is None
+    assert 0 < quick < len(entries)
+
+
 def test_a_job_taken_off_a_board_moves_its_groups_best() -> None:
     board = Board()
     fold(board, [item({"type": "metrics", "job_id": "a", "eval_loss": 1.0}, "1-0"),

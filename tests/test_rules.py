@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from monitor.decoded import Event
 from monitor.rules import (
     PUBLIC_FIELDS,
+    TIERS,
     Board,
     JobState,
     delta_pct,
+    exact_tier,
     model_display,
     shown,
     tier,
@@ -76,6 +81,32 @@ def test_tier_follows_the_shown_value(delta: float | None, shown_text: str | Non
     if delta is not None:
         assert str(shown(delta)) == shown_text
     assert tier(delta) == expected_tier
+
+
+def _around(x: float, steps: int) -> list[float]:
+    """``x`` and the ``steps`` floats on each side of it."""
+    out, up, down = [x], x, x
+    for _ in range(steps):
+        up, down = math.nextafter(up, math.inf), math.nextafter(down, -math.inf)
+        out += [up, down]
+    return out
+
+
+EDGE_CASES = [d for bound, _ in TIERS for edge in (bound + 0.05, bound + 0.05 - 1e-9,
+                                                   bound + 0.05 + 1e-9, bound + 0.0500000001)
+              for d in _around(edge, 40)]
+
+
+def test_tier_at_every_edge_is_the_exact_one() -> None:
+    """The float shortcut of tier() gives what the exact shown value gives, float by float
+    around each edge b + 0.05 and around the ends of the band where it defers."""
+    assert [tier(d) for d in EDGE_CASES] == [exact_tier(d) for d in EDGE_CASES]
+    assert {tier(d) for d in EDGE_CASES} == {"red", "orange", "yellow", None}
+
+
+@given(st.floats(min_value=-1e12, max_value=1e12, allow_nan=False))
+def test_tier_is_the_exact_one_for_any_delta(delta: float) -> None:
+    assert tier(delta) == exact_tier(delta)
 
 
 # --- Sections 4 and 5 on whole event sequences ------------------------------------------------

@@ -132,7 +132,7 @@ def fold(board: Board, items: list[Decoded], divert: Diverter | None = None) -> 
     folded = Folded(last_id=items[-1].entry_id)
     for at, item in enumerate(items):
         event = item.event
-        if divert is not None:
+        if divert is not None and divert.diverts(item):
             decision = divert.decide(board, item)
             if decision.kind is MOVE:
                 folded.stopped_at = at

@@ -51,6 +51,7 @@ def source_name(index: int) -> str:
 
 
 ROUTER = "in"  # the ingress router's source name
+MODELS_KEPT = 4096  # model names whose partition a diverter remembers
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Diverter:
     marks: dict[str, Pos] = field(default_factory=dict)
     moved: dict[str, int] = field(default_factory=dict)
     routes: dict[str, tuple[int, bool] | None] = field(default_factory=dict)
+    _here: dict[str, bool] = field(default_factory=dict)  # model name -> is it this partition's
 
     @property
     def name(self) -> str:
@@ -70,8 +72,22 @@ class Diverter:
 
     def elsewhere(self, event: Event) -> bool:
         """Does ``event`` name a model of another partition?"""
-        return (event.model_name is not None
-                and self.part.of_model(event.model_name) != self.index)
+        model = event.model_name
+        if model is None:
+            return False
+        here = self._here.get(model)
+        if here is None:  # (a CRC of the name: worth keeping, as every event asks)
+            if len(self._here) >= MODELS_KEPT:
+                self._here.clear()
+            here = self._here[model] = self.part.of_model(model) == self.index
+        return not here
+
+    def diverts(self, item: Decoded) -> bool:
+        """Might :meth:`decide` do anything but apply ``item`` as it is? Always True for a
+        forwarded entry (:meth:`passed` must see it); the cheap test the fold runs first."""
+        event = item.event
+        return item.src is not None or event is not None and (
+            event.job_id in self.moved or item.handoff is None and self.elsewhere(event))
 
     def route_lookups(self, items: list[Decoded]) -> list[str]:
         """The jobs whose route :meth:`decide` needs for these items."""
