@@ -10,7 +10,7 @@ transaction is sent and read by :mod:`worker.fenced`, not redis-py's pipeline.""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from itertools import chain
 from typing import Any
 
@@ -130,18 +130,31 @@ class Store:
         value = await self.redis.get(self.keys.applied)
         return text(value) if value is not None else "0-0"
 
+    async def _job_fields(self, hashes: tuple[str, ...], job_ids: list[str],
+                          per_trip: int = LOAD_CHUNK
+                          ) -> AsyncIterator[tuple[str, tuple[bytes | None, ...]]]:
+        """Each of ``job_ids`` with its field in each of ``hashes``, in order: at most
+        :data:`LOAD_CHUNK` fields per HMGET and ``per_trip`` jobs per round trip (the lease
+        renews between round trips)."""
+        for start in range(0, len(job_ids), per_trip):
+            trip = job_ids[start : start + per_trip]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for at in range(0, len(trip), LOAD_CHUNK):
+                    for key in hashes:
+                        pipe.hmget(key, trip[at : at + LOAD_CHUNK])
+                replies = iter(await pipe.execute())
+            for at in range(0, len(trip), LOAD_CHUNK):
+                chunk = trip[at : at + LOAD_CHUNK]
+                for item in zip(chunk, zip(*(next(replies) for _ in hashes))):
+                    yield item
+
     async def load_jobs(self, job_ids: list[str]) -> dict[str, JobState]:
         """The stored jobs among ``job_ids`` (missing ones are left out)."""
         out = {}
-        for start in range(0, len(job_ids), LOAD_CHUNK):
-            chunk = job_ids[start : start + LOAD_CHUNK]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hmget(self.keys.jobs, chunk)
-                pipe.hmget(self.keys.folds, chunk)
-                publics, privates = await pipe.execute()
-            for job_id, public, private in zip(chunk, publics, privates):
-                if public is not None and private is not None:
-                    out[job_id] = JobState.restore(orjson.loads(public), orjson.loads(private))
+        async for job_id, (public, private) in self._job_fields(
+                (self.keys.jobs, self.keys.folds), job_ids):
+            if public is not None and private is not None:
+                out[job_id] = JobState.restore(orjson.loads(public), orjson.loads(private))
         return out
 
     async def group_members(self, models: list[str | None]) -> dict[str | None, set[str]]:
@@ -159,28 +172,17 @@ class Store:
         are not kept."""
         members = await self.group_members(models)
         out: dict[str | None, list[tuple[str, bool, RankKey | None]]] = {m: [] for m in models}
-        todo = [(model, job_id) for model in models for job_id in members[model]]
-        for start in range(0, len(todo), RANK_READ):
-            part = todo[start : start + RANK_READ]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for at in range(0, len(part), LOAD_CHUNK):
-                    pipe.hmget(self.keys.jobs, [job_id for _, job_id in part[at : at + LOAD_CHUNK]])
-                replies = await pipe.execute()
-            publics = (raw for reply in replies for raw in reply)
-            for (model, job_id), raw in zip(part, publics):
-                if raw is not None:
-                    out[model].append((job_id, *stored_rank(job_id, orjson.loads(raw))))
+        model_of = {job_id: model for model in models for job_id in members[model]}
+        async for job_id, (raw,) in self._job_fields((self.keys.jobs,), list(model_of),
+                                                     RANK_READ):
+            if raw is not None:
+                out[model_of[job_id]].append((job_id, *stored_rank(job_id, orjson.loads(raw))))
         return out
 
     async def publics(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The stored public states of these jobs (missing ones are left out)."""
-        out = {}
-        for start in range(0, len(job_ids), LOAD_CHUNK):
-            chunk = job_ids[start : start + LOAD_CHUNK]
-            for job_id, raw in zip(chunk, await self.redis.hmget(self.keys.jobs, chunk)):
-                if raw is not None:
-                    out[job_id] = orjson.loads(raw)
-        return out
+        return {job_id: orjson.loads(raw) async for job_id, (raw,)
+                in self._job_fields((self.keys.jobs,), job_ids) if raw is not None}
 
     async def stored_ids(self, lookups: dict[str, list[str]]) -> dict[str, set[str]]:
         """Which of these event ids each job's stored set holds."""
