@@ -98,8 +98,7 @@ class Store:
         # {stream: entries} (RESP3) or [[stream, entries]] (RESP2), where each entry is
         # [id, [field, value, ...]], or [id, None] once deleted from the stream
         ((_, entries),) = reply.items() if isinstance(reply, dict) else reply
-        return [(entry_id.decode(), dict(zip(fields[::2], fields[1::2])) if fields else None)
-                for entry_id, fields in entries]
+        return [(entry_id.decode(), _fields(fields)) for entry_id, fields in entries]
 
     async def wait(self, after: str, block_ms: int) -> str | None:
         """Block until an entry newer than ``after`` exists; its id, or None on time-out."""
@@ -404,6 +403,16 @@ def writes(k: Keys, c: Commit, *, updates_keep: int, dead_keep: int) -> list[Com
     if c.update is not None:  # last of the writes
         out.append(("XADD", k.updates, "MAXLEN", "~", updates_keep, "*", "data", c.update))
     return out
+
+
+def _fields(flat: list[bytes] | None) -> dict[bytes, bytes] | None:
+    """An entry's ``[field, value, ...]`` as a dict (one field, ``data``, is the usual case:
+    a dict display is 5x cheaper than slicing and zipping, for every entry read)."""
+    if not flat:
+        return None
+    if len(flat) == 2:
+        return {flat[0]: flat[1]}
+    return dict(zip(flat[::2], flat[1::2]))
 
 
 def _pairs(mapping: Mapping[Any, Any], values_first: bool = False) -> list[Any]:
