@@ -611,6 +611,47 @@ def test_narrow_window_and_dark_mode(browser: Browser, gateway: LiveGateway, r: 
     assert errors == [] and dialogs == []
 
 
+CUT_CARDS = """() => [...document.querySelectorAll('[data-testid=job-card]')].flatMap(c => {
+    const foot = c.querySelector('.card-foot');
+    const cut = [foot, ...foot.querySelectorAll('.badges, .badge')]
+        .filter(e => e.scrollWidth > e.clientWidth);
+    return cut.length ? [[c.dataset.jobId, Math.round(c.getBoundingClientRect().width)]] : [];
+})"""
+
+
+def test_no_card_cuts_off_a_badge_at_any_window_width(page: Page, r: redis.Redis, keys: Keys,
+                                                      worker: RunningWorker) -> None:
+    """Cards have one height, so a card's foot is one line: a narrow card makes room in steps
+    (style.css) and never cuts a badge off, from a phone to a wide screen, with the longest
+    foot a card has: a running run's loss over 1, its delta over 100% and its Stop."""
+    now = time.time()
+    seed(r, keys, worker,
+         run_events("lead", Q, 0.6, ts=now - 900, status=None)  # the best, running
+         + run_events("behind", Q, 1.392, ts=now - 800, status=None)  # 132.0% worse
+         + run_events("done", Q, 2.4, ts=now - 700)  # 300.0% worse, finished
+         + run_events("close", Q, 0.6432, ts=now - 600))  # 7.2% worse
+    open_live(page, "/?group=1")
+    behind = card(page, "behind")
+    expect(behind.get_by_test_id("badge-delta")).to_have_text("⚠️ 132.0% worse")
+    expect(behind.get_by_test_id("stop-button")).to_be_visible()
+    steps: dict[int, set[str]] = {}
+    for width in range(320, 1701, 20):  # 320: the narrowest phones
+        page.set_viewport_size({"width": width, "height": 900})
+        page.evaluate("() => new Promise(r => requestAnimationFrame(() => "
+                      "requestAnimationFrame(r)))")  # laid out again for the new width
+        assert page.evaluate(CUT_CARDS) == [], f"a badge is cut off at {width} px"
+        steps[width] = set(behind.evaluate(
+            "c => [...c.querySelectorAll('.card-foot *')].filter(e => getComputedStyle(e)"
+            ".display === 'none').map(e => e.className)"))
+        expect(behind.get_by_test_id("stop-button")).to_be_visible()  # Stop never gives way
+    # The steps are taken: each of them somewhere between a phone and a wide screen.
+    taken = set().union(*steps.values())
+    assert {"delta-mark", "delta-word"} <= taken and any("card-action" in c for c in taken)
+    assert steps[1700] == set()  # wide cards: everything shown
+    page.set_viewport_size({"width": 360, "height": 900})
+    screenshot(page, "grouped-list-phone.png")
+
+
 def test_windows_follow_updates_as_a_rebuild_would(page: Page) -> None:
     """The page's windows are kept current in place by each update (new runs, archiving and
     restoring, a changed start time, a rename under a filter): after any sequence of updates a

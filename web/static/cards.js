@@ -4,11 +4,13 @@
 import { actionButton, canStop, fillControl, newControl } from "./actions.js";
 import { fromTemplate, h, setAttr, setChildren, setText } from "./dom.js";
 import {
-  deltaBadgeText,
+  DELTA_MARK,
+  DELTA_WORD,
   forecastRangeText,
   forecastText,
   jobTitle,
   lossBadgeText,
+  pctText,
   shortId,
   staleText,
   statusText,
@@ -43,7 +45,9 @@ export function newCard() {
     actions: el.querySelector(".card-actions"),
     best: h("span", { class: "badge badge-best", "data-testid": "badge-best" }, "🏆 Best"),
     loss: h("span", { class: "badge badge-loss", "data-testid": "badge-loss" }),
-    delta: h("span", { class: "badge badge-delta", "data-testid": "badge-delta" }),
+    // `⚠️ 15.2% worse` in parts: a narrow card leaves out the mark, then the word (style.css).
+    deltaValue: h("span"),
+    delta: null,
     forecast: h("span", { class: "badge badge-forecast", "data-testid": "badge-forecast" }),
     stale: h("span", { class: "badge badge-stale", "data-testid": "badge-stale" }),
     stopBadge: h("span", { class: "badge badge-stop", "data-testid": "badge-stop" }),
@@ -51,6 +55,9 @@ export function newCard() {
     archive: actionButton("archive", { class: "card-action" }),
     restore: actionButton("restore", { class: "card-action" }),
   };
+  rec.delta = h("span", { class: "badge badge-delta", "data-testid": "badge-delta" },
+    h("span", { class: "delta-mark" }, DELTA_MARK), rec.deltaValue,
+    h("span", { class: "delta-word" }, DELTA_WORD));
   return rec;
 }
 
@@ -102,7 +109,7 @@ export function fillCard(rec, job, selected, grouped, pending, confirming) {
     badges.push(rec.loss);
   }
   if (grouped && job.tier !== null && job.delta_pct !== null) {
-    setText(rec.delta, deltaBadgeText(job.delta_pct));
+    setText(rec.deltaValue, `${pctText(job.delta_pct)}%`);
     setAttr(rec.delta, "data-tier", job.tier);
     setAttr(rec.delta, "title", tierTitle(job.tier));
     rec.delta.className = `badge badge-delta tier-${job.tier}`;

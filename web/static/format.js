@@ -18,9 +18,12 @@ export function pctText(delta) {
   return delta.toFixed(1);
 }
 
+/** `15.2% worse`: the percent, then this. */
+export const DELTA_WORD = " worse";
+
 /** `15.2% worse`. */
 export function deltaText(delta) {
-  return `${pctText(delta)}% worse`;
+  return `${pctText(delta)}%${DELTA_WORD}`;
 }
 
 /**
@@ -41,9 +44,12 @@ export function pText(p) {
   return String(Number(p.toPrecision(1)));
 }
 
+/** What opens a card's delta badge (`⚠️ 15.2% worse`): the warning sign. */
+export const DELTA_MARK = "⚠️ ";
+
 /** The delta badge of a card: `⚠️ 15.2% worse`. */
 export function deltaBadgeText(delta) {
-  return `⚠️ ${deltaText(delta)}`;
+  return `${DELTA_MARK}${deltaText(delta)}`;
 }
 
 /** A Best Eval Loss cell of the comparison: `0.3456 (+47.4%)`, or the bare loss. */
