@@ -613,9 +613,15 @@ def test_narrow_window_and_dark_mode(browser: Browser, gateway: LiveGateway, r: 
 
 CUT_CARDS = """() => [...document.querySelectorAll('[data-testid=job-card]')].flatMap(c => {
     const foot = c.querySelector('.card-foot');
-    const cut = [foot, ...foot.querySelectorAll('.badges, .badge')]
-        .filter(e => e.scrollWidth > e.clientWidth);
-    return cut.length ? [[c.dataset.jobId, Math.round(c.getBoundingClientRect().width)]] : [];
+    const sub = c.querySelector('.card-sub');
+    // The foot fits whole; on the line above, only a text that ends in "…" may be short.
+    const cut = [foot, ...foot.querySelectorAll('.badges, .badge'), sub]
+        .filter(e => e.scrollWidth > e.clientWidth)
+        .concat([...sub.children].filter(e => e.scrollWidth > e.clientWidth
+            && !(getComputedStyle(e).textOverflow === 'ellipsis'
+                 && getComputedStyle(e).display === 'block')));
+    return cut.length ? [[c.dataset.jobId, Math.round(c.getBoundingClientRect().width),
+                          cut.map(e => e.className)]] : [];
 })"""
 
 
@@ -623,17 +629,24 @@ def test_no_card_cuts_off_a_badge_at_any_window_width(page: Page, r: redis.Redis
                                                       worker: RunningWorker) -> None:
     """Cards have one height, so a card's foot is one line: a narrow card makes room in steps
     (style.css) and never cuts a badge off, from a phone to a wide screen, with the longest
-    foot a card has: a running run's loss over 1, its delta over 100% and its Stop."""
+    foot a card has: a running run's loss over 1, its delta over 100% and its Stop; the
+    forecast badge above it ends in "…" when it must."""
     now = time.time()
     seed(r, keys, worker,
          run_events("lead", Q, 0.6, ts=now - 900, status=None)  # the best, running
          + run_events("behind", Q, 1.392, ts=now - 800, status=None)  # 132.0% worse
          + run_events("done", Q, 2.4, ts=now - 700)  # 300.0% worse, finished
-         + run_events("close", Q, 0.6432, ts=now - 600))  # 7.2% worse
+         + run_events("close", Q, 0.6432, ts=now - 600)  # 7.2% worse
+         + [{"type": "job_forecast", "job_id": "behind", "forecast": {
+             "at_step": 1200, "horizon_step": 2400, "best_p10": 1.2, "best_p50": 1.3,
+             "best_p90": 1.4, "p_beat_best": 0.003, "verdict": "cannot_win",
+             "gpu_hours_left": 1204.0}}])  # the longest forecast badge
     open_live(page, "/?group=1")
     behind = card(page, "behind")
     expect(behind.get_by_test_id("badge-delta")).to_have_text("⚠️ 132.0% worse")
     expect(behind.get_by_test_id("stop-button")).to_be_visible()
+    expect(behind.get_by_test_id("badge-forecast")).to_have_text(
+        "can't win · p < 0.01 · saves 1,204 GPU-h")
     steps: dict[int, set[str]] = {}
     for width in range(320, 1701, 20):  # 320: the narrowest phones
         page.set_viewport_size({"width": width, "height": 900})
