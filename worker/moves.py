@@ -86,8 +86,8 @@ class Diverter:
         """Might :meth:`decide` do anything but apply ``item`` as it is? Always True for a
         forwarded entry (:meth:`passed` must see it); the cheap test the fold runs first."""
         event = item.event
-        return item.src is not None or event is not None and (
-            event.job_id in self.moved or item.handoff is None and self.elsewhere(event))
+        return item.src is not None or (event is not None and (
+            event.job_id in self.moved or (item.handoff is None and self.elsewhere(event))))
 
     def route_lookups(self, items: list[Decoded]) -> list[str]:
         """The jobs whose route :meth:`decide` needs for these items."""

@@ -407,7 +407,7 @@ def writes(k: Keys, c: Commit, *, updates_keep: int, dead_keep: int) -> list[Com
 
 def _fields(flat: list[bytes] | None) -> dict[bytes, bytes] | None:
     """An entry's ``[field, value, ...]`` as a dict (one field, ``data``, is the usual case:
-    a dict display is 5x cheaper than slicing and zipping, for every entry read)."""
+    a dict display costs a fifth of slicing and zipping, for every entry read)."""
     if not flat:
         return None
     if len(flat) == 2:

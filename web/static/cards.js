@@ -6,11 +6,11 @@ import { fromTemplate, h, setAttr, setChildren, setText } from "./dom.js";
 import {
   DELTA_MARK,
   DELTA_WORD,
+  deltaPercentText,
   forecastRangeText,
   forecastText,
   jobTitle,
   lossBadgeText,
-  pctText,
   shortId,
   staleText,
   statusText,
@@ -109,7 +109,7 @@ export function fillCard(rec, job, selected, grouped, pending, confirming) {
     badges.push(rec.loss);
   }
   if (grouped && job.tier !== null && job.delta_pct !== null) {
-    setText(rec.deltaValue, `${pctText(job.delta_pct)}%`);
+    setText(rec.deltaValue, deltaPercentText(job.delta_pct));
     setAttr(rec.delta, "data-tier", job.tier);
     setAttr(rec.delta, "title", tierTitle(job.tier));
     rec.delta.className = `badge badge-delta tier-${job.tier}`;

@@ -18,12 +18,17 @@ export function pctText(delta) {
   return delta.toFixed(1);
 }
 
+/** `15.2%`: a delta's percent. */
+export function deltaPercentText(delta) {
+  return `${pctText(delta)}%`;
+}
+
 /** `15.2% worse`: the percent, then this. */
 export const DELTA_WORD = " worse";
 
 /** `15.2% worse`. */
 export function deltaText(delta) {
-  return `${pctText(delta)}%${DELTA_WORD}`;
+  return `${deltaPercentText(delta)}${DELTA_WORD}`;
 }
 
 /**
