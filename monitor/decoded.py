@@ -15,7 +15,7 @@ both on every event type, valid and not.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import Annotated, Any, TypeAlias
 
 import msgspec
 from msgspec import Meta, Struct
@@ -121,7 +121,7 @@ class Forecast(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     best_p50: PositiveLoss
     best_p90: PositiveLoss
     p_beat_best: Annotated[float, Meta(ge=0, le=1)] | None
-    verdict: Literal["leading", "too_early", "cannot_win", "may_win"]
+    verdict: contract.Verdict
     gpu_hours_left: NonNegNumber | None
 
     def __post_init__(self) -> None:
@@ -134,7 +134,7 @@ class JobForecast(_Event, frozen=True, tag="job_forecast"):
 
 
 class JobStopRequested(_Event, frozen=True, tag="job_stop_requested"):
-    by: Literal["user", "forecast"]
+    by: contract.StopBy
     reason: Annotated[str, Meta(max_length=MAX_REASON)] | None = None
 
 

@@ -139,6 +139,7 @@ class JobFinished(_Event):
 
 
 Verdict = Literal["leading", "too_early", "cannot_win", "may_win"]
+StopBy = Literal["user", "forecast"]  # who asked a job to stop
 PositiveLoss = Annotated[float, Field(gt=0)]
 
 
@@ -176,7 +177,7 @@ class JobStopRequested(_Event):
     The first request while the job runs is kept; the trainer hears it (docs/stopping.md)."""
 
     type: Literal["job_stop_requested"]
-    by: Literal["user", "forecast"]
+    by: StopBy
     reason: Annotated[str, StringConstraints(max_length=MAX_REASON)] | None = None
 
 
