@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 from scipy import stats
 
-from monitor.rules import gpu_hours
+from monitor.rules import gpu_hours, is_candidate
 
 SIGNIFICANT = 0.05  # a p-value below this makes a difference "real"
 MIN_RUNS_PER_KEY = 5  # a hyperparameter is judged only across at least this many candidates
@@ -24,7 +24,7 @@ MIN_RUNS_PER_KEY = 5  # a hyperparameter is judged only across at least this man
 
 def candidates(views: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The jobs that compete for their model's best run: not archived, with a best eval loss."""
-    return [v for v in views if not v["archived"] and v["best_eval_loss"] is not None]
+    return [v for v in views if is_candidate(v["archived"], v["best_eval_loss"])]
 
 
 def points(views: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -254,12 +254,18 @@ def new_job(job_id: str, ts: float) -> JobState:
     return JobState(id=job_id, created_at=ts, updated_at=ts)
 
 
+def is_candidate(archived: bool, best_eval_loss: float | None) -> bool:
+    """May a job be its group's best run (docs/state.md, Best run)? Not archived, with a best
+    eval loss."""
+    return not archived and best_eval_loss is not None
+
+
 def rank_key(job_id: str, archived: bool, best_eval_loss: float | None,
              created_at: float) -> RankKey | None:
-    """A job's place among its group's candidates; None when it may not be its group's best
-    run (docs/state.md, Best run)."""
-    if archived or best_eval_loss is None:
+    """A job's place among its group's candidates; None when it is not one."""
+    if not is_candidate(archived, best_eval_loss):
         return None
+    assert best_eval_loss is not None
     return (best_eval_loss, created_at, job_id)
 
 
@@ -450,8 +456,8 @@ def view_extras(public: dict[str, Any], best: tuple[str, float] | None) -> dict[
     ``tier``, ``gpu_hours`` (see :func:`job_view`)."""
     is_best = best is not None and best[0] == public["id"]
     delta = None
-    candidate = not public["archived"] and public["best_eval_loss"] is not None
-    if best is not None and candidate and not is_best:
+    if (best is not None and not is_best
+            and is_candidate(public["archived"], public["best_eval_loss"])):
         delta = delta_pct(public["best_eval_loss"], best[1])
     return {"is_best": is_best, "delta_pct": delta, "tier": tier(delta),
             "gpu_hours": gpu_hours(public)}
@@ -490,6 +496,7 @@ def shown(delta: float) -> Decimal:
 
 
 TIERS = ((25, "red"), (10, "orange"), (5, "yellow"))  # shown above the bound: the colour
+_EDGES = tuple((bound + 0.05, colour) for bound, colour in TIERS)  # see tier()
 _NEAR = 1e-9  # far wider than a float's error at these sizes (about 4e-15)
 
 
@@ -502,8 +509,7 @@ def tier(delta: float | None) -> str | None:
     view a batch writes, and :func:`shown` costs 1 µs.)"""
     if delta is None:
         return None
-    for bound, colour in TIERS:
-        edge = bound + 0.05
+    for edge, colour in _EDGES:
         if abs(delta - edge) < _NEAR:
             return exact_tier(delta)
         if delta > edge:
