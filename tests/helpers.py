@@ -54,6 +54,15 @@ def read_events(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     return events
 
 
+def read_not_committed(client: redis.Redis, keys: Keys) -> int:
+    """Entries the consumer group delivered after the applied id: read by a worker and not
+    committed (yet). The group never keeps a pending list: entries are read with NOACK."""
+    (group,) = client.xinfo_groups(keys.events)
+    assert group["pending"] == 0
+    applied = client.get(keys.applied) or b"0-0"
+    return len(client.xrange(keys.events, min=b"(" + applied, max=group["last-delivered-id"]))
+
+
 def wait_for(check: Callable[[], Any], timeout: float = 15, what: str = "it") -> Any:
     """Poll ``check`` until it returns something truthy (returned); fail after ``timeout``."""
     deadline = time.monotonic() + timeout

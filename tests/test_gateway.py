@@ -12,7 +12,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from monitor.keys import Keys
+from monitor.keys import GROUP, Keys
 from monitor.settings import GatewaySettings
 from tests.gateway_helpers import RunningWorker, publish
 from web.app import create_app
@@ -259,6 +259,22 @@ def test_health_and_metrics(client: TestClient, r: redis.Redis, keys: Keys,
     assert "monitor_events_dead_lettered_total 1.0" in text
     assert "monitor_worker_lag 0.0" in text
     assert "monitor_websocket_clients 0.0" in text
+
+
+def test_health_counts_entries_read_and_not_committed_as_pending(
+        client: TestClient, r: redis.Redis, keys: Keys) -> None:
+    """A worker read 3 of 4 entries (as it does, without a pending list) and committed the
+    first: 2 are pending, 1 is not read yet."""
+    r.xgroup_create(keys.events, GROUP, id="0", mkstream=True)
+    ids = [r.xadd(keys.events, {"data": orjson.dumps(
+        {"type": "metrics", "job_id": "a", "loss": 1.0})}).decode() for _ in range(4)]
+    r.xreadgroup(GROUP, "w", {keys.events: ">"}, count=3, noack=True)
+    r.set(keys.applied, ids[0])
+    assert client.get("/healthz").json() == {"status": "ok", "redis": "ok", "worker_lag": 1,
+                                             "pending": 2}
+    assert "monitor_worker_pending 2.0" in client.get("/metrics").text
+    r.set(keys.applied, ids[2])
+    assert client.get("/healthz").json()["pending"] == 0
 
 
 def test_redis_away_gives_503_then_recovers(redis_server_factory: Any) -> None:

@@ -257,7 +257,7 @@ def test_the_first_redis_server_new_enough_is_run(
     assert (found.path, found.source, found.version) == (str(paths[chosen[0]]), *chosen[1:])
 
 
-TOO_OLD = ("too old: streams need 6.2 or newer (XAUTOCLAIM); install a newer one (apt install "
+TOO_OLD = ("too old: streams need 6.2 or newer (XTRIM MINID); install a newer one (apt install "
            "redis-server) or pip install 'training-monitor[embedded]'")
 
 

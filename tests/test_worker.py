@@ -14,10 +14,15 @@ from redis.exceptions import ResponseError
 
 from monitor import history
 from monitor.keys import GROUP, Keys, model_field
+from monitor.rules import parse_pos
 from monitor.sdk import start_run
 from monitor.settings import WorkerSettings
 from tests.gateway_helpers import Drain, draining_worker, run_until_applied
+from tests.helpers import read_not_committed
+from worker.batch import Commit
 from worker.consumer import Worker
+from worker.lease import Lease
+from worker.pipeline import Batch
 from worker.store import LeaseLost
 
 Q = "Qwen/Qwen2.5-7B-Instruct"
@@ -91,7 +96,7 @@ async def test_raw_events_become_job_views_model_rows_and_one_update_per_commit(
     _, views = updates(r, keys)[-1]
     assert {v["id"]: (v["is_best"], v["archived"], v["delta_pct"]) for v in views} == {
         "a": (False, True, None), "b": (True, False, None)}
-    assert r.xinfo_groups(keys.events)[0]["pending"] == 0
+    assert read_not_committed(r, keys) == 0
 
 
 FORECAST = {"at_step": 5, "horizon_step": 50, "best_p10": 0.2, "best_p50": 0.22,
@@ -233,13 +238,13 @@ async def test_a_second_worker_stands_by_and_a_stale_one_cannot_commit(
         first.lease.held = True  # it still believes it holds the lease
         with pytest.raises(LeaseLost):
             await first.step()
-        assert r.xinfo_groups(keys.events)[0]["pending"] == 0
+        assert read_not_committed(r, keys) == 0
     finally:
         for w in (first, second):
             await w.redis.aclose()
 
 
-async def test_entries_read_but_never_acknowledged_are_applied_once(
+async def test_entries_read_but_never_committed_are_applied_once(
         redis_url: str, keys: Keys, r: redis.Redis) -> None:
     settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, lease_ttl=5.0)
     crashed = Worker(settings)
@@ -248,8 +253,9 @@ async def test_entries_read_but_never_acknowledged_are_applied_once(
         xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": loss, "ts": 1.0})
     # It read the entries and died before committing anything.
     assert await crashed.lease.hold()
-    read = await crashed.store.read(crashed.lease.token, ">", 2)
+    read = await crashed.store.read(crashed.lease.token, 2)
     assert len(read) == 2
+    assert read_not_committed(r, keys) == 2
     await crashed.redis.aclose()
     r.delete(keys.lease)
 
@@ -257,7 +263,7 @@ async def test_entries_read_but_never_acknowledged_are_applied_once(
     try:
         for _ in range(3):
             await after.step()
-        assert r.xinfo_groups(keys.events)[0]["pending"] == 0
+        assert read_not_committed(r, keys) == 0
         assert [orjson.loads(p)["loss"] for p in r.lrange(keys.metrics("a"), 0, -1)] == \
             [0.9, 0.8, 0.7]
         consumers = r.xinfo_consumers(keys.events, GROUP)
@@ -308,42 +314,58 @@ class Crash(Exception):
 
 async def _a_restart_applies_nothing_twice(settings: WorkerSettings, r: redis.Redis,
                                           keys: Keys) -> None:
-    """A new worker acknowledges the committed entries left pending (losses 0.9, 0.8, 0.7 of
-    job "a") without applying them again."""
+    """A new worker applies none of the committed entries (losses 0.9, 0.8, 0.7 of job "a")
+    again."""
     after = Worker(settings)
     try:
         await after.step()
-        assert r.xinfo_groups(keys.events)[0]["pending"] == 0
+        assert read_not_committed(r, keys) == 0
         assert [orjson.loads(p)["loss"] for p in r.lrange(keys.metrics("a"), 0, -1)] == \
             [0.9, 0.8, 0.7]
     finally:
         await after.redis.aclose()
 
 
-async def test_a_batch_is_committed_acknowledged_and_trimmed_in_one_step(
+async def test_a_crash_after_a_commit_landed_applies_nothing_twice(
         redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    """The worker dies after its commit landed and before it heard so, with one more entry
+    read ahead: the next worker applies only that one."""
     settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, lease_ttl=5.0)
-    worker = Worker(settings)
-    await worker.store.ensure_group()
+    crashed = Worker(settings)
+    await crashed.store.ensure_group()
     ids = [xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": loss})
            for loss in (0.9, 0.8, 0.7)]
+    commit = crashed.store.commit
 
-    async def apart(*args: Any) -> None:
-        raise AssertionError("acknowledged or trimmed apart from the commit")
+    async def commit_then_die(*args: Any, **kwargs: Any) -> str | None:
+        await commit(*args, **kwargs)
+        xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": 0.6})
+        await crashed.store.read(crashed.lease.token, 10)  # read ahead, never committed
+        raise Crash
 
-    worker.store.ack = worker.store.trim = apart  # type: ignore[method-assign]
+    crashed.store.commit = commit_then_die  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        await crashed.step()
+    await crashed.redis.aclose()
+    assert r.get(keys.applied).decode() == ids[-1]
+    assert read_not_committed(r, keys) == 1
+    r.delete(keys.lease)
+
+    after = Worker(settings)
     try:
-        await worker.step()
-        assert r.get(keys.applied).decode() == ids[-1]
-        assert r.xinfo_groups(keys.events)[0]["pending"] == 0
+        await after.step()
+        assert [orjson.loads(p)["loss"] for p in r.lrange(keys.metrics("a"), 0, -1)] == \
+            [0.9, 0.8, 0.7, 0.6]
+        assert read_not_committed(r, keys) == 0
     finally:
-        await worker.redis.aclose()
+        await after.redis.aclose()
+    assert int(r.hget(keys.stats, "applied")) == 4
+    assert len(r.xrange(keys.updates)) == 2
 
 
-async def test_a_crash_between_commit_and_ack_applies_nothing_twice(
+async def test_a_crash_after_a_commit_landed_with_nothing_read_ahead(
         redis_url: str, keys: Keys, r: redis.Redis) -> None:
-    """When a batch is applied one entry at a time (after a failure), the entries are
-    acknowledged after the commits: a crash in between leaves committed entries pending."""
+    """As above, with nothing read past the commit: the next worker applies nothing."""
     settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, lease_ttl=5.0)
     crashed = Worker(settings)
     await crashed.store.ensure_group()
@@ -351,15 +373,15 @@ async def test_a_crash_between_commit_and_ack_applies_nothing_twice(
         xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": loss})
     commit = crashed.store.commit
 
-    async def commit_without_ack_then_die(*args: Any, **kwargs: Any) -> str | None:
-        await commit(*args, **dict(kwargs, ack=None))
+    async def commit_then_die(*args: Any, **kwargs: Any) -> str | None:
+        await commit(*args, **kwargs)
         raise Crash
 
-    crashed.store.commit = commit_without_ack_then_die  # type: ignore[method-assign]
+    crashed.store.commit = commit_then_die  # type: ignore[method-assign]
     with pytest.raises(Crash):
         await crashed.step()
     await crashed.redis.aclose()
-    assert r.xinfo_groups(keys.events)[0]["pending"] == 3  # committed, never acknowledged
+    assert read_not_committed(r, keys) == 0
     r.delete(keys.lease)
 
     await _a_restart_applies_nothing_twice(settings, r, keys)
@@ -386,7 +408,7 @@ async def test_batches_folded_while_the_last_commit_runs_apply_everything_once(
     overlapped = (stored_jobs(r, keys), {f"j{i}": r.lrange(keys.metrics(f"j{i}"), 0, -1)
                                          for i in range(20)})
     assert int(r.hget(keys.stats, "applied")) == 1000 and r.hget(keys.stats, "duplicates") is None
-    assert r.xinfo_groups(keys.events)[0]["pending"] == 0
+    assert read_not_committed(r, keys) == 0
 
     other = Keys(keys.prefix + "plain:")
     with r.pipeline(transaction=False) as pipe:
@@ -447,15 +469,17 @@ async def test_a_commit_that_fails_while_the_next_batch_is_folded_loses_nothing(
                                    block=0.05))
     commit = worker.store.commit
 
-    async def fails_for_a_batch_holding_bad(*args: Any, **kwargs: Any) -> str | None:
-        if bad in (kwargs.get("ack") or []):  # a whole batch, not one entry at a time
+    async def fails_for_a_batch_holding_bad(batch: Commit, lease: Lease, expected: str,
+                                            **kwargs: Any) -> str | None:
+        holds_bad = parse_pos(expected) < parse_pos(bad) <= parse_pos(batch.applied)
+        if holds_bad and batch.counts["applied"] > 1:  # a whole batch, not one entry at a time
             raise ValueError("a defect in the commit")
-        return await commit(*args, **kwargs)
+        return await commit(batch, lease, expected, **kwargs)
 
     worker.store.commit = fails_for_a_batch_holding_bad  # type: ignore[method-assign]
     await run_until_applied(worker, r, keys, len(events))
     assert int(r.hget(keys.stats, "applied")) == 300 and r.hget(keys.stats, "duplicates") is None
-    assert r.xinfo_groups(keys.events)[0]["pending"] == 0
+    assert read_not_committed(r, keys) == 0
     for j in range(10):
         steps = [orjson.loads(p)["step"] for p in r.lrange(keys.metrics(f"j{j}"), 0, -1)]
         assert steps == list(range(30))
@@ -510,7 +534,7 @@ async def test_a_commit_of_thousands_of_runs_arrives_whole(
         assert (model["best_job_id"], model["job_count"]) == ("j7", 4200)
         update = orjson.loads(r.xrevrange(keys.updates, count=1)[0][1][b"data"])
         assert len(update["jobs"]) == 4200  # a new best changes every view of the model
-        assert r.xinfo_groups(keys.events)[0]["pending"] == 0
+        assert read_not_committed(r, keys) == 0
         assert int(r.hget(keys.stats, "applied")) == 4201
     finally:
         await worker.redis.aclose()
@@ -532,7 +556,7 @@ async def test_a_command_failing_in_a_commit_applies_the_rest_once(
     finally:
         await first.redis.aclose()
     assert r.get(keys.applied).decode() == ids[-1]
-    assert r.xinfo_groups(keys.events)[0]["pending"] == 0
+    assert read_not_committed(r, keys) == 0
     assert len(r.xrange(keys.updates)) == 1
     r.delete(keys.stats, keys.lease)
 
@@ -547,13 +571,13 @@ async def test_a_commit_without_the_lease_in_redis_writes_nothing(
     xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": 0.5})
     try:
         assert await worker.lease.hold()
-        entries = await worker.store.read(worker.lease.token, ">", 10)
+        entries = await worker.store.read(worker.lease.token, 10)
         r.set(keys.lease, "another worker")
         with pytest.raises(LeaseLost):
-            await worker._process(entries)
+            await worker._apply(Batch.of(entries), worker.pipeline.commit)
         assert r.get(keys.applied) is None
         assert r.hget(keys.jobs, "a") is None
-        assert r.xinfo_groups(keys.events)[0]["pending"] == 1
+        assert read_not_committed(r, keys) == 1
     finally:
         await worker.redis.aclose()
 
@@ -695,19 +719,25 @@ async def test_the_worker_starts_over_when_redis_comes_back_empty(
         client.close()
 
 
-async def test_only_the_lease_holder_forgets_idle_consumers(
+async def test_only_the_lease_holder_rewinds_the_group_and_forgets_old_consumers(
         redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    """Rewinding also clears what a version that acknowledged left pending."""
     settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix)
     w = Worker(settings)
     try:
         await w.store.ensure_group()
-        r.xgroup_createconsumer(keys.events, GROUP, "old-worker")
+        ids = [xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": loss})
+               for loss in (0.9, 0.8)]
+        r.xreadgroup(GROUP, "old-worker", {keys.events: ">"})  # pending: both
         with pytest.raises(LeaseLost):
-            await w.store.adopt_pending("not-the-lease-token")
-        assert len(r.xinfo_consumers(keys.events, GROUP)) == 1
+            await w.store.rewind("not-the-lease-token", ids[0])
+        assert r.xinfo_groups(keys.events)[0]["pending"] == 2
         assert await w.lease.hold()
-        await w.store.adopt_pending(w.lease.token)
+        await w.store.rewind(w.lease.token, ids[0])
         assert r.xinfo_consumers(keys.events, GROUP) == []
+        (group,) = r.xinfo_groups(keys.events)
+        assert (group["pending"], group["last-delivered-id"].decode()) == (0, ids[0])
+        assert [e for e, _ in await w.store.read(w.lease.token, 10)] == ids[1:]
     finally:
         await w.redis.aclose()
 

@@ -59,7 +59,7 @@ def render(stats: list[dict[str, int]], health: dict[str, Any], ws_clients: int,
         CounterMetricFamily("monitor_events_dead_lettered", "Entries refused into <prefix>dead",
                             value=total["dead"]),
         GaugeMetricFamily("monitor_worker_pending", "Entries read by a worker, not yet "
-                          "acknowledged", value=health["pending"]),
+                          "committed", value=health["pending"]),
         GaugeMetricFamily("monitor_websocket_clients", "WebSocket clients of this gateway",
                           value=ws_clients),
     ]
@@ -82,7 +82,7 @@ def _partitions(stats: list[dict[str, int]], health: dict[str, Any]) -> list[Met
     lag = GaugeMetricFamily("monitor_partition_lag", "Entries of a partition's stream not "
                             "yet read by its worker", labels=labels)
     pending = GaugeMetricFamily("monitor_partition_pending", "Entries of a partition read "
-                                "but not yet acknowledged", labels=labels)
+                                "but not yet committed", labels=labels)
     histograms: dict[str, HistogramMetricFamily] = {}
     parts = health.get("partitions") or [{"partition": 0, "worker_lag": health["worker_lag"],
                                           "pending": health["pending"]}]

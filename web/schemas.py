@@ -248,7 +248,7 @@ class Health(BaseModel):
     status: Literal["ok"]
     redis: Literal["ok"]
     worker_lag: int | None = Field(description="entries not yet applied by the worker")
-    pending: int = Field(description="entries read by a worker but not yet acknowledged")
+    pending: int = Field(description="entries read by a worker but not yet committed")
 
 
 class ErrorField(BaseModel):

@@ -25,14 +25,15 @@ MAX_REPLAY_BYTES = 8 * 1024 * 1024
 REPLAY_PAGE = 16
 LAG_COUNT_MAX = 100_000  # on Redis 6.2 the lag is counted, up to this (past it: unknown)
 
-# The number of entries of a stream after ARGV[1] (exclusive start), or -1 as soon as there
-# are more than ARGV[2] or they weigh more than ARGV[3] bytes: read ARGV[4] at a time inside
-# Redis, so neither side ever holds more than a page of them.
+# The number of entries of a stream after ARGV[1] (exclusive start) and up to ARGV[5] (an id;
+# the end of the stream when absent), or -1 as soon as there are more than ARGV[2] or they
+# weigh more than ARGV[3] bytes: read ARGV[4] at a time inside Redis, so neither side ever
+# holds more than a page of them.
 _COUNT_MISSED = """
 local limit, budget, page = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local n, bytes, start = 0, 0, ARGV[1]
+local n, bytes, start, stop = 0, 0, ARGV[1], ARGV[5] or '+'
 while true do
-  local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', page)
+  local entries = redis.call('XRANGE', KEYS[1], start, stop, 'COUNT', page)
   for _, entry in ipairs(entries) do
     n = n + 1
     local fields = entry[2]
@@ -271,7 +272,8 @@ class StateReader:
         return [(text(entry_id), fields[b"data"]) for entry_id, fields in entries]
 
     async def health(self) -> dict[str, Any]:
-        """Redis answers; how far behind the worker is."""
+        """Redis answers; how far behind the worker is: entries not read yet (lag), and read
+        but not committed yet (pending: after the applied id, up to the group's last read)."""
         k = self.keys
         try:
             groups = await self.redis.xinfo_groups(k.events)
@@ -281,14 +283,23 @@ class StateReader:
         if group is None:
             backlog = await self.redis.xlen(k.events)
             return {"status": "ok", "redis": "ok", "worker_lag": backlog, "pending": 0}
+        delivered = text(group["last-delivered-id"])
         lag = group.get("lag")
         if lag is None:  # Redis 6.2 does not say; count what the group has not read yet
             lag = await self._count_missed(
-                keys=[k.events], args=[f"({text(group['last-delivered-id'])}", LAG_COUNT_MAX,
-                                       2**62, 1000])
+                keys=[k.events], args=[f"({delivered}", LAG_COUNT_MAX, 2**62, 1000])
+        stored = await self.redis.get(k.applied)
+        applied = text(stored) if stored is not None else "0-0"
+        pending = 0
+        if parse_pos(delivered) > parse_pos(applied):
+            # (the batch read ahead and the commit in flight, unless a worker died reading)
+            pending = int(await self._count_missed(
+                keys=[k.events], args=[f"({applied}", LAG_COUNT_MAX, 2**62, 1000, delivered]))
+            if pending < 0:
+                pending = LAG_COUNT_MAX  # counted up to this
         return {"status": "ok", "redis": "ok",
                 "worker_lag": None if lag is None or int(lag) < 0 else int(lag),
-                "pending": int(group["pending"])}
+                "pending": pending}
 
     async def count_after(self, stream: str, after: str) -> int:
         """Entries of ``stream`` after ``after``, counted up to LAG_COUNT_MAX (-1: more)."""

@@ -1,1 +1,1 @@
-"""The stream consumer: read a batch, fold it with the rules, commit, then acknowledge."""
+"""The stream consumer: read a batch, fold it with the rules, commit it with its applied id."""

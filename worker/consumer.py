@@ -1,12 +1,12 @@
-"""The worker loop: hold the lease, read a batch, fold it, commit and acknowledge it.
+"""The worker loop: hold the lease, read a batch, fold it, commit it.
 
-Crash safety comes from the order of things. A batch's effects, the id of its last entry, the
-acknowledgement of its entries and the trimming of the stream are one atomic transaction,
-fenced by the lease and the committed id (see :mod:`worker.store`). (Only a batch applied one
-entry at a time, after a failure, is acknowledged after its commits.) After a crash the next
-holder of the lease re-reads every unacknowledged entry: those at or before the committed id
-are acknowledged without being applied again, the rest are applied. So each entry is applied
-exactly once, whenever the process dies.
+Crash safety comes from the order of things. A batch's effects, the id of its last entry
+(the applied id) and the trimming of the stream up to it are one atomic transaction, fenced
+by the lease and the applied id (see :mod:`worker.store`). Entries are read without a pending
+entry list: after taking the lease, a worker rewinds the consumer group to the applied id, so
+whatever was read after it and not committed, by a worker that died or by this one, is read
+again, and an entry at or before it is never applied again. So each entry is applied exactly
+once, whenever the process dies.
 
 One turn has named steps: recover (after taking the lease), read, fold, commit, settle. In a
 backlog :meth:`Worker.run` overlaps them, folding one batch while Redis runs the commit of the
@@ -41,7 +41,6 @@ from monitor.settings import WorkerSettings
 from worker.batch import (
     Commit,
     Decoded,
-    Entry,
     Folded,
     build_commit,
     cold_views,
@@ -63,8 +62,8 @@ from worker.store import LeaseLost, Store
 log = logging.getLogger("monitor.worker")
 
 # How a batch's commit is sent: waited for (Pipeline.commit), or left running while the next
-# batch is read ahead (Pipeline.commit_reading_ahead). Both take the entry ids to acknowledge.
-Send = Callable[[Commit, list[str]], Awaitable[None]]
+# batch is read ahead (Pipeline.commit_reading_ahead).
+Send = Callable[[Commit], Awaitable[None]]
 
 
 class Worker:
@@ -228,53 +227,48 @@ class Worker:
         await self.pipeline.settle()  # nothing more to fold: no reason to leave it running
 
     async def _recover(self) -> None:
-        """After taking the lease: adopt unacknowledged entries and finish them first."""
+        """After taking the lease: read again from the applied id, and apply first what was
+        read and not committed."""
         await self.pipeline.finish()  # so that the applied id read below is final
         self._reset()
-        self.pipeline.restart(await self.store.applied())
+        self.pipeline.restart(applied := await self.store.applied())
         await self.redis.hincrby(self.keys.ops, "lease_takeovers", 1)
         if self.divert is not None:
             marks, moved = await self.store.partition_state()
             self.divert.marks = {source: parse_pos(at) for source, at in marks.items()}
             self.divert.moved = moved
-        await self.store.adopt_pending(self.lease.token)
-        await backfill(self.store, self.lease, self.pipeline.applied)
-        cursor = "0"
-        while entries := await self.store.read(self.lease.token, cursor,
-                                               self.settings.batch_size):
-            await self._process(entries)
-            cursor = entries[-1][0]
+        read_before = await self.store.rewind(self.lease.token, applied)
+        await backfill(self.store, self.lease, applied)
+        # What was read and not committed, one batch at a time and each commit waited for:
+        # if a commit failed (CommitFailed), this is where the entry at fault is isolated.
+        while parse_pos(self.pipeline.applied) < parse_pos(read_before):
+            entries = await self.store.read(self.lease.token, self.settings.batch_size)
+            if not entries:
+                break
+            await self._apply(Batch.of(entries), self.pipeline.commit)
         self.generation = self.lease.generation
         log.info("worker %s is applying events%s (committed up to %s)", self.name,
                  f" of partition {self.index}" if self.part.split else "",
                  self.pipeline.applied)
 
-    async def _process(self, entries: list[Entry]) -> None:
-        """Apply ``entries`` and wait for their commit (see :meth:`_apply`)."""
-        await self._apply(Batch.of(entries), self.pipeline.commit)
-
     async def _apply(self, batch: Batch, send: Send) -> None:
-        """Apply the entries not yet committed and ``send`` their commit, acknowledging all of
-        them and trimming the stream in the same atomic step when the batch applies whole."""
+        """Apply the entries not yet committed and ``send`` their commit (after a rewind to
+        the applied id, every entry read is one)."""
         done = parse_pos(self.pipeline.applied)
         fresh = [item for item in batch.items if item.pos > done]
-        if not fresh:
-            await self._acknowledge(batch)
-        else:
+        if fresh:
             try:
                 commit, rest = await self._fold(fresh)
                 if not rest:
                     assert commit is not None
-                    await send(commit, batch.ids)
+                    await send(commit)
                 else:  # a job moves: commit up to it, move it, go on (worker.moves)
                     await self._commit_moving(commit, rest)
-                    await self._acknowledge(batch)
             except BUG:
                 # Some entry makes the fold or the commit fail (a bug): find it, refuse it, and
                 # go on with the rest, rather than stopping every model's updates for good.
                 log.exception("a batch failed; applying its entries one at a time")
                 await self._apply_one_at_a_time(fresh)
-                await self._acknowledge(batch)
         self.pipeline.saw(batch.entries[-1][0])
 
     async def _apply_one_at_a_time(self, items: list[Decoded]) -> None:
@@ -291,7 +285,7 @@ class Worker:
 
     async def _commit_moving(self, commit: Commit | None, rest: list[Decoded]) -> None:
         """Commit ``commit``, then move the job of ``rest[0]`` and apply the rest the same
-        way, each commit waited for (the entries are acknowledged by the caller)."""
+        way, each commit waited for."""
         while True:
             if commit is not None:
                 await self.pipeline.commit(commit)
@@ -334,12 +328,6 @@ class Worker:
         self.divert.moved[job_id] = to
         log.info("job %s named model %r: moved to partition %d", job_id,
                  item.event.model_name, to)
-
-    async def _acknowledge(self, batch: Batch) -> None:
-        """Acknowledge ``batch`` and trim the stream apart from a commit, once every entry in
-        it is committed: only now, as an entry acknowledged before its commit could be lost."""
-        await self.store.ack(batch.ids)
-        await self.store.trim(self.pipeline.applied)
 
     async def _fold(self, items: list[Decoded]) -> tuple[Commit | None, list[Decoded]]:
         """Fold ``items`` into the board and build their commit; with partitions the fold

@@ -47,10 +47,6 @@ class Batch:
     def of(cls, entries: list[Entry]) -> Batch:
         return cls(entries, decode(entries))
 
-    @property
-    def ids(self) -> list[str]:
-        return [entry_id for entry_id, _ in self.entries]
-
 
 @dataclass
 class InFlight:
@@ -91,10 +87,10 @@ class Pipeline:
         self.caught_up = False
 
     def drop(self) -> list[asyncio.Task[Any]]:
-        """Forget the batch being read ahead and the commit in flight. What was read stays
-        pending in the group, and a commit lands whole or not at all, so the recovery that
-        follows finds every entry again. Returns the cancelled tasks, for a caller that must
-        let them end before closing the connection."""
+        """Forget the batch being read ahead and the commit in flight. A commit lands whole or
+        not at all, and the recovery that follows rewinds the consumer group to what is
+        committed, so it finds every entry again. Returns the cancelled tasks, for a caller
+        that must let them end before closing the connection."""
         tasks: list[asyncio.Task[Any]] = []
         if self._ahead is not None:
             tasks.append(self._ahead)
@@ -123,7 +119,7 @@ class Pipeline:
         return batch
 
     async def _read(self) -> Batch:
-        entries = await self.store.read(self.lease.token, ">", self.settings.batch_size)
+        entries = await self.store.read(self.lease.token, self.settings.batch_size)
         return Batch.of(entries)
 
     def saw(self, entry_id: str) -> None:
@@ -137,14 +133,14 @@ class Pipeline:
         landed yet)."""
         return self._in_flight.stored_ids if self._in_flight is not None else {}
 
-    async def commit(self, commit: Commit, ack: list[str] | None = None) -> None:
-        """Send ``commit`` once the one before has landed (acknowledging ``ack`` with it), and
-        wait for it. A defect it raises is the caller's to isolate."""
+    async def commit(self, commit: Commit) -> None:
+        """Send ``commit`` once the one before has landed, and wait for it. A defect it raises
+        is the caller's to isolate."""
         await self.settle()  # this commit starts where the previous one ends
-        in_flight = self._send(commit, ack)
+        in_flight = self._send(commit)
         await self._landed(in_flight, await self._answer(in_flight))
 
-    async def commit_reading_ahead(self, commit: Commit, ack: list[str] | None = None) -> None:
+    async def commit_reading_ahead(self, commit: Commit) -> None:
         """In a backlog: send ``commit`` once the one before has landed, read the next batch
         ahead, and return while the commit runs; the next batch is folded meanwhile, and
         :meth:`settle` waits for the commit only before the next one is sent."""
@@ -152,16 +148,16 @@ class Pipeline:
         # Ask for the next batch just before the commit: Redis answers that read first, so the
         # worker decodes it while Redis runs the commit, instead of both taking turns.
         self._ahead = asyncio.create_task(self._read())
-        self._in_flight = self._send(commit, ack)
+        self._in_flight = self._send(commit)
         await asyncio.sleep(0)  # let it send the commit
 
-    def _send(self, commit: Commit, ack: list[str] | None) -> InFlight:
+    def _send(self, commit: Commit) -> InFlight:
         if self._durations:  # the commits before this one: observed with it
             COMMIT.observe(commit.observed, self._durations)
             self._durations = []
         task = asyncio.create_task(self.store.commit(
             commit, self.lease, self.applied, updates_keep=self.settings.updates_keep,
-            dead_keep=self.settings.dead_keep, ack=ack))
+            dead_keep=self.settings.dead_keep))
         update_size = len(commit.update) if commit.update is not None else None
         in_flight = InFlight(task, self.applied, update_size, commit.counts.get("applied", 0),
                              commit.seen_add, time.monotonic())

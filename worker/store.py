@@ -26,20 +26,28 @@ from worker.batch import Commit, Entry
 from worker.fenced import Command, fenced
 from worker.lease import Lease
 
-# Forget consumers that hold nothing, only while holding the lease and atomically with the
-# check: a consumer emptied here cannot be reading at the same moment.
-_DROP_IDLE_CONSUMERS = """
+# After taking the lease: point the consumer group back at the applied id, so that the
+# entries read after it (by a worker that died, or by this one before a failed commit) are
+# delivered again, and forget every consumer (entries are read with NOACK, so a consumer holds
+# nothing; the pending entries left by a version that acknowledged go with theirs). Only while
+# holding the lease, and atomically with the check: no other worker reads at the same moment.
+_REWIND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-local dropped = 0
-for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[2], ARGV[2])) do
+local delivered = ARGV[3]
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
   local info = {}
-  for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
-  if info['name'] ~= ARGV[3] and info['pending'] == 0 then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[2], ARGV[2], info['name'])
-    dropped = dropped + 1
+  for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
+  if info['name'] == ARGV[2] then delivered = info['last-delivered-id'] end
+end
+redis.call('XGROUP', 'SETID', KEYS[2], ARGV[2], ARGV[3])
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[2], ARGV[2])) do
+  for i = 1, #consumer, 2 do
+    if consumer[i] == 'name' then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[2], ARGV[2], consumer[i + 1])
+    end
   end
 end
-return dropped
+return delivered
 """
 LOAD_CHUNK = 2000  # jobs per read while loading, so the lease renews between chunks
 RANK_READ = 20_000  # jobs per round trip while reading what groups rank (~10 MB of states)
@@ -62,7 +70,7 @@ class Store:
         self.index = index
         self._nodes: dict[str, Redis] = {}  # on a cluster: a plain client per node
         self.consumer = consumer
-        self._drop_idle = redis.register_script(_DROP_IDLE_CONSUMERS)
+        self._rewind = redis.register_script(_REWIND)
 
     async def ensure_group(self) -> None:
         """Create the stream and the consumer group (from the start) if missing."""
@@ -72,8 +80,14 @@ class Store:
             if "BUSYGROUP" not in str(e):
                 raise
 
-    async def read(self, token: str, after: str, count: int) -> list[Entry]:
-        """Entries after ``after`` ('>' for new ones, an id for our pending ones)."""
+    async def read(self, token: str, count: int) -> list[Entry]:
+        """The next ``count`` entries the consumer group has not delivered yet.
+
+        Read with NOACK: the group keeps no pending entry list. What is applied is the
+        applied id's business alone (committed with each batch), and after taking the lease
+        :meth:`rewind` delivers again whatever was read after it. (A pending entry list cost
+        Redis 1.3 µs per event to build and 0.5 µs more for the XACK that emptied it: a fifth
+        of Redis's work per event, for a record the applied id already keeps.)"""
         k = self.keys
 
         def ours(values: list[Any]) -> None:
@@ -81,8 +95,8 @@ class Store:
                 raise LeaseLost("lease is held by another worker")
 
         node = await node_client(self.redis, k.lease, self._nodes)
-        command = ("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count,
-                   "STREAMS", k.events, after)
+        command = ("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count, "NOACK",
+                   "STREAMS", k.events, ">")
         for _ in range(WATCH_TRIES):
             try:
                 (reply,) = await fenced(node, (k.lease,), ours, [command])
@@ -109,20 +123,15 @@ class Store:
             return None
         return text(reply[0][1][-1][0])
 
-    async def adopt_pending(self, token: str) -> None:
-        """Claim every entry other consumers read but did not acknowledge, then forget the
-        consumers left with nothing (one is left behind by every worker that ever ran)."""
-        cursor = "0-0"
-        while True:
-            reply = await self.redis.xautoclaim(self.keys.events, GROUP, self.consumer,
-                                                min_idle_time=0, start_id=cursor, count=1000)
-            cursor = text(reply[0])
-            if cursor == "0-0":
-                break
-        dropped = await self._drop_idle(keys=[self.keys.lease, self.keys.events],
-                                        args=[token, GROUP, self.consumer])
-        if dropped == -1:
-            raise LeaseLost("lease lost while adopting pending entries")
+    async def rewind(self, token: str, applied: str) -> str:
+        """After taking the lease: deliver again every entry after ``applied`` (the committed
+        id), and forget the consumers of earlier workers. Returns the last entry read before
+        (so the entries after ``applied`` up to it were read and not committed)."""
+        delivered = await self._rewind(keys=[self.keys.lease, self.keys.events],
+                                       args=[token, GROUP, applied])
+        if delivered == -1:
+            raise LeaseLost("lease lost while rewinding the consumer group")
+        return text(delivered)
 
     async def applied(self) -> str:
         """The id of the last entry whose effects are committed ("0-0" before the first)."""
@@ -197,22 +206,21 @@ class Store:
         return await histories(self.redis, self.keys, job_ids)
 
     async def commit(self, commit: Commit, lease: Lease, expected: str, *,
-                     updates_keep: int, dead_keep: int, ack: list[str] | None = None
-                     ) -> str | None:
+                     updates_keep: int, dead_keep: int) -> str | None:
         """Write ``commit`` atomically, if we hold the lease and nobody else committed since
         ``expected``; returns the update's version (entry id) if any.
 
         The applied id is the guard: a commit must start where the last one ended, so two
         workers can never both apply the same entries, whatever their leases say. (The lease
-        only keeps a standby from doing work that would be thrown away.) ``ack``: entry ids to
-        acknowledge in the same step, trimming the events stream up to the new applied id.
+        only keeps a standby from doing work that would be thrown away.) The events stream is
+        trimmed up to the new applied id in the same step.
         """
         if not lease.held:
             raise LeaseLost("lease expired before commit")
         if commit.outgoing:  # before the commit: forwarded at least once (worker.moves)
             await self.send_out(commit.outgoing)
         reply = await self._transaction(commit, lease, expected, updates_keep=updates_keep,
-                                        dead_keep=dead_keep, ack=ack)
+                                        dead_keep=dead_keep)
         await self._finalise(commit)
         return reply
 
@@ -225,8 +233,7 @@ class Store:
         await self.finalise_routes(finalise)
 
     async def _transaction(self, commit: Commit, lease: Lease, expected: str, *,
-                           updates_keep: int, dead_keep: int, ack: list[str] | None
-                           ) -> str | None:
+                           updates_keep: int, dead_keep: int) -> str | None:
         """The commit in one MULTI/EXEC, fenced by WATCH on the lease and the applied id.
         As with MULTI/EXEC always, a failing command does not stop the others, so the
         applied id still moves with what was written and nothing is applied twice; the first
@@ -234,9 +241,7 @@ class Store:
         k = self.keys
         commands = writes(k, commit, updates_keep=updates_keep, dead_keep=dead_keep)
         update_at = len(commands) - 1  # the XADD to updates, when there is one, is last
-        if ack:
-            commands.append(("XACK", k.events, GROUP, *ack))
-            commands.append(("XTRIM", k.events, "MINID", "~", commit.applied))
+        commands.append(("XTRIM", k.events, "MINID", "~", commit.applied))
         replies = await self.write_fenced(lease, expected, commands)
         return text(replies[update_at]) if commit.update is not None else None
 
@@ -319,14 +324,6 @@ class Store:
         for client in self._nodes.values():
             await client.aclose()
         self._nodes.clear()
-
-    async def ack(self, entry_ids: list[str]) -> None:
-        if entry_ids:
-            await self.redis.xack(self.keys.events, GROUP, *entry_ids)
-
-    async def trim(self, applied: str) -> None:
-        """Drop applied entries from the events stream (never one that is not applied)."""
-        await self.redis.xtrim(self.keys.events, minid=applied, approximate=True)
 
     async def trim_updates(self, oldest: str) -> None:
         """Drop the updates older than ``oldest`` (an entry id) from ``<prefix>updates``."""

