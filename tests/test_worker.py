@@ -742,6 +742,30 @@ async def test_only_the_lease_holder_rewinds_the_group_and_forgets_old_consumers
         await w.redis.aclose()
 
 
+async def test_a_rewound_group_still_knows_its_lag(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    """Redis 7 counts what a group read, and its lag (/healthz's worker_lag) comes from that
+    count: the rewind tells it the count at the applied id, even in a trimmed stream."""
+    w = Worker(WorkerSettings(redis_url=redis_url, prefix=keys.prefix))
+    try:
+        await w.store.ensure_group()
+        ids = [xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": 1.0}) for _ in range(10)]
+        if "entries-read" not in r.xinfo_groups(keys.events)[0]:
+            pytest.skip("Redis 6.2 does not count what a group read")
+        assert await w.lease.hold()
+        assert len(await w.store.read(w.lease.token, 6)) == 6
+        r.xtrim(keys.events, minid=ids[3])
+        assert await w.store.rewind(w.lease.token, ids[3]) == ids[5]
+        assert r.xinfo_groups(keys.events)[0]["lag"] == 6
+        assert len(await w.store.read(w.lease.token, 2)) == 2
+        assert r.xinfo_groups(keys.events)[0]["lag"] == 4
+        r.xdel(keys.events, ids[6])  # deleted after the applied id: Redis cannot count now
+        await w.store.rewind(w.lease.token, ids[3])
+        assert r.xinfo_groups(keys.events)[0]["lag"] is None
+    finally:
+        await w.redis.aclose()
+
+
 async def test_the_updates_stream_is_bounded_in_bytes_too(
         redis_url: str, keys: Keys, r: redis.Redis) -> None:
     settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, updates_mb=1,

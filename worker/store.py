@@ -31,15 +31,48 @@ from worker.lease import Lease
 # delivered again, and forget every consumer (entries are read with NOACK, so a consumer holds
 # nothing; the pending entries left by a version that acknowledged go with theirs). Only while
 # holding the lease, and atomically with the check: no other worker reads at the same moment.
+# Redis 7 counts the entries a group has read, and its lag comes from that count: SETID is
+# told the count at the applied id (what it was, less the entries after it read since), unless
+# an entry there was deleted (then Redis would not know either). Returns the last entry read.
 _REWIND = """
+local function pos(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function after(a, b)
+  local ams, aseq = pos(a)
+  local bms, bseq = pos(b)
+  return ams > bms or (ams == bms and aseq > bseq)
+end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-local delivered = ARGV[3]
+local applied, delivered, read = ARGV[3], ARGV[3], false
 for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
   local info = {}
   for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
-  if info['name'] == ARGV[2] then delivered = info['last-delivered-id'] end
+  if info['name'] == ARGV[2] then
+    delivered, read = info['last-delivered-id'], info['entries-read']
+  end
 end
-redis.call('XGROUP', 'SETID', KEYS[2], ARGV[2], ARGV[3])
+local setid = {'XGROUP', 'SETID', KEYS[2], ARGV[2], applied}
+if type(read) == 'number' and not after(applied, delivered) then
+  local stream = redis.call('XINFO', 'STREAM', KEYS[2])
+  local deleted = '0-0'
+  for i = 1, #stream, 2 do
+    if stream[i] == 'max-deleted-entry-id' then deleted = stream[i + 1] end
+  end
+  if not after(deleted, applied) then
+    local since, start = 0, '(' .. applied
+    while true do
+      local entries = redis.call('XRANGE', KEYS[2], start, delivered, 'COUNT', 1000)
+      since = since + #entries
+      if #entries < 1000 then break end
+      start = '(' .. entries[#entries][1]
+    end
+    table.insert(setid, 'ENTRIESREAD')
+    table.insert(setid, read - since)
+  end
+end
+redis.call(unpack(setid))
 for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[2], ARGV[2])) do
   for i = 1, #consumer, 2 do
     if consumer[i] == 'name' then
