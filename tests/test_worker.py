@@ -719,6 +719,62 @@ async def test_the_worker_starts_over_when_redis_comes_back_empty(
         client.close()
 
 
+async def test_a_worker_whose_keys_were_deleted_starts_afresh(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    """Every key of the prefix deleted under a running worker (the lease, the stream and its
+    group): it takes the lease again, creates the group again and applies what comes next."""
+    worker = Worker(WorkerSettings(redis_url=redis_url, prefix=keys.prefix, lease_ttl=1.0,
+                                   block=0.05))
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+
+    async def applied(job: str) -> None:
+        for _ in range(200):
+            if task.done():
+                task.result()
+            if r.hget(keys.jobs, job):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{job} not applied")
+
+    try:
+        xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": 0.5})
+        await applied("a")
+        r.delete(*r.keys(keys.prefix + "*"))
+        await asyncio.sleep(1.5)  # the lease is gone: the worker takes it again, finds no stream
+        xadd(r, keys, {"type": "metrics", "job_id": "b", "loss": 0.5})
+        await applied("b")
+        assert not task.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_a_rewind_aborts_a_read_this_process_sent_before(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    """A read sent before the rewind (WATCHing the lease, its token checked) whose EXEC
+    arrives after it does not run: the rewind wrote the lease again. Else it could move the
+    group past entries nobody holds."""
+    w = Worker(WorkerSettings(redis_url=redis_url, prefix=keys.prefix))
+    stale = redis.Redis.from_url(redis_url)
+    try:
+        await w.store.ensure_group()
+        ids = [xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": 1.0}) for _ in range(3)]
+        assert await w.lease.hold()
+        pipe = stale.pipeline(transaction=True)
+        pipe.watch(keys.lease)
+        assert pipe.get(keys.lease).decode() == w.lease.token  # the read's check passes
+        await w.store.rewind(w.lease.token, "0-0")
+        pipe.multi()
+        pipe.xreadgroup(GROUP, "stale", {keys.events: ">"}, noack=True)
+        with pytest.raises(redis.WatchError):
+            pipe.execute()
+        assert [e for e, _ in await w.store.read(w.lease.token, 10)] == ids
+    finally:
+        stale.close()
+        await w.redis.aclose()
+
+
 async def test_only_the_lease_holder_rewinds_the_group_and_forgets_old_consumers(
         redis_url: str, keys: Keys, r: redis.Redis) -> None:
     """Rewinding also clears what a version that acknowledged left pending."""

@@ -247,7 +247,7 @@ class Accepted(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     redis: Literal["ok"]
-    worker_lag: int | None = Field(description="entries not yet applied by the worker")
+    worker_lag: int | None = Field(description="entries not yet read by a worker")
     pending: int = Field(description="entries read by a worker but not yet committed")
 
 

@@ -292,7 +292,8 @@ class StateReader:
         applied = text(stored) if stored is not None else "0-0"
         pending = 0
         if parse_pos(delivered) > parse_pos(applied):
-            # (the batch read ahead and the commit in flight, unless a worker died reading)
+            # (the batch read ahead and the commit in flight; after a worker died or stopped
+            # with a batch read ahead, those entries until the next one takes over)
             pending = int(await self._count_missed(
                 keys=[k.events], args=[f"({applied}", LAG_COUNT_MAX, 2**62, 1000, delivered]))
             if pending < 0:

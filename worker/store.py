@@ -30,8 +30,10 @@ from worker.lease import Lease
 # entries read after it (by a worker that died, or by this one before a failed commit) are
 # delivered again, and forget every consumer (entries are read with NOACK, so a consumer holds
 # nothing; the pending entries left by a version that acknowledged go with theirs). Only while
-# holding the lease, and atomically with the check: no other worker reads at the same moment.
-# Redis 7 counts the entries a group has read, and its lag comes from that count: SETID is
+# holding the lease, and atomically with the check: no other worker reads at the same moment,
+# and the lease is written again (same token, same time to live) so that a read this process
+# sent before, WATCHing the lease, can no longer run after the rewind. (A missing stream is
+# NOGROUP, as XREADGROUP says it: the worker creates the group again.) Redis 7 counts the entries a group has read, and its lag comes from that count: SETID is
 # told the count at the applied id (what it was, less the entries after it read since), unless
 # an entry there was deleted (then Redis would not know either). Returns the last entry read.
 _REWIND = """
@@ -45,6 +47,10 @@ local function after(a, b)
   return ams > bms or (ams == bms and aseq > bseq)
 end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return redis.error_reply('NOGROUP the events stream is gone')
+end
+redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
 local applied, delivered, read = ARGV[3], ARGV[3], false
 for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
   local info = {}
