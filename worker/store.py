@@ -29,13 +29,15 @@ from worker.lease import Lease
 # After taking the lease: point the consumer group back at the applied id, so that the
 # entries read after it (by a worker that died, or by this one before a failed commit) are
 # delivered again, and forget every consumer (entries are read with NOACK, so a consumer holds
-# nothing; the pending entries left by a version that acknowledged go with theirs). Only while
-# holding the lease, and atomically with the check: no other worker reads at the same moment,
-# and the lease is written again (same token, same time to live) so that a read this process
-# sent before, WATCHing the lease, can no longer run after the rewind. (A missing stream is
-# NOGROUP, as XREADGROUP says it: the worker creates the group again.) Redis 7 counts the entries a group has read, and its lag comes from that count: SETID is
-# told the count at the applied id (what it was, less the entries after it read since), unless
-# an entry there was deleted (then Redis would not know either). Returns the last entry read.
+# nothing; the pending entries left by a version that acknowledged go with theirs). Returns
+# the group's last entry read before.
+# - Only while holding the lease, and atomically with the check: no other worker reads at the
+#   same moment. The lease is written again (same token, same time to live), so that a read
+#   this process sent before, WATCHing the lease, can no longer run after the rewind.
+# - A missing stream is NOGROUP, as XREADGROUP says it: the worker creates the group again.
+# - Redis 7 counts the entries a group has read, and its lag comes from that count: SETID is
+#   told the count at the applied id (what it was, less the entries after it read since),
+#   unless an entry there was deleted (then Redis would not know either).
 _REWIND = """
 local function pos(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -74,8 +76,10 @@ if type(read) == 'number' and not after(applied, delivered) then
       if #entries < 1000 then break end
       start = '(' .. entries[#entries][1]
     end
-    table.insert(setid, 'ENTRIESREAD')
-    table.insert(setid, read - since)
+    if read >= since then
+      table.insert(setid, 'ENTRIESREAD')
+      table.insert(setid, read - since)
+    end
   end
 end
 redis.call(unpack(setid))
