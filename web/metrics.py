@@ -64,7 +64,7 @@ def render(stats: list[dict[str, int]], health: dict[str, Any], ws_clients: int,
                           value=ws_clients),
     ]
     if health["worker_lag"] is not None:
-        families.append(GaugeMetricFamily("monitor_worker_lag", "Entries not yet applied",
+        families.append(GaugeMetricFamily("monitor_worker_lag", "Entries not yet read by a worker",
                                           value=health["worker_lag"]))
     families += _partitions(stats, health)
     families += _gateway(gateway)
