@@ -285,7 +285,7 @@ class StateReader:
             return {"status": "ok", "redis": "ok", "worker_lag": backlog, "pending": 0}
         delivered = text(group["last-delivered-id"])
         lag = group.get("lag")
-        if lag is None:  # Redis 6.2 does not say; count what the group has not read yet
+        if lag is None:  # Redis 6.2 (or 7 after an XDEL) does not say: count what is not read
             lag = await self._count_missed(
                 keys=[k.events], args=[f"({delivered}", LAG_COUNT_MAX, 2**62, 1000])
         stored = await self.redis.get(k.applied)
