@@ -688,6 +688,19 @@ async def test_a_job_named_after_a_restart_moves_groups(
     assert not r.exists(keys.group(None))
 
 
+async def stored(client: redis.Redis, keys: Keys, job_id: str, task: asyncio.Task[None]
+                 ) -> None:
+    """Wait until the worker running as ``task`` has stored ``job_id`` (raises its error if
+    it ended; fails after 10 s)."""
+    for _ in range(200):
+        if task.done():
+            task.result()
+        if client.hget(keys.jobs, job_id):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{job_id} not applied")
+
+
 async def test_the_worker_starts_over_when_redis_comes_back_empty(
         redis_server_factory: Any) -> None:
     server = redis_server_factory()
@@ -697,21 +710,13 @@ async def test_the_worker_starts_over_when_redis_comes_back_empty(
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     client = redis.Redis.from_url(server.url)
-
-    async def applied(job: str) -> None:
-        for _ in range(200):
-            if client.hget(keys.jobs, job):
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"{job} not applied")
-
     try:
         xadd(client, keys, {"type": "metrics", "job_id": "a", "loss": 0.5})
-        await applied("a")
+        await stored(client, keys, "a", task)
         server.stop()
         server.start()  # no persistence: everything is gone, the consumer group too
         xadd(client, keys, {"type": "metrics", "job_id": "b", "loss": 0.5})
-        await applied("b")
+        await stored(client, keys, "b", task)
         assert not task.done()
     finally:
         stop.set()
@@ -727,23 +732,13 @@ async def test_a_worker_whose_keys_were_deleted_starts_afresh(
                                    block=0.05))
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
-
-    async def applied(job: str) -> None:
-        for _ in range(200):
-            if task.done():
-                task.result()
-            if r.hget(keys.jobs, job):
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"{job} not applied")
-
     try:
         xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": 0.5})
-        await applied("a")
+        await stored(r, keys, "a", task)
         r.delete(*r.keys(keys.prefix + "*"))
         await asyncio.sleep(1.5)  # the lease is gone: the worker takes it again, finds no stream
         xadd(r, keys, {"type": "metrics", "job_id": "b", "loss": 0.5})
-        await applied("b")
+        await stored(r, keys, "b", task)
         assert not task.done()
     finally:
         stop.set()

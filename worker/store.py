@@ -168,8 +168,8 @@ class Store:
 
     async def rewind(self, token: str, applied: str) -> str:
         """After taking the lease: deliver again every entry after ``applied`` (the committed
-        id), and forget the consumers of earlier workers. Returns the last entry read before
-        (so the entries after ``applied`` up to it were read and not committed)."""
+        id), and delete every consumer (XREADGROUP makes ours again). Returns the last entry
+        read before (so the entries after ``applied`` up to it were read and not committed)."""
         delivered = await self._rewind(keys=[self.keys.lease, self.keys.events],
                                        args=[token, GROUP, applied])
         if delivered == -1:
