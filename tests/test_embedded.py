@@ -15,6 +15,7 @@ import redis
 from monitor.cli.datadir import DataDir
 from monitor.cli.embedded import RedisBinary, embedded_redis, find_server
 from monitor.errors import DataDirError
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -22,9 +23,11 @@ pytestmark = pytest.mark.timeout(60)
 def test_the_port_is_picked_once_and_kept(tmp_path: Path) -> None:
     where = DataDir(tmp_path / "data")
     where.create()
-    assert where.port(lambda: 41234) == 41234
-    assert where.port_file.read_text() == "41234\n"
-    assert where.port(lambda: 1) == 41234
+    # A fixed number could be any program's port (even an ephemeral one): ask for a free one.
+    free = free_port()
+    assert where.port(lambda: free) == free
+    assert where.port_file.read_text() == f"{free}\n"
+    assert where.port(lambda: 1) == free
 
 
 def test_a_kept_port_another_program_listens_on_is_a_clear_error(tmp_path: Path) -> None:

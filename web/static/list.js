@@ -12,7 +12,9 @@ import { fromTemplate, setAttr, setChildren, setText } from "./dom.js";
 import { lossText, runCountText, stopAllQuestion } from "./format.js";
 import { registerRenderer, schedule } from "./render.js";
 import { modelRows, shownCount, state } from "./state.js";
-import { sectionReserve, sectionWindow, sectionWindowOf, wantMore } from "./subscribe.js";
+import {
+  evictSections, sectionReserve, sectionWindow, sectionWindowOf, wantMore,
+} from "./subscribe.js";
 
 const OVERSCAN = 600; // px drawn above and below the window
 const AHEAD = 1200; // px: the next page is asked when the loaded end is this close below the view
@@ -372,6 +374,7 @@ function renderList() {
     for (let i = lo; i < placed.length && placed[i].top <= viewBottom; i++) {
       placeSection(placed[i], viewTop, viewBottom);
     }
+    evictSections(frameNo);
   }
   placeMore(listMore, list, layout.more, layout.end + (layout.end ? sizes.gap : 0));
   if (layout.win && layout.end < viewBottom + AHEAD) wantMore(layout.win);

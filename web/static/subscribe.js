@@ -136,7 +136,11 @@ export function sectionWindowOf(modelName) {
   return state.windows.get(sectionPurpose(modelName));
 }
 
-function evictSections(frame) {
+/** Past the server's limit, the open sections placed longest ago (not in frame `frame`) give
+ * their windows up. Also called at the end of every frame: a frame may place more sections
+ * than the limit (short ones, still loading), and those that then scroll away must give
+ * theirs up even when no new section opens after them. */
+export function evictSections(frame) {
   const open = [...state.windows.values()].filter((win) => win.purpose.startsWith(SECTION));
   if (open.length <= MAX_SECTION_WINDOWS) return;
   open.sort((a, b) => (a.placed ?? -1) - (b.placed ?? -1));
