@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -701,26 +701,39 @@ async def stored(client: redis.Redis, keys: Keys, job_id: str, task: asyncio.Tas
     raise AssertionError(f"{job_id} not applied")
 
 
-async def test_the_worker_starts_over_when_redis_comes_back_empty(
-        redis_server_factory: Any) -> None:
-    server = redis_server_factory()
-    server.start()
-    keys = Keys("t:")
-    worker = Worker(WorkerSettings(redis_url=server.url, prefix=keys.prefix, block=0.05))
+async def applies_after(worker: Worker, client: redis.Redis, keys: Keys,
+                        upset: Callable[[], Awaitable[None]]) -> None:
+    """Run ``worker``: it stores job ``a``; then ``upset()``; then it stores job ``b`` and is
+    still running."""
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
-    client = redis.Redis.from_url(server.url)
     try:
         xadd(client, keys, {"type": "metrics", "job_id": "a", "loss": 0.5})
         await stored(client, keys, "a", task)
-        server.stop()
-        server.start()  # no persistence: everything is gone, the consumer group too
+        await upset()
         xadd(client, keys, {"type": "metrics", "job_id": "b", "loss": 0.5})
         await stored(client, keys, "b", task)
         assert not task.done()
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_the_worker_starts_over_when_redis_comes_back_empty(
+        redis_server_factory: Any) -> None:
+    server = redis_server_factory()
+    server.start()
+    keys = Keys("t:")
+    worker = Worker(WorkerSettings(redis_url=server.url, prefix=keys.prefix, block=0.05))
+
+    async def restart() -> None:
+        server.stop()
+        server.start()  # no persistence: everything is gone, the consumer group too
+
+    client = redis.Redis.from_url(server.url)
+    try:
+        await applies_after(worker, client, keys, restart)
+    finally:
         client.close()
 
 
@@ -730,19 +743,12 @@ async def test_a_worker_whose_keys_were_deleted_starts_afresh(
     group): it takes the lease again, creates the group again and applies what comes next."""
     worker = Worker(WorkerSettings(redis_url=redis_url, prefix=keys.prefix, lease_ttl=1.0,
                                    block=0.05))
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        xadd(r, keys, {"type": "metrics", "job_id": "a", "loss": 0.5})
-        await stored(r, keys, "a", task)
+
+    async def wipe() -> None:
         r.delete(*r.keys(keys.prefix + "*"))
         await asyncio.sleep(1.5)  # the lease is gone: the worker takes it again, finds no stream
-        xadd(r, keys, {"type": "metrics", "job_id": "b", "loss": 0.5})
-        await stored(r, keys, "b", task)
-        assert not task.done()
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+
+    await applies_after(worker, r, keys, wipe)
 
 
 async def test_a_rewind_aborts_a_read_this_process_sent_before(
