@@ -57,8 +57,11 @@ def seed(r: redis.Redis, keys: Keys, worker: RunningWorker, events: list[dict[st
 
 
 def open_live(page: Page, path: str = "/") -> None:
+    """Open the page and wait until its connection is live and its first summary has arrived
+    (the summary line is empty until then): a socket can open, then drop before its summary."""
     page.goto(path)
     expect(page.get_by_test_id("connection-status")).to_have_attribute("data-state", "live")
+    expect(page.locator("#summary")).not_to_have_text("")
 
 
 def card(page: Page | Locator, job_id: str) -> Locator:
