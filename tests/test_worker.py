@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -425,6 +426,52 @@ async def test_batches_folded_while_the_last_commit_runs_apply_everything_once(
                                                   for i in range(20)})
 
 
+def _order_seen(redis_url: str, keys: Keys, on: threading.Event, out: list[str]) -> None:
+    """Redis's MONITOR, until it sees a GET of ``<prefix>watched``: in the order Redis ran
+    them, ``read`` for each read of ``keys``' events, ``load`` for each lookup of stored
+    jobs, ``commit`` for each commit (its write of the applied id). ``on`` is set once it
+    watches."""
+    client = redis.Redis.from_url(redis_url)
+    with client.monitor() as monitor:
+        on.set()
+        end = ["GET", f"{keys.prefix}watched"]
+        while (command := monitor.next_command()["command"].split()) != end:
+            if command[:1] == ["XREADGROUP"] and keys.events in command:
+                out.append("read")
+            elif command[:2] == ["HMGET", keys.jobs]:
+                out.append("load")
+            elif command[:2] == ["SET", keys.applied]:
+                out.append("commit")
+    client.close()
+
+
+async def test_in_a_backlog_the_next_batch_is_read_and_loaded_before_the_commit_is_sent(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    """Redis answers the read of the next batch and the lookup of its jobs before it runs
+    the commit of the batch before: sent after that commit, they would wait for it, and the
+    worker would wait with them."""
+    for i in range(150):  # three batches of 50 runs that are new to the worker
+        xadd(r, keys, {"type": "job_started", "job_id": f"n{i:03d}", "model_name": "m",
+                       "ts": 1_700_000_000 + i})
+    seen: list[str] = []
+    on = threading.Event()
+    watcher = threading.Thread(target=_order_seen, args=(redis_url, keys, on, seen))
+    watcher.start()
+    try:
+        assert await asyncio.to_thread(on.wait, 10)
+        settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, batch_size=50,
+                                  block=0.05)
+        await run_until_applied(Worker(settings), r, keys, 150)
+    finally:
+        r.get(f"{keys.prefix}watched")
+        await asyncio.to_thread(watcher.join, 10)
+    assert seen[:10] == ["read", "load",
+                         "read", "load", "commit",  # batch 2 read and loaded, then commit 1
+                         "read", "load", "commit",
+                         "read", "commit"]  # nothing more to read: commit 3
+    assert int(r.hget(keys.stats, "applied")) == 150
+
+
 async def test_event_ids_of_any_form_are_applied_once_across_batches_and_restarts(
         redis_url: str, keys: Keys, r: redis.Redis) -> None:
     """Ids not of the SDK's form live in the job's stored set, not in its fold state: re-sent
@@ -484,6 +531,36 @@ async def test_a_commit_that_fails_while_the_next_batch_is_folded_loses_nothing(
         steps = [orjson.loads(p)["step"] for p in r.lrange(keys.metrics(f"j{j}"), 0, -1)]
         assert steps == list(range(30))
     assert "a commit failed: ValueError: a defect in the commit" in caplog.text
+
+
+async def test_a_lookup_that_fails_while_the_next_batch_is_prepared_loses_nothing(
+        redis_url: str, keys: Keys, r: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    """The lookup of the stored jobs of the next batch, made before the commit of the batch
+    before is sent, fails once (a defect): neither batch is lost or applied twice."""
+    events = _losses_in_order(jobs=10, per_job=30)
+    for event in events:
+        xadd(r, keys, event)
+    worker = Worker(WorkerSettings(redis_url=redis_url, prefix=keys.prefix, batch_size=50,
+                                   block=0.05))
+    load_jobs = worker.store.load_jobs
+    calls = 0
+
+    async def fails_once_for_the_third_batch(job_ids: list[str]) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # batch 1 loaded on its own, batch 2 and 3 while prepared
+            raise ValueError("a defect in a lookup")
+        return await load_jobs(job_ids)
+
+    worker.store.load_jobs = fails_once_for_the_third_batch  # type: ignore[method-assign]
+    await run_until_applied(worker, r, keys, len(events))
+    assert calls > 3
+    assert int(r.hget(keys.stats, "applied")) == 300 and r.hget(keys.stats, "duplicates") is None
+    assert read_not_committed(r, keys) == 0
+    for j in range(10):
+        steps = [orjson.loads(p)["step"] for p in r.lrange(keys.metrics(f"j{j}"), 0, -1)]
+        assert steps == list(range(30))
+    assert "ValueError: a defect in a lookup" in caplog.text
 
 
 async def test_stopping_lets_a_commit_left_running_land_under_a_live_lease(

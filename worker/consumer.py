@@ -23,6 +23,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -186,7 +187,17 @@ class Worker:
         if self.pipeline.caught_up:
             await self._apply_and_settle(batch)
         else:
-            await self._apply(batch, self.pipeline.commit_reading_ahead)
+            await self._apply(batch, self._commit_reading_ahead)
+
+    async def _commit_reading_ahead(self, commit: Commit) -> None:
+        await self.pipeline.commit_reading_ahead(commit, self._prefetch)
+
+    async def _prefetch(self, batch: Batch) -> Batch:
+        """Load what folding ``batch`` needs, before the commit of the batch before it is
+        sent. Safe for the same reason as folding while that commit runs (see
+        :meth:`_fold`): the loads read only jobs and groups that commit does not write."""
+        await self._load([item.event for item in batch.items if item.event is not None])
+        return replace(batch, loaded=True)
 
     async def _begin_turn(self, stop: asyncio.Event | None) -> Batch | None:
         """Hold the lease (else stand by), recover after taking it, and read the next batch.
@@ -258,7 +269,7 @@ class Worker:
         fresh = [item for item in batch.items if item.pos > done]
         if fresh:
             try:
-                commit, rest = await self._fold(fresh)
+                commit, rest = await self._fold(fresh, loaded=batch.loaded)
                 if not rest:
                     assert commit is not None
                     await send(commit)
@@ -329,16 +340,19 @@ class Worker:
         log.info("job %s named model %r: moved to partition %d", job_id,
                  item.event.model_name, to)
 
-    async def _fold(self, items: list[Decoded]) -> tuple[Commit | None, list[Decoded]]:
+    async def _fold(self, items: list[Decoded], loaded: bool = False
+                    ) -> tuple[Commit | None, list[Decoded]]:
         """Fold ``items`` into the board and build their commit; with partitions the fold
         may stop before an item whose job must move first, returned with the items after
-        it (the commit is None when that is the first).
+        it (the commit is None when that is the first). ``loaded``: what they touch is on
+        the board already (:meth:`_prefetch`).
 
         Folding while the previous commit runs is safe: that commit wrote only groups
         already on the board, which :meth:`_load` never reads again, and jobs of the last
         batch, whose states stay on the board for this one (worker.hot). Only a history
         about to be thinned is read back, so its points must have landed first."""
-        await self._load([item.event for item in items if item.event is not None])
+        if not loaded:
+            await self._load([item.event for item in items if item.event is not None])
         await self._know_stored_ids(items)
         if self.divert is not None:
             self.divert.routes = await self.store.routes(self.divert.route_lookups(items))

@@ -33,9 +33,10 @@ PUSH = getattr(hiredis, "PushNotification", None)  # a RESP3 push (hiredis >= 3.
 
 
 async def fenced(client: Redis, watch: Sequence[str], check: Callable[[list[Any]], None],
-                 commands: Sequence[Command]) -> list[Any]:
+                 commands: Sequence[Command], sent: asyncio.Event | None = None) -> list[Any]:
     """WATCH ``watch`` and read them (``check`` gets their values and raises to give up),
-    then run ``commands`` in MULTI/EXEC; EXEC's replies, one per command.
+    then run ``commands`` in MULTI/EXEC; EXEC's replies, one per command. ``sent`` is set
+    once the transaction is written to the socket (Redis has it; only its replies remain).
 
     Raises :class:`WatchError` when a watched key changed before EXEC; an error reply to
     WATCH or to reading the keys (MOVED, MASTERDOWN, ...); and, when Redis refused the whole
@@ -60,6 +61,8 @@ async def fenced(client: Redis, watch: Sequence[str], check: Callable[[list[Any]
             raise
         await conn.send_packed_command(
             pack([("MULTI",), *commands, ("EXEC",)]), check_health=False)
+        if sent is not None:
+            sent.set()
         replies = await _replies(conn, len(commands) + 2)
         clean = _in_step(replies[-1], len(commands))
     finally:

@@ -10,6 +10,7 @@ transaction is sent and read by :mod:`worker.fenced`, not redis-py's pipeline.""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from itertools import chain
 from typing import Any
@@ -249,9 +250,11 @@ class Store:
         return await histories(self.redis, self.keys, job_ids)
 
     async def commit(self, commit: Commit, lease: Lease, expected: str, *,
-                     updates_keep: int, dead_keep: int) -> str | None:
+                     updates_keep: int, dead_keep: int, sent: asyncio.Event | None = None
+                     ) -> str | None:
         """Write ``commit`` atomically, if we hold the lease and nobody else committed since
-        ``expected``; returns the update's version (entry id) if any.
+        ``expected``; returns the update's version (entry id) if any. ``sent`` is set once
+        the transaction is written to Redis's socket.
 
         The applied id is the guard: a commit must start where the last one ended, so two
         workers can never both apply the same entries, whatever their leases say. (The lease
@@ -263,7 +266,7 @@ class Store:
         if commit.outgoing:  # before the commit: forwarded at least once (worker.moves)
             await self.send_out(commit.outgoing)
         reply = await self._transaction(commit, lease, expected, updates_keep=updates_keep,
-                                        dead_keep=dead_keep)
+                                        dead_keep=dead_keep, sent=sent)
         await self._finalise(commit)
         return reply
 
@@ -276,7 +279,8 @@ class Store:
         await self.finalise_routes(finalise)
 
     async def _transaction(self, commit: Commit, lease: Lease, expected: str, *,
-                           updates_keep: int, dead_keep: int) -> str | None:
+                           updates_keep: int, dead_keep: int,
+                           sent: asyncio.Event | None = None) -> str | None:
         """The commit in one MULTI/EXEC, fenced by WATCH on the lease and the applied id.
         As with MULTI/EXEC always, a failing command does not stop the others, so the
         applied id still moves with what was written and nothing is applied twice; the first
@@ -285,14 +289,14 @@ class Store:
         commands = writes(k, commit, updates_keep=updates_keep, dead_keep=dead_keep)
         update_at = len(commands) - 1  # the XADD to updates, when there is one, is last
         commands.append(("XTRIM", k.events, "MINID", "~", commit.applied))
-        replies = await self.write_fenced(lease, expected, commands)
+        replies = await self.write_fenced(lease, expected, commands, sent)
         return text(replies[update_at]) if commit.update is not None else None
 
-    async def write_fenced(self, lease: Lease, expected: str, commands: list[Command]
-                           ) -> list[Any]:
+    async def write_fenced(self, lease: Lease, expected: str, commands: list[Command],
+                           sent: asyncio.Event | None = None) -> list[Any]:
         """Run ``commands`` in one MULTI/EXEC if we hold the lease and the applied id is
         still ``expected`` (WATCHed, so neither can change before EXEC); their replies. An
-        error reply of one of them is raised once all ran."""
+        error reply of one of them is raised once all ran. ``sent``: see :func:`fenced`."""
         k = self.keys
 
         def fence(values: list[Any]) -> None:
@@ -305,7 +309,7 @@ class Store:
         node = await node_client(self.redis, k.lease, self._nodes)
         for _ in range(WATCH_TRIES):
             try:
-                replies = await fenced(node, (k.lease, k.applied), fence, commands)
+                replies = await fenced(node, (k.lease, k.applied), fence, commands, sent)
             except WatchError:
                 continue  # a lease renewal touched it: look again
             for command, reply in zip(commands, replies):
