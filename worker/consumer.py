@@ -62,8 +62,8 @@ from worker.store import LeaseLost, Store
 
 log = logging.getLogger("monitor.worker")
 
-# How a batch's commit is sent: waited for (Pipeline.commit), or left running while the next
-# batch is read ahead (Pipeline.commit_reading_ahead).
+# How a batch's commit is sent: waited for (Pipeline.commit), or, after the next batch is read
+# and prepared, left running while that batch is folded (Worker._commit_reading_ahead).
 Send = Callable[[Commit], Awaitable[None]]
 
 
@@ -190,6 +190,7 @@ class Worker:
             await self._apply(batch, self._commit_reading_ahead)
 
     async def _commit_reading_ahead(self, commit: Commit) -> None:
+        """Send ``commit`` once the next batch is read and prepared (see :meth:`_prefetch`)."""
         await self.pipeline.commit_reading_ahead(commit, self._prefetch)
 
     async def _prefetch(self, batch: Batch) -> Batch:
