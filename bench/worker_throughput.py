@@ -1,6 +1,6 @@
 """Worker throughput: pre-fill the stream, run ``monitor worker`` alone, time it until done.
 
-    .venv/bin/python -m bench.worker_throughput [--events N] [--quick] [--py-spy PREFIX]
+    .venv/bin/python -m bench.worker_throughput [--events N] [--quick] [--py-spy PREFIX [--idle]]
 
 Two rows: the events over 1,000 jobs and over 100,000 jobs (10,000 with ``--quick``), 50
 models each. The stream is filled with pipelined ``XADD`` before the worker starts (not
@@ -127,7 +127,7 @@ def _counts(client: redis.Redis, keys: Keys) -> dict[str, int]:
 
 def run_row(client: redis.Redis, url: str, workload: Workload, prefix: str, *,
             log_dir: Path, batch_size: int | None, timeout: float,
-            py_spy: str | None) -> RowResult:
+            py_spy: str | None, idle: bool = False) -> RowResult:
     """Fill, run the worker until everything is applied, measure, stop it; keys stay for cleanup."""
     keys = Keys(prefix)
     mem_before = used_memory_mb(client)
@@ -151,7 +151,7 @@ def run_row(client: redis.Redis, url: str, workload: Workload, prefix: str, *,
                 spy = subprocess.Popen(
                     [str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
                      str(proc.pid), "--rate", "250", "--format", "raw", "--nonblocking",
-                     "-o", f"{py_spy}-{run_name}.txt"],
+                     *(["--idle"] if idle else []), "-o", f"{py_spy}-{run_name}.txt"],
                     stdout=subprocess.DEVNULL, stderr=log_file)
             first: float | None = None
             first_batch = 0
@@ -446,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--py-spy", metavar="PREFIX", default=None,
                         help="also record the worker with py-spy (raw format) to "
                              "PREFIX-<jobs>-jobs-<run>.txt; the timings then include its overhead")
+    parser.add_argument("--idle", action="store_true",
+                        help="with --py-spy: also sample while the worker waits (py-spy "
+                             "--idle), to see what it waits for")
     parser.add_argument("--repeat", type=int, default=None,
                         help="runs per row, the median is shown (default 3; 1 with --quick)")
     parser.add_argument("--skip-sdk", action="store_true", help="only the worker table")
@@ -453,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated job counts, one row each (default 1000,100000; "
                              "1000,10000 with --quick)")
     args = parser.parse_args(argv)
+    if args.idle and args.py_spy is None:
+        parser.error("--idle needs --py-spy")
 
     events = args.events or (20_000 if args.quick else 200_000)
     big_jobs = 10_000 if args.quick else 100_000
@@ -480,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     runs[-1].append(run_row(client, url, workload, prefix, log_dir=log_dir,
                                             batch_size=args.batch_size, timeout=args.timeout,
-                                            py_spy=args.py_spy))
+                                            py_spy=args.py_spy, idle=args.idle))
                 finally:
                     delete_prefix(client, prefix)
         rows = [pick_median(row_runs) for row_runs in runs]
