@@ -561,6 +561,56 @@ async def test_a_lookup_that_fails_while_the_next_batch_is_prepared_loses_nothin
         steps = [orjson.loads(p)["step"] for p in r.lrange(keys.metrics(f"j{j}"), 0, -1)]
         assert steps == list(range(30))
     assert "ValueError: a defect in a lookup" in caplog.text
+    assert "one at a time" not in caplog.text  # the batch before was committed as it was
+
+
+@pytest.mark.parametrize("strikes", ["lookup", "commit"])
+async def test_a_partition_redoing_a_batch_one_at_a_time_skips_none_of_its_forwarded_entries(
+        redis_url: str, keys: Keys, r: redis.Redis, strikes: str) -> None:
+    """With partitions, entries the router forwarded carry their place in the ingress stream,
+    and a fold moves the partition's position there past them. When a defect (in the lookup
+    of the next batch, or in building this batch's commit) makes the worker fold a batch
+    again, it starts from the position committed, so none is skipped as applied already."""
+    settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, partitions=2,
+                              batch_size=50, block=0.05)
+    part = settings.partitioning
+    index = part.of_model("m")
+    own = part.keys(index)
+    events = _losses_in_order(jobs=10, per_job=30)
+    for n, event in enumerate(events, start=1):
+        r.xadd(own.events, {"data": orjson.dumps({**event, "model_name": "m"}),
+                            "src": f"in|{n}-0"})
+    worker = Worker(settings, index)
+    if strikes == "lookup":
+        load_jobs = worker.store.load_jobs
+        calls = 0
+
+        async def fails_once(job_ids: list[str]) -> dict[str, Any]:
+            nonlocal calls
+            calls += 1
+            if calls == 3:  # while the third batch is prepared
+                raise ValueError("a defect in a lookup")
+            return await load_jobs(job_ids)
+
+        worker.store.load_jobs = fails_once  # type: ignore[method-assign]
+    else:
+        build = worker._build_commit
+        built = 0
+
+        async def fails_once(folded: Any, histories: Any) -> Commit:
+            nonlocal built
+            built += 1
+            if built == 2:  # the second batch, whole
+                raise ValueError("a defect in a commit")
+            return await build(folded, histories)
+
+        worker._build_commit = fails_once  # type: ignore[method-assign]
+    await run_until_applied(worker, r, own, len(events))
+    assert int(r.hget(own.stats, "applied")) == 300 and r.hget(own.stats, "duplicates") is None
+    for j in range(10):
+        steps = [orjson.loads(p)["step"] for p in r.lrange(own.metrics(f"j{j}"), 0, -1)]
+        assert steps == list(range(30))
+    assert r.hget(own.marks, "in") == b"300-0"
 
 
 async def test_stopping_lets_a_commit_left_running_land_under_a_live_lease(

@@ -194,10 +194,17 @@ class Worker:
         await self.pipeline.commit_reading_ahead(commit, self._prefetch)
 
     async def _prefetch(self, batch: Batch) -> Batch:
-        """Load what folding ``batch`` needs, before the commit of the batch before it is
-        sent. Safe for the same reason as folding while that commit runs (see
-        :meth:`_fold`): the loads read only jobs and groups that commit does not write."""
-        await self._load([item.event for item in batch.items if item.event is not None])
+        """Load the stored jobs and model groups ``batch`` touches, before the commit of the
+        batch before it is sent. Safe: that commit writes only jobs that stay on the board
+        for this batch (worker.hot) and groups loaded already, which are not read again.
+        If loading fails (a defect), the batch is returned as it was: folding it loads again
+        and isolates the entry at fault, and the commit before is not redone."""
+        try:
+            await self._load([item.event for item in batch.items if item.event is not None])
+        except BUG:
+            log.exception("could not load what the next batch touches; trying again when "
+                          "it is folded")
+            return batch
         return replace(batch, loaded=True)
 
     async def _begin_turn(self, stop: asyncio.Event | None) -> Batch | None:
@@ -245,10 +252,7 @@ class Worker:
         self._reset()
         self.pipeline.restart(applied := await self.store.applied())
         await self.redis.hincrby(self.keys.ops, "lease_takeovers", 1)
-        if self.divert is not None:
-            marks, moved = await self.store.partition_state()
-            self.divert.marks = {source: parse_pos(at) for source, at in marks.items()}
-            self.divert.moved = moved
+        await self._restore_moves()
         read_before = await self.store.rewind(self.lease.token, applied)
         await backfill(self.store, self.lease, applied)
         # What was read and not committed, one batch at a time and each commit waited for:
@@ -286,14 +290,29 @@ class Worker:
     async def _apply_one_at_a_time(self, items: list[Decoded]) -> None:
         """Commit each item on its own, refusing one that fails as poisoned."""
         await self.pipeline.settle()  # the batch before: reloading must see its writes
-        self._forget_state()
+        await self._start_over()
         for item in items:
             try:
                 await self._commit_moving(*await self._fold([item]))
             except BUG as e:
                 log.exception("could not apply entry %s", item.entry_id)
-                self._forget_state()
+                await self._start_over()
                 await self._commit_moving(*await self._fold([poisoned(item, e)]))
+
+    async def _start_over(self) -> None:
+        """Forget what a fold that failed did, nothing being in flight: the board, and with
+        partitions the positions it passed in each source (else the items it passed would
+        be skipped as applied already)."""
+        self._forget_state()
+        await self._restore_moves()
+
+    async def _restore_moves(self) -> None:
+        """With partitions: the committed positions applied per source, and the jobs that
+        moved away (worker.moves)."""
+        if self.divert is not None:
+            marks, moved = await self.store.partition_state()
+            self.divert.marks = {source: parse_pos(at) for source, at in marks.items()}
+            self.divert.moved = moved
 
     async def _commit_moving(self, commit: Commit | None, rest: list[Decoded]) -> None:
         """Commit ``commit``, then move the job of ``rest[0]`` and apply the rest the same

@@ -36,7 +36,9 @@ async def fenced(client: Redis, watch: Sequence[str], check: Callable[[list[Any]
                  commands: Sequence[Command], sent: asyncio.Event | None = None) -> list[Any]:
     """WATCH ``watch`` and read them (``check`` gets their values and raises to give up),
     then run ``commands`` in MULTI/EXEC; EXEC's replies, one per command. ``sent`` is set
-    once the transaction is written to the socket (Redis has it; only its replies remain).
+    once the transaction is handed to the socket (only its replies remain; a tail larger
+    than the socket's buffer still goes out as the event loop turns). A retry after a
+    :class:`WatchError` sends it again after ``sent`` was set.
 
     Raises :class:`WatchError` when a watched key changed before EXEC; an error reply to
     WATCH or to reading the keys (MOVED, MASTERDOWN, ...); and, when Redis refused the whole

@@ -21,7 +21,7 @@ class HotJobs:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.turn = 0  # one per batch folded (or job moved): one commit each
+        self.turn = 0  # one per batch loaded (or job moved): at most one commit each
         self._touched: OrderedDict[str, int] = OrderedDict()  # job id -> turn last touched
 
     def __len__(self) -> int:
