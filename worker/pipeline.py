@@ -2,10 +2,11 @@
 
 In a backlog the worker and Redis work at the same time: before sending a commit it reads the
 next batch and loads the stored jobs that batch touches (Redis, with no commit of this worker
-to run, answers at once), then folds that batch while Redis runs the commit, and sends the next commit
-only once the previous one has answered. So at most one commit is in flight and at most one
-batch is read ahead, and :class:`Pipeline` holds both. A failed commit makes the worker
-start again from what is committed (:meth:`Pipeline.drop`, then :meth:`Pipeline.restart`).
+to run, answers at once), then folds that batch while Redis runs the commit, and sends the
+next commit only once the previous one has answered. So at most one commit is in flight and at
+most one batch is read ahead, and :class:`Pipeline` holds both. A failed commit makes the
+worker start again from what is committed (:meth:`Pipeline.drop`, then
+:meth:`Pipeline.restart`).
 """
 
 from __future__ import annotations
