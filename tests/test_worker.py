@@ -426,6 +426,31 @@ async def test_batches_folded_while_the_last_commit_runs_apply_everything_once(
                                                   for i in range(20)})
 
 
+def _each_loss_applied_once(r: redis.Redis, keys: Keys, jobs: int = 10, per_job: int = 30
+                            ) -> None:
+    """The events of ``_losses_in_order(jobs, per_job)`` are each applied exactly once."""
+    assert int(r.hget(keys.stats, "applied")) == jobs * per_job
+    assert r.hget(keys.stats, "duplicates") is None
+    for j in range(jobs):
+        steps = [orjson.loads(p)["step"] for p in r.lrange(keys.metrics(f"j{j}"), 0, -1)]
+        assert steps == list(range(per_job))
+
+
+class FailsOnce:
+    """An async method that raises ``ValueError(message)`` on its ``at``-th call, and
+    otherwise does what ``method`` does; ``calls`` counts the calls."""
+
+    def __init__(self, method: Callable[..., Awaitable[Any]], at: int, message: str) -> None:
+        self.method, self.at, self.message = method, at, message
+        self.calls = 0
+
+    async def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.at:
+            raise ValueError(self.message)
+        return await self.method(*args)
+
+
 def _order_seen(redis_url: str, keys: Keys, on: threading.Event, out: list[str]) -> None:
     """Redis's MONITOR, until it sees a GET of ``<prefix>watched``: in the order Redis ran
     them, ``read`` for each read of ``keys``' events, ``load`` for each lookup of stored
@@ -525,11 +550,8 @@ async def test_a_commit_that_fails_while_the_next_batch_is_folded_loses_nothing(
 
     worker.store.commit = fails_for_a_batch_holding_bad  # type: ignore[method-assign]
     await run_until_applied(worker, r, keys, len(events))
-    assert int(r.hget(keys.stats, "applied")) == 300 and r.hget(keys.stats, "duplicates") is None
+    _each_loss_applied_once(r, keys)
     assert read_not_committed(r, keys) == 0
-    for j in range(10):
-        steps = [orjson.loads(p)["step"] for p in r.lrange(keys.metrics(f"j{j}"), 0, -1)]
-        assert steps == list(range(30))
     assert "a commit failed: ValueError: a defect in the commit" in caplog.text
 
 
@@ -542,24 +564,13 @@ async def test_a_lookup_that_fails_while_the_next_batch_is_prepared_loses_nothin
         xadd(r, keys, event)
     worker = Worker(WorkerSettings(redis_url=redis_url, prefix=keys.prefix, batch_size=50,
                                    block=0.05))
-    load_jobs = worker.store.load_jobs
-    calls = 0
-
-    async def fails_once_for_the_third_batch(job_ids: list[str]) -> dict[str, Any]:
-        nonlocal calls
-        calls += 1
-        if calls == 3:  # batch 1 loaded on its own, batch 2 and 3 while prepared
-            raise ValueError("a defect in a lookup")
-        return await load_jobs(job_ids)
-
-    worker.store.load_jobs = fails_once_for_the_third_batch  # type: ignore[method-assign]
+    # Batch 1 is loaded on its own, batches 2 and 3 while they are prepared.
+    lookup = FailsOnce(worker.store.load_jobs, 3, "a defect in a lookup")
+    worker.store.load_jobs = lookup  # type: ignore[method-assign]
     await run_until_applied(worker, r, keys, len(events))
-    assert calls > 3
-    assert int(r.hget(keys.stats, "applied")) == 300 and r.hget(keys.stats, "duplicates") is None
+    assert lookup.calls > 3
+    _each_loss_applied_once(r, keys)
     assert read_not_committed(r, keys) == 0
-    for j in range(10):
-        steps = [orjson.loads(p)["step"] for p in r.lrange(keys.metrics(f"j{j}"), 0, -1)]
-        assert steps == list(range(30))
     assert "ValueError: a defect in a lookup" in caplog.text
     assert "one at a time" not in caplog.text  # the batch before was committed as it was
 
@@ -581,35 +592,14 @@ async def test_a_partition_redoing_a_batch_one_at_a_time_skips_none_of_its_forwa
         r.xadd(own.events, {"data": orjson.dumps({**event, "model_name": "m"}),
                             "src": f"in|{n}-0"})
     worker = Worker(settings, index)
-    if strikes == "lookup":
-        load_jobs = worker.store.load_jobs
-        calls = 0
-
-        async def fails_once(job_ids: list[str]) -> dict[str, Any]:
-            nonlocal calls
-            calls += 1
-            if calls == 3:  # while the third batch is prepared
-                raise ValueError("a defect in a lookup")
-            return await load_jobs(job_ids)
-
-        worker.store.load_jobs = fails_once  # type: ignore[method-assign]
-    else:
-        build = worker._build_commit
-        built = 0
-
-        async def fails_once(folded: Any, histories: Any) -> Commit:
-            nonlocal built
-            built += 1
-            if built == 2:  # the second batch, whole
-                raise ValueError("a defect in a commit")
-            return await build(folded, histories)
-
-        worker._build_commit = fails_once  # type: ignore[method-assign]
+    if strikes == "lookup":  # while the third batch is prepared
+        worker.store.load_jobs = FailsOnce(  # type: ignore[method-assign]
+            worker.store.load_jobs, 3, "a defect in a lookup")
+    else:  # the second batch, whole
+        worker._build_commit = FailsOnce(  # type: ignore[method-assign]
+            worker._build_commit, 2, "a defect in a commit")
     await run_until_applied(worker, r, own, len(events))
-    assert int(r.hget(own.stats, "applied")) == 300 and r.hget(own.stats, "duplicates") is None
-    for j in range(10):
-        steps = [orjson.loads(p)["step"] for p in r.lrange(own.metrics(f"j{j}"), 0, -1)]
-        assert steps == list(range(30))
+    _each_loss_applied_once(r, own)
     assert r.hget(own.marks, "in") == b"300-0"
 
 
