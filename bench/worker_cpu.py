@@ -6,8 +6,10 @@
 its figures move by 10% from one run to the next, more than most changes to the hot path
 are worth. This runs the same pure steps the worker runs on each batch (``worker.batch``
 ``decode``, ``fold``, ``build_commit``, then ``worker.store.writes`` and the packing of the
-transaction) over the same synthetic stream, in this process, and reports CPU time per
-event (best of ``--repeat``). With ``--callgrind`` it also counts the instructions per event
+transaction) over the same synthetic stream, and reports CPU time per event (best of
+``--repeat``). Where the install compiled the pure core (monitor/compiled.py), each row runs
+it compiled and from source (``MONITOR_COMPILED=0``), each in a new process, the two taking
+turns, and gives their ratio. With ``--callgrind`` it also counts the instructions per event
 under ``valgrind --tool=callgrind``: the same count for the same code on any run, whatever
 else the machine does, so two revisions compare exactly (run it in a worktree of each).
 What the worker does around these steps (reading the stream, loading cold jobs, asyncio)
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import re
 import shutil
 import subprocess
@@ -28,6 +31,7 @@ import orjson
 
 from bench.common import headline, table
 from bench.workload import Workload, generate
+from monitor import compiled
 from monitor.keys import Keys
 from monitor.rules import Board
 from worker.batch import Entry, build_commit, decode, fold
@@ -65,6 +69,16 @@ def cpu_us_per_event(entries: list[Entry], repeat: int) -> float:
     return best / len(entries) * 1e6
 
 
+def measured(jobs: int, events: int, repeat: int, source: bool) -> float:
+    """:func:`cpu_us_per_event` for one row, in a new process: compiled, or from source."""
+    env = {**os.environ, compiled.SWITCH: "0"} if source else dict(os.environ)
+    done = subprocess.run([sys.executable, "-m", "bench.worker_cpu", "--phase", "measure",
+                           "--jobs", str(jobs), "--events", str(events),
+                           "--repeat", str(repeat)],
+                          capture_output=True, text=True, check=True, env=env)
+    return float(done.stdout)
+
+
 def instructions(jobs: int, events: int, phase: str) -> int:
     """Instructions this module executes under callgrind, for ``phase`` ``setup`` (build
     the stream) or ``run`` (build it and apply it)."""
@@ -92,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also count instructions per event under valgrind (about 100 s "
                              "per row)")
     parser.add_argument("--quick", action="store_true", help="small rows, one run each")
-    parser.add_argument("--phase", choices=("setup", "run"), help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=("setup", "run", "measure"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     gc.set_threshold(*GC_THRESHOLD)
 
@@ -100,32 +114,47 @@ def main(argv: list[str] | None = None) -> int:
     events = args.events or (20_000 if small else 200_000)
     default_jobs = "1000,10000" if small else "1000,100000"
     job_counts = [int(j) for j in (args.jobs or default_jobs).split(",")]
-    if args.phase is not None:  # one side of a callgrind count (see instructions())
+    if args.phase is not None:  # one side of a callgrind count (see instructions()), or
         entries = entries_of(Workload(events=events, jobs=job_counts[0], models=50))
         if args.phase == "run":
             apply_all(entries)
+        elif args.phase == "measure":  # one side of the compiled/source comparison
+            print(cpu_us_per_event(entries, args.repeat))
         return 0
     if args.callgrind and shutil.which("valgrind") is None:
         parser.error("--callgrind needs valgrind (apt-get install valgrind)")
 
     repeat = 1 if args.quick else args.repeat
+    both = compiled.in_use()
     print("## Worker CPU per event, without Redis\n")
     print(f"The pure steps of each batch of {BATCH:,} (decode, fold, build the commit, pack "
-          f"the transaction) over `bench.workload`'s stream, in one process; CPU time is the "
-          f"best of {repeat} run(s).\n")
+          f"the transaction) over `bench.workload`'s stream; CPU time is the best of {repeat} "
+          f"run(s), "
+          + ("the compiled pure core and its source (`MONITOR_COMPILED=0`) taking turns, each "
+             "run in a new process.\n" if both else
+             "from source: this install did not compile the pure core.\n"))
     rows = []
     for jobs in job_counts:
         workload = Workload(events=max(events, 2 * jobs), jobs=jobs, models=50)
-        entries = entries_of(workload)
-        us = cpu_us_per_event(entries, repeat)
-        row = [f"{jobs:,}", f"{workload.events:,}", f"{us:.1f}"]
+        kinds = (False, True) if both else (True,)  # source?
+        best = {kind: float("inf") for kind in kinds}
+        for _ in range(repeat):
+            for kind in kinds:
+                best[kind] = min(best[kind], measured(jobs, workload.events, 1, kind))
+        row = [f"{jobs:,}", f"{workload.events:,}"]
+        row += [f"{best[False]:.1f}", f"{best[True]:.1f}",
+                f"{best[False] / best[True]:.2f}"] if both else [f"{best[True]:.1f}"]
         if args.callgrind:
             counted = (instructions(jobs, workload.events, "run")
                        - instructions(jobs, workload.events, "setup"))
             row.append(f"{counted / workload.events:,.0f}")
         rows.append(row)
-        headline(f"worker CPU per event without Redis, {jobs:,} jobs", f"{us:.1f} µs")
-    headers = ["jobs", "events", "CPU µs/event"]
+        us = best[False] if both else best[True]
+        headline(f"worker CPU per event without Redis, {jobs:,} jobs"
+                 + ("" if both else " (from source)"), f"{us:.1f} µs")
+    headers = ["jobs", "events"]
+    headers += (["compiled CPU µs/event", "source CPU µs/event", "compiled / source"] if both
+                else ["CPU µs/event"])
     if args.callgrind:
         headers.append("instructions/event (callgrind)")
     print(table(headers, rows))

@@ -49,6 +49,7 @@ from bench.common import (
     verdict,
 )
 from bench.workload import Workload, generate
+from monitor import compiled
 from monitor.decoded import parse_event
 from monitor.keys import Keys
 from monitor.sdk import start_run
@@ -127,7 +128,7 @@ def _counts(client: redis.Redis, keys: Keys) -> dict[str, int]:
 
 def run_row(client: redis.Redis, url: str, workload: Workload, prefix: str, *,
             log_dir: Path, batch_size: int | None, timeout: float,
-            py_spy: str | None, idle: bool = False) -> RowResult:
+            py_spy: str | None, idle: bool = False, source: bool = False) -> RowResult:
     """Fill, run the worker until everything is applied, measure, stop it; keys stay for cleanup."""
     keys = Keys(prefix)
     mem_before = used_memory_mb(client)
@@ -145,7 +146,8 @@ def run_row(client: redis.Redis, url: str, workload: Workload, prefix: str, *,
     spy: subprocess.Popen[bytes] | None = None
     with open(log_path, "wb") as log_file:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=clean_env())
+        env = clean_env() | ({compiled.SWITCH: "0"} if source else {})
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         try:
             if py_spy is not None:
                 spy = subprocess.Popen(
@@ -452,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=None,
                         help="runs per row, the median is shown (default 3; 1 with --quick)")
     parser.add_argument("--skip-sdk", action="store_true", help="only the worker table")
+    parser.add_argument("--source", action="store_true",
+                        help="run the worker's pure core from source (MONITOR_COMPILED=0), "
+                             "to compare with the compiled one")
     parser.add_argument("--jobs", default=None,
                         help="comma-separated job counts, one row each (default 1000,100000; "
                              "1000,10000 with --quick)")
@@ -473,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         batch = args.batch_size if args.batch_size is not None else "default (1000)"
         print(f"`monitor worker` as its own process (batch size {batch}), on a stream pre-filled "
               f"before it starts; timed from process start until applied + dead + duplicates "
-              f"= events (polled every {POLL * 1000:.0f} ms).\n")
+              f"= events (polled every {POLL * 1000:.0f} ms); its pure core "
+              f"{'from source' if args.source or not compiled.in_use() else 'compiled'}.\n")
         runs: list[list[RowResult]] = []
         job_counts = [int(j) for j in args.jobs.split(",")] if args.jobs else [1000, big_jobs]
         for jobs in job_counts:
@@ -485,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     runs[-1].append(run_row(client, url, workload, prefix, log_dir=log_dir,
                                             batch_size=args.batch_size, timeout=args.timeout,
-                                            py_spy=args.py_spy, idle=args.idle))
+                                            py_spy=args.py_spy, idle=args.idle,
+                                            source=args.source))
                 finally:
                     delete_prefix(client, prefix)
         rows = [pick_median(row_runs) for row_runs in runs]

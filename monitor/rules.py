@@ -11,7 +11,7 @@ tests drive it directly. Which event ids were already applied is :mod:`monitor.s
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Context, Decimal
 from functools import lru_cache
@@ -200,7 +200,7 @@ _DERIVED = {"model_display", "final_loss", "final_eval_loss"}
 _STORED_PUBLIC = set(PUBLIC_FIELDS) - _DERIVED
 
 
-def _key(value: list[Any] | None) -> ObsKey | None:
+def _key(value: Sequence[Any] | None) -> ObsKey | None:
     if value is None:
         return None
     has_step, step, has_epoch, epoch, ms, seq = value

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_type_hints
 from urllib.parse import urlsplit
 
+from monitor import compiled
 from monitor.limits import DEFAULT_PREFIX, DEFAULT_REDIS_URL, MAX_METRIC_NAME, MAX_PARTITIONS
 from monitor.partitions import Partitioning
 
@@ -335,9 +336,10 @@ def flag_name(name: str) -> str:
 
 
 def known_env_names() -> set[str]:
-    """Every ``MONITOR_*`` variable some process understands (the SDK reads two of them)."""
+    """Every ``MONITOR_*`` variable some process understands (the SDK reads two of them;
+    every process reads :data:`monitor.compiled.SWITCH` when it imports the pure core)."""
     names = {env_name(f.name) for cls in SETTINGS_CLASSES for f in dataclasses.fields(cls)}
-    return names
+    return names | {compiled.SWITCH}
 
 
 def check_environ(environ: Mapping[str, str]) -> None:

@@ -32,6 +32,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
+from monitor import compiled
 from monitor.decoded import Event
 from monitor.errors import StartError
 from monitor.histograms import BATCH_SIZE, EVENT_AGE
@@ -464,6 +465,7 @@ async def run_worker(settings: WorkerSettings, stop: asyncio.Event) -> None:
     # The worker keeps many small long-lived objects; default collection thresholds make the
     # collector rescan them constantly (a third of the CPU at 100,000 jobs).
     gc.set_threshold(50_000, 20, 100)
+    log.info("the pure core runs %s", "compiled" if compiled.in_use() else "from source, slower")
     part = settings.partitioning
     if not part.split:
         worker = Worker(settings)

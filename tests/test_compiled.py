@@ -1,0 +1,140 @@
+"""The compiled pure core (monitor/compiled.py): it runs where the install compiled it, the
+source runs when asked or when the compiled files are out of date, and both fold a stream
+into the same bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from monitor import compiled
+from monitor.keys import Keys
+from monitor.rules import Board
+from worker.batch import build_commit, decode, fold
+from worker.fenced import pack
+from worker.store import writes
+
+ROOT = Path(__file__).resolve().parent.parent
+SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+MODULES = ("pkg.a", "pkg.b")
+
+
+def test_the_pure_core_runs_compiled_where_the_install_compiled_it() -> None:
+    built = [m for m in compiled.MODULES if compiled.compiled_file(m) is not None]
+    if not built and not os.environ.get("REQUIRE_COMPILED"):  # .ci/run sets it
+        pytest.skip(f"the pure core runs from source here: {_why()}")
+    assert compiled.in_use(), _why()
+    for module in compiled.MODULES:
+        __import__(module)
+        assert sys.modules[module].__file__ == str(compiled.compiled_file(module))
+
+
+def _why() -> str:
+    return compiled.why_source(os.environ) or "this install did not compile it (no C compiler?)"
+
+
+def _tree(tmp_path: Path, *, checkout: bool = True) -> Path:
+    """A package ``pkg`` with modules a and b, each compiled (empty stand-ins) after its
+    source was written."""
+    (tmp_path / "pkg").mkdir()
+    if checkout:
+        (tmp_path / "pyproject.toml").write_text("")
+    for name in ("a", "b"):
+        (tmp_path / "pkg" / f"{name}.py").write_text("")
+    past = time.time() - 60
+    for name in ("a", "b"):
+        os.utime(tmp_path / "pkg" / f"{name}.py", (past, past))
+        (tmp_path / "pkg" / f"{name}{SUFFIX}").write_bytes(b"")
+    return tmp_path
+
+
+def test_compiled_files_newer_than_their_source_are_used(tmp_path: Path) -> None:
+    assert compiled.why_source({}, _tree(tmp_path), MODULES) is None
+
+
+def test_none_compiled_is_no_reason_to_warn(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    for name in ("a", "b"):
+        (root / "pkg" / f"{name}{SUFFIX}").unlink()
+    assert compiled.why_source({}, root, MODULES) is None
+
+
+def test_the_source_runs_when_asked(tmp_path: Path) -> None:
+    reason = compiled.why_source({"MONITOR_COMPILED": "0"}, _tree(tmp_path), MODULES)
+    assert reason == "MONITOR_COMPILED=0"
+
+
+def test_a_source_edited_after_the_install_in_a_checkout_runs_from_source(
+        tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    (root / "pkg" / "b.py").write_text("# edited\n")
+    assert compiled.why_source({}, root, MODULES) == (
+        "pkg.b changed after it was compiled: run `pip install -e .` again to compile it")
+
+
+def test_outside_a_checkout_the_files_times_say_nothing(tmp_path: Path) -> None:
+    root = _tree(tmp_path, checkout=False)  # as installed from a wheel
+    (root / "pkg" / "b.py").write_text("")
+    assert compiled.why_source({}, root, MODULES) is None
+
+
+def test_some_modules_compiled_and_some_not_runs_them_all_from_source(
+        tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    (root / "pkg" / f"a{SUFFIX}").unlink()
+    assert compiled.why_source({}, root, MODULES) == (
+        "the install compiled only some of them (not pkg.a)")
+
+
+# Fold bench.workload's stream through every pure step of the worker (as bench.worker_cpu
+# does) and hash the packed transactions: the bytes the worker would send to Redis.
+FOLD_DIGEST = """
+import sys
+from monitor import compiled
+from tests.test_compiled import fold_digest
+digest = fold_digest()
+print(sorted({sys.modules[m].__file__.rpartition(".")[2] for m in compiled.MODULES
+              if m in sys.modules}), digest)
+"""
+
+
+def fold_digest() -> str:
+    from bench.worker_cpu import entries_of
+    from bench.workload import Workload
+
+    keys = Keys("compiled:")
+    board = Board()
+    digest = hashlib.sha256()
+    entries = entries_of(Workload(events=6_000, jobs=600, models=7, concurrency=200))
+    for start in range(0, len(entries), 500):
+        folded = fold(board, decode(entries[start:start + 500]))
+        commit = build_commit(board, folded, keys, {}, {})
+        digest.update(pack(writes(keys, commit, updates_keep=1_000, dead_keep=100)))
+    digest.update(orjson.dumps(sorted(
+        (job.public() | job.private() for job in board.jobs.values()), key=lambda j: j["id"])))
+    return digest.hexdigest()
+
+
+def _run_digest(**env: str) -> tuple[str, str]:
+    """(the suffixes of the pure core's files, the digest), from a new process."""
+    done = subprocess.run([sys.executable, "-c", FOLD_DIGEST], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=True,
+                          env={**os.environ, "PYTHONHASHSEED": "0", **env})  # same set order
+    files, _, digest = done.stdout.strip().rpartition(" ")
+    return files, digest
+
+
+def test_the_compiled_core_and_its_source_write_the_same_bytes() -> None:
+    if not compiled.in_use() and not os.environ.get("REQUIRE_COMPILED"):
+        pytest.skip(f"the pure core runs from source here: {_why()}")
+    files, from_source = _run_digest(MONITOR_COMPILED="0")
+    assert files == "['py']"
+    assert _run_digest() == ("['so']", from_source)
