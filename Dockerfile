@@ -15,6 +15,8 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+# The build keeps the source when it cannot compile; an image must not, silently.
+RUN python -c "import monitor.compiled as c, worker.batch; assert c.in_use(), 'not compiled'"
 
 # Listen on every interface inside the container; compose publishes the port.
 ENV MONITOR_HOST=0.0.0.0

@@ -1,14 +1,17 @@
-"""The pure core, compiled to C with mypyc: which modules, and whether they are in use.
+"""The worker's hot path, compiled to C with mypyc: which modules, and whether they run.
 
-An install compiles :data:`MODULES` (``setup.py``); Python then imports each from its
-compiled file (``rules.cpython-311-x86_64-linux-gnu.so`` beside ``rules.py``), which runs
-the same code in about 0.8x the CPU. The source is the truth: where no C compiler was at
-hand the install keeps the source, and the source is what runs when:
+An install compiles :data:`MODULES` (``setup.py``): all their code goes into one library,
+:data:`GROUP`, and each module gets a small file that loads it
+(``rules.cpython-311-x86_64-linux-gnu.so`` beside ``rules.py``). Python then imports those,
+which run the same code in about 0.8x the CPU. The source is the truth: where no C compiler
+was at hand the install keeps the source, and the source is what runs when
 
 - ``MONITOR_COMPILED=0`` is set (to read Python frames in a profiler or a traceback, or to
   compare the two in one benchmark run);
-- in a source checkout, a module's source changed after it was compiled (an edit, a
-  ``git checkout``): a warning says to install again (``pip install -e .``).
+- the compiled files are incomplete (a module's file, or the library, is missing);
+- in a source checkout, a file the compiled code was built from changed since (an edit, a
+  ``git checkout`` to other content): each install records the digest of every source file
+  mypyc read (:data:`RECORD`), and a warning says to install again (``pip install -e .``).
 
 The modules are taken all compiled or all from source, never mixed: compiled modules call
 each other directly. ``monitor/__init__.py`` calls :func:`choose` before the package
@@ -18,13 +21,16 @@ imports only the standard library: ``setup.py`` reads it before anything is inst
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import json
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -38,8 +44,11 @@ MODULES = (
     "worker.hot",
     "worker.moves",
 )
-"""Compiled: the pure modules of the worker's hot path (no I/O, no async)."""
+"""Compiled: the modules of the worker's hot path that mypyc takes as they are (the fold,
+the batch and its commit, and what they use; no async generators)."""
 
+GROUP = "monitor_core__mypyc"  # the library of their compiled code, beside the packages
+RECORD = Path("build") / "compiled-sources.json"  # in a checkout: path -> sha256, as built
 SWITCH = "MONITOR_COMPILED"
 ROOT = Path(__file__).resolve().parent.parent  # holds monitor/ and worker/
 
@@ -58,35 +67,74 @@ def compiled_file(module: str, root: Path = ROOT) -> Path | None:
     return None
 
 
-def stale(root: Path = ROOT, modules: Sequence[str] = MODULES) -> list[str]:
-    """In a source checkout (``pyproject.toml`` beside the packages), the compiled modules
-    whose source changed after they were compiled; elsewhere (an installed wheel, whose
-    files' times say nothing) none."""
-    if not (root / "pyproject.toml").exists():
-        return []
-    out = []
-    for module in modules:
-        built = compiled_file(module, root)
-        if built is not None and source(module, root).stat().st_mtime > built.stat().st_mtime:
-            out.append(module)
-    return out
+def sources_read(root: Path = ROOT, modules: Sequence[str] = MODULES) -> list[str]:
+    """The source files mypyc reads to compile ``modules``, relative to ``root``: theirs and
+    every file of the project they import, directly or not (whose types they build in)."""
+    todo = [source(module, root) for module in modules]
+    seen: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.exists():
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            for name in names:
+                base = root.joinpath(*name.split("."))
+                todo += [base.with_suffix(".py"), base / "__init__.py"]
+    return sorted(str(path.relative_to(root)) for path in seen)
 
 
-def why_source(environ: dict[str, str] | os._Environ[str], root: Path = ROOT,
+def _digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return "missing"
+
+
+def record_sources(root: Path = ROOT, modules: Sequence[str] = MODULES) -> None:
+    """Write :data:`RECORD`: the digest of each file of :func:`sources_read`, as it is now
+    (before compiling: an edit made while it compiles shows as a change)."""
+    record = {path: _digest(root / path) for path in sources_read(root, modules)}
+    (root / RECORD).parent.mkdir(exist_ok=True)
+    (root / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def changed_sources(root: Path = ROOT) -> list[str] | None:
+    """The files of :data:`RECORD` whose content changed since; None without a record."""
+    try:
+        record = json.loads((root / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return [path for path, digest in record.items() if _digest(root / path) != digest]
+
+
+def why_source(environ: Mapping[str, str], root: Path = ROOT,
                modules: Sequence[str] = MODULES) -> str | None:
     """Why the modules must run from source although compiled files exist; None when the
     compiled files are to be used (or there are none)."""
-    built = [module for module in modules if compiled_file(module, root) is not None]
+    parts = (*modules, GROUP)
+    built = [part for part in parts if compiled_file(part, root) is not None]
     if not built:
         return None
     if environ.get(SWITCH) == "0":
         return f"{SWITCH}=0"
-    if len(built) < len(modules):
-        missing = sorted(set(modules) - set(built))
-        return f"the install compiled only some of them (not {', '.join(missing)})"
-    if changed := stale(root, modules):
-        return (f"{', '.join(changed)} changed after it was compiled: run `pip install -e .` "
-                f"again to compile it")
+    if len(built) < len(parts):
+        missing = sorted(set(parts) - set(built))
+        return f"the compiled files are incomplete (none for {', '.join(missing)})"
+    if not (root / "pyproject.toml").exists():
+        return None  # installed from a wheel: no source to go out of date
+    changed = changed_sources(root)
+    if changed is None:
+        return f"no {RECORD} says what they were compiled from: run `pip install -e .` again"
+    if changed:
+        return (f"{', '.join(changed)} changed since the install compiled it: run "
+                f"`pip install -e .` again")
     return None
 
 
@@ -111,7 +159,7 @@ def choose() -> None:
     if _decided is not None:
         return
     reason = why_source(os.environ)
-    _decided = reason is None and compiled_file(MODULES[0]) is not None
+    _decided = reason is None and compiled_file(GROUP) is not None
     if reason is None:
         return
     sys.meta_path.insert(0, _FromSource())

@@ -29,10 +29,11 @@ MODULES = ("pkg.a", "pkg.b")
 
 def test_the_pure_core_runs_compiled_where_the_install_compiled_it() -> None:
     built = [m for m in compiled.MODULES if compiled.compiled_file(m) is not None]
-    if not built and not os.environ.get("REQUIRE_COMPILED"):  # .ci/run sets it
+    asked = os.environ.get(compiled.SWITCH) == "0"
+    if (not built or asked) and not os.environ.get("REQUIRE_COMPILED"):  # .ci/run sets it
         pytest.skip(f"the pure core runs from source here: {_why()}")
     assert compiled.in_use(), _why()
-    for module in compiled.MODULES:
+    for module in (*compiled.MODULES, compiled.GROUP):
         __import__(module)
         assert sys.modules[module].__file__ == str(compiled.compiled_file(module))
 
@@ -41,29 +42,40 @@ def _why() -> str:
     return compiled.why_source(os.environ) or "this install did not compile it (no C compiler?)"
 
 
+def test_the_sources_read_are_the_modules_and_what_they_import_of_the_project() -> None:
+    read = compiled.sources_read()
+    assert {"monitor/rules.py", "worker/batch.py", "worker/moves.py"} <= set(read)
+    assert {"monitor/decoded.py", "monitor/events.py"} <= set(read)  # types built in
+    assert not [path for path in read if path.startswith(("web/", "monitor/cli/"))]
+
+
 def _tree(tmp_path: Path, *, checkout: bool = True) -> Path:
-    """A package ``pkg`` with modules a and b, each compiled (empty stand-ins) after its
-    source was written."""
+    """A package ``pkg``: modules a and b compiled (empty stand-ins), a importing c."""
     (tmp_path / "pkg").mkdir()
     if checkout:
         (tmp_path / "pyproject.toml").write_text("")
-    for name in ("a", "b"):
-        (tmp_path / "pkg" / f"{name}.py").write_text("")
-    past = time.time() - 60
-    for name in ("a", "b"):
-        os.utime(tmp_path / "pkg" / f"{name}.py", (past, past))
-        (tmp_path / "pkg" / f"{name}{SUFFIX}").write_bytes(b"")
+    (tmp_path / "pkg" / "a.py").write_text("from pkg.c import helper\n")
+    (tmp_path / "pkg" / "b.py").write_text("import json\n")
+    (tmp_path / "pkg" / "c.py").write_text("def helper() -> None: ...\n")
+    for part in ("pkg/a", "pkg/b", compiled.GROUP):
+        (tmp_path / f"{part}{SUFFIX}").write_bytes(b"")
+    compiled.record_sources(tmp_path, MODULES)
     return tmp_path
 
 
-def test_compiled_files_newer_than_their_source_are_used(tmp_path: Path) -> None:
-    assert compiled.why_source({}, _tree(tmp_path), MODULES) is None
+def test_what_the_install_compiled_runs_while_its_sources_are_as_they_were(
+        tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    assert compiled.sources_read(root, MODULES) == ["pkg/a.py", "pkg/b.py", "pkg/c.py"]
+    later = time.time() + 60  # rewritten as it was, as `git checkout` back and forth does
+    os.utime(root / "pkg" / "b.py", (later, later))
+    assert compiled.why_source({}, root, MODULES) is None
 
 
 def test_none_compiled_is_no_reason_to_warn(tmp_path: Path) -> None:
     root = _tree(tmp_path)
-    for name in ("a", "b"):
-        (root / "pkg" / f"{name}{SUFFIX}").unlink()
+    for part in ("pkg/a", "pkg/b", compiled.GROUP):
+        (root / f"{part}{SUFFIX}").unlink()
     assert compiled.why_source({}, root, MODULES) is None
 
 
@@ -72,26 +84,45 @@ def test_the_source_runs_when_asked(tmp_path: Path) -> None:
     assert reason == "MONITOR_COMPILED=0"
 
 
-def test_a_source_edited_after_the_install_in_a_checkout_runs_from_source(
+def test_a_source_edited_since_the_install_in_a_checkout_runs_from_source(
         tmp_path: Path) -> None:
     root = _tree(tmp_path)
-    (root / "pkg" / "b.py").write_text("# edited\n")
+    (root / "pkg" / "b.py").write_text("import json  # edited\n")
     assert compiled.why_source({}, root, MODULES) == (
-        "pkg.b changed after it was compiled: run `pip install -e .` again to compile it")
+        "pkg/b.py changed since the install compiled it: run `pip install -e .` again")
 
 
-def test_outside_a_checkout_the_files_times_say_nothing(tmp_path: Path) -> None:
+def test_a_module_the_compiled_ones_import_edited_runs_them_from_source(
+        tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    (root / "pkg" / "c.py").write_text("def helper() -> int: ...\n")
+    assert compiled.why_source({}, root, MODULES) == (
+        "pkg/c.py changed since the install compiled it: run `pip install -e .` again")
+
+
+def test_compiled_files_without_a_record_of_their_sources_run_from_source(
+        tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    (root / compiled.RECORD).unlink()
+    assert compiled.why_source({}, root, MODULES) == (
+        "no build/compiled-sources.json says what they were compiled from: run "
+        "`pip install -e .` again")
+
+
+def test_outside_a_checkout_there_is_no_source_to_go_out_of_date(tmp_path: Path) -> None:
     root = _tree(tmp_path, checkout=False)  # as installed from a wheel
-    (root / "pkg" / "b.py").write_text("")
+    (root / "pkg" / "b.py").write_text("import os\n")
     assert compiled.why_source({}, root, MODULES) is None
 
 
-def test_some_modules_compiled_and_some_not_runs_them_all_from_source(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize("missing", ["pkg/a", compiled.GROUP])
+def test_incomplete_compiled_files_run_every_module_from_source(tmp_path: Path,
+                                                               missing: str) -> None:
     root = _tree(tmp_path)
-    (root / "pkg" / f"a{SUFFIX}").unlink()
+    (root / f"{missing}{SUFFIX}").unlink()
+    name = missing.replace("/", ".")
     assert compiled.why_source({}, root, MODULES) == (
-        "the install compiled only some of them (not pkg.a)")
+        f"the compiled files are incomplete (none for {name})")
 
 
 # Fold bench.workload's stream through every pure step of the worker (as bench.worker_cpu
@@ -123,11 +154,15 @@ def fold_digest() -> str:
     return digest.hexdigest()
 
 
+def _without_switch() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if name != compiled.SWITCH}
+
+
 def _run_digest(**env: str) -> tuple[str, str]:
     """(the suffixes of the pure core's files, the digest), from a new process."""
     done = subprocess.run([sys.executable, "-c", FOLD_DIGEST], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, check=True,
-                          env={**os.environ, "PYTHONHASHSEED": "0", **env})  # same set order
+                          env={**_without_switch(), "PYTHONHASHSEED": "0", **env})  # set order
     files, _, digest = done.stdout.strip().rpartition(" ")
     return files, digest
 
