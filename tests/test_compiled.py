@@ -84,20 +84,16 @@ def test_the_source_runs_when_asked(tmp_path: Path) -> None:
     assert reason == "MONITOR_COMPILED=0"
 
 
+@pytest.mark.parametrize(("path", "edited"), [
+    ("pkg/b.py", "import json  # edited\n"),  # a compiled module
+    ("pkg/c.py", "def helper() -> int: ...\n"),  # a module a compiled one imports
+])
 def test_a_source_edited_since_the_install_in_a_checkout_runs_from_source(
-        tmp_path: Path) -> None:
+        tmp_path: Path, path: str, edited: str) -> None:
     root = _tree(tmp_path)
-    (root / "pkg" / "b.py").write_text("import json  # edited\n")
+    (root / path).write_text(edited)
     assert compiled.why_source({}, root, MODULES) == (
-        "pkg/b.py changed since the install compiled it: run `pip install -e .` again")
-
-
-def test_a_module_the_compiled_ones_import_edited_runs_them_from_source(
-        tmp_path: Path) -> None:
-    root = _tree(tmp_path)
-    (root / "pkg" / "c.py").write_text("def helper() -> int: ...\n")
-    assert compiled.why_source({}, root, MODULES) == (
-        "pkg/c.py changed since the install compiled it: run `pip install -e .` again")
+        f"{path} changed since the install compiled it: run `pip install -e .` again")
 
 
 def test_compiled_files_without_a_record_of_their_sources_run_from_source(
