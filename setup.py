@@ -45,21 +45,21 @@ def _say(message: str) -> None:
 
 
 @functools.cache  # build_ext is set up several times in one build: mypyc runs once
-def _extensions() -> list[Extension]:
-    """mypyc's extensions for the modules, after recording the sources it reads."""
+def _extensions() -> tuple[list[Extension], dict[str, str]]:
+    """mypyc's extensions for the modules, and the digests of the sources it read."""
     if os.environ.get(COMPILED.SWITCH) == "0":
         raise NotCompiled(f"{COMPILED.SWITCH}=0")
     try:
         from mypyc.build import mypycify
     except ImportError as error:
         raise NotCompiled(repr(error)) from error
-    COMPILED.record_sources(HERE)
+    record = COMPILED.source_digests(HERE)
     paths = [str(COMPILED.source(module, HERE)) for module in COMPILED.MODULES]
     try:
         # (errors in what they import but is not compiled are not this build's to refuse)
         return mypycify(["--follow-imports=silent", *paths], opt_level="3",
                         group_name=COMPILED.GROUP.removesuffix("__mypyc"),
-                        target_dir=str(HERE / "build"))
+                        target_dir=str(HERE / "build")), record
     except SystemExit as error:  # mypyc exits on a type error
         raise NotCompiled(f"mypyc refused it: {error}") from error
 
@@ -83,7 +83,7 @@ class BuildOrKeepSource(build_ext):
             self.distribution.ext_modules = []  # (egg_info lists the sources: none to build)
         else:
             try:
-                self.distribution.ext_modules = _extensions()
+                self.distribution.ext_modules = _extensions()[0]
             except NotCompiled as error:
                 self._keep_source(error)
         super().finalize_options()
@@ -93,6 +93,9 @@ class BuildOrKeepSource(build_ext):
             super().run()
         except (CCompilerError, ExecError, PlatformError) as error:  # no C compiler
             self._keep_source(error)
+            return
+        if self.inplace and self.extensions:  # (an editable install: compiled in place)
+            COMPILED.write_record(_extensions()[1], HERE)
 
     def _keep_source(self, error: Exception) -> None:
         self.distribution.ext_modules = []

@@ -10,8 +10,9 @@ was at hand the install keeps the source, and the source is what runs when
   compare the two in one benchmark run);
 - the compiled files are incomplete (a module's file, or the library, is missing);
 - in a source checkout, a file the compiled code was built from changed since (an edit, a
-  ``git checkout`` to other content): each install records the digest of every source file
-  mypyc read (:data:`RECORD`), and a warning says to install again (``pip install -e .``).
+  ``git checkout`` to other content): an editable install records the digest of every
+  source file mypyc read (:data:`RECORD`), and a warning says to install again
+  (``pip install -e .``).
 
 The modules are taken all compiled or all from source, never mixed: compiled modules call
 each other directly. ``monitor/__init__.py`` calls :func:`choose` before the package
@@ -97,10 +98,14 @@ def _digest(path: Path) -> str:
         return "missing"
 
 
-def record_sources(root: Path = ROOT, modules: Sequence[str] = MODULES) -> None:
-    """Write :data:`RECORD`: the digest of each file of :func:`sources_read`, as it is now
-    (before compiling: an edit made while it compiles shows as a change)."""
-    record = {path: _digest(root / path) for path in sources_read(root, modules)}
+def source_digests(root: Path = ROOT, modules: Sequence[str] = MODULES) -> dict[str, str]:
+    """The digest of each file of :func:`sources_read`, as it is now."""
+    return {path: _digest(root / path) for path in sources_read(root, modules)}
+
+
+def write_record(record: dict[str, str], root: Path = ROOT) -> None:
+    """Say what the compiled files in ``root`` were built from (:func:`source_digests`,
+    taken before compiling: an edit made while it compiles shows as a change)."""
     (root / RECORD).parent.mkdir(exist_ok=True)
     (root / RECORD).write_text(json.dumps(record, indent=1) + "\n")
 

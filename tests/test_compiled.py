@@ -59,7 +59,7 @@ def _tree(tmp_path: Path, *, checkout: bool = True) -> Path:
     (tmp_path / "pkg" / "c.py").write_text("def helper() -> None: ...\n")
     for part in ("pkg/a", "pkg/b", compiled.GROUP):
         (tmp_path / f"{part}{SUFFIX}").write_bytes(b"")
-    compiled.record_sources(tmp_path, MODULES)
+    compiled.write_record(compiled.source_digests(tmp_path, MODULES), tmp_path)
     return tmp_path
 
 
