@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import orjson
 
@@ -49,14 +50,20 @@ def entries_of(workload: Workload) -> list[Entry]:
             for i, event in enumerate(generate(workload))]
 
 
-def apply_all(entries: list[Entry]) -> None:
-    """What the worker computes for each batch of ``entries``, on one board kept in memory."""
+def transactions(entries: list[Entry], board: Board, batch: int = BATCH) -> Iterator[bytes]:
+    """What the worker computes for each batch of ``entries`` folded into ``board``: the
+    packed transaction it would send to Redis."""
     keys = Keys("bench:cpu:")
-    board = Board()
-    for start in range(0, len(entries), BATCH):
-        folded = fold(board, decode(entries[start:start + BATCH]))
+    for start in range(0, len(entries), batch):
+        folded = fold(board, decode(entries[start:start + batch]))
         commit = build_commit(board, folded, keys, {}, {})
-        pack(writes(keys, commit, updates_keep=10_000, dead_keep=1_000))
+        yield pack(writes(keys, commit, updates_keep=10_000, dead_keep=1_000))
+
+
+def apply_all(entries: list[Entry]) -> None:
+    """:func:`transactions` of ``entries``, on one board kept in memory."""
+    for _ in transactions(entries, Board()):
+        pass
 
 
 def cpu_us_per_event(entries: list[Entry], repeat: int) -> float:

@@ -16,11 +16,7 @@ import orjson
 import pytest
 
 from monitor import compiled
-from monitor.keys import Keys
 from monitor.rules import Board
-from worker.batch import build_commit, decode, fold
-from worker.fenced import pack
-from worker.store import writes
 
 ROOT = Path(__file__).resolve().parent.parent
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
@@ -121,8 +117,8 @@ def test_incomplete_compiled_files_run_every_module_from_source(tmp_path: Path,
         f"the compiled files are incomplete (none for {name})")
 
 
-# Fold bench.workload's stream through every pure step of the worker (as bench.worker_cpu
-# does) and hash the packed transactions: the bytes the worker would send to Redis.
+# Fold bench.workload's stream through every pure step of the worker (bench.worker_cpu's
+# transactions) and hash the packed transactions: the bytes the worker would send to Redis.
 FOLD_DIGEST = """
 import sys
 from monitor import compiled
@@ -134,17 +130,14 @@ print(sorted({sys.modules[m].__file__.rpartition(".")[2] for m in compiled.MODUL
 
 
 def fold_digest() -> str:
-    from bench.worker_cpu import entries_of
+    from bench.worker_cpu import entries_of, transactions
     from bench.workload import Workload
 
-    keys = Keys("compiled:")
     board = Board()
     digest = hashlib.sha256()
     entries = entries_of(Workload(events=6_000, jobs=600, models=7, concurrency=200))
-    for start in range(0, len(entries), 500):
-        folded = fold(board, decode(entries[start:start + 500]))
-        commit = build_commit(board, folded, keys, {}, {})
-        digest.update(pack(writes(keys, commit, updates_keep=1_000, dead_keep=100)))
+    for packed in transactions(entries, board, batch=500):
+        digest.update(packed)
     digest.update(orjson.dumps(sorted(
         (job.public() | job.private() for job in board.jobs.values()), key=lambda j: j["id"])))
     return digest.hexdigest()
