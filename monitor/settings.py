@@ -343,13 +343,17 @@ def known_env_names() -> set[str]:
 
 
 def check_environ(environ: Mapping[str, str]) -> None:
-    """Refuse ``MONITOR_*`` variables no process understands (a typo must not pass silently)."""
+    """Refuse ``MONITOR_*`` variables no process understands (a typo must not pass silently),
+    and a :data:`monitor.compiled.SWITCH` other than 0 or 1."""
     known = known_env_names()
     unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
     if unknown:
         raise SettingsError(
             f"unknown setting {unknown[0]} (known: {', '.join(sorted(known))})"
         )
+    switch = environ.get(compiled.SWITCH)  # (read when the package is imported, as "0" or not)
+    if switch not in (None, "0", "1"):
+        raise SettingsError(f"{compiled.SWITCH}={switch!r}: must be one of 0, 1")
 
 
 def _parse(text: str, kind: Any, where: str) -> Any:

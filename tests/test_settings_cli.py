@@ -44,6 +44,8 @@ def test_defaults_then_environment_then_flags() -> None:
     (GatewaySettings, {}, {"MONITOR_ALLOWED_ORIGINS": "evil.example"},
      "MONITOR_ALLOWED_ORIGINS='evil.example': 'evil.example' is not an origin like"),
     (GatewaySettings, {"port": "70000"}, {}, "--port='70000': must be a port number"),
+    (WorkerSettings, {}, {"MONITOR_COMPILED": "false"},
+     "MONITOR_COMPILED='false': must be one of 0, 1"),
 ])
 def test_unknown_or_malformed_settings_name_themselves(
         cls: type, flags: dict[str, str], env: dict[str, str], message: str) -> None:
