@@ -5,7 +5,7 @@
 ``bench.worker_throughput`` times the whole worker against Redis; on a shared 2-core machine
 its figures move by 10% from one run to the next, more than most changes to the hot path
 are worth. This runs the same pure steps the worker runs on each batch (``worker.batch``
-``decode``, ``fold``, ``build_commit``, then ``worker.store.writes`` and the packing of the
+``decode``, ``fold``, ``build_commit``, then ``worker.writes.writes`` and the packing of the
 transaction) over the same synthetic stream, and reports CPU time per event (best of
 ``--repeat``). Where the install compiled the pure core (monitor/compiled.py), each row runs
 it compiled and from source (``MONITOR_COMPILED=0``), each in a new process, the two taking
@@ -36,8 +36,8 @@ from monitor import compiled
 from monitor.keys import Keys
 from monitor.rules import Board
 from worker.batch import Entry, build_commit, decode, fold
-from worker.fenced import pack
-from worker.store import writes
+from worker.resp import pack
+from worker.writes import writes
 
 BATCH = 1000  # the worker's default batch size
 GC_THRESHOLD = (50_000, 20, 100)  # as the worker sets it (worker.consumer.run_worker)

@@ -44,6 +44,8 @@ MODULES = (
     "worker.order",
     "worker.hot",
     "worker.moves",
+    "worker.resp",
+    "worker.writes",
 )
 """Compiled: the modules of the worker's hot path that mypyc takes as they are (the fold,
 the batch and its commit, and what they use; no async generators)."""

@@ -22,7 +22,8 @@ from redis.exceptions import (
 from monitor.keys import Keys
 from monitor.redistools import UNREACHABLE
 from tests.conftest import RedisServer, free_port
-from worker.fenced import Command, fenced
+from worker.fenced import fenced
+from worker.resp import Command
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@
 redis-py's pipeline spends about 5 µs of Python on every command it queues: it builds the
 command, packs it, then reads its ``QUEUED`` reply and runs a callback on it. A commit
 queues about one command per job its batch touches, so that was a fifth of the worker's
-time per event. Here hiredis packs the whole transaction and every reply is taken from
-hiredis' reader in a loop, so a command costs little more than Redis's own work.
+time per event. Here the whole transaction is packed in one piece (:mod:`worker.resp`) and
+every reply is taken from hiredis' reader in a loop, so a command costs little more than
+Redis's own work.
 
 Replies are raw: bytes, integers, lists, None, and error replies as exception objects (not
 raised). A transaction whose watched keys changed raises :class:`WatchError`, as redis-py's
@@ -22,8 +23,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError, ResponseError, WatchError
 
-Arg = bytes | str | int | float
-Command = tuple[Arg, ...]
+from worker.resp import Command, pack
 
 try:  # redis-py's hiredis reader answers this when a reply is not complete yet
     from redis._parsers.hiredis import NOT_ENOUGH_DATA
@@ -97,12 +97,6 @@ def _result(replies: list[Any], count: int) -> list[Any]:
         raise ResponseError(f"EXEC answered {type(result).__name__} for {count} commands")
     assert isinstance(result, list)
     return result
-
-
-def pack(commands: Sequence[Command]) -> bytes:
-    """``commands`` in Redis's protocol, as one piece to send."""
-    # (hiredis' stub types a command as a 1-tuple; it takes any number of arguments)
-    return b"".join([hiredis.pack_command(c) for c in commands])  # type: ignore[arg-type]
 
 
 async def _replies(conn: AbstractConnection, count: int) -> list[Any]:

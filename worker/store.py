@@ -11,8 +11,7 @@ transaction is sent and read by :mod:`worker.fenced`, not redis-py's pipeline.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
-from itertools import chain
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -24,8 +23,10 @@ from monitor.partitions import Partitioning, parse_route, route_value
 from monitor.redistools import node_client, text
 from monitor.rules import JobState, RankKey, stored_rank
 from worker.batch import Commit, Entry
-from worker.fenced import Command, fenced
+from worker.fenced import fenced
 from worker.lease import Lease
+from worker.resp import Command
+from worker.writes import writes
 
 # After taking the lease: point the consumer group back at the applied id, so that the
 # entries read after it (by a worker that died, or by this one before a failed commit) are
@@ -389,66 +390,6 @@ async def histories(redis: Redis, keys: Keys, job_ids: list[str]
     return {job_id: [orjson.loads(p) for p in points] for job_id, points in zip(job_ids, replies)}
 
 
-def writes(k: Keys, c: Commit, *, updates_keep: int, dead_keep: int) -> list[Command]:
-    """The commands of one commit, the XADD to ``<prefix>updates`` last."""
-    out: list[Command] = []
-    if c.jobs:
-        out.append(("HSET", k.jobs, *_pairs(c.jobs)))
-        out.append(("HSET", k.folds, *_pairs(c.folds)))
-    if c.configs:
-        out.append(("HSET", k.configs, *_pairs(c.configs)))
-    if c.models:
-        out.append(("HSET", k.models, *_pairs(c.models)))
-    if c.models_gone:
-        out.append(("HDEL", k.models, *c.models_gone))
-    for key, ids in c.group_remove.items():
-        out.append(("SREM", key, *ids))
-    for key, ids in c.group_add.items():
-        out.append(("SADD", key, *ids))
-    for key, ids in c.order_remove.items():
-        out.append(("ZREM", key, *ids))
-    for key, scored in c.order_add.items():
-        out.append(("ZADD", key, *scored))
-    for key, points in c.replace.items():
-        out.append(("DEL", key))
-        if points:
-            out.append(("RPUSH", key, *points))
-    for key, points in c.append.items():
-        out.append(("RPUSH", key, *points))
-    for key, event_ids in c.seen_add.items():
-        out.append(("SADD", key, *event_ids))
-    if c.alive:
-        out.append(("ZADD", k.alive, *_pairs(c.alive, values_first=True)))
-    if c.stops:
-        out.append(("HSET", k.stops, *_pairs(c.stops)))
-    if c.gone:
-        out.append(("ZREM", k.alive, *c.gone))
-        out.append(("HDEL", k.stops, *c.gone))
-    for dead in c.dead:
-        out.append(("XADD", k.dead, "MAXLEN", "~", dead_keep, "*", *_pairs(dead)))
-    for name, n in c.counts.items():
-        if n:
-            out.append(("HINCRBY", k.stats, name, n))
-    for name, n in c.observed.items():
-        out.append(("HINCRBY", k.ops, name, n))
-    if c.removed:  # moved to another partition (worker.moves)
-        out.append(("HDEL", k.jobs, *c.removed))
-        out.append(("HDEL", k.folds, *c.removed))
-        out.append(("HDEL", k.configs, *c.removed))
-        out.append(("ZREM", k.alive, *c.removed))
-        out.append(("HDEL", k.stops, *c.removed))
-        out.append(("DEL", *(k.metrics(job_id) for job_id in c.removed)))
-        out.append(("DEL", *(k.seen(job_id) for job_id in c.removed)))
-    if c.moved_out:
-        out.append(("HSET", k.moved, *_pairs(c.moved_out)))
-    if c.marks:
-        out.append(("HSET", k.marks, *_pairs(c.marks)))
-    out.append(("SET", k.applied, c.applied))
-    if c.update is not None:  # last of the writes
-        out.append(("XADD", k.updates, "MAXLEN", "~", updates_keep, "*", "data", c.update))
-    return out
-
-
 def _fields(flat: list[bytes] | None) -> dict[bytes, bytes] | None:
     """An entry's ``[field, value, ...]`` as a dict (one field, ``data``, is the usual case:
     a dict display costs a fifth of slicing and zipping, for every entry read)."""
@@ -457,11 +398,3 @@ def _fields(flat: list[bytes] | None) -> dict[bytes, bytes] | None:
     if len(flat) == 2:
         return {flat[0]: flat[1]}
     return dict(zip(flat[::2], flat[1::2]))
-
-
-def _pairs(mapping: Mapping[Any, Any], values_first: bool = False) -> list[Any]:
-    """``{a: 1, b: 2}`` -> ``[a, 1, b, 2]`` (``[1, a, 2, b]`` with ``values_first``, as ZADD
-    takes them): a mapping as a command's arguments."""
-    if values_first:
-        return [x for key, value in mapping.items() for x in (value, key)]
-    return list(chain.from_iterable(mapping.items()))
