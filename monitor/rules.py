@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Context, Decimal
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any
 
 from sortedcontainers import SortedList
 
@@ -79,47 +79,104 @@ class Ckpt:
     key: ObsKey  # where it stands among the observations (its stream position included)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class JobState:
     """Everything the worker keeps for one job: the public fields and what the fold needs."""
 
     id: str
     created_at: float
     updated_at: float
-    model_name: str | None = None
-    name: str | None = None
-    status: str = RUNNING
-    archived: bool = False
-    epoch: float | None = None  # of the latest observation
-    step: int | None = None
-    loss: float | None = None
-    eval_loss: float | None = None
-    best_eval_loss: float | None = None
-    best_epoch: float | None = None
-    best_step: int | None = None
-    best_checkpoint_path: str | None = None
-    total_epochs: int | None = None
-    total_steps: int | None = None
-    finished_at: float | None = None
-    gpu_count: int | None = None
-    error: str | None = None
-    eval_count: int = 0  # eval observations applied (an advisor recomputes on each new one)
-    forecast: dict[str, Any] | None = None  # the advisor's latest, shown while running
-    autostop: bool | None = None  # False: never stopped by the forecast
-    stop_requested: dict[str, Any] | None = None  # the first request: {at, by, reason}
-    stale: bool = False  # running, but no event or heartbeat arrived for a while
-    last_seen: float | None = None  # when stale: the arrival of its last event or heartbeat
+    model_name: str | None
+    name: str | None
+    status: str
+    archived: bool
+    epoch: float | None  # of the latest observation
+    step: int | None
+    loss: float | None
+    eval_loss: float | None
+    best_eval_loss: float | None
+    best_epoch: float | None
+    best_step: int | None
+    best_checkpoint_path: str | None
+    total_epochs: int | None
+    total_steps: int | None
+    finished_at: float | None
+    gpu_count: int | None
+    error: str | None
+    eval_count: int  # eval observations applied (an advisor recomputes on each new one)
+    forecast: dict[str, Any] | None  # the advisor's latest, shown while running
+    autostop: bool | None  # False: never stopped by the forecast
+    stop_requested: dict[str, Any] | None  # the first request: {at, by, reason}
+    stale: bool  # running, but no event or heartbeat arrived for a while
+    last_seen: float | None  # when stale: the arrival of its last event or heartbeat
     # Private to the fold.
-    latest_key: ObsKey | None = None  # of the latest observation, loss or eval loss
-    loss_key: ObsKey | None = None
-    eval_key: ObsKey | None = None
-    best_key: ObsKey | None = None
-    given_final_loss: float | None = None
-    given_final_eval_loss: float | None = None
-    ckpts: list[Ckpt] = field(default_factory=list)
-    seen: SeenIds = field(default_factory=SeenIds)
-    points: int = 0  # length of the stored metric history; kept by the worker, not the fold
-    alive_at: float | None = None  # arrival of its last trainer event or heartbeat
+    latest_key: ObsKey | None  # of the latest observation, loss or eval loss
+    loss_key: ObsKey | None
+    eval_key: ObsKey | None
+    best_key: ObsKey | None
+    given_final_loss: float | None
+    given_final_eval_loss: float | None
+    ckpts: list[Ckpt]
+    seen: SeenIds
+    points: int  # length of the stored metric history; kept by the worker, not the fold
+    alive_at: float | None  # arrival of its last trainer event or heartbeat
+
+    def __init__(self, id: str, created_at: float, updated_at: float, *,
+                 model_name: str | None = None, name: str | None = None, status: str = RUNNING,
+                 archived: bool = False, epoch: float | None = None, step: int | None = None,
+                 loss: float | None = None, eval_loss: float | None = None,
+                 best_eval_loss: float | None = None, best_epoch: float | None = None,
+                 best_step: int | None = None, best_checkpoint_path: str | None = None,
+                 total_epochs: int | None = None, total_steps: int | None = None,
+                 finished_at: float | None = None, gpu_count: int | None = None,
+                 error: str | None = None, eval_count: int = 0,
+                 forecast: dict[str, Any] | None = None, autostop: bool | None = None,
+                 stop_requested: dict[str, Any] | None = None, stale: bool = False,
+                 last_seen: float | None = None, latest_key: ObsKey | None = None,
+                 loss_key: ObsKey | None = None, eval_key: ObsKey | None = None,
+                 best_key: ObsKey | None = None, given_final_loss: float | None = None,
+                 given_final_eval_loss: float | None = None, ckpts: list[Ckpt] | None = None,
+                 seen: SeenIds | None = None, points: int = 0,
+                 alive_at: float | None = None) -> None:
+        # Written out, not generated by @dataclass: compiled, a generated __init__ still runs
+        # as Python (about 16,000 instructions a job, against some 1,300 for this one),
+        # and every new job and every job loaded back from Redis makes one.
+        self.id = id
+        self.created_at = created_at
+        self.updated_at = updated_at
+        self.model_name = model_name
+        self.name = name
+        self.status = status
+        self.archived = archived
+        self.epoch = epoch
+        self.step = step
+        self.loss = loss
+        self.eval_loss = eval_loss
+        self.best_eval_loss = best_eval_loss
+        self.best_epoch = best_epoch
+        self.best_step = best_step
+        self.best_checkpoint_path = best_checkpoint_path
+        self.total_epochs = total_epochs
+        self.total_steps = total_steps
+        self.finished_at = finished_at
+        self.gpu_count = gpu_count
+        self.error = error
+        self.eval_count = eval_count
+        self.forecast = forecast
+        self.autostop = autostop
+        self.stop_requested = stop_requested
+        self.stale = stale
+        self.last_seen = last_seen
+        self.latest_key = latest_key
+        self.loss_key = loss_key
+        self.eval_key = eval_key
+        self.best_key = best_key
+        self.given_final_loss = given_final_loss
+        self.given_final_eval_loss = given_final_eval_loss
+        self.ckpts = ckpts if ckpts is not None else []
+        self.seen = seen if seen is not None else SeenIds()
+        self.points = points
+        self.alive_at = alive_at
 
     @property
     def finished(self) -> bool:
@@ -269,13 +326,20 @@ def rank_key(job_id: str, archived: bool, best_eval_loss: float | None,
     return (best_eval_loss, created_at, job_id)
 
 
-class JobChange(NamedTuple):  # a tuple: one is made per event, and a frozen dataclass costs 4x
-    """What applying one event to one job did."""
+class JobChange:
+    """What applying one event to one job did.
 
-    applied: bool  # False for a duplicate event_id
-    point: dict[str, Any] | None = None  # a metric history point to append
-    config: dict[str, Any] | None = None  # a new config to store
-    quiet: bool = False  # only the fold's own state changed, not the view
+    (This and :class:`Change`, one made per event, are plain classes: compiled, one costs a
+    sixth of a NamedTuple, whose ``__new__`` runs as Python.)"""
+
+    __slots__ = ("applied", "config", "point", "quiet")
+
+    def __init__(self, applied: bool, point: dict[str, Any] | None = None,
+                 config: dict[str, Any] | None = None, quiet: bool = False) -> None:
+        self.applied = applied  # False for a duplicate event_id
+        self.point = point  # a metric history point to append
+        self.config = config  # a new config to store
+        self.quiet = quiet  # only the fold's own state changed, not the view
 
 
 DUPLICATE = JobChange(applied=False)
@@ -541,12 +605,19 @@ def model_display(model_name: str | None) -> str:
 # --- The board: every job and group, and what one event changed -------------------------------
 
 
-class Change(NamedTuple):  # a tuple, like JobChange
+NOTHING: frozenset[Any] = frozenset()
+
+
+class Change:
     """What one event changed on the board."""
 
-    job: JobChange
-    jobs: frozenset[str] = frozenset()  # jobs whose view changed
-    models: frozenset[str | None] = frozenset()  # model groups whose summary changed
+    __slots__ = ("job", "jobs", "models")
+
+    def __init__(self, job: JobChange, jobs: frozenset[str] = NOTHING,
+                 models: frozenset[str | None] = NOTHING) -> None:
+        self.job = job
+        self.jobs = jobs  # jobs whose view changed
+        self.models = models  # model groups whose summary changed
 
 
 @dataclass

@@ -4,23 +4,30 @@ grow with their number (docs/events.md, Event ids)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 MAX_ABOVE = 64  # numbers past a run's mark kept in the fold state; more go to the stored set
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Run:
     """What is known of the SDK ids ``<uid>:<n>`` of one run: every number up to ``mark`` was
     applied, and so were those in ``above``; those in the stored set are at most ``spilled``."""
 
-    mark: int = 0
-    above: set[int] = field(default_factory=set)
-    spilled: int = 0
+    mark: int
+    above: set[int]
+    spilled: int
+
+    # (Here and in SeenIds, __init__ is written out: compiled, the one @dataclass generates
+    # still runs as Python, at several times the cost, for every new job.)
+    def __init__(self, mark: int = 0, above: set[int] | None = None, spilled: int = 0) -> None:
+        self.mark = mark
+        self.above = above if above is not None else set()
+        self.spilled = spilled
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class SeenIds:
     """The event ids applied to one job, exactly, at a cost per event that does not grow with
     how many were applied.
@@ -34,9 +41,15 @@ class SeenIds:
     writes :meth:`take_added` with the commit.
     """
 
-    runs: dict[str, Run] = field(default_factory=dict)
-    known: set[str] = field(default_factory=set)  # in the stored set, or added since
-    added: list[str] = field(default_factory=list)  # applied, not yet handed to a commit
+    runs: dict[str, Run]
+    known: set[str]  # in the stored set, or added since
+    added: list[str]  # applied, not yet handed to a commit
+
+    def __init__(self, runs: dict[str, Run] | None = None, known: set[str] | None = None,
+                 added: list[str] | None = None) -> None:
+        self.runs = runs if runs is not None else {}
+        self.known = known if known is not None else set()
+        self.added = added if added is not None else []
 
     def add(self, event_id: str) -> bool:
         """Record ``event_id``; False if it was already applied."""

@@ -32,7 +32,8 @@ def test_a_transaction_as_redis_reads_it() -> None:
     packed = pack([("MULTI",), ("HSET", "jobs", "job-1", b'{"id":"job-1"}'),
                    ("ZADD", "order", -1.5, "job-1", 1_700_000_000_000, "job-2"), ("EXEC",)])
     assert packed == (b"*1\r\n$5\r\nMULTI\r\n"
-                      b"*4\r\n$4\r\nHSET\r\n$4\r\njobs\r\n$5\r\njob-1\r\n$14\r\n{\"id\":\"job-1\"}\r\n"
+                      b"*4\r\n$4\r\nHSET\r\n$4\r\njobs\r\n$5\r\njob-1\r\n"
+                      b"$14\r\n{\"id\":\"job-1\"}\r\n"
                       b"*6\r\n$4\r\nZADD\r\n$5\r\norder\r\n$4\r\n-1.5\r\n$5\r\njob-1\r\n"
                       b"$13\r\n1700000000000\r\n$5\r\njob-2\r\n"
                       b"*1\r\n$4\r\nEXEC\r\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 from typing import Any
 
@@ -302,6 +304,21 @@ def test_the_public_state_has_every_public_field_and_restores_to_the_same_job() 
     assert list(public)[-1] == "model_display"
     assert public["final_eval_loss"] == 0.3 and public["model_display"] == Q
     assert JobState.restore(public, job.private()) == job
+
+
+def test_a_new_job_state_takes_every_field_with_its_default() -> None:
+    job = JobState(id="a", created_at=1.0, updated_at=2.0)
+    params = inspect.signature(JobState.__init__).parameters
+    if "kwargs" not in params:  # from source (compiled, a method shows no signature)
+        assert list(params)[1:] == [f.name for f in dataclasses.fields(JobState)]
+    assert (job.status, job.archived, job.eval_count, job.stale, job.points) == (
+        "running", False, 0, False, 0)
+    assert job.ckpts == [] and job.seen.to_json() == SeenIds().to_json()
+    other = JobState(id="b", created_at=1.0, updated_at=2.0)
+    assert job.ckpts is not other.ckpts and job.seen is not other.seen
+    assert all(getattr(job, f.name) is None for f in dataclasses.fields(JobState)
+               if f.name not in {"id", "created_at", "updated_at", "status", "archived",
+                                 "eval_count", "stale", "ckpts", "seen", "points"})
 
 
 def test_model_summaries() -> None:
