@@ -61,26 +61,26 @@ live_m, archived_m = K.order(False, "m"), K.order(True, "m")
 
 
 @pytest.mark.parametrize("first, second, added, removed", [
-    pytest.param([], [STARTED], {live: [-10.0, "a"], live_m: [-10.0, "a"]}, {},
+    pytest.param([], [STARTED], {live: ["-10.0", "a"], live_m: ["-10.0", "a"]}, {},
                  id="a new job enters both its sets"),
     pytest.param([STARTED], [{"type": "metrics", "job_id": "a", "eval_loss": 0.5, "ts": 11.0},
                              {"type": "job_heartbeat", "job_id": "a"}], {}, {},
                  id="metrics and heartbeats write nothing"),
     pytest.param([STARTED], [{"type": "metrics", "job_id": "a", "loss": 0.5, "ts": 4.0}],
-                 {live: [-4.0, "a"], live_m: [-4.0, "a"]}, {},
+                 {live: ["-4.0", "a"], live_m: ["-4.0", "a"]}, {},
                  id="an earlier event moves created_at: new scores"),
     pytest.param([STARTED], [{"type": "job_archived", "job_id": "a"}],
-                 {archived: [-10.0, "a"], archived_m: [-10.0, "a"]},
+                 {archived: ["-10.0", "a"], archived_m: ["-10.0", "a"]},
                  {live: ["a"], live_m: ["a"]}, id="archived: from the live sets to the others"),
     pytest.param([STARTED], [{"type": "job_archived", "job_id": "a"},
                              {"type": "job_restored", "job_id": "a"}], {}, {},
                  id="archived and restored in one batch: nothing"),
     pytest.param([{**STARTED, "model_name": None}],
                  [{"type": "metrics", "job_id": "a", "model_name": "m", "loss": 1.0, "ts": 12.0}],
-                 {live_m: [-10.0, "a"]}, {K.order(False, None): ["a"]},
+                 {live_m: ["-10.0", "a"]}, {K.order(False, None): ["a"]},
                  id="a model named later: only the model sets change"),
     pytest.param([], [{"type": "job_archived", "job_id": "a", "ts": 3.0}],
-                 {archived: [-3.0, "a"], K.order(True, None): [-3.0, "a"]}, {},
+                 {archived: ["-3.0", "a"], K.order(True, None): ["-3.0", "a"]}, {},
                  id="a job created archived"),
 ])
 def test_a_commit_writes_the_order_sets_only_when_a_place_changed(

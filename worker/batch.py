@@ -217,7 +217,7 @@ class Commit:
     models_gone: list[str] = field(default_factory=list)
     group_add: dict[str, list[str]] = field(default_factory=dict)
     group_remove: dict[str, list[str]] = field(default_factory=dict)
-    order_add: dict[str, list[float | str]] = field(default_factory=dict)  # key -> score, id, ...
+    order_add: dict[str, list[str]] = field(default_factory=dict)  # key -> score, id, ... (as sent)
     order_remove: dict[str, list[str]] = field(default_factory=dict)
     append: dict[str, list[bytes]] = field(default_factory=dict)
     replace: dict[str, list[bytes]] = field(default_factory=dict)
