@@ -39,11 +39,16 @@ class Kind(Enum):
 APPLY, SKIP, RELAY, MOVE = Kind.APPLY, Kind.SKIP, Kind.RELAY, Kind.MOVE
 
 
-@dataclass(frozen=True, slots=True)
 class Decision:
-    kind: Kind
-    event: Event | None = None  # what to apply (APPLY)
-    partition: int = -1  # where to (RELAY, MOVE)
+    """What to do with one entry. (A plain class, one per entry: compiled, a frozen
+    dataclass's generated ``__init__`` would run as Python; docs/scale-out.md.)"""
+
+    __slots__ = ("event", "kind", "partition")
+
+    def __init__(self, kind: Kind, event: Event | None = None, partition: int = -1) -> None:
+        self.kind = kind
+        self.event = event  # what to apply (APPLY)
+        self.partition = partition  # where to (RELAY, MOVE)
 
 
 def source_name(index: int) -> str:
