@@ -51,8 +51,24 @@ def test_values_and_commands_longer_than_the_table_of_headers() -> None:
 
 @pytest.mark.parametrize("bad", [True, None, bytearray(b"x"), [1], 1 + 2j])
 def test_an_argument_of_another_type_is_refused_as_hiredis_refuses_it(bad: Any) -> None:
-    # (compiled, the refusal is mypyc's check of the argument's declared type)
+    # (compiled, None, bytearray, lists and complex numbers are refused by mypyc's check of
+    # the declared argument type, before our own)
     with pytest.raises(TypeError):
         pack([("SET", "k", bad)])
     with pytest.raises(TypeError):
-        hiredis.pack_command(("SET", "k", bad))
+        hiredis.pack_command(("SET", "k", bad))  # type: ignore[arg-type]
+
+
+def test_a_float_subclass_or_a_memoryview_is_refused_though_hiredis_would_take_it() -> None:
+    class Score(float):
+        pass
+
+    for bad in (Score(1.5), memoryview(b"x")):
+        with pytest.raises(TypeError):
+            pack([("ZADD", "k", bad, "m")])  # type: ignore[list-item]
+
+
+def test_an_int_too_long_to_write_out_is_an_error() -> None:
+    # (compiled, formatting it with b"%d" crashed the process: hiredis does too)
+    with pytest.raises(ValueError, match="4300 digits"):
+        pack([("SET", "k", 10**5000)])

@@ -23,7 +23,7 @@ from monitor.rules import (
     shown,
     tier,
 )
-from monitor.seen import MAX_ABOVE, SeenIds
+from monitor.seen import MAX_ABOVE, Run, SeenIds
 from tests.helpers import ev, fold, pos_of, ts_of
 
 Q = "Qwen/Qwen2.5-7B-Instruct"
@@ -308,9 +308,10 @@ def test_the_public_state_has_every_public_field_and_restores_to_the_same_job() 
 
 def test_a_new_job_state_takes_every_field_with_its_default() -> None:
     job = JobState(id="a", created_at=1.0, updated_at=2.0)
-    params = inspect.signature(JobState.__init__).parameters
-    if "kwargs" not in params:  # from source (compiled, a method shows no signature)
-        assert list(params)[1:] == [f.name for f in dataclasses.fields(JobState)]
+    for cls in (JobState, SeenIds, Run):  # each __init__ is written out: it takes every field
+        params = inspect.signature(cls.__init__).parameters
+        if "kwargs" not in params:  # from source (compiled, a method shows no signature)
+            assert list(params)[1:] == [f.name for f in dataclasses.fields(cls)], cls
     assert (job.status, job.archived, job.eval_count, job.stale, job.points) == (
         "running", False, 0, False, 0)
     assert job.ckpts == [] and job.seen.to_json() == SeenIds().to_json()

@@ -744,6 +744,26 @@ async def test_an_entry_the_worker_cannot_apply_is_refused_and_the_rest_applied(
     assert stored_jobs(r, keys)["a"]["loss"] == 0.3
 
 
+@pytest.mark.parametrize("fields, reason", [
+    ({"handoff": b"[1]"}, "field handoff is not a JSON object"),
+    ({"handoff": b"{"}, "field handoff is not JSON"),
+    ({"src": b"p1|later"}, "field src is not <source>|<entry id>: b'p1|later'"),
+    ({"src": b"\xff|5-0"}, "field src is not <source>|<entry id>: b'\\xff|5-0'"),
+], ids=["handoff not an object", "handoff not JSON", "src position", "src not UTF-8"])
+async def test_an_entry_with_a_malformed_src_or_handoff_is_refused_with_its_reason(
+        r: redis.Redis, keys: Keys, drain: Drain, fields: dict[str, bytes],
+        reason: str) -> None:
+    """src and handoff are written by workers (docs/scale-out.md); one that is malformed is
+    dead-lettered like a bad event, and the worker carries on."""
+    bad = r.xadd(keys.events, {"data": orjson.dumps(
+        {"type": "metrics", "job_id": "a", "loss": 0.5}), **fields}).decode()
+    xadd(r, keys, {"type": "metrics", "job_id": "b", "loss": 0.5})
+    await drain()
+    assert set(stored_jobs(r, keys)) == {"b"}
+    (_, dead), = r.xrange(keys.dead)
+    assert (dead[b"id"].decode(), dead[b"reason"].decode()) == (bad, reason)
+
+
 async def test_a_commit_that_does_not_start_where_the_last_ended_is_refused(
         redis_url: str, keys: Keys, r: redis.Redis) -> None:
     from worker.batch import Commit

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -47,15 +47,19 @@ class Decoded:
     def __init__(self, entry_id: str, pos: Pos, event: Event | None, raw: bytes,
                  reason: str | None = None, src: tuple[str, Pos] | None = None,
                  handoff: dict[str, Any] | None = None) -> None:
-        self.entry_id = entry_id
-        self.pos = pos
-        self.event = event
-        self.raw = raw
-        self.reason = reason
+        self.entry_id: Final = entry_id
+        self.pos: Final = pos
+        self.event: Final = event
+        self.raw: Final = raw
+        self.reason: Final = reason
         # With partitions (docs/scale-out.md): where a forwarded entry comes from (its source
         # and its position there), and the job a handoff brings along.
-        self.src = src
-        self.handoff = handoff
+        self.src: Final = src
+        self.handoff: Final = handoff
+
+    def __repr__(self) -> str:
+        return (f"Decoded({self.entry_id!r}, {type(self.event).__name__}, "
+                f"reason={self.reason!r}, src={self.src!r})")
 
     @property
     def ts(self) -> float:
@@ -75,11 +79,14 @@ def decode(entries: list[Entry]) -> list[Decoded]:
             out.append(Decoded(entry_id, pos, None, b"", reason))
             continue
         assert fields is not None
-        src = _source(fields.get(b"src"))
-        handoff = fields.get(b"handoff")
         try:
-            out.append(Decoded(entry_id, pos, parse_event(raw), raw, None, src,
-                               orjson.loads(handoff) if handoff is not None else None))
+            src = _source(fields.get(b"src"))
+            handoff = _handoff(fields.get(b"handoff"))
+        except (TypeError, ValueError) as e:  # workers write these: refused if malformed
+            out.append(Decoded(entry_id, pos, None, raw, str(e)))
+            continue
+        try:
+            out.append(Decoded(entry_id, pos, parse_event(raw), raw, None, src, handoff))
         except BadEvent as e:
             out.append(Decoded(entry_id, pos, None, raw, e.reason, src))
     return out
@@ -89,8 +96,24 @@ def _source(value: bytes | None) -> tuple[str, Pos] | None:
     """``<source>|<entry id>`` of a forwarded entry (see :mod:`worker.moves`)."""
     if value is None:
         return None
-    source, _, entry_id = value.decode().partition("|")
-    return source, parse_pos(entry_id)
+    try:
+        source, _, entry_id = value.decode().partition("|")
+        return source, parse_pos(entry_id)
+    except ValueError:
+        raise ValueError(f"field src is not <source>|<entry id>: {value[:100]!r}") from None
+
+
+def _handoff(value: bytes | None) -> dict[str, Any] | None:
+    """The job state a handoff brings along (see :mod:`worker.moves`)."""
+    if value is None:
+        return None
+    try:
+        handoff = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise ValueError("field handoff is not JSON") from None
+    if not isinstance(handoff, dict):
+        raise TypeError("field handoff is not a JSON object")
+    return handoff
 
 
 @dataclass

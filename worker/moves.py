@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
@@ -40,15 +40,16 @@ APPLY, SKIP, RELAY, MOVE = Kind.APPLY, Kind.SKIP, Kind.RELAY, Kind.MOVE
 
 
 class Decision:
-    """What to do with one entry. (A plain class, one per entry: compiled, a frozen
-    dataclass's generated ``__init__`` would run as Python; docs/scale-out.md.)"""
+    """What to do with one entry. (A plain class, one per entry a diverter decides on:
+    compiled, a frozen dataclass's generated ``__init__`` would run as Python;
+    docs/scale-out.md.)"""
 
     __slots__ = ("event", "kind", "partition")
 
     def __init__(self, kind: Kind, event: Event | None = None, partition: int = -1) -> None:
-        self.kind = kind
-        self.event = event  # what to apply (APPLY)
-        self.partition = partition  # where to (RELAY, MOVE)
+        self.kind: Final = kind
+        self.event: Final = event  # what to apply (APPLY)
+        self.partition: Final = partition  # where to (RELAY, MOVE)
 
 
 def source_name(index: int) -> str:

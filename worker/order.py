@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -39,9 +39,9 @@ class Place:
     __slots__ = ("archived", "created_at", "model_name")
 
     def __init__(self, model_name: str | None, archived: bool, created_at: float) -> None:
-        self.model_name = model_name
-        self.archived = archived
-        self.created_at = created_at
+        self.model_name: Final = model_name
+        self.archived: Final = archived
+        self.created_at: Final = created_at
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, Place) and self.model_name == other.model_name

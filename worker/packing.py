@@ -3,7 +3,7 @@
 The worker's loading reads and other commands go through redis-py's asyncio connection, which
 packs them in Python (its sync connection already uses hiredis). hiredis' packer gives the
 same bytes about nine times faster. (The commit and the fenced read are packed by
-:mod:`worker.fenced` itself.)
+:mod:`worker.resp`, for :mod:`worker.fenced`.)
 """
 
 from __future__ import annotations

@@ -23,8 +23,9 @@ _COUNTS: Final = [b"*%d\r\n" % n for n in range(TABLE)]
 
 def pack(commands: Sequence[Command]) -> bytes:
     """``commands`` in Redis's protocol, as one piece to send. Arguments are bytes, str
-    (sent as UTF-8), int or float (sent as ``repr`` gives it); anything else, a bool
-    included, is a TypeError, as with hiredis."""
+    (sent as UTF-8), int or float (sent as ``repr`` gives it); anything else is a
+    TypeError: a bool, None or a bytearray, as with hiredis, and also a float subclass
+    (numpy's) or a memoryview, which hiredis would take."""
     sizes, counts = _SIZES, _COUNTS
     parts: list[bytes] = []
     for command in commands:
@@ -45,7 +46,7 @@ def _encoded(arg: object) -> bytes:
     if isinstance(arg, str):
         return arg.encode()
     if type(arg) is int:
-        return b"%d" % arg
+        return str(arg).encode()  # (compiled, b"%d" crashes on an int too long for str)
     if type(arg) is float:
         return repr(arg).encode()
     raise TypeError(f"a command's argument must be str, int, float or bytes, not "
