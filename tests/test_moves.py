@@ -178,3 +178,11 @@ def test_cursors(text: str, count: int, expected: list[str] | None) -> None:
     assert parse_cursor(text, count) == expected
     if expected is not None:
         assert cursor(expected) == text
+
+
+def test_an_entry_with_a_malformed_handoff_is_refused_and_keeps_its_source() -> None:
+    fields = {b"data": orjson.dumps({"type": "metrics", "job_id": "a", "loss": 1.0}),
+              b"src": b"p1|5-0", b"handoff": b"[1]"}
+    (refused,) = decode([("9-0", fields)])
+    assert (refused.event, refused.reason, refused.src) == (
+        None, "field handoff is not a JSON object", ("p1", (5, 0)))

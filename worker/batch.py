@@ -79,11 +79,17 @@ def decode(entries: list[Entry]) -> list[Decoded]:
             out.append(Decoded(entry_id, pos, None, b"", reason))
             continue
         assert fields is not None
+        # Workers write src and handoff: an entry with a malformed one is refused (keeping a
+        # well-formed src, so that the position in its source still moves past it).
         try:
             src = _source(fields.get(b"src"))
-            handoff = _handoff(fields.get(b"handoff"))
-        except (TypeError, ValueError) as e:  # workers write these: refused if malformed
+        except ValueError as e:
             out.append(Decoded(entry_id, pos, None, raw, str(e)))
+            continue
+        try:
+            handoff = _handoff(fields.get(b"handoff"))
+        except (TypeError, ValueError) as e:
+            out.append(Decoded(entry_id, pos, None, raw, str(e), src))
             continue
         try:
             out.append(Decoded(entry_id, pos, parse_event(raw), raw, None, src, handoff))
