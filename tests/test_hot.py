@@ -20,7 +20,7 @@ from tests.gateway_helpers import run_until_applied
 from tests.helpers import ev, fold
 from tests.test_order_index import scenario
 from worker.consumer import Worker
-from worker.hot import HotJobs
+from worker.hot import HotJobs, groups_touched, make_room, warm
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,6 +40,26 @@ def test_the_coldest_jobs_beyond_the_limit_go_never_those_of_the_last_two_turns(
         hot.next_turn()
         hot.touch(touched)
     assert hot.coldest() == expected
+
+
+def test_a_batch_makes_room_then_reads_the_states_it_touches_that_are_not_in_memory() -> None:
+    board = Board()
+    board.load(fold([ev("job_started", j, model_name="m", ts=1.0) for j in "abc"]).jobs.values())
+    hot = HotJobs(1)
+    for turn in (["a", "b"], ["c"], []):  # a then b then c: a is the coldest
+        hot.next_turn()
+        hot.touch(turn)
+    events = [ev("metrics", "c", loss=1.0, ts=2.0), ev("metrics", "d", loss=1.0, ts=2.0),
+              ev("job_started", "e", model_name="n", ts=2.0)]
+    assert sorted(make_room(board, hot, events)) == ["d", "e"]
+    assert sorted(board.jobs) == ["c"]  # a and b went; c is touched by this batch
+    staged = {"d": fold([ev("metrics", "d", model_name="o", loss=1.0, ts=1.0)]).jobs["d"]}
+    assert groups_touched(board, staged, events) == {"m", "o", None, "n"}
+    warm(board, hot, staged)
+    assert sorted(board.jobs) == ["c", "d"]
+    hot.next_turn()
+    hot.next_turn()
+    assert hot.coldest() == ["c"]  # c touched two turns ago; d now the most recent
 
 
 @pytest.mark.parametrize("left_out", [(), ("stale", "last_seen", "eval_count", "autostop"),

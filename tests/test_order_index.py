@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis.cluster import RedisCluster
 
 from monitor.decoded import parse_event
@@ -61,26 +63,26 @@ live_m, archived_m = K.order(False, "m"), K.order(True, "m")
 
 
 @pytest.mark.parametrize("first, second, added, removed", [
-    pytest.param([], [STARTED], {live: ["-10.0", "a"], live_m: ["-10.0", "a"]}, {},
+    pytest.param([], [STARTED], {live: [b"-10.0", "a"], live_m: [b"-10.0", "a"]}, {},
                  id="a new job enters both its sets"),
     pytest.param([STARTED], [{"type": "metrics", "job_id": "a", "eval_loss": 0.5, "ts": 11.0},
                              {"type": "job_heartbeat", "job_id": "a"}], {}, {},
                  id="metrics and heartbeats write nothing"),
     pytest.param([STARTED], [{"type": "metrics", "job_id": "a", "loss": 0.5, "ts": 4.0}],
-                 {live: ["-4.0", "a"], live_m: ["-4.0", "a"]}, {},
+                 {live: [b"-4.0", "a"], live_m: [b"-4.0", "a"]}, {},
                  id="an earlier event moves created_at: new scores"),
     pytest.param([STARTED], [{"type": "job_archived", "job_id": "a"}],
-                 {archived: ["-10.0", "a"], archived_m: ["-10.0", "a"]},
+                 {archived: [b"-10.0", "a"], archived_m: [b"-10.0", "a"]},
                  {live: ["a"], live_m: ["a"]}, id="archived: from the live sets to the others"),
     pytest.param([STARTED], [{"type": "job_archived", "job_id": "a"},
                              {"type": "job_restored", "job_id": "a"}], {}, {},
                  id="archived and restored in one batch: nothing"),
     pytest.param([{**STARTED, "model_name": None}],
                  [{"type": "metrics", "job_id": "a", "model_name": "m", "loss": 1.0, "ts": 12.0}],
-                 {live_m: ["-10.0", "a"]}, {K.order(False, None): ["a"]},
+                 {live_m: [b"-10.0", "a"]}, {K.order(False, None): ["a"]},
                  id="a model named later: only the model sets change"),
     pytest.param([], [{"type": "job_archived", "job_id": "a", "ts": 3.0}],
-                 {archived: ["-3.0", "a"], K.order(True, None): ["-3.0", "a"]}, {},
+                 {archived: [b"-3.0", "a"], K.order(True, None): [b"-3.0", "a"]}, {},
                  id="a job created archived"),
 ])
 def test_a_commit_writes_the_order_sets_only_when_a_place_changed(
@@ -108,6 +110,14 @@ def test_an_update_carries_the_model_rows_written_and_a_zero_row_for_a_group_gon
     }
     assert commit.models == {model_field("org/m"): orjson.dumps(rows["org/m"])}
     assert commit.models_gone == [model_field(None)]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.floats(min_value=0, allow_infinity=False, allow_nan=False))
+def test_an_order_score_reads_back_as_minus_created_at(created_at: float) -> None:
+    score = order.score_of(order.Place("m", False, created_at))
+    assert float(score) == -created_at  # what Redis's ZADD reads (strtod), to the last bit
+    assert float(score) == float(repr(-created_at))
 
 
 # --- Through the real worker ---------------------------------------------------------------------

@@ -246,7 +246,7 @@ class Commit:
     models_gone: list[str] = field(default_factory=list)
     group_add: dict[str, list[str]] = field(default_factory=dict)
     group_remove: dict[str, list[str]] = field(default_factory=dict)
-    order_add: dict[str, list[str]] = field(default_factory=dict)  # key -> score, id, ... (as sent)
+    order_add: dict[str, list[bytes | str]] = field(default_factory=dict)  # key -> score, id, ...
     order_remove: dict[str, list[str]] = field(default_factory=dict)
     append: dict[str, list[bytes]] = field(default_factory=dict)
     replace: dict[str, list[bytes]] = field(default_factory=dict)
@@ -276,11 +276,12 @@ def take_over(commit: Commit, keys: Keys, job_id: str, handoff: dict[str, Any]) 
         commit.seen_add.setdefault(keys.seen(job_id), []).extend(handoff["seen"])
 
 
-def update_data(views: bytes, rows: list[bytes]) -> bytes:
+def update_data(views: list[bytes], rows: list[bytes]) -> bytes:
     """An entry of ``<prefix>updates``: ``{"jobs": views, "models": rows}``, from JSON
     already serialized (the rows are those written to ``<prefix>models``). ``jobs`` comes
-    first: readers slice the body."""
-    return b'{"jobs":' + views + b',"models":[' + b",".join(rows) + b"]}"
+    first: readers slice the body. (Joined in one piece: the entry is about 500 bytes per
+    event, and each ``+`` of it would copy it all again.)"""
+    return b"".join((b'{"jobs":[', b",".join(views), b'],"models":[', b",".join(rows), b"]}"))
 
 
 def board_view(board: Board, job_id: str, public: tuple[dict[str, Any], bytes] | None
@@ -359,7 +360,7 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
         views = [board_view(board, job_id, publics.get(job_id)) if job_id in board.jobs
                  else orjson.dumps(board.view_stored((cold or {})[job_id]))
                  for job_id in folded.views]
-        commit.update = update_data(b"[" + b",".join(views) + b"]", rows)
+        commit.update = update_data(views, rows)
     for item in folded.dead:
         commit.dead.append({"id": item.entry_id, "data": item.raw[:DEAD_DATA_BYTES],
                             "reason": item.reason or "invalid"})

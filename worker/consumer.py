@@ -52,7 +52,7 @@ from worker.batch import (
     stored_id_lookups,
 )
 from worker.fleet import Fleet
-from worker.hot import HotJobs
+from worker.hot import HotJobs, groups_touched, make_room, warm
 from worker.lease import Lease
 from worker.moves import Diverter
 from worker.order import backfill, place_of, reorder
@@ -420,32 +420,15 @@ class Worker:
         """Bring the state of every stored job these events touch onto the board, and their
         model groups (what ranking needs of each of their jobs); first take the states of
         the jobs touched least recently off it, past ``hot_jobs``."""
-        board, hot = self.board, self.hot
-        hot.next_turn()
-        touched = {e.job_id for e in events}
-        hot.touch(job_id for job_id in touched if job_id in board.jobs)
-        for job_id in hot.coldest():
-            board.cool(job_id)
-        unknown = [job_id for job_id in touched if job_id not in board.jobs]
-        staged = await self.store.load_jobs(unknown)
-        models: set[str | None] = set()
-        for event in events:
-            job = board.jobs.get(event.job_id) or staged.get(event.job_id)
-            if job is not None and job.model_name is not None:
-                models.add(job.model_name)
-            else:  # may still be named by this very event
-                models.add(None)
-                if event.model_name is not None:
-                    models.add(event.model_name)
-        needed = [m for m in models if m not in self.loaded_groups]
+        staged = await self.store.load_jobs(make_room(self.board, self.hot, events))
+        needed = [m for m in groups_touched(self.board, staged, events)
+                  if m not in self.loaded_groups]
         if needed:
             rankings = await self.store.rankings(needed)
             for model in needed:
-                board.load_group(model, rankings[model])
+                self.board.load_group(model, rankings[model])
                 self.loaded_groups.add(model)
-        for job in staged.values():
-            board.warm(job)
-        hot.touch(staged)
+        warm(self.board, self.hot, staged)
 
 
 async def _sleep(stop: asyncio.Event | None, seconds: float) -> None:

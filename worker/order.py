@@ -68,9 +68,10 @@ def reorder(commit: Commit, keys: Keys, job_id: str, before: Place | None,
         return  # the common case: a metric, a heartbeat
     old = _sets(keys, before)
     new = _sets(keys, after)
-    # The score as Redis gets it, formatted once for both sets (a float's repr is ~5,000
-    # instructions, and every new job has two).
-    score = repr(-after.created_at) if after is not None else ""
+    # The score as Redis gets it, formatted once for both sets: by orjson, in a tenth of
+    # what ``repr`` costs (the shortest form that reads back as the same float, as repr's;
+    # only large and tiny numbers are spelled otherwise, ``1e16`` for ``1e+16``).
+    score = score_of(after) if after is not None else b""
     for was, now in zip(old, new):
         if was is not None and was != now:
             commit.order_remove.setdefault(was, []).append(job_id)
@@ -78,6 +79,11 @@ def reorder(commit: Commit, keys: Keys, job_id: str, before: Place | None,
             assert after is not None
             if was != now or before is None or before.created_at != after.created_at:
                 commit.order_add.setdefault(now, []).extend((score, job_id))
+
+
+def score_of(place: Place) -> bytes:
+    """A job's score in the order sets, as sent: ``-created_at`` (newest first)."""
+    return orjson.dumps(-place.created_at)
 
 
 def _sets(keys: Keys, place: Place | None) -> tuple[str | None, str | None]:
@@ -101,7 +107,7 @@ def index_chunk(keys: Keys, publics: list[bytes]) -> dict[str, list[Any]]:
         place = place_of_public(public)
         for key in _sets(keys, place):
             assert key is not None
-            out.setdefault(key, []).extend((-place.created_at, public["id"]))
+            out.setdefault(key, []).extend((score_of(place), public["id"]))
     return out
 
 
