@@ -54,9 +54,9 @@ class HotJobs:
         return out
 
 
-# What the worker does with them around each batch (worker.consumer's ``_load``): here, to
-# run compiled with the rest of the hot path (a few per event: a tenth of the worker's
-# Python outside the fold).
+# What the worker does with them around each batch (worker.consumer's ``_load``), here to
+# run compiled with the rest of the hot path: run as Python, these loops over the batch's
+# events and jobs took about 5% of the worker's CPU at 100,000 jobs (py-spy).
 
 
 def make_room(board: Board, hot: HotJobs, events: list[Event]) -> list[str]:
