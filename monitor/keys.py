@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import orjson
 
 GROUP = "workers"  # the consumer group every worker reads <prefix>events with
+
+# What a job id may hold (monitor/limits.py's JOB_ID_PATTERN): it is part of its keys.
+_JOB_ID_CHARS: Final = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
+
+
+def is_job_id(text: str) -> bool:
+    """Does ``text`` hold only the characters a job id may (``JOB_ID_PATTERN``, but for
+    being empty, which a length check says)? Compiled, a third of what the pattern costs
+    msgspec for every event, which calls Python's ``re``."""
+    for c in text:
+        if c not in _JOB_ID_CHARS:
+            return False
+    return True
 
 
 class Everyone:

@@ -5,6 +5,7 @@ same values, exactly (an int is not a float)."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, get_args
 
 import orjson
@@ -17,7 +18,8 @@ from bench.workload import Workload, generate
 from monitor import events as contract
 from monitor.decoded import as_dict, decode_fast, event_of, from_model, parse_event
 from monitor.events import EVENT_TYPES, BadEvent, describe, event_adapter
-from monitor.limits import MAX_CONFIG_BYTES, MAX_INT, MAX_NAME, MAX_TEXT
+from monitor.keys import is_job_id
+from monitor.limits import JOB_ID_PATTERN, MAX_CONFIG_BYTES, MAX_INT, MAX_JOB_ID, MAX_NAME, MAX_TEXT
 
 CONTRACT_MODELS = {get_args(model.model_fields["type"].annotation)[0]: model for model in (
     contract.JobStarted, contract.Metrics, contract.Checkpoint, contract.JobFinished,
@@ -55,7 +57,8 @@ extras = st.sampled_from([{}, {"acc": 0.5}, {"acc": 1}, {"": 1.0}, {"a" * 250: 1
                           {"a": BIG}, [1.0]])
 values = numbers | texts | st.none() | configs | extras
 FIELDS: dict[str, Any] = {
-    "job_id": st.sampled_from(["a", "job-000001", "A.b:c-d_e"]) | texts | numbers,
+    "job_id": st.sampled_from(["a", "job-000001", "A.b:c-d_e", "a\n", "a b", "a/b", "é", "",
+                               "a" * MAX_JOB_ID, "a" * (MAX_JOB_ID + 1)]) | texts | numbers,
     "model_name": texts | st.none() | numbers,
     "ts": numbers | st.none(),
     "event_id": texts | st.none(),
@@ -127,6 +130,12 @@ def test_msgspec_never_takes_what_the_contract_refuses_and_reads_the_same_values
         assert refused.value.reason == describe(model)
     else:
         assert repr(parse_event(raw)) == repr(from_model(model))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(min_size=1) | st.text(alphabet="abcAZ09._:-/ \n\x00é", min_size=1))
+def test_a_job_ids_characters_are_checked_as_the_contracts_pattern_says(text: str) -> None:
+    assert is_job_id(text) == (re.fullmatch(JOB_ID_PATTERN.strip("^$"), text) is not None)
 
 
 def test_every_event_the_workload_writes_is_taken_by_msgspec_itself() -> None:
