@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
 
 import orjson
 
 GROUP = "workers"  # the consumer group every worker reads <prefix>events with
 
-# What a job id may hold (monitor/limits.py's JOB_ID_PATTERN): it is part of its keys.
-_JOB_ID_CHARS: Final = frozenset(
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
-
-
 def is_job_id(text: str) -> bool:
-    """Does ``text`` hold only the characters a job id may (``JOB_ID_PATTERN``, but for
-    being empty, which a length check says)? Compiled, a third of what the pattern costs
-    msgspec for every event, which calls Python's ``re``."""
-    for c in text:
-        if c not in _JOB_ID_CHARS:
+    """Does ``text`` hold only the characters a job id may (monitor/limits.py's
+    ``JOB_ID_PATTERN``, ``[A-Za-z0-9._:-]``; its length is checked apart)? A job id is part
+    of its keys. Compiled, an indexed loop over its bytes: about 45 ns for a 10-character
+    id and 80 ns for a UUID, where msgspec's ``pattern`` took 290 ns of every event through
+    Python's ``re`` (iterating the str itself took 90 and 370 ns)."""
+    if not text.isascii():  # a flag of the str: free
+        return False
+    data = text.encode()
+    for i in range(len(data)):
+        b = data[i]
+        if not (48 <= b <= 57 or 65 <= b <= 90 or 97 <= b <= 122  # 0-9 A-Z a-z
+                or b == 45 or b == 46 or b == 58 or b == 95):  # - . : _
             return False
     return True
 
