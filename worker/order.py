@@ -70,7 +70,7 @@ def reorder(commit: Commit, keys: Keys, job_id: str, before: Place | None,
     new = _sets(keys, after)
     # The score as Redis gets it, formatted once for both sets: by orjson, in a tenth of
     # what ``repr`` costs (the shortest form that reads back as the same float, as repr's;
-    # only large and tiny numbers are spelled otherwise, ``1e16`` for ``1e+16``).
+    # a few tiny numbers are spelled otherwise, ``0.00001`` for ``1e-05``).
     score = score_of(after) if after is not None else b""
     for was, now in zip(old, new):
         if was is not None and was != now:
