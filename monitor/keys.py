@@ -8,6 +8,7 @@ import orjson
 
 GROUP = "workers"  # the consumer group every worker reads <prefix>events with
 
+
 def is_job_id(text: str) -> bool:
     """Does ``text`` hold only the characters a job id may (monitor/limits.py's
     ``JOB_ID_PATTERN``, ``[A-Za-z0-9._:-]``; its length is checked apart)? A job id is part
