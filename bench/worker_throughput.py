@@ -102,16 +102,19 @@ class RowResult:
 
 
 def prefill(client: redis.Redis, stream: str | Callable[[dict[str, Any]], str],
-            events: Iterable[dict[str, Any]]) -> Counter[str]:
+            events: Iterable[dict[str, Any]], per_second: int | None = None) -> Counter[str]:
     """XADD every event (field ``data``, JSON) in pipelined chunks, to ``stream`` or the
-    stream it gives for the event; returns the type mix."""
+    stream it gives for the event; returns the type mix. ``per_second``: entry ids as if the
+    events arrived at that rate from the last whole second on (else Redis's clock decides)."""
     mix: Counter[str] = Counter()
     pipe = client.pipeline(transaction=False)
     queued = 0
-    for event in events:
+    start_ms = int(time.time()) * 1000
+    for i, event in enumerate(events):
         mix[event["type"]] += 1
+        entry_id = "*" if per_second is None else f"{start_ms + i * 1000 // per_second}-{i}"
         pipe.xadd(stream if isinstance(stream, str) else stream(event),
-                  {"data": orjson.dumps(event)})
+                  {"data": orjson.dumps(event)}, id=entry_id)
         queued += 1
         if queued == PREFILL_CHUNK:
             pipe.execute()
@@ -128,15 +131,21 @@ def _counts(client: redis.Redis, keys: Keys) -> dict[str, int]:
 
 def run_row(client: redis.Redis, url: str, workload: Workload, prefix: str, *,
             log_dir: Path, batch_size: int | None, timeout: float,
-            py_spy: str | None, idle: bool = False, source: bool = False) -> RowResult:
-    """Fill, run the worker until everything is applied, measure, stop it; keys stay for cleanup."""
+            py_spy: str | None, idle: bool = False, source: bool = False,
+            around: tuple[Callable[[], None], Callable[[], None]] | None = None,
+            per_second: int | None = None) -> RowResult:
+    """Fill, run the worker until everything is applied, measure, stop it; keys stay for cleanup.
+    ``around``: called just before the worker starts and just after it applied everything;
+    ``per_second``: passed to :func:`prefill`."""
     keys = Keys(prefix)
     mem_before = used_memory_mb(client)
     t0 = time.perf_counter()
-    mix = prefill(client, keys.events, generate(workload))
+    mix = prefill(client, keys.events, generate(workload), per_second)
     prefill_s = time.perf_counter() - t0
     mem_filled = used_memory_mb(client)
     redis_cpu_start = redis_cpu_seconds(client)
+    if around is not None:
+        around[0]()
 
     run_name = f"{workload.jobs}-jobs-{prefix.split(':')[1]}"
     log_path = log_dir / f"worker-{run_name}.log"
@@ -175,6 +184,8 @@ def run_row(client: redis.Redis, url: str, workload: Workload, prefix: str, *,
             rss = peak_rss_mb(proc.pid)
             cpu = cpu_seconds(proc.pid)
             redis_cpu = redis_cpu_seconds(client) - redis_cpu_start
+            if around is not None:
+                around[1]()
         finally:
             stop_process(proc, "worker")
             if spy is not None:

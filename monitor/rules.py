@@ -358,13 +358,15 @@ def _signal(job: JobState, arrival: float) -> bool:
 
 
 def _apply_signal(job: JobState, event: JobHeartbeat | JobStale, arrival: float) -> JobChange:
-    """Liveness (docs/stopping.md, Liveness): a heartbeat, or the advisor's finding that the
-    job went silent, which holds only if nothing arrived after what it saw."""
+    """Liveness (docs/stopping.md, Liveness): a heartbeat, or the advisor's finding that
+    nothing arrived from the job after ``last_seen``, which holds only if that is so. The
+    view's ``last_seen`` is the job's own last arrival where it is known."""
     if isinstance(event, JobHeartbeat):
         return JobChange(applied=True) if _signal(job, arrival) else QUIET
     if job.finished or job.stale or (job.alive_at is not None and job.alive_at > event.last_seen):
         return DUPLICATE
-    job.stale, job.last_seen = True, event.last_seen
+    job.stale = True
+    job.last_seen = job.alive_at if job.alive_at is not None else event.last_seen
     return JobChange(applied=True)
 
 

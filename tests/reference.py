@@ -160,14 +160,15 @@ def _first_stop(events: list[tuple[Pos, float, Event]]) -> dict[str, Any] | None
 
 
 def _liveness(events: list[tuple[Pos, float, Event]]) -> tuple[bool, float | None]:
-    """Whether the job is stale after these events, and since when: a stale finding holds
-    while the job runs and nothing has arrived after what the finding saw."""
+    """Whether the job is stale after these events, and since when (its last arrival, else
+    what the finding saw): a stale finding holds while the job runs and nothing has arrived
+    after what the finding saw."""
     alive: float | None = None
     stale, last_seen, finished = False, None, False
     for pos, _, e in events:
         if isinstance(e, JobStale):
             if not finished and not stale and (alive is None or alive <= e.last_seen):
-                stale, last_seen = True, e.last_seen
+                stale, last_seen = True, (alive if alive is not None else e.last_seen)
         elif not isinstance(e, JobForecast | JobStopRequested | JobArchived | JobRestored):
             arrival = pos[0] / 1000
             alive = arrival if alive is None else max(alive, arrival)

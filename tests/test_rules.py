@@ -457,6 +457,8 @@ def test_a_job_stored_before_epoch_and_step_existed_restores_and_catches_up() ->
       "status": "stopped"}),  # kept after the end
     ([ev("job_started"), ev("job_stale", last_seen=1000.0)],
      {"stale": True, "last_seen": 1000.0}),
+    ([ev("job_started"), ev("metrics", loss=1.0), ev("job_stale", last_seen=1005.0)],
+     {"stale": True, "last_seen": 1000.001}),  # the view says its own last arrival
     ([ev("job_started"), ev("job_heartbeat"), ev("job_stale", last_seen=1000.0)],
      {"stale": False, "last_seen": None}),  # a heartbeat arrived after what it saw
     ([ev("job_started"), ev("job_stale", last_seen=1000.0), ev("job_heartbeat")],

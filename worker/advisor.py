@@ -326,20 +326,23 @@ class Advisor:
 
     async def find_stale(self) -> None:
         """Report the running jobs that nothing arrived from for ``stale_after`` seconds
-        (by Redis's clock, the one arrival times are on)."""
+        (by Redis's clock, the one arrival times are on). ``<prefix>alive`` holds the second
+        of a job's last arrival, so a job whose second ended before the cutoff is silent; the
+        ``job_stale`` says nothing arrived after the cutoff, and the worker, which knows the
+        last arrival to the millisecond, shows that as ``last_seen``."""
         now: Any = await self.redis.time()
-        cutoff = (now[0] + now[1] / 1e6 - self.settings.stale_after) * 1000
-        silent: Any = await self.redis.zrangebyscore(self.keys.alive, "-inf", cutoff,
-                                                     start=0, num=1000, withscores=True)
+        cutoff = now[0] + now[1] / 1e6 - self.settings.stale_after
+        silent: Any = await self.redis.zrangebyscore(
+            self.keys.alive, "-inf", (cutoff - 1) * 1000, start=0, num=1000, withscores=True)
         events = []
-        for member, score in silent:
-            job_id, last_seen = text(member), score / 1000
+        for member, second in silent:
+            job_id = text(member)
             job = self.jobs.get(job_id)
             if (job is None or job["status"] != "running" or job["stale"]
-                    or self.flagged.get(job_id) == last_seen):
+                    or self.flagged.get(job_id) == second):
                 continue
-            self.flagged[job_id] = last_seen
-            events.append({"type": "job_stale", "job_id": job_id, "last_seen": last_seen})
+            self.flagged[job_id] = second
+            events.append({"type": "job_stale", "job_id": job_id, "last_seen": cutoff})
         self.counters.stale += len(events)
         await self._write(events)
 

@@ -135,6 +135,8 @@ class Folded:
     # Each job as stored when this batch first touched it (None: not stored here yet): what
     # its model group and order sets are as far as Redis knows.
     stored_as: dict[str, Place | None] = field(default_factory=dict)
+    # And its ``alive_at`` then: what second ``<prefix>alive`` holds for it.
+    alive_as: dict[str, float | None] = field(default_factory=dict)
     dead: list[Decoded] = field(default_factory=list)
     applied: int = 0
     duplicates: int = 0
@@ -185,7 +187,11 @@ def fold(board: Board, items: list[Decoded], divert: Diverter | None = None) -> 
             continue
         before = board.jobs.get(event.job_id)
         if event.job_id not in folded.stored_as:  # first touch in this batch: as stored
-            folded.stored_as[event.job_id] = place_of(before) if before is not None else None
+            if before is None:
+                folded.stored_as[event.job_id] = folded.alive_as[event.job_id] = None
+            else:
+                folded.stored_as[event.job_id] = place_of(before)
+                folded.alive_as[event.job_id] = before.alive_at
         if item.handoff is not None:
             if before is None:
                 board.adopt(JobState.restore(item.handoff["public"], item.handoff["private"]))
@@ -251,7 +257,7 @@ class Commit:
     append: dict[str, list[bytes]] = field(default_factory=dict)
     replace: dict[str, list[bytes]] = field(default_factory=dict)
     seen_add: dict[str, list[str]] = field(default_factory=dict)  # key -> event ids
-    alive: dict[str, float] = field(default_factory=dict)  # running job -> alive_at (ms)
+    alive: dict[str, int] = field(default_factory=dict)  # running job -> alive_score
     gone: list[str] = field(default_factory=list)  # finished jobs: out of alive and stops
     stops: dict[str, bytes] = field(default_factory=dict)  # running job -> its stop request
     update: bytes | None = None
@@ -265,6 +271,19 @@ class Commit:
     moved_out: dict[str, str] = field(default_factory=dict)  # job -> the partition it went to
     named: list[str] = field(default_factory=list)  # jobs that named their model here
     finalise: dict[str, int] = field(default_factory=dict)  # routes to make final, after it
+
+
+def alive_score(alive_at: float) -> int:
+    """A running job's score in ``<prefix>alive``: the second its last sign of life arrived
+    in, in ms (docs/stopping.md, Liveness)."""
+    return int(alive_at) * 1000
+
+
+def alive_moved(before: float | None, after: float) -> bool:
+    """Whether ``<prefix>alive`` must change for a job whose ``alive_at`` went from
+    ``before`` (as stored; None: not there) to ``after``: only when the second does. A trainer
+    writing many events a second costs one write of the set a second, not one a batch."""
+    return before is None or int(before) != int(after)
 
 
 def take_over(commit: Commit, keys: Keys, job_id: str, handoff: dict[str, Any]) -> None:
@@ -335,8 +354,8 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
         if job.finished:
             commit.gone.append(job_id)
         else:
-            if job.alive_at is not None:
-                commit.alive[job_id] = round(job.alive_at * 1000)
+            if job.alive_at is not None and alive_moved(folded.alive_as[job_id], job.alive_at):
+                commit.alive[job_id] = alive_score(job.alive_at)
             if job.stop_requested is not None:
                 commit.stops[job_id] = orjson.dumps(job.stop_requested)
         before = folded.stored_as[job_id]
