@@ -1,7 +1,7 @@
 """Redis's work per event: the instructions a private ``redis-server`` executes while one worker
 applies a pre-filled stream, counted by valgrind's callgrind.
 
-    .venv/bin/python -m bench.redis_work [--jobs 10000,100000] [--events-per-job 2] [--quick]
+    .venv/bin/python -m bench.redis_work [--jobs 10000,100000] [--events-per-job 2] [--worker]
 
 Redis CPU time per event moves with the host (the same code measured 4.5 µs on one machine
 and 12 µs on another, a day apart); the instructions Redis executes for the same commands do
@@ -9,8 +9,10 @@ not. So this counts them: ``redis-server`` runs under ``valgrind --tool=callgrin
 instrumentation off while the stream fills, on while ``monitor worker`` applies it
 (``bench.worker_throughput``'s row, the same workload), and the table gives the count per
 event and the commands it went to. Compare two versions of the worker by this count; the
-timings under valgrind mean nothing. Needs valgrind and redis-server (``apt-get install
-valgrind redis-server``); a row of 200,000 events takes about a minute.
+timings under valgrind mean nothing. ``--worker`` counts the worker process's side too: it
+runs under callgrind as well, counting what its asyncio tasks run (reading, folding,
+committing; not the imports before). Needs valgrind and redis-server (``apt-get install
+valgrind redis-server``); a row of 200,000 events takes about a minute, 6 with ``--worker``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import redis
 from bench.common import free_port, stop_process, table, unique_prefix
 from bench.worker_throughput import run_row
 from bench.workload import Workload
+from monitor import compiled
 
 # The commands a commit and a read send, by the function that runs each in Redis 7.
 COMMANDS = {"zaddCommand": "ZADD", "hsetCommand": "HSET", "rpushCommand": "RPUSH",
@@ -47,10 +50,20 @@ class Row:
     workload: Workload
     instructions: int
     by_function: dict[str, int]
+    worker_instructions: int | None = None
 
     @property
     def per_event(self) -> float:
         return self.instructions / self.workload.events
+
+
+def dump_total(path: Path) -> int:
+    """The instructions a callgrind dump counted."""
+    total = 0
+    for line in path.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            total = max(total, int(line.split()[1]))
+    return total
 
 
 class CountedRedis:
@@ -97,10 +110,7 @@ class CountedRedis:
     def last_dump(self) -> tuple[int, dict[str, int]]:
         """The last dump's total and the inclusive count of each function in ``COMMANDS``."""
         path = Path(f"{self.out}.{self.dumps}")
-        total = 0
-        for line in path.read_text().splitlines():
-            if line.startswith(("summary:", "totals:")):
-                total = max(total, int(line.split()[1]))
+        total = dump_total(path)
         annotated = subprocess.run(["callgrind_annotate", "--inclusive=yes", str(path)],
                                    check=True, capture_output=True, text=True).stdout
         by_function: dict[str, int] = {}
@@ -114,28 +124,42 @@ class CountedRedis:
         stop_process(self.proc, "redis-server under valgrind")
 
 
-def measure(server: CountedRedis, workload: Workload, log_dir: Path) -> Row:
+def measure(server: CountedRedis, workload: Workload, log_dir: Path, worker: bool) -> Row:
+    """One row; with ``worker``, the worker runs under callgrind too, counting only inside
+    its asyncio tasks (``--toggle-collect``): its imports and start-up stay out."""
     client = redis.Redis.from_url(server.url)
     prefix = unique_prefix(f"{workload.jobs}j")
+    worker_out = log_dir / f"worker-{workload.jobs}.cg"
+    wrap = ["valgrind", "--tool=callgrind", "--toggle-collect=task_step_impl",
+            f"--callgrind-out-file={worker_out}"] if worker else []
     try:
         run_row(client, server.url, workload, prefix, log_dir=log_dir, batch_size=None,
-                timeout=1800.0, py_spy=None, around=(server.start, server.stop),
-                per_second=ARRIVALS_PER_S)
+                timeout=3600.0, py_spy=None, around=(server.start, server.stop),
+                per_second=ARRIVALS_PER_S, wrap=wrap)
     finally:
         client.flushdb()
         client.close()
     total, by_function = server.last_dump()
-    return Row(workload, total, by_function)
+    row = Row(workload, total, by_function)
+    if worker:
+        row.worker_instructions = dump_total(worker_out)
+        if not row.worker_instructions:
+            raise RuntimeError(f"callgrind counted nothing in the worker's asyncio tasks "
+                               f"(no task_step_impl in this Python?); see {log_dir}")
+    return row
 
 
 def rows_table(rows: list[Row]) -> str:
-    headers = ["jobs", "events", "Redis instructions/event",
+    workers = any(row.worker_instructions is not None for row in rows)
+    headers = ["jobs", "events", *(["worker instructions/event"] if workers else []),
+               "Redis instructions/event",
                *(f"{name} /event" for name in COMMANDS.values()), "the rest /event"]
     body = []
     for row in rows:
         events = row.workload.events
         parts = [row.by_function.get(function, 0) for function in COMMANDS]
-        body.append([f"{row.workload.jobs:,}", f"{events:,}", f"{row.per_event:,.0f}",
+        worker = ([f"{(row.worker_instructions or 0) / events:,.0f}"] if workers else [])
+        body.append([f"{row.workload.jobs:,}", f"{events:,}", *worker, f"{row.per_event:,.0f}",
                      *(f"{n / events:,.0f}" for n in parts),
                      f"{(row.instructions - sum(parts)) / events:,.0f}"])
     return table(headers, body, align=["r"] * len(headers))
@@ -150,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-per-job", type=int, default=2,
                         help="events per job (default 2: a job_started and a metrics event "
                              "each, the most Redis work per event)")
+    parser.add_argument("--worker", action="store_true",
+                        help="also count the worker's instructions per event (it runs under "
+                             "callgrind too: about 6 minutes per 200,000 events)")
     parser.add_argument("--quick", action="store_true", help="one row of 1,000 jobs")
     args = parser.parse_args(argv)
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate", "redis-server"):
@@ -166,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         for jobs in job_counts:
             workload = Workload(events=jobs * args.events_per_job, jobs=jobs, models=50)
             print(f"counting {workload.events:,} events over {jobs:,} jobs...", file=sys.stderr)
-            rows.append(measure(server, workload, work_dir))
+            rows.append(measure(server, workload, work_dir, args.worker))
     finally:
         server.close()
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -177,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
           f"arrived a second), from its first read to its last commit; "
           f"the same count for the same code on any host. Per command: what Redis spent "
           f"running it (inclusive), and reading requests; the rest is the transaction's "
-          f"bookkeeping, replies and the event loop.\n")
+          f"bookkeeping, replies and the event loop."
+          + (" The worker's count is what its asyncio tasks ran, the worker's pure core "
+             f"{'compiled' if compiled.in_use() else 'from source'}." if args.worker else "")
+          + "\n")
     print(rows_table(rows))
     return 0
 

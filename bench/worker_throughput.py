@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,10 +133,10 @@ def run_row(client: redis.Redis, url: str, workload: Workload, prefix: str, *,
             log_dir: Path, batch_size: int | None, timeout: float,
             py_spy: str | None, idle: bool = False, source: bool = False,
             around: tuple[Callable[[], None], Callable[[], None]] | None = None,
-            per_second: int | None = None) -> RowResult:
+            per_second: int | None = None, wrap: Sequence[str] = ()) -> RowResult:
     """Fill, run the worker until everything is applied, measure, stop it; keys stay for cleanup.
     ``around``: called just before the worker starts and just after it applied everything;
-    ``per_second``: passed to :func:`prefill`."""
+    ``per_second``: passed to :func:`prefill`; ``wrap``: a command the worker runs under."""
     keys = Keys(prefix)
     mem_before = used_memory_mb(client)
     t0 = time.perf_counter()
@@ -149,7 +149,7 @@ def run_row(client: redis.Redis, url: str, workload: Workload, prefix: str, *,
 
     run_name = f"{workload.jobs}-jobs-{prefix.split(':')[1]}"
     log_path = log_dir / f"worker-{run_name}.log"
-    cmd = monitor_command() + ["worker", "--redis-url", url, "--prefix", prefix]
+    cmd = [*wrap, *monitor_command(), "worker", "--redis-url", url, "--prefix", prefix]
     if batch_size is not None:
         cmd += ["--batch-size", str(batch_size)]
     spy: subprocess.Popen[bytes] | None = None
