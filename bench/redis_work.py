@@ -3,15 +3,15 @@ applies a pre-filled stream, counted by valgrind's callgrind.
 
     .venv/bin/python -m bench.redis_work [--jobs 10000,100000] [--events-per-job 2] [--worker]
 
-Redis CPU time per event moves with the host (the same code measured 4.5 µs on one machine
-and 12 µs on another, a day apart); the instructions Redis executes for the same commands do
-not. So this counts them: ``redis-server`` runs under ``valgrind --tool=callgrind`` with
+Redis CPU time per event moves with the host (two 2-core hosts a day apart ran 7.3 and 2.6
+Redis instructions per ns: docs/scale-out.md); the instructions Redis executes for the same
+commands do not. So this counts them: ``redis-server`` runs under ``valgrind --tool=callgrind`` with
 instrumentation off while the stream fills, on while ``monitor worker`` applies it
 (``bench.worker_throughput``'s row, the same workload), and the table gives the count per
 event and the commands it went to. Compare two versions of the worker by this count; the
 timings under valgrind mean nothing. ``--worker`` counts the worker process's side too: it
 runs under callgrind as well, counting what its asyncio tasks run (reading, folding,
-committing; not the imports before). Needs valgrind and redis-server (``apt-get install
+committing; not the imports before, nor the event loop's own callbacks). Needs valgrind and redis-server (``apt-get install
 valgrind redis-server``); a row of 200,000 events takes about a minute, 6 with ``--worker``.
 """
 
@@ -59,6 +59,9 @@ class Row:
 
 def dump_total(path: Path) -> int:
     """The instructions a callgrind dump counted."""
+    if not path.exists():
+        raise RuntimeError(f"callgrind wrote no {path.name} (was the process killed?); "
+                           f"see {path.parent}")
     total = 0
     for line in path.read_text().splitlines():
         if line.startswith(("summary:", "totals:")):
@@ -73,24 +76,32 @@ class CountedRedis:
         self.dir = work_dir
         self.port = free_port()
         self.out = work_dir / "redis.cg"
-        self.proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", "--instr-atstart=no",
-             f"--callgrind-out-file={self.out}", "redis-server", "--port", str(self.port),
-             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(work_dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.log = work_dir / "redis-valgrind.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                 f"--callgrind-out-file={self.out}", "redis-server", "--port", str(self.port),
+                 "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", str(work_dir)],
+                stdout=log, stderr=subprocess.STDOUT)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.dumps = 0
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
         client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server under valgrind did not answer") from None
-                time.sleep(0.2)
-        client.close()
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"redis-server under valgrind did not answer; see "
+                                           f"{self.log}") from None
+                    time.sleep(0.2)
+        finally:
+            client.close()
 
     def _control(self, *args: str) -> None:
         done = subprocess.run(["callgrind_control", *args, str(self.proc.pid)],
@@ -102,16 +113,18 @@ class CountedRedis:
         self._control("-i", "on")
 
     def stop(self) -> None:
-        """Write what was counted since the last dump to a new dump file; count no more."""
-        self._control("-d")
+        """Count no more; write what was counted since the last dump to a new dump file."""
         self._control("-i", "off")
+        self._control("-d")
         self.dumps += 1
 
     def last_dump(self) -> tuple[int, dict[str, int]]:
         """The last dump's total and the inclusive count of each function in ``COMMANDS``."""
         path = Path(f"{self.out}.{self.dumps}")
         total = dump_total(path)
-        annotated = subprocess.run(["callgrind_annotate", "--inclusive=yes", str(path)],
+        # --threshold=100: every function, not only those the first 99% of the count reach
+        annotated = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100",
+                                    str(path)],
                                    check=True, capture_output=True, text=True).stdout
         by_function: dict[str, int] = {}
         for line in annotated.splitlines():
@@ -189,24 +202,32 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = Path(tempfile.mkdtemp(prefix="bench-redis-work-"))
     server = CountedRedis(work_dir)
     try:
+        server.wait_ready()
         rows = []
         for jobs in job_counts:
             workload = Workload(events=jobs * args.events_per_job, jobs=jobs, models=50)
             print(f"counting {workload.events:,} events over {jobs:,} jobs...", file=sys.stderr)
             rows.append(measure(server, workload, work_dir, args.worker))
-    finally:
+    except BaseException:
         server.close()
-        shutil.rmtree(work_dir, ignore_errors=True)
+        print(f"logs and counts kept in {work_dir}", file=sys.stderr)
+        raise
+    server.close()
+    shutil.rmtree(work_dir, ignore_errors=True)
     print("## Redis's work per event\n")
     print(f"Instructions a private `redis-server` executed (valgrind's callgrind) while one "
           f"`monitor worker` applied a pre-filled stream of {args.events_per_job} events per "
           f"job over 50 models (`bench.workload`; entry ids as if {ARRIVALS_PER_S:,} events "
-          f"arrived a second), from its first read to its last commit; "
-          f"the same count for the same code on any host. Per command: what Redis spent "
+          f"arrived a second), from just before it started until it had applied them all "
+          f"(the bench's polling included); within about 1% the same count for the same "
+          f"code on any host. Per command: what Redis spent "
           f"running it (inclusive), and reading requests; the rest is the transaction's "
           f"bookkeeping, replies and the event loop."
-          + (" The worker's count is what its asyncio tasks ran, the worker's pure core "
-             f"{'compiled' if compiled.in_use() else 'from source'}." if args.worker else "")
+          + (" The worker's count is what its asyncio tasks ran (not the event loop's own "
+             "callbacks nor the imports), its pure core "
+             f"{'compiled' if compiled.in_use() else 'from source'}; with the worker slowed "
+             "by valgrind, Redis counts a few % more (its idle work grows with the run's "
+             "length)." if args.worker else "")
           + "\n")
     print(rows_table(rows))
     return 0

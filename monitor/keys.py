@@ -97,8 +97,9 @@ class Keys:
 
     @property
     def alive(self) -> str:
-        """Sorted set: running job id -> arrival of its last event or heartbeat (ms), which
-        the advisor scans for jobs gone silent."""
+        """Sorted set: running job id, unless found stale -> the second its last event or
+        heartbeat arrived in (ms), written when that second changes; the advisor scans it
+        for jobs gone silent."""
         return f"{self.prefix}alive"
 
     @property

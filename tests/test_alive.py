@@ -1,6 +1,7 @@
 """The liveness index (docs/stopping.md, Liveness): a commit writes a running job's second to
-``<prefix>alive`` only when that second changes, the advisor finds a job silent once its
-second ended before the cutoff, and the stale view shows the job's own last arrival."""
+``<prefix>alive`` only when that second changes and takes a stale job out until it is heard
+again, the advisor finds a job silent once its second ended before the cutoff, and the stale
+view shows the job's own last arrival."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import redis
 from monitor.keys import Keys
 from monitor.rules import Board, JobState
 from monitor.settings import AdvisorSettings
+from worker import advisor as advisor_module
 from worker.advisor import Advisor
 from worker.batch import Commit, alive_moved, alive_score, build_commit, decode, fold
+from worker.writes import writes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,6 +50,16 @@ def test_a_commit_writes_a_jobs_second_only_when_the_second_changes() -> None:
     ])
     assert [c.alive for c in commits] == [{"a": T}, {}, {"a": T + 1000}, {"a": T + 2000}, {}]
     assert [c.gone for c in commits] == [[], [], [], [], ["a"]]
+
+
+def test_a_stale_job_leaves_the_index_until_it_is_heard_again() -> None:
+    found = {"type": "job_stale", "job_id": "a", "last_seen": T / 1000 + 5}
+    commits = _commits([[(T + 400, STARTED)], [(T + 10_000, found)],
+                        [(T + 11_000, {"type": "job_archived", "job_id": "a"})],
+                        [(T + 20_500, BEAT)]])
+    assert [(c.alive, c.silent) for c in commits] == [
+        ({"a": T}, []), ({}, ["a"]), ({}, ["a"]), ({"a": T + 20_000}, [])]
+    assert ("ZREM", K.alive, "a") in writes(K, commits[1], updates_keep=10, dead_keep=10)
 
 
 def test_a_job_read_back_from_redis_keeps_its_second() -> None:
@@ -84,11 +97,12 @@ async def test_the_advisor_finds_a_job_once_its_second_ended_before_the_cutoff(
         "this-second": 900_000,  # it may have arrived at 900.7 s: not yet
         "exact-old": 899_400,  # an exact arrival, as stored before seconds: 899.4 s
         "exact-recent": 899_600,  # 899.6 s: silent too, found a second later (next look)
-        "stale-already": 1_000,
+        **{f"stale-already-{i}": 1_000 + i for i in range(5)},  # as an older worker left them
     }
     r.zadd(keys.alive, scores)
-    advisor.jobs = {job_id: {"status": "running", "stale": job_id == "stale-already"}
+    advisor.jobs = {job_id: {"status": "running", "stale": job_id.startswith("stale-already")}
                     for job_id in scores}
+    monkeypatch.setattr(advisor_module, "STALE_PAGE", 2)  # found past the first pages too
     await advisor.find_stale()
     await advisor.find_stale()  # found once, not again
     written = [orjson.loads(fields[b"data"]) for _, fields in r.xrange(keys.events)]

@@ -165,12 +165,14 @@ def test_headline_without_the_variable_writes_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.timeout(600)
 def test_redis_work_counts_redis_instructions_per_event_and_where_they_go(
         capsys: pytest.CaptureFixture[str]) -> None:
     """A real count: a private redis-server and the worker under callgrind while the worker
     applies 400 events."""
     from bench import redis_work
-    if shutil.which("valgrind") is None:
+    if not all(shutil.which(tool) for tool in ("valgrind", "callgrind_control",
+                                               "callgrind_annotate")):
         if os.environ.get("REQUIRE_VALGRIND"):  # .ci/run installs it: this must run
             pytest.fail("bench.redis_work needs valgrind; REQUIRE_VALGRIND is set")
         pytest.skip("bench.redis_work needs valgrind (apt install valgrind)")

@@ -50,6 +50,7 @@ log = logging.getLogger("monitor.advisor")
 BATCH = 64  # jobs forecast per turn (their histories read in one round trip)
 READ_COUNT = 500  # updates read per call
 BLOCK_MS = 500
+STALE_PAGE = 1000  # entries of <prefix>alive read per round trip while looking for silence
 
 
 class Resync(Exception):
@@ -332,17 +333,23 @@ class Advisor:
         last arrival to the millisecond, shows that as ``last_seen``."""
         now: Any = await self.redis.time()
         cutoff = now[0] + now[1] / 1e6 - self.settings.stale_after
-        silent: Any = await self.redis.zrangebyscore(
-            self.keys.alive, "-inf", (cutoff - 1) * 1000, start=0, num=1000, withscores=True)
         events = []
-        for member, second in silent:
-            job_id = text(member)
-            job = self.jobs.get(job_id)
-            if (job is None or job["status"] != "running" or job["stale"]
-                    or self.flagged.get(job_id) == second):
-                continue
-            self.flagged[job_id] = second
-            events.append({"type": "job_stale", "job_id": job_id, "last_seen": cutoff})
+        offset = 0
+        while True:  # a page at a time: stale jobs of an older worker are still in the set
+            silent: Any = await self.redis.zrangebyscore(
+                self.keys.alive, "-inf", (cutoff - 1) * 1000, start=offset, num=STALE_PAGE,
+                withscores=True)
+            for member, second in silent:
+                job_id = text(member)
+                job = self.jobs.get(job_id)
+                if (job is None or job["status"] != "running" or job["stale"]
+                        or self.flagged.get(job_id) == second):
+                    continue
+                self.flagged[job_id] = second
+                events.append({"type": "job_stale", "job_id": job_id, "last_seen": cutoff})
+            if len(silent) < STALE_PAGE:
+                break
+            offset += STALE_PAGE
         self.counters.stale += len(events)
         await self._write(events)
 

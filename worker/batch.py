@@ -259,6 +259,7 @@ class Commit:
     seen_add: dict[str, list[str]] = field(default_factory=dict)  # key -> event ids
     alive: dict[str, int] = field(default_factory=dict)  # running job -> alive_score
     gone: list[str] = field(default_factory=list)  # finished jobs: out of alive and stops
+    silent: list[str] = field(default_factory=list)  # found stale: out of alive until heard
     stops: dict[str, bytes] = field(default_factory=dict)  # running job -> its stop request
     update: bytes | None = None
     dead: list[dict[str, bytes | str]] = field(default_factory=list)
@@ -282,7 +283,9 @@ def alive_score(alive_at: float) -> int:
 def alive_moved(before: float | None, after: float) -> bool:
     """Whether ``<prefix>alive`` must change for a job whose ``alive_at`` went from
     ``before`` (as stored; None: not there) to ``after``: only when the second does. A trainer
-    writing many events a second costs one write of the set a second, not one a batch."""
+    writing many events a second costs one write of the set a second, not one a batch. (A
+    job found stale is out of the set; what is heard from it next arrives in a later
+    second than its last, so it goes back in.)"""
     return before is None or int(before) != int(after)
 
 
@@ -354,7 +357,9 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
         if job.finished:
             commit.gone.append(job_id)
         else:
-            if job.alive_at is not None and alive_moved(folded.alive_as[job_id], job.alive_at):
+            if job.stale:
+                commit.silent.append(job_id)
+            elif job.alive_at is not None and alive_moved(folded.alive_as[job_id], job.alive_at):
                 commit.alive[job_id] = alive_score(job.alive_at)
             if job.stop_requested is not None:
                 commit.stops[job_id] = orjson.dumps(job.stop_requested)

@@ -48,6 +48,8 @@ def writes(k: Keys, c: Commit, *, updates_keep: int, dead_keep: int) -> list[Com
     if c.gone:
         out.append(("ZREM", k.alive, *c.gone))
         out.append(("HDEL", k.stops, *c.gone))
+    if c.silent:
+        out.append(("ZREM", k.alive, *c.silent))
     for dead in c.dead:
         out.append(("XADD", k.dead, "MAXLEN", "~", dead_keep, "*", *_pairs(dead)))
     for name, n in c.counts.items():
