@@ -100,12 +100,17 @@ async def test_the_advisor_finds_a_job_once_its_second_ended_before_the_cutoff(
         **{f"stale-already-{i}": 1_000 + i for i in range(5)},  # as an older worker left them
     }
     r.zadd(keys.alive, scores)
-    advisor.jobs = {job_id: {"status": "running", "stale": job_id.startswith("stale-already")}
-                    for job_id in scores}
+    advisor.jobs = {job_id: {"status": "running", "stale": job_id.startswith("stale-already"),
+                             "model_name": "m"} for job_id in scores}
     monkeypatch.setattr(advisor_module, "STALE_PAGE", 2)  # found past the first pages too
     await advisor.find_stale()
     await advisor.find_stale()  # found once, not again
     written = [orjson.loads(fields[b"data"]) for _, fields in r.xrange(keys.events)]
     assert written == [{"type": "job_stale", "job_id": job_id, "last_seen": 900.5}
                        for job_id in ("silent", "exact-old")]
+    assert set(advisor.flagged) == {"silent", "exact-old"}
+    board = Board()  # the worker applies the first finding: the advisor forgets it
+    fold(board, decode([(f"{T}-0", {b"data": orjson.dumps({**STARTED, "job_id": "silent"})})]))
+    advisor._take({**board.view("silent"), "stale": True})
+    assert set(advisor.flagged) == {"exact-old"}
     await advisor.redis.aclose()

@@ -198,6 +198,8 @@ class Advisor:
         job_id, model = job["id"], job["model_name"]
         before = self.jobs.get(job_id)
         self.jobs[job_id] = job
+        if job["stale"] or job["status"] != "running":
+            self.flagged.pop(job_id, None)  # its finding landed, or it ended: not asked again
         if before is not None and before["model_name"] != model:
             self.members.get(before["model_name"], set()).discard(job_id)
         if wants_forecast(job):
