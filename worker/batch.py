@@ -135,7 +135,7 @@ class Folded:
     # Each job as stored when this batch first touched it (None: not stored here yet): what
     # its model group and order sets are as far as Redis knows.
     stored_as: dict[str, Place | None] = field(default_factory=dict)
-    # And its ``alive_at`` then: what second ``<prefix>alive`` holds for it.
+    # And its ``alive_at`` then: the second ``<prefix>alive`` holds for it (unless stale).
     alive_as: dict[str, float | None] = field(default_factory=dict)
     dead: list[Decoded] = field(default_factory=list)
     applied: int = 0

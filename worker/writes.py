@@ -45,11 +45,10 @@ def writes(k: Keys, c: Commit, *, updates_keep: int, dead_keep: int) -> list[Com
         out.append(("ZADD", k.alive, *_pairs(c.alive, values_first=True)))
     if c.stops:
         out.append(("HSET", k.stops, *_pairs(c.stops)))
+    if c.gone or c.silent:  # finished, or found stale: out of the liveness index
+        out.append(("ZREM", k.alive, *c.gone, *c.silent))
     if c.gone:
-        out.append(("ZREM", k.alive, *c.gone))
         out.append(("HDEL", k.stops, *c.gone))
-    if c.silent:
-        out.append(("ZREM", k.alive, *c.silent))
     for dead in c.dead:
         out.append(("XADD", k.dead, "MAXLEN", "~", dead_keep, "*", *_pairs(dead)))
     for name, n in c.counts.items():
