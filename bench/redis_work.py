@@ -37,6 +37,7 @@ from monitor import compiled
 # The commands a commit and a read send, by the function that runs each in Redis 7.
 COMMANDS = {"zaddCommand": "ZADD", "hsetCommand": "HSET", "rpushCommand": "RPUSH",
             "saddCommand": "SADD", "xreadCommand": "XREADGROUP", "xaddCommand": "XADD",
+            "hmgetCommand": "HMGET",
             "processMultibulkBuffer": "reading requests"}
 # The stream's entry ids say the events arrived at this rate (the worker's goal), whatever
 # the rate they were written at under valgrind: what depends on arrival times (the liveness

@@ -28,7 +28,7 @@ import redis
 
 from bench.common import HEADLINES_ENV, machine_line, redis_url, table
 
-BENCHES = ["worker_throughput", "worker_cpu", "worker_memory", "latency", "fanout", "slow_clients",
+BENCHES = ["worker_throughput", "worker_cpu", "worker_memory", "versus", "latency", "fanout", "slow_clients",
            "page_scale", "gateway_scale",
            "forecast_backtest", "forecast_pipeline", "stop_latency", "scale_out", "peers",
            "mlflow_compare"]

@@ -133,10 +133,12 @@ def run_row(client: redis.Redis, url: str, workload: Workload, prefix: str, *,
             log_dir: Path, batch_size: int | None, timeout: float,
             py_spy: str | None, idle: bool = False, source: bool = False,
             around: tuple[Callable[[], None], Callable[[], None]] | None = None,
-            per_second: int | None = None, wrap: Sequence[str] = ()) -> RowResult:
+            per_second: int | None = None, wrap: Sequence[str] = (),
+            tree: Path | None = None) -> RowResult:
     """Fill, run the worker until everything is applied, measure, stop it; keys stay for cleanup.
     ``around``: called just before the worker starts and just after it applied everything;
-    ``per_second``: passed to :func:`prefill`; ``wrap``: a command the worker runs under."""
+    ``per_second``: passed to :func:`prefill`; ``wrap``: a command the worker runs under;
+    ``tree``: run the worker of that source tree (another revision's files, from source)."""
     keys = Keys(prefix)
     mem_before = used_memory_mb(client)
     t0 = time.perf_counter()
@@ -149,14 +151,18 @@ def run_row(client: redis.Redis, url: str, workload: Workload, prefix: str, *,
 
     run_name = f"{workload.jobs}-jobs-{prefix.split(':')[1]}"
     log_path = log_dir / f"worker-{run_name}.log"
-    cmd = [*wrap, *monitor_command(), "worker", "--redis-url", url, "--prefix", prefix]
+    program = monitor_command() if tree is None else [sys.executable, "-m", "monitor.cli"]
+    cmd = [*wrap, *program, "worker", "--redis-url", url, "--prefix", prefix]
     if batch_size is not None:
         cmd += ["--batch-size", str(batch_size)]
     spy: subprocess.Popen[bytes] | None = None
     with open(log_path, "wb") as log_file:
         start = time.perf_counter()
         env = clean_env() | ({compiled.SWITCH: "0"} if source else {})
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        if tree is not None:  # its files first on the path, ahead of this install's (a tree
+            env["PYTHONPATH"] = str(tree)  # from git has no compiled modules: it runs source)
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                cwd=tree)
         try:
             if py_spy is not None:
                 spy = subprocess.Popen(

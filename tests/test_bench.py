@@ -191,3 +191,35 @@ def test_redis_work_counts_redis_instructions_per_event_and_where_they_go(
     assert sum(parts) == pytest.approx(cells["Redis instructions/event"], abs=len(parts))
     for command in ("ZADD", "HSET", "RPUSH", "XREADGROUP", "reading requests"):
         assert cells[f"{command} /event"] > 0, command
+
+
+@pytest.mark.timeout(300)
+def test_versus_runs_this_worker_and_the_baseline_taking_turns_on_one_stream(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Real workers: this tree's and the baseline's (extracted from git, run from its
+    source) each apply the same 400 events, twice, and the tables give both and the ratio."""
+    from bench import versus
+    monkeypatch.setenv("MONITOR_REDIS_URL", redis_url)
+    assert versus.main(["--jobs", "200", "--events", "400", "--repeat", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in out if line.startswith("| 200 |")]
+    runs, ratios = rows[:2], rows[2:]
+    assert [row[1] for row in runs] == [versus.BASELINE, "this tree"]
+    for row in runs:
+        assert len(row[5].split(", ")) == 2  # each run's events/s: two runs each
+        assert float(row[2].replace(",", "")) > 0
+    assert out[out.index("| jobs | events/s ratio | worker CPU ratio | Redis CPU ratio |")
+               + 2] == "| " + " | ".join(ratios[0]) + " |"
+    assert all(cell.endswith("x") for cell in ratios[0][1:])
+    assert f"## This worker against {versus.BASELINE}" in out
+
+
+def test_versus_refuses_a_revision_the_checkout_does_not_have(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import versus
+    with pytest.raises(SystemExit) as raised:
+        versus.main(["no-such-revision-0000", "--quick"])
+    assert str(raised.value).startswith("bench.versus: 'no-such-revision-0000' is not a "
+                                        "commit of the git checkout at ")
