@@ -197,6 +197,16 @@ class Keys:
         return f"{self.prefix}*"
 
 
+FIELDS_KEPT = 4096  # model fields remembered by model_field (a deployment has tens to thousands)
+_fields: dict[str | None, str] = {}
+
+
 def model_field(model_name: str | None) -> str:
-    """The hash field or key part for a model: its JSON, so ``null`` and ``"null"`` differ."""
-    return orjson.dumps(model_name).decode()
+    """The hash field or key part for a model: its JSON, so ``null`` and ``"null"`` differ.
+    (Remembered: the worker asks for a few per event, the gateway for one per view.)"""
+    field = _fields.get(model_name)
+    if field is None:
+        if len(_fields) >= FIELDS_KEPT:
+            _fields.clear()
+        field = _fields[model_name] = orjson.dumps(model_name).decode()
+    return field

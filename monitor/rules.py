@@ -619,10 +619,10 @@ class Change:
 
     __slots__ = ("job", "jobs", "models")
 
-    def __init__(self, job: JobChange, jobs: frozenset[str] = NOTHING,
+    def __init__(self, job: JobChange, jobs: tuple[str] | frozenset[str] = NOTHING,
                  models: frozenset[str | None] = NOTHING) -> None:
         self.job: Final = job
-        self.jobs: Final = jobs  # jobs whose view changed
+        self.jobs: Final = jobs  # jobs whose view changed (just one: a tuple, cheaper to make)
         self.models: Final = models  # model groups whose summary changed
 
 
@@ -691,7 +691,7 @@ class Board:
             return Change(change)
 
         if not created and job.standing == before:
-            return Change(change, frozenset((job.id,)))  # its place in the group is unchanged
+            return Change(change, (job.id,))  # its place in the group is unchanged
         before_model, before_archived = before[0], before[1]
         before_key = rank_key(job.id, before_archived, before[2], before[3])
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -90,12 +89,9 @@ def _sets(keys: Keys, place: Place | None) -> tuple[str | None, str | None]:
     """The two sets a job at ``place`` is in: every model's, and its model group's."""
     if place is None:
         return None, None
-    return _names(keys, place.archived, place.model_name)
-
-
-@lru_cache(maxsize=4096)  # a bulk load asks for the same few names once per new job
-def _names(keys: Keys, archived: bool, model_name: str | None) -> tuple[str, str]:
-    return keys.order(archived), keys.order(archived, model_name)
+    # (Built each time: two f-strings, the model's part remembered by model_field. A
+    # functools.lru_cache here cost 4 times as much, hashing the frozen Keys in Python.)
+    return keys.order(place.archived), keys.order(place.archived, place.model_name)
 
 
 def index_chunk(keys: Keys, publics: list[bytes]) -> dict[str, list[Any]]:
