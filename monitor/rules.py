@@ -14,7 +14,6 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Context, Decimal
-from functools import lru_cache
 from typing import Any, Final
 
 from sortedcontainers import SortedList
@@ -593,9 +592,22 @@ def exact_tier(delta: float) -> str | None:
     return next((colour for bound, colour in TIERS if value > bound), None)
 
 
-@lru_cache(maxsize=4096)
+DISPLAYS_KEPT = 4096  # model names model_display remembers
+_displays: dict[str | None, str] = {}
+
+
 def model_display(model_name: str | None) -> str:
-    """The clean name a person reads: ``.../huggingface_models/Qwen-Qwen3-1.7B/...`` -> ``Qwen/Qwen3-1.7B``."""
+    """The clean name a person reads: ``.../huggingface_models/Qwen-Qwen3-1.7B/...`` -> ``Qwen/Qwen3-1.7B``.
+    (Remembered in a dict: every public state asks, and an lru_cache's call costs more.)"""
+    display = _displays.get(model_name)
+    if display is None:
+        if len(_displays) >= DISPLAYS_KEPT:
+            _displays.clear()
+        display = _displays[model_name] = _display(model_name)
+    return display
+
+
+def _display(model_name: str | None) -> str:
     if model_name is None:
         return UNKNOWN_MODEL
     marker = "huggingface_models/"
