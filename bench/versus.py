@@ -10,7 +10,8 @@ archive``) into a temporary directory and runs ``bench.worker_throughput``'s row
 version in turn: the same pre-filled stream, the worker as its own process, this tree's as
 installed (compiled where the install compiled it) and REV's from its source (its files first
 on ``PYTHONPATH``; this install's compiled core is not used). The tables give each version's
-medians of ``--repeat`` runs and their ratios.
+medians of ``--repeat`` runs, their ratios, and each turn's ratio (its two runs ran one after
+the other, so the host's drift moves it least).
 
 REV defaults to :data:`BASELINE`, the code on main when the scale-out goals were set (one
 worker process at least 50,000 events/s at 100,000 jobs, Redis at most 5 µs of CPU per event,
@@ -194,13 +195,17 @@ def main(argv: list[str] | None = None) -> int:
                          ", ".join(f"{r.events / r.seconds:,.0f}" for r in side.runs)])
     print(table(["jobs", "version", "events/s", "worker CPU µs/event", "Redis CPU µs/event",
                  "each run's events/s"], body, align=["r", "l", "r", "r", "r", "l"]) + "\n")
-    print(table(["jobs", "events/s ratio", "worker CPU ratio", "Redis CPU ratio"],
+    print(table(["jobs", "events/s ratio", "worker CPU ratio", "Redis CPU ratio",
+                 "each turn's events/s ratio"],
                 [[f"{jobs:,}", f"{this.events_per_s / other.events_per_s:.2f}x",
                   f"{this.worker_us / other.worker_us:.2f}x",
-                  f"{this.redis_us / other.redis_us:.2f}x"] for jobs, this, other in rows])
-          + "\n")
-    print(f"Ratios are this tree ÷ {name}: above 1 is more events/s, below 1 less CPU. "
-          f"Logs: `{work}`.\n")
+                  f"{this.redis_us / other.redis_us:.2f}x",
+                  ", ".join(f"{(a.events / a.seconds) / (b.events / b.seconds):.2f}x"
+                            for a, b in zip(this.runs, other.runs, strict=True))]
+                 for jobs, this, other in rows], align=["r"] * 4 + ["l"]) + "\n")
+    print(f"Ratios are this tree ÷ {name} (of the medians; a turn's, of its two runs, which ran "
+          f"one after the other): above 1 is more events/s, below 1 less CPU. The host's "
+          f"speed drifts between runs, so a turn's ratio moves too. Logs: `{work}`.\n")
     for jobs, this, other in rows:
         if commit.startswith(BASELINE) and jobs == GOAL_JOBS:
             for line in ratio_goals(this, other):
