@@ -23,6 +23,7 @@ tree would run on that host (a projection by the ratio, not a measurement).
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,15 +62,15 @@ class Side:
 
     @property
     def events_per_s(self) -> float:
-        return median([r.events / r.seconds for r in self.runs])
+        return median([r.events_per_s for r in self.runs])
 
     @property
     def worker_us(self) -> float:
-        return median([r.cpu_s / r.events * 1e6 for r in self.runs])
+        return median([r.worker_us_per_event for r in self.runs])
 
     @property
     def redis_us(self) -> float:
-        return median([r.redis_cpu_s / r.events * 1e6 for r in self.runs])
+        return median([r.redis_us_per_event for r in self.runs])
 
 
 def resolve(rev: str) -> str:
@@ -95,8 +96,7 @@ def extract(commit: str, into: Path) -> None:
 
 def checked(result: RowResult, who: str) -> RowResult:
     """``result``, if that worker applied every event and stored every job."""
-    if (result.counts["applied"] != result.events
-            or result.jobs_stored != result.workload.jobs):
+    if not result.applied_cleanly:
         raise SystemExit(f"bench.versus: {who}'s worker did not apply the stream cleanly: "
                          f"{result.counts}, {result.jobs_stored:,} jobs stored of "
                          f"{result.workload.jobs:,}; see {result.log_path}")
@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((jobs, this, other))
     finally:
         client.close()
+        shutil.rmtree(tree)  # REV's files (git has them); the workers' logs stay
 
     print(f"## This worker against {name}\n")
     print(machine + "\n")
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         for side in (other, this):
             body.append([f"{jobs:,}", side.name, f"{side.events_per_s:,.0f}",
                          f"{side.worker_us:.1f}", f"{side.redis_us:.1f}",
-                         ", ".join(f"{r.events / r.seconds:,.0f}" for r in side.runs)])
+                         ", ".join(f"{r.events_per_s:,.0f}" for r in side.runs)])
     print(table(["jobs", "version", "events/s", "worker CPU µs/event", "Redis CPU µs/event",
                  "each run's events/s"], body, align=["r", "l", "r", "r", "r", "l"]) + "\n")
     print(table(["jobs", "events/s ratio", "worker CPU ratio", "Redis CPU ratio",
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 [[f"{jobs:,}", f"{this.events_per_s / other.events_per_s:.2f}x",
                   f"{this.worker_us / other.worker_us:.2f}x",
                   f"{this.redis_us / other.redis_us:.2f}x",
-                  ", ".join(f"{(a.events / a.seconds) / (b.events / b.seconds):.2f}x"
+                  ", ".join(f"{a.events_per_s / b.events_per_s:.2f}x"
                             for a, b in zip(this.runs, other.runs, strict=True))]
                  for jobs, this, other in rows], align=["r"] * 4 + ["l"]) + "\n")
     print(f"Ratios are this tree ÷ {name} (of the medians; a turn's, of its two runs, which ran "

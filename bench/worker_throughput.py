@@ -94,6 +94,23 @@ class RowResult:
         return self.seconds / self.events * 1e6
 
     @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def worker_us_per_event(self) -> float:
+        return self.cpu_s / self.events * 1e6
+
+    @property
+    def redis_us_per_event(self) -> float:
+        return self.redis_cpu_s / self.events * 1e6
+
+    @property
+    def applied_cleanly(self) -> bool:
+        """Every event applied (none dead or a duplicate) and every job stored."""
+        return self.counts["applied"] == self.events and self.jobs_stored == self.workload.jobs
+
+    @property
     def steady_us_per_event(self) -> float:
         return self.steady_s / max(1, self.events - self.first_batch) * 1e6
 
@@ -295,8 +312,8 @@ def ceiling_section(rows: list[CeilingRow] | str, worker_rows: list[RowResult],
           _f(r.p99_ms, 3)] for r in rows],
         align=["r"] * 6) + "\n")
     best = max(r.rps for r in rows)
-    worst_worker = min(w.events / w.seconds for w in worker_rows)
-    best_worker = max(w.events / w.seconds for w in worker_rows)
+    worst_worker = min(w.events_per_s for w in worker_rows)
+    best_worker = max(w.events_per_s for w in worker_rows)
     ratio = best / worst_worker
     headline("Redis's own pipelined XADD rate (redis-benchmark) ÷ the worker's slowest row",
              f"{_n(best)}/s ÷ {_n(worst_worker)}/s = {ratio:.1f}x",
@@ -402,8 +419,8 @@ def worker_table(rows: list[RowResult]) -> str:
         steady_rate = (r.events - r.first_batch) / r.steady_s if r.steady_s else float("nan")
         body.append([
             _n(r.workload.jobs), _n(r.workload.models), _n(r.events), _f(r.seconds, 2),
-            _n(r.events / r.seconds), _f(r.us_per_event), _f(r.steady_s, 2), _n(steady_rate),
-            _f(r.cpu_s / r.events * 1e6), _f(r.redis_cpu_s / r.events * 1e6), _f(r.peak_rss_mb),
+            _n(r.events_per_s), _f(r.us_per_event), _f(r.steady_s, 2), _n(steady_rate),
+            _f(r.worker_us_per_event), _f(r.redis_us_per_event), _f(r.peak_rss_mb),
             f"{_f(r.mem_before_mb)} → {_f(r.mem_filled_mb)} → {_f(r.mem_done_mb)}",
         ])
     return table(headers, body)
@@ -418,8 +435,8 @@ def verdicts(rows: list[RowResult], runs: list[list[RowResult]]) -> list[str]:
     small, big = rows[0], rows[-1]
     ratio = big.us_per_event / small.us_per_event
     steady = big.steady_us_per_event / small.steady_us_per_event
-    cpu = (big.cpu_s / big.events) / (small.cpu_s / small.events)
-    worst = min(r.events / r.seconds for r in rows)
+    cpu = big.worker_us_per_event / small.worker_us_per_event
+    worst = min(r.events_per_s for r in rows)
     headline(f"worker events/s, slowest of {len(rows)} rows (up to {_n(big.workload.jobs)} jobs)",
              _n(worst), f"≥ {_n(BAR_EVENTS_PER_S)} (goal {_n(GOAL_EVENTS_PER_S)})",
              verdict(worst >= BAR_EVENTS_PER_S, worst >= GOAL_EVENTS_PER_S))
@@ -435,7 +452,7 @@ def verdicts(rows: list[RowResult], runs: list[list[RowResult]]) -> list[str]:
     ]
     for r, all_runs in zip(rows, runs):
         if len(all_runs) > 1:
-            rates = ", ".join(_n(x.events / x.seconds) for x in all_runs)
+            rates = ", ".join(_n(x.events_per_s) for x in all_runs)
             lines.append(f"{_n(r.workload.jobs)} jobs: {len(all_runs)} runs, events/s {rates}; "
                          f"the table shows the median run")
     for r in rows:
@@ -445,7 +462,7 @@ def verdicts(rows: list[RowResult], runs: list[list[RowResult]]) -> list[str]:
                      f"{_n(r.counts['dead'])}, duplicates {_n(r.counts['duplicates'])}; "
                      f"{_n(r.jobs_stored)} jobs stored; log {r.log_path}")
     for r in rows:
-        if r.counts["applied"] != r.events or r.jobs_stored != r.workload.jobs:
+        if not r.applied_cleanly:
             lines.append(f"WARNING: {_n(r.workload.jobs)}-job row did not apply everything "
                          f"cleanly: {r.counts}, {r.jobs_stored} jobs stored")
     return lines
