@@ -238,18 +238,14 @@ def write_state(client: redis.Redis, keys: Keys, fleet: Fleet, progress: bool = 
     for start in range(0, len(items), FILL_CHUNK):
         chunk = items[start:start + FILL_CHUNK]
         order: dict[str, dict[str, float]] = defaultdict(dict)
-        groups: dict[str, list[str]] = defaultdict(list)
         for job in chunk:
             score = -job["created_at"]
             order[keys.order(job["archived"])][job["id"]] = score
             order[keys.order(job["archived"], job["model_name"])][job["id"]] = score
-            groups[keys.group(job["model_name"])].append(job["id"])
         with client.pipeline(transaction=False) as pipe:
             pipe.hset(keys.jobs, mapping={job["id"]: orjson.dumps(job) for job in chunk})
             for name, scores in order.items():
                 pipe.zadd(name, scores)  # type: ignore[arg-type]
-            for name, ids in groups.items():
-                pipe.sadd(name, *ids)
             pipe.execute()
         done = start + len(chunk)
         if progress and (done % step < FILL_CHUNK or done == len(items)):

@@ -51,6 +51,7 @@ from bench.common import (
 from bench.workload import Workload, _job_events, model_names
 from monitor.decoded import parse_event
 from monitor.keys import Keys, model_field
+from monitor.records import record
 from monitor.rules import Board, Group, JobState, model_display, stored_rank
 
 MODELS = 500
@@ -105,8 +106,6 @@ def fill(client: redis.Redis, keys: Keys, jobs: int, seed: int = 11) -> Stored:
     for start in range(0, jobs, FILL_CHUNK):
         pipe = client.pipeline(transaction=False)
         publics: dict[str, bytes] = {}
-        privates: dict[str, bytes] = {}
-        members: dict[str, list[str]] = {}
         order: dict[str, dict[str, float]] = {}
         alive: dict[str, float] = {}
         for i in range(start, min(jobs, start + FILL_CHUNK)):
@@ -124,9 +123,7 @@ def fill(client: redis.Redis, keys: Keys, jobs: int, seed: int = 11) -> Stored:
                       "finished_at": None if running else created + 3600.0}
             private = {**base_private, "points": 0,
                        "seen": {"runs": {f"{i:012x}": [100, [], 0]}}}
-            publics[job_id] = orjson.dumps(public)
-            privates[job_id] = orjson.dumps(private)
-            members.setdefault(keys.group(model), []).append(job_id)
+            publics[job_id] = record(orjson.dumps(public), orjson.dumps(private))
             for key in (keys.order(archived), keys.order(archived, model)):
                 order.setdefault(key, {})[job_id] = -created
             groups.setdefault(model, Group(model)).enter(job_id, *stored_rank(job_id, public))
@@ -136,9 +133,6 @@ def fill(client: redis.Redis, keys: Keys, jobs: int, seed: int = 11) -> Stored:
             else:
                 stored.finished.append(job_id)
         pipe.hset(keys.jobs, mapping=publics)  # type: ignore[arg-type]
-        pipe.hset(keys.folds, mapping=privates)  # type: ignore[arg-type]
-        for key, ids in members.items():
-            pipe.sadd(key, *ids)
         for key, scored in order.items():
             pipe.zadd(key, scored)
         if alive:

@@ -40,6 +40,7 @@ MODULES = (
     "monitor.seen",
     "monitor.history",
     "monitor.keys",
+    "monitor.records",
     "worker.batch",
     "worker.order",
     "worker.hot",

@@ -58,13 +58,9 @@ class Keys:
     # Committed state (written by the worker only, in one transaction per batch).
     @property
     def jobs(self) -> str:
-        """Hash: job id -> public job state (JSON, without config)."""
+        """Hash: job id -> public job state (JSON, without config), a newline, and the
+        worker's fold state for the job (JSON): monitor/records.py."""
         return f"{self.prefix}jobs"
-
-    @property
-    def folds(self) -> str:
-        """Hash: job id -> the worker's private fold state for that job (JSON)."""
-        return f"{self.prefix}folds"
 
     @property
     def configs(self) -> str:
@@ -76,10 +72,6 @@ class Keys:
         """Hash: model field (see :func:`model_field`) -> model summary (JSON)."""
         return f"{self.prefix}models"
 
-    def group(self, model_name: str | None) -> str:
-        """Set of the job ids whose model is ``model_name``."""
-        return f"{self.prefix}group:{model_field(model_name)}"
-
     def order(self, archived: bool, model: str | None | Everyone = EVERYONE) -> str:
         """Sorted set: job id -> ``-created_at`` of the jobs that are archived (or not), of
         one model group or of every model: Redis's order (score, then id) is the list's,
@@ -88,6 +80,17 @@ class Keys:
         if isinstance(model, Everyone):
             return f"{self.prefix}order:{kind}"
         return f"{self.prefix}order:{kind}:{model_field(model)}"
+
+    # Left by versions before 2026-12-07; worker.upgrade removes them.
+    @property
+    def folds(self) -> str:
+        """Hash: job id -> its fold state (JSON), now in its value in ``jobs``."""
+        return f"{self.prefix}folds"
+
+    def group(self, field: str) -> str:
+        """Set of the job ids of the model whose :func:`model_field` is ``field``, now those
+        of its two ``order`` sets."""
+        return f"{self.prefix}group:{field}"
 
     @property
     def order_built(self) -> str:

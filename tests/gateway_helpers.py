@@ -14,6 +14,7 @@ import orjson
 import redis
 
 from monitor.keys import Keys
+from monitor.records import public_state
 from monitor.settings import WorkerSettings
 from worker.consumer import Worker
 
@@ -53,7 +54,7 @@ def stop_mid_run(redis_url: str, keys: Keys, job_id: str, train: Callable[[], ob
         deadline = time.monotonic() + 60
         while True:
             raw = client.hget(keys.jobs, job_id)
-            if raw is not None and (orjson.loads(raw)["step"] or 0) >= after_step:
+            if raw is not None and (public_state(raw)["step"] or 0) >= after_step:
                 break
             assert time.monotonic() < deadline and training.is_alive(), "training never logged"
             time.sleep(0.05)

@@ -17,6 +17,7 @@ import redis
 
 from monitor.advice import advise, slim
 from monitor.keys import Keys
+from monitor.records import public_state
 from monitor.rules import job_view
 from tests.conftest import free_port
 from tests.gateway_helpers import publish
@@ -49,7 +50,7 @@ def spawn(redis_url: str, keys: Keys, tmp_path: Path) -> Iterator[Spawn]:
 
 
 def views(r: redis.Redis, keys: Keys) -> dict[str, dict[str, Any]]:
-    return {k.decode(): job_view(orjson.loads(v), None) for k, v in r.hgetall(keys.jobs).items()}
+    return {k.decode(): job_view(public_state(v), None) for k, v in r.hgetall(keys.jobs).items()}
 
 
 def curve(step: int, floor: float, scale: float = 1.0) -> float:

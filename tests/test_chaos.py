@@ -23,6 +23,7 @@ from websockets.sync.client import connect
 from monitor import history
 from monitor.decoded import event_of
 from monitor.keys import Keys, model_field
+from monitor.records import public_state
 from monitor.rules import Board
 from tests.conftest import RedisServer, free_port
 from tests.helpers import env_for, read_not_committed, spawn_monitor, stop_process
@@ -192,7 +193,7 @@ def test_chaos(redis_server_factory: Any, tmp_path: Path) -> None:
     assert count == TRAINERS * EVENTS_EACH
     assert (kills, gateway_kills, redis_restarts) >= (10, 2, 1)
 
-    stored = {k.decode(): orjson.loads(v) for k, v in client.hgetall(keys.jobs).items()}
+    stored = {k.decode(): public_state(v) for k, v in client.hgetall(keys.jobs).items()}
     assert set(stored) == set(board.jobs)
     for job_id, job in board.jobs.items():
         want = {k: v for k, v in job.public().items() if k not in TIMES}
@@ -266,10 +267,10 @@ def test_redis_away_for_ten_seconds(redis_server_factory: Any, tmp_path: Path) -
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             job = client.hget(keys.jobs, "away")
-            if job and orjson.loads(job)["status"] == "completed":
+            if job and public_state(job)["status"] == "completed":
                 break
             time.sleep(0.1)
-        assert orjson.loads(client.hget(keys.jobs, "away"))["status"] == "completed"
+        assert public_state(client.hget(keys.jobs, "away"))["status"] == "completed"
         steps = [orjson.loads(p)["step"] for p in client.lrange(keys.metrics("away"), 0, -1)]
         sent = [{"step": s, "eval_loss": None} for s in range(1, logged + 1)]
         assert steps == [p["step"] for p in history.extend([], sent)]  # none lost, none twice

@@ -17,6 +17,7 @@ from monitor import history
 from monitor.decoded import Metrics, parse_event
 from monitor.events import BadEvent
 from monitor.keys import Keys, model_field
+from monitor.records import public_state
 from monitor.rules import parse_pos
 from tests.helpers import env_for, read_not_committed, spawn_monitor, stop_process
 from tests.reference import reference_models, reference_views
@@ -161,7 +162,7 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(
     assert kills >= 5
 
     expected = expected_state(published)
-    jobs = {k.decode(): orjson.loads(v) for k, v in r.hgetall(keys.jobs).items()}
+    jobs = {k.decode(): public_state(v) for k, v in r.hgetall(keys.jobs).items()}
     assert jobs == {j: {k: v for k, v in view.items() if k not in VIEW_ONLY}
                     for j, view in expected["views"].items()}
     models = {k.decode(): orjson.loads(v) for k, v in r.hgetall(keys.models).items()}
@@ -205,11 +206,11 @@ def test_a_standby_takes_over_when_the_active_worker_is_killed(
         r.xadd(keys.events, {"data": orjson.dumps({"type": "metrics", "job_id": "a",
                                                    "loss": 0.5})})
         while time.monotonic() < killed_at + 30:
-            if orjson.loads(r.hget(keys.jobs, "a"))["loss"] == 0.5:
+            if public_state(r.hget(keys.jobs, "a"))["loss"] == 0.5:
                 break
             time.sleep(0.05)
         took = time.monotonic() - killed_at
-        assert orjson.loads(r.hget(keys.jobs, "a"))["loss"] == 0.5
+        assert public_state(r.hget(keys.jobs, "a"))["loss"] == 0.5
         assert f"-{standby.pid}-" in r.get(keys.lease).decode()
         print(f"standby applied new events {took:.2f}s after the active worker was killed")
     finally:

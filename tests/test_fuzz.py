@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from monitor.decoded import parse_event
 from monitor.events import BadEvent
 from monitor.keys import Keys
+from monitor.records import public_state
 from tests.gateway_helpers import RunningWorker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -114,7 +115,7 @@ def test_fuzzed_entries_never_stop_the_worker(data: st.DataObject, r: redis.Redi
         reason = fields_[b"reason"].decode()
         assert reason and "\n" not in reason
         assert len(fields_[b"data"]) <= 4096
-    stored = orjson.loads(r.hget(keys.jobs, good))  # the valid neighbours were all applied
+    stored = public_state(r.hget(keys.jobs, good))  # the valid neighbours were all applied
     assert stored["loss"] == pytest.approx(1 / 3)
     assert r.llen(keys.metrics(good)) == 3
 

@@ -32,6 +32,7 @@ from starlette.websockets import WebSocketDisconnect
 from websockets.sync.client import connect
 
 from monitor.keys import Keys
+from monitor.records import split
 from monitor.settings import GatewaySettings, load
 from tests.conftest import free_port
 from tests.helpers import env_for, spawn_monitor, stop_process
@@ -328,7 +329,7 @@ def test_a_job_with_60000_foreign_event_ids_costs_no_more_per_event_than_a_fresh
     ratio = cost["old"] / cost["fresh"]
     print(f"worker CPU per event: fresh job {cost['fresh'] * 1e6:.0f} µs, job with 60,000 "
           f"foreign ids {cost['old'] * 1e6:.0f} µs ({ratio:.2f}x); its fold state "
-          f"{len(r.hget(keys.folds, 'old'))} bytes, stored set "
+          f"{len(split(r.hget(keys.jobs, 'old'))[1] or b'')} bytes, stored set "
           f"{r.memory_usage(keys.seen('old')) / MB:.1f} MB for {r.scard(keys.seen('old'))} ids")
     assert r.scard(keys.seen("old")) == 63_000 and int(r.hget(keys.stats, "applied")) == 66_100
     assert ratio < 2

@@ -96,9 +96,8 @@ def snapshot(r: redis.Redis, keys: Keys, jobs: list[str]) -> dict[str, Any]:
                         {orjson.dumps(row["model_name"]): row for row in update["models"]}))
     models = [orjson.loads(m) for m in r.hkeys(keys.models)]
     return {
-        "jobs": r.hgetall(keys.jobs), "folds": r.hgetall(keys.folds),
+        "jobs": r.hgetall(keys.jobs),
         "configs": r.hgetall(keys.configs), "models": r.hgetall(keys.models),
-        "groups": {repr(m): r.smembers(keys.group(m)) for m in [*models, None]},
         "metrics": {j: r.lrange(keys.metrics(j), 0, -1) for j in jobs},
         "order": {repr((a, m)): zset(keys.order(a, m)) for a in (False, True)
                   for m in [*models, None]} | {str(a): zset(keys.order(a)) for a in (False, True)},

@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from monitor.keys import Keys
+from monitor.records import public_state
 from tests.gateway_helpers import RunningWorker, stop_mid_run
 
 if os.environ.get("REQUIRE_TRANSFORMERS"):  # .ci/run: these must run, not skip
@@ -86,7 +87,7 @@ def test_a_real_trainer_run_reports_everything(
     worker.wait_applied()
 
     job_id = stable_job_id(str(tmp_path / "out"), "tiny-lr5e-3")
-    job = orjson.loads(r.hget(keys.jobs, job_id))
+    job = public_state(r.hget(keys.jobs, job_id))
     history = trainer.state.log_history
     evals = [h for h in history if "eval_loss" in h]
     best = min(evals, key=lambda h: h["eval_loss"])
@@ -129,7 +130,7 @@ def test_a_trainer_stopped_from_the_api_mid_run_ends_early_as_stopped(
     trainer.args.save_steps = 1000
     stop_mid_run(redis_url, keys, "long", trainer.train, after_step=6, reason="enough of this")
     worker.wait_applied()
-    job = orjson.loads(r.hget(keys.jobs, "long"))
+    job = public_state(r.hget(keys.jobs, "long"))
     assert job["status"] == "stopped"
     assert job["stop_requested"]["reason"] == "enough of this"
     assert 6 <= trainer.state.global_step < 500  # ended early, at a step
@@ -155,7 +156,7 @@ def test_a_training_that_raises_ends_as_failed_with_the_error(
             callback.fail(e)
             raise
     worker.wait_applied()
-    job = orjson.loads(r.hget(keys.jobs, "explodes"))
+    job = public_state(r.hget(keys.jobs, "explodes"))
     assert (job["status"], job["error"]) == ("failed", "Boom: loss went NaN at step 3")
 
 
@@ -185,7 +186,7 @@ def test_a_training_script_that_dies_ends_as_failed(
                           env=env, timeout=240, check=False)
     assert done.returncode == 1 and "RuntimeError: CUDA out of memory" in done.stderr
     worker.wait_applied()
-    job = orjson.loads(r.hget(keys.jobs, "dies"))
+    job = public_state(r.hget(keys.jobs, "dies"))
     assert (job["status"], job["error"]) == (
         "failed", "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB")
 
@@ -198,7 +199,7 @@ def test_the_pytorch_example_learns_and_its_losses_arrive_in_order(
                     "3", "--job-id", "torch-example"], env=env, check=True, timeout=120,
                    capture_output=True)
     worker.wait_applied()
-    job = orjson.loads(r.hget(keys.jobs, "torch-example"))
+    job = public_state(r.hget(keys.jobs, "torch-example"))
     points = [orjson.loads(p) for p in r.lrange(keys.metrics("torch-example"), 0, -1)]
     steps = [p["step"] for p in points]
     assert steps == sorted(steps)  # in training order

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from monitor.keys import Keys
+from monitor.records import public_state
 from tests.gateway_helpers import RunningWorker, stop_mid_run
 
 if os.environ.get("REQUIRE_LIGHTNING"):  # .ci/run: these must run, not skip
@@ -78,7 +79,7 @@ def test_a_lightning_run_reports_losses_checkpoints_and_its_horizon(
     trainer.fit(Regression(), loader(128, 1), loader(32, 2))  # 16 steps an epoch
     worker.wait_applied()
 
-    job = orjson.loads(r.hget(keys.jobs, "lit"))
+    job = public_state(r.hget(keys.jobs, "lit"))
     assert (job["status"], job["model_name"], job["total_epochs"], job["total_steps"]) == (
         "completed", "org/regression", 4, 64)
     assert job["gpu_count"] == 0
@@ -105,7 +106,7 @@ def test_a_lightning_run_stopped_from_the_api_ends_early_as_stopped(
     stop_mid_run(redis_url, keys, "lit-long",
                  lambda: trainer.fit(Regression(), loader(128, 1), loader(32, 2)), after_step=20)
     worker.wait_applied()
-    job = orjson.loads(r.hget(keys.jobs, "lit-long"))
+    job = public_state(r.hget(keys.jobs, "lit-long"))
     assert (job["status"], job["stop_requested"]["by"]) == ("stopped", "user")
     assert 20 <= trainer.global_step < 2000 * 16 // 10  # ended early
     assert trainer.should_stop

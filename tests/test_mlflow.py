@@ -16,6 +16,7 @@ import requests as http
 
 from monitor.keys import Keys
 from monitor.limits import MAX_EXTRA
+from monitor.records import public_state
 from tests.browser import LiveGateway
 from tests.conftest import free_port
 from tests.gateway_helpers import RunningWorker
@@ -407,7 +408,7 @@ def test_a_hugging_face_trainer_reporting_to_mlflow_shows_its_model_and_eval_los
     trainer.train()
     worker.wait_applied()
 
-    [view] = [orjson.loads(v) for v in r.hvals(keys.jobs)]
+    [view] = [public_state(v) for v in r.hvals(keys.jobs)]
     evals = [h for h in trainer.state.log_history if "eval_loss" in h]
     best = min(evals, key=lambda h: h["eval_loss"])
     assert (view["model_name"], view["model_display"], view["name"], view["status"]) == (

@@ -20,6 +20,7 @@ from redis.cluster import RedisCluster
 from monitor.decoded import parse_event
 from monitor.keys import Keys, model_field
 from monitor.partitions import Partitioning
+from monitor.records import public_state
 from monitor.rules import Board, Group
 from monitor.settings import WorkerSettings
 from tests.gateway_helpers import Drain, draining_worker
@@ -184,7 +185,7 @@ def stored_sets(client: Any, keys: Keys) -> Sets:
 
 
 def stored_jobs(client: Any, keys: Keys) -> dict[str, dict[str, Any]]:
-    return {k.decode(): orjson.loads(v) for k, v in client.hgetall(keys.jobs).items()}
+    return {k.decode(): public_state(v) for k, v in client.hgetall(keys.jobs).items()}
 
 
 def zero_row(model: str | None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from monitor.keys import Keys
+from monitor.records import public_state
 from monitor.sdk import Run, start_run
 from monitor.settings import GatewaySettings
 from tests.gateway_helpers import RunningWorker, publish
@@ -38,7 +39,7 @@ def client(redis_url: str, keys: Keys) -> Iterator[TestClient]:
 
 def view(r: redis.Redis, keys: Keys, job_id: str) -> dict[str, Any] | None:
     raw = r.hget(keys.jobs, job_id)
-    return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
+    return None if raw is None else public_state(raw)
 
 
 def test_stop_requests_are_kept_first_come_and_refused_for_ended_or_unknown_jobs(
@@ -199,6 +200,7 @@ sys.path.insert(0, {root!r})
 import monitor.control
 monitor.control.channel.heartbeat = {heartbeat}
 from monitor.sdk import start_run
+from monitor.records import public_state
 with start_run("org/model", job_id={job_id!r}, total_steps=100) as run:
     run.log(step=1, loss=1.0)
     run.flush()

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from monitor.keys import GROUP, Keys, model_field
+from monitor.records import public_state
 from monitor.redistools import text
 from monitor.rules import job_view, parse_pos
 
@@ -73,7 +74,7 @@ def build_views(jobs: list[bytes], models: dict[bytes, bytes]) -> list[dict[str,
     best = best_runs(models)
     views = []
     for raw in jobs:
-        public = orjson.loads(raw)
+        public = public_state(raw)
         views.append(job_view(public, best.get(model_field(public["model_name"]))))
     views.sort(key=list_key)
     return views
@@ -171,7 +172,7 @@ class StateReader:
 
     async def _with_models(self, raws: list[Any]) -> list[dict[str, Any]]:
         """Views of stored jobs, reading only their models' rows."""
-        publics = [orjson.loads(raw) for raw in raws]
+        publics = [public_state(raw) for raw in raws]
         fields = sorted({model_field(p["model_name"]) for p in publics})
         rows: list[Any] = await self.redis.hmget(self.keys.models, fields) if fields else []
         best = best_runs({f.encode(): row for f, row in zip(fields, rows) if row is not None})
@@ -204,11 +205,12 @@ class StateReader:
         field = model_field(model_name)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hget(k.models, field)
-            pipe.smembers(k.group(model_name))
-            row, members = await pipe.execute()
+            pipe.zrange(k.order(False, model_name), 0, -1)
+            pipe.zrange(k.order(True, model_name), 0, -1)
+            row, live, archived = await pipe.execute()
         if row is None:
             return None
-        ids = sorted(text(m) for m in members)
+        ids = sorted(text(m) for m in (*live, *archived))
         if not ids:
             return orjson.loads(row), []
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -219,7 +221,7 @@ class StateReader:
         views = []
         for raw, config in zip(raws, configs):
             if raw is not None:
-                view = job_view(orjson.loads(raw), best.get(field))
+                view = job_view(public_state(raw), best.get(field))
                 view["config"] = orjson.loads(config) if config is not None else None
                 views.append(view)
         return orjson.loads(row), views

@@ -21,6 +21,7 @@ from redis.commands.core import AsyncScript
 
 from monitor.keys import EVERYONE, Everyone, model_field
 from monitor.partitions import Partitioning
+from monitor.records import public_state
 from monitor.redistools import text
 from monitor.rules import job_view
 from web.partitioned import merge_model_rows
@@ -342,7 +343,7 @@ class WindowReader:
                 key = (float(flat[i + 1]), text(flat[i]))
                 if (after is not None and key <= after) or not flat[i + 2]:
                     continue  # not after the cursor (never, but cheap to be sure), or unstored
-                entries.append((key, orjson.loads(flat[i + 2])))
+                entries.append((key, public_state(flat[i + 2])))
         return version, size, more, reached, entries
 
     async def jobs(self, ids: list[str], where: list[int]
@@ -362,7 +363,7 @@ class WindowReader:
             versions[index] = text(last[0][0]) if last else NO_VERSION
             for raw in raws:
                 if raw is not None:
-                    job = orjson.loads(raw)
+                    job = public_state(raw)
                     taken.append((list_key(job), index, job))
                     read_at[job["id"]] = versions
         return await self._views(taken), read_at

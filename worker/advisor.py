@@ -40,6 +40,7 @@ from monitor.advice import (
     wants_forecast,
 )
 from monitor.keys import Keys
+from monitor.records import public_state
 from monitor.redistools import UNREACHABLE, backoff, connect, heal, text
 from monitor.rules import parse_pos
 from monitor.settings import AdvisorSettings
@@ -154,7 +155,7 @@ class Advisor:
         self.counters.snapshots += 1
         self.version = text(last[0][0]) if last else "0-0"
         for raw in stored.values():
-            self._take(orjson.loads(raw))
+            self._take(public_state(raw))
         log.info("advisor follows %d jobs from update %s", len(self.jobs), self.version)
 
     async def _follow(self) -> None:

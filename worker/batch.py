@@ -18,6 +18,7 @@ from monitor import history
 from monitor.decoded import Event, JobHeartbeat, parse_event
 from monitor.events import BadEvent
 from monitor.keys import Keys, model_field
+from monitor.records import record
 from monitor.rules import (
     Board,
     Group,
@@ -247,13 +248,10 @@ class Commit:
     """Everything one batch writes, in one transaction."""
 
     applied: str
-    jobs: dict[str, bytes] = field(default_factory=dict)
-    folds: dict[str, bytes] = field(default_factory=dict)
+    jobs: dict[str, bytes] = field(default_factory=dict)  # job -> public and fold state
     configs: dict[str, bytes] = field(default_factory=dict)
     models: dict[str, bytes] = field(default_factory=dict)
     models_gone: list[str] = field(default_factory=list)
-    group_add: dict[str, list[str]] = field(default_factory=dict)
-    group_remove: dict[str, list[str]] = field(default_factory=dict)
     order_add: dict[str, list[bytes | str]] = field(default_factory=dict)  # key -> score, id, ...
     order_remove: dict[str, list[str]] = field(default_factory=dict)
     append: dict[str, list[bytes]] = field(default_factory=dict)
@@ -351,9 +349,9 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
             commit.append[keys.metrics(job_id)] = [orjson.dumps(p) for p in new_points]
             job.points += len(new_points)
         public = job.public()
-        commit.jobs[job_id] = stored = orjson.dumps(public)
+        stored = orjson.dumps(public)
+        commit.jobs[job_id] = record(stored, orjson.dumps(job.private()))
         publics[job_id] = (public, stored)
-        commit.folds[job_id] = orjson.dumps(job.private())
         if added := job.seen.take_added():
             commit.seen_add.setdefault(keys.seen(job_id), []).extend(added)
         if job.finished:
@@ -365,12 +363,7 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
                 commit.alive[job_id] = alive_score(job.alive_at)
             if job.stop_requested is not None:
                 commit.stops[job_id] = orjson.dumps(job.stop_requested)
-        before = folded.stored_as[job_id]
-        if before is None or before.model_name != job.model_name:
-            commit.group_add.setdefault(keys.group(job.model_name), []).append(job_id)
-            if before is not None:
-                commit.group_remove.setdefault(keys.group(before.model_name), []).append(job_id)
-        reorder(commit, keys, job_id, before, place_of(job))
+        reorder(commit, keys, job_id, folded.stored_as[job_id], place_of(job))
     for job_id, config in folded.configs.items():
         commit.configs[job_id] = orjson.dumps(config)
     rows = []

@@ -60,6 +60,7 @@ from worker.packing import pack_with_hiredis
 from worker.pipeline import BUG, Batch, CommitFailed, Pipeline
 from worker.router import IngressRouter
 from worker.store import LeaseLost, Store
+from worker.upgrade import upgrade
 
 log = logging.getLogger("monitor.worker")
 
@@ -255,6 +256,7 @@ class Worker:
         await self.redis.hincrby(self.keys.ops, "lease_takeovers", 1)
         await self._restore_moves()
         read_before = await self.store.rewind(self.lease.token, applied)
+        await upgrade(self.store, self.lease, applied)
         await backfill(self.store, self.lease, applied)
         # What was read and not committed, one batch at a time and each commit waited for:
         # if a commit failed (CommitFailed), this is where the entry at fault is isolated.

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from monitor.keys import Keys
+from monitor.records import public_state
 from monitor.rules import JobState
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ def index_chunk(keys: Keys, publics: list[bytes]) -> dict[str, list[Any]]:
     sets."""
     out: dict[str, list[Any]] = {}
     for raw in publics:
-        public = orjson.loads(raw)
+        public = public_state(raw)
         place = place_of_public(public)
         for key in _sets(keys, place):
             assert key is not None

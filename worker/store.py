@@ -20,6 +20,7 @@ from redis.exceptions import ResponseError, WatchError
 
 from monitor.keys import GROUP, Keys
 from monitor.partitions import Partitioning, parse_route, route_value
+from monitor.records import public_state, split
 from monitor.redistools import node_client, text
 from monitor.rules import JobState, RankKey, stored_rank
 from worker.batch import Commit, Entry
@@ -204,19 +205,22 @@ class Store:
     async def load_jobs(self, job_ids: list[str]) -> dict[str, JobState]:
         """The stored jobs among ``job_ids`` (missing ones are left out)."""
         out = {}
-        async for job_id, (public, private) in self._job_fields(
-                (self.keys.jobs, self.keys.folds), job_ids):
-            if public is not None and private is not None:
-                out[job_id] = JobState.restore(orjson.loads(public), orjson.loads(private))
+        async for job_id, (raw,) in self._job_fields((self.keys.jobs,), job_ids):
+            if raw is not None:
+                public, fold = split(raw)
+                if fold is not None:  # (always, once worker.upgrade merged older states)
+                    out[job_id] = JobState.restore(orjson.loads(public), orjson.loads(fold))
         return out
 
     async def group_members(self, models: list[str | None]) -> dict[str | None, set[str]]:
-        """The job ids of each model group."""
+        """The job ids of each model group: its two order sets (archived or not)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for model in models:
-                pipe.smembers(self.keys.group(model))
+                pipe.zrange(self.keys.order(False, model), 0, -1)
+                pipe.zrange(self.keys.order(True, model), 0, -1)
             replies = await pipe.execute()
-        return {model: {text(m) for m in members} for model, members in zip(models, replies)}
+        return {model: {text(m) for m in (*replies[2 * i], *replies[2 * i + 1])}
+                for i, model in enumerate(models)}
 
     async def rankings(self, models: list[str | None]
                        ) -> dict[str | None, list[tuple[str, bool, RankKey | None]]]:
@@ -229,12 +233,12 @@ class Store:
         async for job_id, (raw,) in self._job_fields((self.keys.jobs,), list(model_of),
                                                      RANK_READ):
             if raw is not None:
-                out[model_of[job_id]].append((job_id, *stored_rank(job_id, orjson.loads(raw))))
+                out[model_of[job_id]].append((job_id, *stored_rank(job_id, public_state(raw))))
         return out
 
     async def publics(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The stored public states of these jobs (missing ones are left out)."""
-        return {job_id: orjson.loads(raw) async for job_id, (raw,)
+        return {job_id: public_state(raw) async for job_id, (raw,)
                 in self._job_fields((self.keys.jobs,), job_ids) if raw is not None}
 
     async def stored_ids(self, lookups: dict[str, list[str]]) -> dict[str, set[str]]:

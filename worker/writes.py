@@ -18,17 +18,12 @@ def writes(k: Keys, c: Commit, *, updates_keep: int, dead_keep: int) -> list[Com
     out: list[Command] = []
     if c.jobs:
         out.append(("HSET", k.jobs, *_pairs(c.jobs)))
-        out.append(("HSET", k.folds, *_pairs(c.folds)))
     if c.configs:
         out.append(("HSET", k.configs, *_pairs(c.configs)))
     if c.models:
         out.append(("HSET", k.models, *_pairs(c.models)))
     if c.models_gone:
         out.append(("HDEL", k.models, *c.models_gone))
-    for key, ids in c.group_remove.items():
-        out.append(("SREM", key, *ids))
-    for key, ids in c.group_add.items():
-        out.append(("SADD", key, *ids))
     for key, ids in c.order_remove.items():
         out.append(("ZREM", key, *ids))
     for key, scored in c.order_add.items():
@@ -58,7 +53,6 @@ def writes(k: Keys, c: Commit, *, updates_keep: int, dead_keep: int) -> list[Com
         out.append(("HINCRBY", k.ops, name, n))
     if c.removed:  # moved to another partition (worker.moves)
         out.append(("HDEL", k.jobs, *c.removed))
-        out.append(("HDEL", k.folds, *c.removed))
         out.append(("HDEL", k.configs, *c.removed))
         out.append(("ZREM", k.alive, *c.removed))
         out.append(("HDEL", k.stops, *c.removed))
