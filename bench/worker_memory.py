@@ -102,12 +102,10 @@ def fill(client: redis.Redis, keys: Keys, jobs: int, seed: int = 11) -> Stored:
     models = model_names(min(MODELS, jobs))
     groups: dict[str | None, Group] = {}
     stored = Stored([], [], 0.0)
-    now = time.time()
     for start in range(0, jobs, FILL_CHUNK):
         pipe = client.pipeline(transaction=False)
         publics: dict[str, bytes] = {}
         order: dict[str, dict[str, float]] = {}
-        alive: dict[str, float] = {}
         for i in range(start, min(jobs, start + FILL_CHUNK)):
             job_id = f"job-{i:07d}"
             model = models[i * len(models) // jobs]
@@ -128,15 +126,12 @@ def fill(client: redis.Redis, keys: Keys, jobs: int, seed: int = 11) -> Stored:
                 order.setdefault(key, {})[job_id] = -created
             groups.setdefault(model, Group(model)).enter(job_id, *stored_rank(job_id, public))
             if running:
-                alive[job_id] = round(now * 1000)
                 stored.running.append(job_id)
             else:
                 stored.finished.append(job_id)
         pipe.hset(keys.jobs, mapping=publics)  # type: ignore[arg-type]
         for key, scored in order.items():
             pipe.zadd(key, scored)
-        if alive:
-            pipe.zadd(keys.alive, alive)
         pipe.execute()
     client.hset(keys.models, mapping={model_field(m): orjson.dumps(g.summary())
                                       for m, g in groups.items()})

@@ -83,6 +83,12 @@ class Keys:
 
     # Left by versions before 2026-12-07; worker.upgrade removes them.
     @property
+    def alive(self) -> str:
+        """Sorted set: running job id -> the second of its last arrival (ms), now said in
+        ``heard``."""
+        return f"{self.prefix}alive"
+
+    @property
     def folds(self) -> str:
         """Hash: job id -> its fold state (JSON), now in its value in ``jobs``."""
         return f"{self.prefix}folds"
@@ -99,11 +105,12 @@ class Keys:
         return f"{self.prefix}order:built"
 
     @property
-    def alive(self) -> str:
-        """Sorted set: running job id, unless found stale -> the second its last event or
-        heartbeat arrived in (ms), written when that second changes; the advisor scans it
-        for jobs gone silent."""
-        return f"{self.prefix}alive"
+    def heard(self) -> str:
+        """Stream, one entry per commit in which the arrival second of a running job's last
+        event or heartbeat changed: field ``jobs``, JSON ``{job id: that second in ms}`` (0:
+        the job moved to another partition); the advisor follows it to find jobs gone
+        silent."""
+        return f"{self.prefix}heard"
 
     @property
     def stops(self) -> str:

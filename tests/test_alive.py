@@ -1,10 +1,12 @@
-"""The liveness index (docs/stopping.md, Liveness): a commit writes a running job's second to
-``<prefix>alive`` only when that second changes and takes a stale job out until it is heard
-again, the advisor finds a job silent once its second ended before the cutoff, and the stale
+"""Liveness (docs/stopping.md, Liveness): a commit says in ``<prefix>heard`` which running jobs'
+arrival second changed, and only then; a stale job is said again only once heard again; the
+advisor keeps each running job's second in memory, from the stored fold states and from
+``<prefix>heard``, and finds a job silent once its second ended before the cutoff; the stale
 view shows the job's own last arrival."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import orjson
@@ -13,10 +15,12 @@ import redis
 
 from monitor.keys import Keys
 from monitor.rules import Board, JobState
-from monitor.settings import AdvisorSettings
-from worker import advisor as advisor_module
+from monitor.settings import AdvisorSettings, WorkerSettings
+from tests.gateway_helpers import run_until_applied
+from tests.test_order_index import publish, scenario
 from worker.advisor import Advisor
 from worker.batch import Commit, alive_moved, alive_score, build_commit, decode, fold
+from worker.consumer import Worker
 from worker.writes import writes
 
 pytestmark = pytest.mark.timeout(60)
@@ -40,7 +44,11 @@ def _commits(batches: list[list[tuple[int, dict[str, Any]]]]) -> list[Commit]:
     return out
 
 
-def test_a_commit_writes_a_jobs_second_only_when_the_second_changes() -> None:
+def _heard(commit: Commit) -> list[tuple[Any, ...]]:
+    return [c for c in writes(K, commit, updates_keep=10, dead_keep=10) if K.heard in c]
+
+
+def test_a_commit_says_a_jobs_second_only_when_the_second_changes() -> None:
     commits = _commits([
         [(T + 400, STARTED)],
         [(T + 999, METRICS)],  # the same second: nothing
@@ -50,16 +58,17 @@ def test_a_commit_writes_a_jobs_second_only_when_the_second_changes() -> None:
     ])
     assert [c.alive for c in commits] == [{"a": T}, {}, {"a": T + 1000}, {"a": T + 2000}, {}]
     assert [c.gone for c in commits] == [[], [], [], [], ["a"]]
+    assert _heard(commits[0]) == [
+        ("XADD", K.heard, "MAXLEN", "~", 10, "*", "jobs", b'{"a":%d}' % T)]
+    assert _heard(commits[1]) == [] and _heard(commits[4]) == []
 
 
-def test_a_stale_job_leaves_the_index_until_it_is_heard_again() -> None:
+def test_a_stale_job_is_said_again_once_heard_again() -> None:
     found = {"type": "job_stale", "job_id": "a", "last_seen": T / 1000 + 5}
     commits = _commits([[(T + 400, STARTED)], [(T + 10_000, found)],
                         [(T + 11_000, {"type": "job_archived", "job_id": "a"})],
                         [(T + 20_500, BEAT)]])
-    assert [(c.alive, c.silent) for c in commits] == [
-        ({"a": T}, []), ({}, ["a"]), ({}, ["a"]), ({"a": T + 20_000}, [])]
-    assert ("ZREM", K.alive, "a") in writes(K, commits[1], updates_keep=10, dead_keep=10)
+    assert [c.alive for c in commits] == [{"a": T}, {}, {}, {"a": T + 20_000}]
 
 
 def test_a_job_read_back_from_redis_keeps_its_second() -> None:
@@ -83,6 +92,10 @@ def test_the_second_moves_when_its_whole_part_does(before: float | None, after: 
     assert alive_score(after) == int(after) * 1000
 
 
+def _running(job_id: str, stale: bool = False) -> dict[str, Any]:
+    return {"id": job_id, "status": "running", "stale": stale, "model_name": "m"}
+
+
 async def test_the_advisor_finds_a_job_once_its_second_ended_before_the_cutoff(
         redis_url: str, keys: Keys, r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     advisor = Advisor(AdvisorSettings(redis_url=redis_url, prefix=keys.prefix,
@@ -92,25 +105,56 @@ async def test_the_advisor_finds_a_job_once_its_second_ended_before_the_cutoff(
         return 1000, 500_000  # Redis's clock: 1000.5 s, so the cutoff is 900.5 s
 
     monkeypatch.setattr(advisor.redis, "time", now)
-    scores = {
+    seconds = {
         "silent": 899_000,  # its last arrival was before 900 s
         "this-second": 900_000,  # it may have arrived at 900.7 s: not yet
-        "exact-old": 899_400,  # an exact arrival, as stored before seconds: 899.4 s
-        "exact-recent": 899_600,  # 899.6 s: silent too, found a second later (next look)
-        **{f"stale-already-{i}": 1_000 + i for i in range(5)},  # as an older worker left them
+        "stale-already": 1_000,
+        "finished": 1_000,
     }
-    r.zadd(keys.alive, scores)
-    advisor.jobs = {job_id: {"status": "running", "stale": job_id.startswith("stale-already"),
-                             "model_name": "m"} for job_id in scores}
-    monkeypatch.setattr(advisor_module, "STALE_PAGE", 2)  # found past the first pages too
+    advisor.heard = dict(seconds)
+    advisor.jobs = {job_id: _running(job_id, stale=job_id == "stale-already")
+                    for job_id in seconds}
+    advisor.jobs["finished"]["status"] = "completed"
     await advisor.find_stale()
     await advisor.find_stale()  # found once, not again
     written = [orjson.loads(fields[b"data"]) for _, fields in r.xrange(keys.events)]
-    assert written == [{"type": "job_stale", "job_id": job_id, "last_seen": 900.5}
-                       for job_id in ("silent", "exact-old")]
-    assert set(advisor.flagged) == {"silent", "exact-old"}
-    board = Board()  # the worker applies the first finding: the advisor forgets it
+    assert written == [{"type": "job_stale", "job_id": "silent", "last_seen": 900.5}]
+    assert set(advisor.flagged) == {"silent"}
+    board = Board()  # the worker applies the finding: the advisor forgets it
     fold(board, decode([(f"{T}-0", {b"data": orjson.dumps({**STARTED, "job_id": "silent"})})]))
     advisor._take({**board.view("silent"), "stale": True})
-    assert set(advisor.flagged) == {"exact-old"}
+    assert set(advisor.flagged) == set()
     await advisor.redis.aclose()
+
+
+async def test_the_advisor_knows_each_running_jobs_second_from_redis(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    """From the stored fold states when it starts, then from ``<prefix>heard``: the same
+    seconds as the worker's own states, for every running job and no other."""
+    events = scenario(random.Random(4), 20)
+    settings = WorkerSettings(redis_url=redis_url, prefix=keys.prefix, batch_size=5)
+    half = len(events) // 2
+    publish(r, keys, events[:half])
+    await run_until_applied(Worker(settings), r, keys, half)
+    advisor = Advisor(AdvisorSettings(redis_url=redis_url, prefix=keys.prefix))
+    try:
+        await advisor._snapshot()
+        r.delete(keys.lease)
+        publish(r, keys, events[half:])
+        await run_until_applied(Worker(settings), r, keys, len(events))
+        while True:  # everything committed is read
+            before = advisor.version, advisor.heard_version
+            await advisor._follow()
+            if (advisor.version, advisor.heard_version) == before:
+                break
+        worker = Worker(settings)
+        stored = await worker.store.load_jobs([k.decode() for k in r.hkeys(keys.jobs)])
+        await worker.redis.aclose()
+        running = {job_id: alive_score(job.alive_at) for job_id, job in stored.items()
+                   if job.status == "running" and job.alive_at is not None}
+        assert running and len(running) < len(stored)
+        assert {j: s for j, s in advisor.heard.items()
+                if advisor.jobs[j]["status"] == "running"} == running
+        assert set(advisor.heard) == set(running)  # those that ended were forgotten
+    finally:
+        await advisor.redis.aclose()

@@ -101,7 +101,7 @@ def snapshot(r: redis.Redis, keys: Keys, jobs: list[str]) -> dict[str, Any]:
         "metrics": {j: r.lrange(keys.metrics(j), 0, -1) for j in jobs},
         "order": {repr((a, m)): zset(keys.order(a, m)) for a in (False, True)
                   for m in [*models, None]} | {str(a): zset(keys.order(a)) for a in (False, True)},
-        "alive": zset(keys.alive), "stats": r.hgetall(keys.stats), "updates": updates,
+        "heard": [orjson.loads(f[b"jobs"]) for _, f in r.xrange(keys.heard)], "stats": r.hgetall(keys.stats), "updates": updates,
     }
 
 

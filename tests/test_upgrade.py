@@ -40,6 +40,7 @@ def to_old_layout(r: redis.Redis, keys: Keys) -> None:
         folds[job_id] = fold
         groups.setdefault(model_field(orjson.loads(public)["model_name"]), []).append(job_id)
     r.hset(keys.folds, mapping=folds)  # type: ignore[arg-type]
+    r.zadd(keys.alive, {"a-job": 1_000})
     for field, ids in groups.items():
         r.sadd(keys.group(field), *ids)
 
@@ -80,7 +81,7 @@ async def test_the_first_worker_moves_the_fold_states_in_and_drops_the_group_set
     stream += stream_of(r, keys, events[half:])
     await run_until_applied(Worker(settings), r, keys, len(events))
 
-    assert not r.exists(keys.folds)
+    assert not r.exists(keys.folds) and not r.exists(keys.alive)
     assert list(r.scan_iter(match=f"{keys.prefix}group:*")) == []
     assert all(split(raw)[1] is not None for raw in r.hvals(keys.jobs))
     assert views(r, keys) == reference_views(stream)  # the jobs went on from their fold state
@@ -90,8 +91,8 @@ async def test_the_first_worker_moves_the_fold_states_in_and_drops_the_group_set
     total = len(before)
     assert moved[0] == f"moving the fold states of {total} jobs into {keys.jobs}"
     assert any(m.endswith(f" of {total} fold states") for m in moved[1:-1])
-    assert moved[-1] == (f"moved {total} fold states into {keys.jobs}; {keys.folds} and the "
-                         f"group sets are gone")
+    assert moved[-1] == (f"moved {total} fold states into {keys.jobs}; {keys.folds}, the "
+                         f"group sets and {keys.alive} are gone")
 
 
 async def test_an_upgrade_without_the_lease_writes_nothing(

@@ -40,7 +40,7 @@ from monitor.advice import (
     wants_forecast,
 )
 from monitor.keys import Keys
-from monitor.records import public_state
+from monitor.records import split
 from monitor.redistools import UNREACHABLE, backoff, connect, heal, text
 from monitor.rules import parse_pos
 from monitor.settings import AdvisorSettings
@@ -51,7 +51,6 @@ log = logging.getLogger("monitor.advisor")
 BATCH = 64  # jobs forecast per turn (their histories read in one round trip)
 READ_COUNT = 500  # updates read per call
 BLOCK_MS = 500
-STALE_PAGE = 1000  # entries of <prefix>alive read per round trip while looking for silence
 
 
 class Resync(Exception):
@@ -102,6 +101,8 @@ class Advisor:
         """Forget the views but not the bases of the forecasts made: after a snapshot, only
         the jobs whose basis moved meanwhile are forecast again."""
         self.version: str | None = None  # the last update taken in; None: read a snapshot
+        self.heard_version = "0-0"  # the last entry of <prefix>heard taken in
+        self.heard: dict[str, int] = {}  # running job -> the second of its last arrival, ms
         self.jobs: dict[str, dict[str, Any]] = {}
         self.rivals = Rivals()
         self.members: dict[str | None, set[str]] = {}  # running jobs by model
@@ -147,32 +148,57 @@ class Advisor:
     # --- Following the committed state ------------------------------------------------------
 
     async def _snapshot(self) -> None:
-        """Every stored job and the version they are at, read atomically."""
+        """Every stored job and the version they are at, read atomically; the second of each
+        running job's last arrival from its fold state."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(self.keys.jobs)
             pipe.xrevrange(self.keys.updates, count=1)
-            stored, last = await pipe.execute()
+            pipe.xrevrange(self.keys.heard, count=1)
+            stored, last, heard = await pipe.execute()
         self.counters.snapshots += 1
         self.version = text(last[0][0]) if last else "0-0"
+        self.heard_version = text(heard[0][0]) if heard else "0-0"
         for raw in stored.values():
-            self._take(public_state(raw))
+            public, fold = split(raw)
+            job = orjson.loads(public)
+            if job["status"] == "running" and not job["stale"] and fold is not None:
+                alive_at = orjson.loads(fold).get("alive_at")
+                if alive_at is not None:
+                    self.heard[job["id"]] = int(alive_at) * 1000
+            self._take(job)
         log.info("advisor follows %d jobs from update %s", len(self.jobs), self.version)
 
     async def _follow(self) -> None:
         """Take in the updates after the last one taken in."""
         assert self.version is not None
+        k = self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xinfo_stream(self.keys.updates)
-            pipe.xread({self.keys.updates: self.version}, count=READ_COUNT, block=BLOCK_MS)
-            info, reply = await pipe.execute(raise_on_error=False)
+            pipe.xinfo_stream(k.updates)
+            pipe.xinfo_stream(k.heard)
+            pipe.xread({k.heard: self.heard_version, k.updates: self.version},
+                       count=READ_COUNT, block=BLOCK_MS)
+            info, heard_info, reply = await pipe.execute(raise_on_error=False)
         if isinstance(reply, Exception):
             raise reply
         if isinstance(info, ResponseError):
             if self.version != "0-0":
                 raise Resync("the updates stream is gone")
-        elif self._missed(info):
+        elif self._missed(info, self.version):
             raise Trimmed(f"updates after {self.version} were trimmed before they were read")
-        for _, entries in reply or []:
+        if not isinstance(heard_info, ResponseError) and self._missed(heard_info,
+                                                                      self.heard_version):
+            raise Trimmed(f"{k.heard} after {self.heard_version} was trimmed before it was "
+                          f"read")
+        for stream, entries in reply or []:
+            if text(stream) == k.heard:  # (read first: a job's end comes after its arrivals)
+                for entry_id, fields in entries:
+                    self.heard_version = text(entry_id)
+                    for job_id, second in orjson.loads(fields[b"jobs"]).items():
+                        if second:
+                            self.heard[job_id] = second
+                        else:  # moved to another partition
+                            self.heard.pop(job_id, None)
+                continue
             for entry_id, fields in entries:
                 self.version = text(entry_id)
                 data = fields.get(b"data")
@@ -180,11 +206,10 @@ class Advisor:
                     for view in orjson.loads(data)["jobs"]:
                         self._take(view)
 
-    def _missed(self, info: Any) -> bool:
-        assert self.version is not None
-        if self.version == "0-0":
+    def _missed(self, info: Any, version: str) -> bool:
+        if version == "0-0":
             return False
-        mine = parse_pos(self.version)
+        mine = parse_pos(version)
         if parse_pos(text(info["last-generated-id"])) < mine:
             raise Resync("the updates stream is younger than what was read: Redis came back "
                          "empty")
@@ -201,6 +226,8 @@ class Advisor:
         self.jobs[job_id] = job
         if job["stale"] or job["status"] != "running":
             self.flagged.pop(job_id, None)  # its finding landed, or it ended: not asked again
+            if job["status"] != "running":
+                self.heard.pop(job_id, None)
         if before is not None and before["model_name"] != model:
             self.members.get(before["model_name"], set()).discard(job_id)
         if wants_forecast(job):
@@ -330,29 +357,23 @@ class Advisor:
 
     async def find_stale(self) -> None:
         """Report the running jobs that nothing arrived from for ``stale_after`` seconds
-        (by Redis's clock, the one arrival times are on). ``<prefix>alive`` holds the second
-        of a job's last arrival, so a job whose second ended before the cutoff is silent; the
-        ``job_stale`` says nothing arrived after the cutoff, and the worker, which knows the
-        last arrival to the millisecond, shows that as ``last_seen``."""
+        (by Redis's clock, the one arrival times are on). :attr:`heard` holds the second of
+        each running job's last arrival, so a job whose second ended before the cutoff is
+        silent; the ``job_stale`` says nothing arrived after the cutoff, and the worker,
+        which knows the last arrival to the millisecond, shows that as ``last_seen``. (A
+        look goes over every running job in memory: about 10 ms for 100,000 of them.)"""
         now: Any = await self.redis.time()
         cutoff = now[0] + now[1] / 1e6 - self.settings.stale_after
+        bound = (cutoff - 1) * 1000
         events = []
-        offset = 0
-        while True:  # a page at a time: stale jobs of an older worker are still in the set
-            silent: Any = await self.redis.zrangebyscore(
-                self.keys.alive, "-inf", (cutoff - 1) * 1000, start=offset, num=STALE_PAGE,
-                withscores=True)
-            for member, second in silent:
-                job_id = text(member)
-                job = self.jobs.get(job_id)
-                if (job is None or job["status"] != "running" or job["stale"]
-                        or self.flagged.get(job_id) == second):
-                    continue
-                self.flagged[job_id] = second
-                events.append({"type": "job_stale", "job_id": job_id, "last_seen": cutoff})
-            if len(silent) < STALE_PAGE:
-                break
-            offset += STALE_PAGE
+        for job_id, second in self.heard.items():
+            if second > bound or self.flagged.get(job_id) == second:
+                continue
+            job = self.jobs.get(job_id)
+            if job is None or job["status"] != "running" or job["stale"]:
+                continue
+            self.flagged[job_id] = second
+            events.append({"type": "job_stale", "job_id": job_id, "last_seen": cutoff})
         self.counters.stale += len(events)
         await self._write(events)
 

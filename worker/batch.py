@@ -258,8 +258,7 @@ class Commit:
     replace: dict[str, list[bytes]] = field(default_factory=dict)
     seen_add: dict[str, list[str]] = field(default_factory=dict)  # key -> event ids
     alive: dict[str, int] = field(default_factory=dict)  # running job -> alive_score
-    gone: list[str] = field(default_factory=list)  # finished jobs: out of alive and stops
-    silent: list[str] = field(default_factory=list)  # found stale: out of alive until heard
+    gone: list[str] = field(default_factory=list)  # finished jobs: out of stops
     stops: dict[str, bytes] = field(default_factory=dict)  # running job -> its stop request
     update: bytes | None = None
     dead: list[dict[str, bytes | str]] = field(default_factory=list)
@@ -275,17 +274,17 @@ class Commit:
 
 
 def alive_score(alive_at: float) -> int:
-    """A running job's score in ``<prefix>alive``: the second its last sign of life arrived
+    """What ``<prefix>heard`` says of a running job: the second its last sign of life arrived
     in, in ms (docs/stopping.md, Liveness)."""
     return int(alive_at) * 1000
 
 
 def alive_moved(before: float | None, after: float) -> bool:
-    """Whether ``<prefix>alive`` must change for a job whose ``alive_at`` went from
+    """Whether ``<prefix>heard`` must say the second of a job whose ``alive_at`` went from
     ``before`` (as stored; None: not there) to ``after``: only when the second does. A trainer
-    writing many events a second costs one write of the set a second, not one a batch. (A
-    job found stale is out of the set; what is heard from it next arrives in a later
-    second than its last, so it goes back in.)"""
+    writing many events a second costs a few bytes of the stream a second, not one write a
+    batch. (A job found stale is not said again until heard: what arrives from it next is in
+    a later second than its last.)"""
     return before is None or int(before) != int(after)
 
 
@@ -357,9 +356,8 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
         if job.finished:
             commit.gone.append(job_id)
         else:
-            if job.stale:
-                commit.silent.append(job_id)
-            elif job.alive_at is not None and alive_moved(folded.alive_as[job_id], job.alive_at):
+            if (not job.stale and job.alive_at is not None
+                    and alive_moved(folded.alive_as[job_id], job.alive_at)):
                 commit.alive[job_id] = alive_score(job.alive_at)
             if job.stop_requested is not None:
                 commit.stops[job_id] = orjson.dumps(job.stop_requested)

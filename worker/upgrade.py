@@ -3,7 +3,9 @@ lease, before applying anything (docs/state.md, What is stored):
 
 - each job's fold state moves from ``<prefix>folds`` into its value in ``<prefix>jobs``
   (monitor/records.py), and ``<prefix>folds`` goes;
-- the ``<prefix>group:<model>`` sets go: a model's jobs are those of its two order sets.
+- the ``<prefix>group:<model>`` sets go: a model's jobs are those of its two order sets;
+- the liveness index ``<prefix>alive`` goes: the advisor keeps each running job's second
+  itself, from the fold states and ``<prefix>heard``.
 
 Every step is written fenced, as a commit is (the lease held, nothing committed past
 ``applied``), and each is idempotent: ``<prefix>folds`` goes last, so an upgrade cut short is
@@ -30,11 +32,12 @@ PROGRESS_EVERY = 5.0  # seconds between progress lines
 
 
 async def upgrade(store: Store, lease: Lease, applied: str) -> None:
-    """Merge the fold states into ``<prefix>jobs`` and drop the group sets, if a version
-    before 2026-12-07 left them; nothing otherwise (one EXISTS)."""
+    """Merge the fold states into ``<prefix>jobs`` and drop the group sets and the liveness
+    index, if a version before 2026-12-07 left them; nothing otherwise (one EXISTS)."""
     keys = store.keys
-    if not await store.redis.exists(keys.folds):
+    if not await store.redis.exists(keys.folds, keys.alive):
         return
+    await store.write_fenced(lease, applied, [("DEL", keys.alive)])
     fields = [text(f) for f in await store.redis.hkeys(keys.models)]
     for at in range(0, len(fields), CHUNK):
         await store.write_fenced(lease, applied, [
@@ -63,5 +66,5 @@ async def upgrade(store: Store, lease: Lease, applied: str) -> None:
             said = time.monotonic()
         if cursor == 0 and not await store.redis.exists(keys.folds):
             break
-    log.info("moved %s fold states into %s; %s and the group sets are gone", f"{done:,}",
-             keys.jobs, keys.folds)
+    log.info("moved %s fold states into %s; %s, the group sets and %s are gone",
+             f"{done:,}", keys.jobs, keys.folds, keys.alive)

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from itertools import chain
 from typing import Any
 
+import orjson
+
 from monitor.keys import Keys
 from worker.batch import Commit
 from worker.resp import Command
@@ -36,12 +38,12 @@ def writes(k: Keys, c: Commit, *, updates_keep: int, dead_keep: int) -> list[Com
         out.append(("RPUSH", key, *points))
     for key, event_ids in c.seen_add.items():
         out.append(("SADD", key, *event_ids))
-    if c.alive:
-        out.append(("ZADD", k.alive, *_pairs(c.alive, values_first=True)))
+    if c.alive or c.removed:  # the advisor's liveness (0: gone to another partition)
+        heard = c.alive | dict.fromkeys(c.removed, 0) if c.removed else c.alive
+        out.append(("XADD", k.heard, "MAXLEN", "~", updates_keep, "*", "jobs",
+                    orjson.dumps(heard)))
     if c.stops:
         out.append(("HSET", k.stops, *_pairs(c.stops)))
-    if c.gone or c.silent:  # finished, or found stale: out of the liveness index
-        out.append(("ZREM", k.alive, *c.gone, *c.silent))
     if c.gone:
         out.append(("HDEL", k.stops, *c.gone))
     for dead in c.dead:
@@ -54,7 +56,6 @@ def writes(k: Keys, c: Commit, *, updates_keep: int, dead_keep: int) -> list[Com
     if c.removed:  # moved to another partition (worker.moves)
         out.append(("HDEL", k.jobs, *c.removed))
         out.append(("HDEL", k.configs, *c.removed))
-        out.append(("ZREM", k.alive, *c.removed))
         out.append(("HDEL", k.stops, *c.removed))
         out.append(("DEL", *(k.metrics(job_id) for job_id in c.removed)))
         out.append(("DEL", *(k.seen(job_id) for job_id in c.removed)))
@@ -68,9 +69,6 @@ def writes(k: Keys, c: Commit, *, updates_keep: int, dead_keep: int) -> list[Com
     return out
 
 
-def _pairs(mapping: Mapping[Any, Any], values_first: bool = False) -> list[Any]:
-    """``{a: 1, b: 2}`` -> ``[a, 1, b, 2]`` (``[1, a, 2, b]`` with ``values_first``, as ZADD
-    takes them): a mapping as a command's arguments."""
-    if values_first:
-        return [x for key, value in mapping.items() for x in (value, key)]
+def _pairs(mapping: Mapping[Any, Any]) -> list[Any]:
+    """``{a: 1, b: 2}`` -> ``[a, 1, b, 2]``: a mapping as a command's arguments."""
     return list(chain.from_iterable(mapping.items()))
