@@ -20,6 +20,7 @@ from monitor.rules import (
     delta_pct,
     exact_tier,
     model_display,
+    parse_pos,
     shown,
     tier,
 )
@@ -493,3 +494,19 @@ def test_a_heartbeat_changes_no_view_unless_it_ends_a_stale_spell() -> None:
 ])
 def test_signals_and_requests_create_no_job(kind: Event) -> None:
     assert fold([kind]).jobs == {}
+
+
+@pytest.mark.parametrize(("entry_id", "pos"), [
+    ("1700000000000-3", (1700000000000, 3)), (b"1700000000000-3", (1700000000000, 3)),
+    ("5", (5, 0)), ("5-", (5, 0)), ("0-0", (0, 0)),
+    ("123456789012345678901234-99", (123456789012345678901234, 99)),
+])
+def test_an_entry_id_is_read_as_its_two_numbers(entry_id: str | bytes, pos: tuple[int, int]
+                                                ) -> None:
+    assert parse_pos(entry_id) == pos
+
+
+@pytest.mark.parametrize("entry_id", ["", "-5", "5-x", "a-1", "5-1-2", "1.5-0"])
+def test_anything_else_is_not_an_entry_id(entry_id: str) -> None:
+    with pytest.raises(ValueError):
+        parse_pos(entry_id)
