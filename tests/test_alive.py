@@ -158,3 +158,23 @@ async def test_the_advisor_knows_each_running_jobs_second_from_redis(
         assert set(advisor.heard) == set(running)  # those that ended were forgotten
     finally:
         await advisor.redis.aclose()
+
+
+async def test_a_running_job_stored_without_its_second_counts_as_heard_when_the_advisor_starts(
+        redis_url: str, keys: Keys, r: redis.Redis) -> None:
+    """As a job written by a version before 2026-12-07 that no worker upgraded yet."""
+    board = Board()
+    fold(board, decode([(f"{T}-0", {b"data": orjson.dumps(STARTED)}),
+                        (f"{T}-1", {b"data": orjson.dumps({**STARTED, "job_id": "b"})}),
+                        (f"{T}-2", {b"data": orjson.dumps(
+                            {"type": "job_finished", "job_id": "b", "status": "completed"})})]))
+    for job_id in ("a", "b"):
+        r.hset(keys.jobs, job_id, orjson.dumps(board.jobs[job_id].public()))
+    advisor = Advisor(AdvisorSettings(redis_url=redis_url, prefix=keys.prefix))
+    try:
+        before = int(r.time()[0]) * 1000
+        await advisor._snapshot()
+        after = int(r.time()[0]) * 1000
+    finally:
+        await advisor.redis.aclose()
+    assert list(advisor.heard) == ["a"] and before <= advisor.heard["a"] <= after

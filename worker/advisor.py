@@ -149,22 +149,25 @@ class Advisor:
 
     async def _snapshot(self) -> None:
         """Every stored job and the version they are at, read atomically; the second of each
-        running job's last arrival from its fold state."""
+        running job's last arrival from its fold state. A running job whose state does not
+        say (written by a version before 2026-12-07, not yet upgraded by a worker) counts as
+        heard now: found stale ``stale_after`` later unless heard, and the worker shows its
+        true last arrival then."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(self.keys.jobs)
             pipe.xrevrange(self.keys.updates, count=1)
             pipe.xrevrange(self.keys.heard, count=1)
-            stored, last, heard = await pipe.execute()
+            pipe.time()
+            stored, last, heard, now = await pipe.execute()
         self.counters.snapshots += 1
         self.version = text(last[0][0]) if last else "0-0"
         self.heard_version = text(heard[0][0]) if heard else "0-0"
         for raw in stored.values():
             public, fold = split(raw)
             job = orjson.loads(public)
-            if job["status"] == "running" and not job["stale"] and fold is not None:
-                alive_at = orjson.loads(fold).get("alive_at")
-                if alive_at is not None:
-                    self.heard[job["id"]] = int(alive_at) * 1000
+            if job["status"] == "running" and not job["stale"]:
+                alive_at = orjson.loads(fold).get("alive_at") if fold is not None else None
+                self.heard[job["id"]] = int(alive_at if alive_at is not None else now[0]) * 1000
             self._take(job)
         log.info("advisor follows %d jobs from update %s", len(self.jobs), self.version)
 
