@@ -63,6 +63,7 @@ from bench.common import (
     wait_http_ok,
 )
 from monitor.keys import Keys
+from monitor.records import public_state
 from monitor.sdk import start_run
 
 RATE = 1000  # events per second from the trainer
@@ -436,7 +437,7 @@ def _wait_committed(client: redis.Redis, keys: Keys, job_id: str, worker: Popen[
     deadline = time.monotonic() + 30.0
     while time.monotonic() < deadline:
         raw = client.hget(keys.jobs, job_id)
-        if raw is not None and orjson.loads(raw)["loss"] == loss_of(0):
+        if raw is not None and public_state(raw)["loss"] == loss_of(0):
             return
         if worker.poll() is not None:
             raise RuntimeError(f"the worker exited with {worker.returncode}")

@@ -2,6 +2,7 @@
 applies a pre-filled stream, counted by valgrind's callgrind.
 
     .venv/bin/python -m bench.redis_work [--jobs 10000,100000] [--events-per-job 2] [--worker]
+                                         [--rev REV]
 
 Redis CPU time per event moves with the host (two 2-core hosts a day apart ran 7.3 and 2.6
 Redis instructions per ns: docs/scale-out.md); the instructions Redis executes for the same
@@ -13,6 +14,8 @@ timings under valgrind mean nothing. ``--worker`` counts the worker process's si
 runs under callgrind as well, counting what its asyncio tasks run (reading, folding,
 committing; not the imports before, nor the event loop's own callbacks). Needs valgrind and redis-server (``apt-get install
 valgrind redis-server``); a row of 200,000 events takes about a minute, 6 with ``--worker``.
+``--rev REV`` counts the same for another revision's worker (extracted from git and run from
+its source, as ``bench.versus`` does): Redis's side of two versions, compared exactly.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import redis
 
+from bench import versus
 from bench.common import free_port, stop_process, table, unique_prefix
 from bench.worker_throughput import run_row
 from bench.workload import Workload
@@ -41,7 +45,7 @@ COMMANDS = {"zaddCommand": "ZADD", "hsetCommand": "HSET", "rpushCommand": "RPUSH
             "processMultibulkBuffer": "reading requests"}
 # The stream's entry ids say the events arrived at this rate (the worker's goal), whatever
 # the rate they were written at under valgrind: what depends on arrival times (the liveness
-# index writes a job's second when it changes) is then the same on every run.
+# commit says a job's second in <prefix>heard when it changes) is then the same on every run.
 ARRIVALS_PER_S = 50_000
 _LINE = re.compile(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+\S*?:(\w+) \[")
 
@@ -138,9 +142,11 @@ class CountedRedis:
         stop_process(self.proc, "redis-server under valgrind")
 
 
-def measure(server: CountedRedis, workload: Workload, log_dir: Path, worker: bool) -> Row:
+def measure(server: CountedRedis, workload: Workload, log_dir: Path, worker: bool,
+            tree: Path | None = None) -> Row:
     """One row; with ``worker``, the worker runs under callgrind too, counting only inside
-    its asyncio tasks (``--toggle-collect``): its imports and start-up stay out."""
+    its asyncio tasks (``--toggle-collect``): its imports and start-up stay out. ``tree``:
+    the worker of that source tree (another revision's files)."""
     client = redis.Redis.from_url(server.url)
     prefix = unique_prefix(f"{workload.jobs}j")
     worker_out = log_dir / f"worker-{workload.jobs}.cg"
@@ -149,7 +155,7 @@ def measure(server: CountedRedis, workload: Workload, log_dir: Path, worker: boo
     try:
         run_row(client, server.url, workload, prefix, log_dir=log_dir, batch_size=None,
                 timeout=3600.0, py_spy=None, around=(server.start, server.stop),
-                per_second=ARRIVALS_PER_S, wrap=wrap)
+                per_second=ARRIVALS_PER_S, wrap=wrap, tree=tree)
     finally:
         client.flushdb()
         client.close()
@@ -191,8 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", action="store_true",
                         help="also count the worker's instructions per event (it runs under "
                              "callgrind too: about 6 minutes per 200,000 events)")
+    parser.add_argument("--rev", default=None,
+                        help="count for this revision's worker instead of this tree's (from "
+                             "git, run from its source)")
     parser.add_argument("--quick", action="store_true", help="one row of 1,000 jobs")
     args = parser.parse_args(argv)
+    commit = versus.resolve(args.rev, "bench.redis_work") if args.rev is not None else None
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate", "redis-server"):
         if shutil.which(tool) is None:
             parser.error(f"needs {tool} (apt-get install valgrind redis-server)")
@@ -201,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     job_counts = ([int(j) for j in args.jobs.split(",")] if args.jobs
                   else [1000] if args.quick else [10_000, 100_000])
     work_dir = Path(tempfile.mkdtemp(prefix="bench-redis-work-"))
+    tree = None
+    if commit is not None:
+        tree = work_dir / "tree"
+        tree.mkdir()
+        versus.extract(commit, tree, "bench.redis_work")
     server = CountedRedis(work_dir)
     try:
         server.wait_ready()
@@ -208,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         for jobs in job_counts:
             workload = Workload(events=jobs * args.events_per_job, jobs=jobs, models=50)
             print(f"counting {workload.events:,} events over {jobs:,} jobs...", file=sys.stderr)
-            rows.append(measure(server, workload, work_dir, args.worker))
+            rows.append(measure(server, workload, work_dir, args.worker, tree))
     except BaseException:
         server.close()
         print(f"logs and counts kept in {work_dir}", file=sys.stderr)
@@ -216,8 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     server.close()
     shutil.rmtree(work_dir, ignore_errors=True)
     print("## Redis's work per event\n")
+    who = (f"`monitor worker` of {args.rev} ({commit[:10]}, from its source)"
+           if commit is not None else "`monitor worker`")
     print(f"Instructions a private `redis-server` executed (valgrind's callgrind) while one "
-          f"`monitor worker` applied a pre-filled stream of {args.events_per_job} events per "
+          f"{who} applied a pre-filled stream of {args.events_per_job} events per "
           f"job over 50 models (`bench.workload`; entry ids as if {ARRIVALS_PER_S:,} events "
           f"arrived a second), from just before it started until it had applied them all "
           f"(the bench's polling included); for the same code, runs on any host differ by "
@@ -226,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
           f"bookkeeping, replies and the event loop."
           + (" The worker's count is what its asyncio tasks ran (not the event loop's own "
              "callbacks nor the imports), its pure core "
-             f"{'compiled' if compiled.in_use() else 'from source'}; with the worker slowed "
+             f"{'compiled' if compiled.in_use() and commit is None else 'from source'}; "
+             "with the worker slowed "
              "by valgrind, Redis counts a few % more (its idle work grows with the run's "
              "length)." if args.worker else "")
           + "\n")

@@ -73,17 +73,17 @@ class Side:
         return median([r.redis_us_per_event for r in self.runs])
 
 
-def resolve(rev: str) -> str:
-    """The commit ``rev`` names in this checkout, or exit saying why not."""
+def resolve(rev: str, tool: str = "bench.versus") -> str:
+    """The commit ``rev`` names in this checkout, or exit saying why not (as ``tool``)."""
     done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet",
                            f"{rev}^{{commit}}"], capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"bench.versus: {rev!r} is not a commit of the git checkout at {ROOT} "
+        raise SystemExit(f"{tool}: {rev!r} is not a commit of the git checkout at {ROOT} "
                          f"(a shallow clone may lack it: git fetch --unshallow)")
     return done.stdout.strip()
 
 
-def extract(commit: str, into: Path) -> None:
+def extract(commit: str, into: Path, tool: str = "bench.versus") -> None:
     """``commit``'s files into ``into`` (``git archive`` piped to ``tar``)."""
     archive = subprocess.Popen(["git", "-C", str(ROOT), "archive", "--format=tar", commit],
                                stdout=subprocess.PIPE)
@@ -91,7 +91,7 @@ def extract(commit: str, into: Path) -> None:
     untar = subprocess.run(["tar", "-x", "-C", str(into)], stdin=archive.stdout, check=False)
     archive.stdout.close()
     if archive.wait() != 0 or untar.returncode != 0:
-        raise SystemExit(f"bench.versus: could not extract {commit} into {into}")
+        raise SystemExit(f"{tool}: could not extract {commit} into {into}")
 
 
 def checked(result: RowResult, who: str) -> RowResult:

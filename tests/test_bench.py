@@ -193,6 +193,30 @@ def test_redis_work_counts_redis_instructions_per_event_and_where_they_go(
         assert cells[f"{command} /event"] > 0, command
 
 
+@pytest.mark.timeout(600)
+def test_redis_work_counts_another_revisions_worker(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--rev``: the baseline's worker (extracted from git, run from its source) under the
+    same count; it wrote its Redis state its own way (Lua scripts: "the rest" of the count)."""
+    from bench import redis_work, versus
+    if not all(shutil.which(tool) for tool in ("valgrind", "callgrind_control",
+                                               "callgrind_annotate")):
+        if os.environ.get("REQUIRE_VALGRIND"):
+            pytest.fail("bench.redis_work needs valgrind; REQUIRE_VALGRIND is set")
+        pytest.skip("bench.redis_work needs valgrind (apt install valgrind)")
+    assert redis_work.main(["--jobs", "200", "--rev", versus.BASELINE]) == 0
+    out = capsys.readouterr().out
+    assert f"while one `monitor worker` of {versus.BASELINE} (" in out
+    row, = [line for line in out.splitlines() if line.startswith("| 200 |")]
+    cells = [int(c.strip().replace(",", "")) for c in row.strip("|").split("|")]
+    assert cells[1] == 400 and 5_000 < cells[2] < 1_000_000
+
+
+def test_redis_work_names_a_revision_it_cannot_find() -> None:
+    from bench import redis_work
+    with pytest.raises(SystemExit, match="^bench.redis_work: 'no-such-rev' is not a commit"):
+        redis_work.main(["--jobs", "200", "--rev", "no-such-rev"])
+
+
 @pytest.mark.timeout(300)
 def test_versus_runs_this_worker_and_the_baseline_taking_turns_on_one_stream(
         redis_url: str, monkeypatch: pytest.MonkeyPatch,

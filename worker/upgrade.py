@@ -38,6 +38,9 @@ async def upgrade(store: Store, lease: Lease, applied: str) -> None:
     if not await store.redis.exists(keys.folds, keys.alive):
         return
     await store.write_fenced(lease, applied, [("DEL", keys.alive)])
+    if not await store.redis.exists(keys.folds):  # no job yet: no group set either
+        log.info("%s is gone", keys.alive)
+        return
     fields = [text(f) for f in await store.redis.hkeys(keys.models)]
     for at in range(0, len(fields), CHUNK):
         await store.write_fenced(lease, applied, [
