@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.worker_memory [--quick] [--jobs 10000,100000,1000000]
 
 For each row, the state of N jobs over 500 models is written straight into Redis in the
-shapes the worker commits (``<prefix>jobs``, ``folds``, ``group:<model>``, ``models``, the
-order sets, ``alive``), not timed: each job is one of two jobs folded by the real rules (a
+shapes the worker commits (``<prefix>jobs`` with each fold state, ``models``, the order
+sets), not timed: each job is one of two jobs folded by the real rules (a
 finished one and a running one, 100 events each, SDK event ids), given its own id, model,
 times, best eval loss and archived flag (5%); 2% of the jobs are running. Metric histories
 are left out (the worker never reads one it does not thin). Then the real worker process

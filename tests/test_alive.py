@@ -14,9 +14,11 @@ import pytest
 import redis
 
 from monitor.keys import Keys
+from monitor.records import record
 from monitor.rules import Board, JobState
 from monitor.settings import AdvisorSettings, WorkerSettings
 from tests.gateway_helpers import run_until_applied
+from tests.redis_cluster import LocalCluster, flush
 from tests.test_order_index import publish, scenario
 from worker.advisor import Advisor
 from worker.batch import Commit, alive_moved, alive_score, build_commit, decode, fold
@@ -120,6 +122,7 @@ async def test_the_advisor_finds_a_job_once_its_second_ended_before_the_cutoff(
     written = [orjson.loads(fields[b"data"]) for _, fields in r.xrange(keys.events)]
     assert written == [{"type": "job_stale", "job_id": "silent", "last_seen": 900.5}]
     assert set(advisor.flagged) == {"silent"}
+    assert "finished" not in advisor.heard  # an ended job heard of is forgotten
     board = Board()  # the worker applies the finding: the advisor forgets it
     fold(board, decode([(f"{T}-0", {b"data": orjson.dumps({**STARTED, "job_id": "silent"})})]))
     advisor._take({**board.view("silent"), "stale": True})
@@ -178,3 +181,26 @@ async def test_a_running_job_stored_without_its_second_counts_as_heard_when_the_
     finally:
         await advisor.redis.aclose()
     assert list(advisor.heard) == ["a"] and before <= advisor.heard["a"] <= after
+
+
+async def test_the_advisor_reads_its_partition_on_a_redis_cluster(
+        redis_cluster: LocalCluster) -> None:
+    """Every read of the snapshot and of the two streams stays in the partition's slot."""
+    flush(redis_cluster)
+    advisor = Advisor(AdvisorSettings(redis_url=redis_cluster.url, redis_cluster=True,
+                                      prefix="alive:", partitions=2), index=1)
+    board = Board()
+    fold(board, decode([(f"{T + 300}-0", {b"data": orjson.dumps(STARTED)})]))
+    job = board.jobs["a"]
+    client = redis.cluster.RedisCluster.from_url(redis_cluster.url)
+    try:
+        client.hset(advisor.keys.jobs, "a", record(orjson.dumps(job.public()),
+                                                   orjson.dumps(job.private())))
+        await advisor._snapshot()
+        assert advisor.heard == {"a": T}
+        client.xadd(advisor.keys.heard, {"jobs": orjson.dumps({"a": T + 5000})})
+        await advisor._follow()
+        assert advisor.heard == {"a": T + 5000}
+    finally:
+        client.close()
+        await advisor.redis.aclose()

@@ -43,6 +43,7 @@ def to_old_layout(r: redis.Redis, keys: Keys) -> None:
     r.zadd(keys.alive, {"a-job": 1_000})
     for field, ids in groups.items():
         r.sadd(keys.group(field), *ids)
+    r.sadd(keys.group(model_field(None)), "handed-over")  # left by a move, whatever the rows
 
 
 def views(r: redis.Redis, keys: Keys) -> dict[str, dict[str, Any]]:

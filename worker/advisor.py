@@ -153,12 +153,12 @@ class Advisor:
         say (written by a version before 2026-12-07, not yet upgraded by a worker) counts as
         heard now: found stale ``stale_after`` later unless heard, and the worker shows its
         true last arrival then."""
+        now: Any = await self.redis.time()  # (apart: TIME has no key, so no cluster slot)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(self.keys.jobs)
             pipe.xrevrange(self.keys.updates, count=1)
             pipe.xrevrange(self.keys.heard, count=1)
-            pipe.time()
-            stored, last, heard, now = await pipe.execute()
+            stored, last, heard = await pipe.execute()
         self.counters.snapshots += 1
         self.version = text(last[0][0]) if last else "0-0"
         self.heard_version = text(heard[0][0]) if heard else "0-0"
@@ -197,10 +197,13 @@ class Advisor:
                 for entry_id, fields in entries:
                     self.heard_version = text(entry_id)
                     for job_id, second in orjson.loads(fields[b"jobs"]).items():
-                        if second:
-                            self.heard[job_id] = second
-                        else:  # moved to another partition
+                        known = self.jobs.get(job_id)
+                        if not second:  # moved to another partition
                             self.heard.pop(job_id, None)
+                        elif known is None or known["status"] == "running":
+                            self.heard[job_id] = second
+                        # (else it ended: an entry read late, the streams are read
+                        # separately, 500 entries at a time each)
                 continue
             for entry_id, fields in entries:
                 self.version = text(entry_id)
@@ -369,14 +372,20 @@ class Advisor:
         cutoff = now[0] + now[1] / 1e6 - self.settings.stale_after
         bound = (cutoff - 1) * 1000
         events = []
+        ended = []
         for job_id, second in self.heard.items():
             if second > bound or self.flagged.get(job_id) == second:
                 continue
             job = self.jobs.get(job_id)
-            if job is None or job["status"] != "running" or job["stale"]:
+            if job is not None and job["status"] != "running":
+                ended.append(job_id)  # heard of before its view arrived: forget it now
+                continue
+            if job is None or job["stale"]:
                 continue
             self.flagged[job_id] = second
             events.append({"type": "job_stale", "job_id": job_id, "last_seen": cutoff})
+        for job_id in ended:
+            del self.heard[job_id]
         self.counters.stale += len(events)
         await self._write(events)
 

@@ -134,9 +134,9 @@ class Folded:
     points: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Each job as stored when this batch first touched it (None: not stored here yet): what
-    # its model group and order sets are as far as Redis knows.
+    # its order sets are as far as Redis knows.
     stored_as: dict[str, Place | None] = field(default_factory=dict)
-    # And its ``alive_at`` then: the second ``<prefix>alive`` holds for it (unless stale).
+    # And its ``alive_at`` then: the second ``<prefix>heard`` last said of it.
     alive_as: dict[str, float | None] = field(default_factory=dict)
     dead: list[Decoded] = field(default_factory=list)
     applied: int = 0

@@ -17,6 +17,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from monitor.keys import model_field
 from monitor.records import record, split
 from monitor.redistools import text
 
@@ -38,13 +39,15 @@ async def upgrade(store: Store, lease: Lease, applied: str) -> None:
     if not await store.redis.exists(keys.folds, keys.alive):
         return
     await store.write_fenced(lease, applied, [("DEL", keys.alive)])
-    if not await store.redis.exists(keys.folds):  # no job yet: no group set either
-        log.info("%s is gone", keys.alive)
-        return
-    fields = [text(f) for f in await store.redis.hkeys(keys.models)]
+    # Each model's set; and the unnamed group's, which also held the jobs handed over to
+    # other partitions (older versions left them there) after its row may have gone.
+    fields = sorted({model_field(None), *(text(f) for f in await store.redis.hkeys(keys.models))})
     for at in range(0, len(fields), CHUNK):
         await store.write_fenced(lease, applied, [
             ("DEL", *(keys.group(field) for field in fields[at : at + CHUNK]))])
+    if not await store.redis.exists(keys.folds):  # no job yet
+        log.info("%s and the group sets are gone", keys.alive)
+        return
     total = await store.redis.hlen(keys.folds)
     log.info("moving the fold states of %s jobs into %s", f"{total:,}", keys.jobs)
     done, cursor, said = 0, 0, time.monotonic()
