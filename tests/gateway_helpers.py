@@ -11,12 +11,14 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import pytest
 import redis
 
 from monitor.keys import Keys
 from monitor.records import public_state
 from monitor.settings import WorkerSettings
 from worker.consumer import Worker
+from worker.store import LeaseLost
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
@@ -111,6 +113,21 @@ class RunningWorker:
 
 
 Drain = Callable[[], Awaitable[None]]
+
+
+async def refused_unless_fenced(r: redis.Redis, keys: Keys, worker: Worker,
+                                step: Callable[[str], Awaitable[object]]) -> None:
+    """``step(applied)``, which ``worker`` runs believing ``"0-0"`` is applied, raises
+    LeaseLost when another worker holds the lease, and when another committed since (the
+    applied id is then ``"7-0"``, the lease ``worker``'s again)."""
+    assert await worker.lease.hold()
+    r.set(keys.lease, "another worker")
+    with pytest.raises(LeaseLost):
+        await step("0-0")
+    r.set(keys.lease, worker.lease.token)
+    r.set(keys.applied, "7-0")  # another worker committed since this one read
+    with pytest.raises(LeaseLost):
+        await step("0-0")
 
 
 async def run_until_applied(worker: Worker, r: redis.Redis, keys: Keys, count: int, *,

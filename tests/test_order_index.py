@@ -23,14 +23,13 @@ from monitor.partitions import Partitioning
 from monitor.records import public_state
 from monitor.rules import Board, Group
 from monitor.settings import WorkerSettings
-from tests.gateway_helpers import Drain, draining_worker
+from tests.gateway_helpers import Drain, draining_worker, refused_unless_fenced
 from tests.helpers import ts_of
 from tests.redis_cluster import LocalCluster, flush
 from tests.reference import reference_views
 from worker import order
 from worker.batch import Commit, build_commit, decode, fold
 from worker.consumer import Worker, run_worker
-from worker.store import LeaseLost
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -364,14 +363,8 @@ async def test_a_backfill_without_the_lease_writes_nothing(
                                          "created_at": 5.0}))
     worker = Worker(WorkerSettings(redis_url=redis_url, prefix=keys.prefix, lease_ttl=5.0))
     try:
-        assert await worker.lease.hold()
-        r.set(keys.lease, "another worker")
-        with pytest.raises(LeaseLost):
-            await order.backfill(worker.store, worker.lease, "0-0")
-        r.set(keys.lease, worker.lease.token)
-        r.set(keys.applied, "7-0")  # another worker committed since this one read
-        with pytest.raises(LeaseLost):
-            await order.backfill(worker.store, worker.lease, "0-0")
+        await refused_unless_fenced(
+            r, keys, worker, lambda applied: order.backfill(worker.store, worker.lease, applied))
         assert stored_sets(r, keys) == {} and r.get(keys.order_built) is None
         await order.backfill(worker.store, worker.lease, "7-0")
         assert stored_sets(r, keys) == {keys.order(False): {"a": -5.0},

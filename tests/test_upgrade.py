@@ -18,14 +18,13 @@ from monitor.decoded import parse_event
 from monitor.keys import Keys, model_field
 from monitor.records import public_state, split
 from monitor.settings import WorkerSettings
-from tests.gateway_helpers import run_until_applied
+from tests.gateway_helpers import refused_unless_fenced, run_until_applied
 from tests.helpers import ts_of
 from tests.reference import reference_views
 from tests.test_order_index import expected_sets, publish, scenario, stored_sets
 from web.state import build_views
 from worker import upgrade
 from worker.consumer import Worker
-from worker.store import LeaseLost
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -105,14 +104,8 @@ async def test_an_upgrade_without_the_lease_writes_nothing(
     r.sadd(keys.group("null"), "a")
     worker = Worker(WorkerSettings(redis_url=redis_url, prefix=keys.prefix, lease_ttl=5.0))
     try:
-        assert await worker.lease.hold()
-        r.set(keys.lease, "another worker")
-        with pytest.raises(LeaseLost):
-            await upgrade.upgrade(worker.store, worker.lease, "0-0")
-        r.set(keys.lease, worker.lease.token)
-        r.set(keys.applied, "7-0")  # another worker committed since this one read
-        with pytest.raises(LeaseLost):
-            await upgrade.upgrade(worker.store, worker.lease, "0-0")
+        await refused_unless_fenced(
+            r, keys, worker, lambda applied: upgrade.upgrade(worker.store, worker.lease, applied))
     finally:
         await worker.redis.aclose()
     assert r.hget(keys.jobs, "a") == public and r.hget(keys.folds, "a") == b"{}"
