@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any, Final
 
+import msgspec
 from sortedcontainers import SortedList
 
 from monitor.decoded import (
@@ -33,6 +34,7 @@ from monitor.decoded import (
     as_dict,
 )
 from monitor.limits import RUNNING
+from monitor.public import PUBLIC_FIELDS, PublicState, to_dict, to_json
 from monitor.seen import SeenIds
 
 UNKNOWN_MODEL = "Unknown Model"
@@ -51,7 +53,21 @@ def parse_pos(entry_id: str | bytes) -> Pos:
     """``"1700000000000-3"`` -> ``(1700000000000, 3)``."""
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
+    return int(ms), int(seq) if seq else 0
+
+
+def parse_positions(entry_ids: list[str]) -> list[Pos]:
+    """:func:`parse_pos` of each of ``entry_ids`` (str). Ids in a row from one millisecond
+    (a busy stream has dozens) parse its digits once: int() of them was 2% of the worker."""
+    out = []
+    last_ms: str | None = None
+    ms = 0
+    for entry_id in entry_ids:
+        ms_text, _, seq = entry_id.partition("-")
+        if ms_text != last_ms:
+            last_ms, ms = ms_text, int(ms_text)
+        out.append((ms, int(seq) if seq else 0))  # (of a str: compiled, a direct parse)
+    return out
 
 
 def obs_key(step: int | None, epoch: float | None, pos: Pos) -> ObsKey:
@@ -59,14 +75,6 @@ def obs_key(step: int | None, epoch: float | None, pos: Pos) -> ObsKey:
 
 
 # --- One job: its state, and how an event changes it ------------------------------------------
-
-PUBLIC_FIELDS = (
-    "id", "model_name", "model_display", "name", "status", "archived", "epoch", "step", "loss",
-    "eval_loss", "best_eval_loss", "best_epoch", "best_step", "best_checkpoint_path", "final_loss",
-    "final_eval_loss", "total_epochs", "total_steps", "created_at", "updated_at", "finished_at",
-    "gpu_count", "error", "eval_count", "forecast", "autostop", "stop_requested", "stale",
-    "last_seen",
-)
 
 
 @dataclass(slots=True)
@@ -194,28 +202,36 @@ class JobState:
 
     def public(self) -> dict[str, Any]:
         """The job state (docs/state.md, Job state) without ``config``, as stored for readers:
-        the fields of ``PUBLIC_FIELDS``, ``model_display`` last. (A dict display: it runs for
-        every job a batch touches, and builds the dict in one step.) A final loss is the
-        one ``job_finished`` gave, else the job's latest; None while it runs."""
+        the fields of ``PUBLIC_FIELDS``, ``model_display`` last."""
+        return to_dict(self.public_struct())
+
+    def public_json(self) -> bytes:
+        """:meth:`public` as JSON, as stored (written from the struct: no dict is made)."""
+        return to_json(self.public_struct())
+
+    def public_struct(self) -> msgspec.Struct:
+        """:meth:`public` as a ``PublicState`` (monitor.public). A final loss is the one
+        ``job_finished`` gave, else the job's latest; None while it runs."""
         finished = self.status != RUNNING
         given_loss, given_eval = self.given_final_loss, self.given_final_eval_loss
-        return {
-            "id": self.id, "model_name": self.model_name, "name": self.name,
-            "status": self.status, "archived": self.archived, "epoch": self.epoch,
-            "step": self.step, "loss": self.loss, "eval_loss": self.eval_loss,
-            "best_eval_loss": self.best_eval_loss, "best_epoch": self.best_epoch,
-            "best_step": self.best_step, "best_checkpoint_path": self.best_checkpoint_path,
-            "final_loss": None if not finished else (
-                given_loss if given_loss is not None else self.loss),
-            "final_eval_loss": None if not finished else (
-                given_eval if given_eval is not None else self.eval_loss),
-            "total_epochs": self.total_epochs, "total_steps": self.total_steps,
-            "created_at": self.created_at, "updated_at": self.updated_at,
-            "finished_at": self.finished_at, "gpu_count": self.gpu_count, "error": self.error,
-            "eval_count": self.eval_count, "forecast": self.forecast, "autostop": self.autostop,
-            "stop_requested": self.stop_requested, "stale": self.stale,
-            "last_seen": self.last_seen, "model_display": model_display(self.model_name),
-        }
+        return PublicState(
+            self.id, self.model_name, self.name, self.status, self.archived, self.epoch,
+            self.step, self.loss, self.eval_loss, self.best_eval_loss, self.best_epoch,
+            self.best_step, self.best_checkpoint_path,
+            None if not finished else (given_loss if given_loss is not None else self.loss),
+            None if not finished else (given_eval if given_eval is not None
+                                        else self.eval_loss),
+            self.total_epochs, self.total_steps, self.created_at, self.updated_at,
+            self.finished_at, self.gpu_count, self.error, self.eval_count, self.forecast,
+            self.autostop, self.stop_requested, self.stale, self.last_seen,
+            model_display(self.model_name))
+
+    def view_extras(self, best: tuple[str, float] | None) -> dict[str, Any]:
+        """:func:`view_extras` of :meth:`public`, read from the job itself (no dict lookups:
+        this runs for every view a batch sends)."""
+        hours = None if self.gpu_count is None else hours_used(
+            self.gpu_count, self.created_at, self.updated_at, self.finished_at)
+        return extras(self.id, self.archived, self.best_eval_loss, hours, best)
 
     def private(self) -> dict[str, Any]:
         """What the fold needs beyond :meth:`public` to go on after a restart."""
@@ -523,28 +539,46 @@ def job_view(public: dict[str, Any], best: tuple[str, float] | None, *,
 def view_extras(public: dict[str, Any], best: tuple[str, float] | None) -> dict[str, Any]:
     """What a view adds to the public state, in the view's order: ``is_best``, ``delta_pct``,
     ``tier``, ``gpu_hours`` (see :func:`job_view`)."""
-    is_best = best is not None and best[0] == public["id"]
+    return extras(public["id"], public["archived"], public["best_eval_loss"], gpu_hours(public),
+                  best)
+
+
+def extras(job_id: str, archived: bool, best_eval_loss: float | None, hours: float | None,
+           best: tuple[str, float] | None) -> dict[str, Any]:
+    """:func:`view_extras` of a job with these fields, and ``gpu_hours`` ``hours``."""
+    is_best = best is not None and best[0] == job_id
     delta = None
-    if (best is not None and not is_best
-            and is_candidate(public["archived"], public["best_eval_loss"])):
-        delta = delta_pct(public["best_eval_loss"], best[1])
-    return {"is_best": is_best, "delta_pct": delta, "tier": tier(delta),
-            "gpu_hours": gpu_hours(public)}
+    if best is not None and not is_best and is_candidate(archived, best_eval_loss):
+        assert best_eval_loss is not None
+        delta = delta_pct(best_eval_loss, best[1])
+    return {"is_best": is_best, "delta_pct": delta, "tier": tier(delta), "gpu_hours": hours}
 
 
 def view_is_public_and_extras(public: dict[str, Any]) -> bool:
     """Is the view of this :meth:`JobState.public` that state with :func:`view_extras` after
     it, nothing changed (a running job's forecast shows; a finished one's is hidden)?"""
-    return public["status"] == RUNNING or public["forecast"] is None
+    return shows_public_and_extras(public["status"], public["forecast"])
+
+
+def shows_public_and_extras(status: str, forecast: dict[str, Any] | None) -> bool:
+    """:func:`view_is_public_and_extras` of a job with this status and forecast."""
+    return status == RUNNING or forecast is None
 
 
 def gpu_hours(public: dict[str, Any]) -> float | None:
     """GPU-hours a job has used: ``gpu_count`` times its time from ``created_at`` to its end
     (``finished_at`` once finished, else ``updated_at``); None without ``gpu_count``."""
-    if public.get("gpu_count") is None:
+    count = public.get("gpu_count")
+    if count is None:
         return None
-    end = public["finished_at"] if public["finished_at"] is not None else public["updated_at"]
-    return float(public["gpu_count"] * max(0.0, end - public["created_at"]) / 3600)
+    return hours_used(count, public["created_at"], public["updated_at"], public["finished_at"])
+
+
+def hours_used(gpu_count: int, created_at: float, updated_at: float,
+               finished_at: float | None) -> float:
+    """:func:`gpu_hours` of a job with these fields and a ``gpu_count``."""
+    end = finished_at if finished_at is not None else updated_at
+    return float(gpu_count * max(0.0, end - created_at) / 3600)
 
 
 def delta_pct(best_eval_loss: float, best: float) -> float | None:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from bench.workload import Workload, generate
 from monitor import events as contract
-from monitor.decoded import as_dict, decode_fast, event_of, from_model, parse_event
+from monitor.decoded import SMALL_ENTRY, as_dict, decode_fast, event_of, from_model, parse_event
 from monitor.events import EVENT_TYPES, BadEvent, describe, event_adapter
 from monitor.keys import is_job_id
 from monitor.limits import JOB_ID_PATTERN, MAX_CONFIG_BYTES, MAX_INT, MAX_JOB_ID, MAX_NAME, MAX_TEXT
@@ -143,6 +143,20 @@ def test_every_event_the_workload_writes_is_taken_by_msgspec_itself() -> None:
     for event in generate(Workload(events=2000, jobs=50, models=5)):
         raw = orjson.dumps(event)
         assert repr(decode_fast(raw)) == repr(from_model(event_adapter.validate_json(raw)))
+
+
+def test_a_short_entry_holds_a_config_far_below_the_limit_as_the_contract_writes_it() -> None:
+    """An entry of at most SMALL_ENTRY bytes skips the config's size check: the number
+    that grows most when written again ("1e15") still keeps its config under half the
+    limit, and the fast path reads it as the contract does."""
+    head = b'{"type":"job_started","job_id":"a","config":{"x":['
+    count = (SMALL_ENTRY - len(head) - 2) // len(b"1e15,")
+    raw = head + b",".join([b"1e15"] * count) + b"]}}"
+    assert SMALL_ENTRY - 5 < len(raw) <= SMALL_ENTRY
+    config = json.loads(raw)["config"]
+    written = json.dumps(config, ensure_ascii=False, separators=(",", ":")).encode()
+    assert len(raw) * 3.5 < len(written) <= MAX_CONFIG_BYTES // 2
+    assert repr(decode_fast(raw)) == repr(from_model(event_adapter.validate_json(raw)))
 
 
 ONE_OF_EACH = [

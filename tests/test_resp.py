@@ -42,7 +42,8 @@ def test_a_transaction_as_redis_reads_it() -> None:
 def test_values_and_commands_longer_than_the_table_of_headers() -> None:
     long_value = b"x" * (TABLE + 5)
     many = ("SADD", "seen", *(f"id-{i}" for i in range(TABLE)))
-    cmds: list[Command] = [("SET", "k", long_value), many, ("GET", "é" * TABLE)]
+    cmds: list[Command] = [("SET", "k", long_value), many, ("GET", "é" * TABLE),
+                           (long_value, "k"), (), ("PING",), (), (long_value,)]
     packed = pack(cmds)
     assert packed.startswith(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\nxxx" % (TABLE + 5))
     assert b"*%d\r\n$4\r\nSADD\r\n" % (TABLE + 2) in packed

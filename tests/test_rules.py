@@ -7,6 +7,7 @@ import inspect
 import math
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,6 +22,7 @@ from monitor.rules import (
     exact_tier,
     model_display,
     parse_pos,
+    parse_positions,
     shown,
     tier,
 )
@@ -306,6 +308,24 @@ def test_the_public_state_has_every_public_field_and_restores_to_the_same_job() 
     assert public["final_eval_loss"] == 0.3 and public["model_display"] == Q
     assert JobState.restore(public, job.private()) == job
 
+def test_each_public_field_holds_its_own_value_and_the_json_is_the_dict() -> None:
+    """The struct behind the public state is filled by position: a field given another's
+    value would show here (each field holds a value no other holds)."""
+    values: dict[str, Any] = {
+        "id": "a", "model_name": "m", "name": "n", "status": "completed", "archived": True,
+        "epoch": 1.5, "step": 11, "loss": 2.5, "eval_loss": 3.5, "best_eval_loss": 4.5,
+        "best_epoch": 5.5, "best_step": 12, "best_checkpoint_path": "p", "total_epochs": 13,
+        "total_steps": 14, "created_at": 6.5, "updated_at": 7.5, "finished_at": 8.5,
+        "gpu_count": 15, "error": "e", "eval_count": 16, "forecast": {"f": 1},
+        "autostop": None, "stop_requested": {"s": 2}, "stale": False, "last_seen": 9.5}
+    job = JobState(**values, given_final_loss=0.25, given_final_eval_loss=0.75)
+    public = job.public()
+    assert public == {**values, "final_loss": 0.25, "final_eval_loss": 0.75,
+                      "model_display": "m"}
+    assert list(public) == [f for f in PUBLIC_FIELDS if f != "model_display"] + [
+        "model_display"]
+    assert job.public_json() == orjson.dumps(public)
+
 
 def test_a_new_job_state_takes_every_field_with_its_default() -> None:
     job = JobState(id="a", created_at=1.0, updated_at=2.0)
@@ -510,3 +530,11 @@ def test_an_entry_id_is_read_as_its_two_numbers(entry_id: str | bytes, pos: tupl
 def test_anything_else_is_not_an_entry_id(entry_id: str) -> None:
     with pytest.raises(ValueError):
         parse_pos(entry_id)
+    with pytest.raises(ValueError):
+        parse_positions(["7-0", "7-1", entry_id])
+
+
+def test_many_ids_read_as_each_alone_those_of_one_millisecond_included() -> None:
+    ids = ["5-0", "5-1", "5-2", "6-0", "5-3", "1700000000000-7", "1700000000000-8", "9", "9-"]
+    assert parse_positions(ids) == [parse_pos(i) for i in ids]
+    assert parse_positions([]) == []

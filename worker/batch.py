@@ -25,8 +25,8 @@ from monitor.rules import (
     JobState,
     Pos,
     parse_pos,
-    view_extras,
-    view_is_public_and_extras,
+    parse_positions,
+    shows_public_and_extras,
 )
 from worker.moves import MOVE, RELAY, SKIP, Diverter
 from worker.order import Place, place_of, reorder
@@ -34,6 +34,9 @@ from worker.order import Place, place_of, reorder
 log = logging.getLogger("monitor.worker")
 
 DEAD_DATA_BYTES = 4096
+# orjson.dumps bound once: compiled, each ``orjson.dumps(...)`` looks the name up in the
+# module first, and a batch calls it four times for every job it touches.
+dumps: Final = orjson.dumps
 
 Entry = tuple[str, dict[bytes, bytes] | None]
 """A stream entry as read: its id and fields (None when it was deleted from the stream)."""
@@ -69,11 +72,27 @@ class Decoded:
         return self.event.ts if self.event.ts is not None else self.pos[0] / 1000
 
 
+def entries_read(entries: list[Any]) -> list[Entry]:
+    """Entries as XREADGROUP gives them: ``[id, [field, value, ...]]``, or ``[id, None]``
+    once deleted from the stream. (Compiled with the rest: it runs for every entry read.)"""
+    out: list[Entry] = []
+    for entry in entries:
+        raw_id: bytes = entry[0]
+        flat: list[bytes] | None = entry[1]
+        entry_id = raw_id.decode("ascii")
+        if not flat:
+            out.append((entry_id, None))
+        elif len(flat) == 2:  # the usual case: one field, data
+            out.append((entry_id, {flat[0]: flat[1]}))
+        else:
+            out.append((entry_id, dict(zip(flat[::2], flat[1::2]))))
+    return out
+
+
 def decode(entries: list[Entry]) -> list[Decoded]:
     """Validate each entry; a bad one is kept with its reason (it goes to ``<prefix>dead``)."""
     out = []
-    for entry_id, fields in entries:
-        pos = parse_pos(entry_id)
+    for (entry_id, fields), pos in zip(entries, parse_positions([e[0] for e in entries])):
         raw = (fields or {}).get(b"data")
         if raw is None:
             reason = "entry has no data field" if fields else "entry was deleted from the stream"
@@ -97,6 +116,19 @@ def decode(entries: list[Entry]) -> list[Decoded]:
         except BadEvent as e:
             out.append(Decoded(entry_id, pos, None, raw, e.reason, src))
     return out
+
+
+def events_of(items: list[Decoded]) -> list[Event]:
+    """The events of ``items`` that are not refused."""
+    return [item.event for item in items if item.event is not None]
+
+
+def after(items: list[Decoded], pos: Pos) -> list[Decoded]:
+    """The items past ``pos`` (items are in stream order: those after the first past it)."""
+    for at, item in enumerate(items):
+        if item.pos > pos:
+            return items[at:] if at else items
+    return []
 
 
 def _source(value: bytes | None) -> tuple[str, Pos] | None:
@@ -292,7 +324,7 @@ def take_over(commit: Commit, keys: Keys, job_id: str, handoff: dict[str, Any]) 
     """Write what a handed-over job brings besides its state: config and stored event ids
     (its metric history is written with the job's new points)."""
     if handoff.get("config") is not None:
-        commit.configs[job_id] = orjson.dumps(handoff["config"])
+        commit.configs[job_id] = dumps(handoff["config"])
     if handoff.get("seen"):
         commit.seen_add.setdefault(keys.seen(job_id), []).extend(handoff["seen"])
 
@@ -305,19 +337,17 @@ def update_data(views: list[bytes], rows: list[bytes]) -> bytes:
     return b"".join((b'{"jobs":[', b",".join(views), b'],"models":[', b",".join(rows), b"]}"))
 
 
-def board_view(board: Board, job_id: str, public: tuple[dict[str, Any], bytes] | None
-               ) -> bytes:
-    """The view of a job on the board, as JSON; ``public``: its public state and that as
-    JSON, when at hand. (Mostly the stored JSON with the view's fields spliced on: cheaper
-    than building and serializing the view, for every job a batch touches.)"""
-    if public is None:
-        state = board.jobs[job_id].public()
-        public = state, orjson.dumps(state)
-    state, stored = public
-    if not view_is_public_and_extras(state):
-        return orjson.dumps(board.view(job_id, dict(state)))
-    extras = view_extras(state, board.best_of(state["model_name"]))
-    return stored[:-1] + b"," + orjson.dumps(extras)[1:]
+def board_view(board: Board, job_id: str, stored: bytes | None) -> bytes:
+    """The view of a job on the board, as JSON; ``stored``: its public state as JSON, when
+    at hand. (Mostly that JSON with the view's fields spliced on: cheaper than building
+    and serializing the view, for every job a batch touches.)"""
+    job = board.jobs[job_id]
+    if not shows_public_and_extras(job.status, job.forecast):
+        return dumps(board.view(job_id))
+    if stored is None:
+        stored = job.public_json()
+    extras = job.view_extras(board.best_of(job.model_name))
+    return stored[:-1] + b"," + dumps(extras)[1:]
 
 
 def cold_views(board: Board, folded: Folded) -> list[str]:
@@ -332,25 +362,23 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
     """The writes for ``folded``; ``histories`` holds the stored points of :func:`rewrites`,
     ``cold`` the stored public states of :func:`cold_views` (given away: they become views)."""
     commit = Commit(applied=folded.last_id)
-    publics = {}
+    publics: dict[str, bytes] = {}  # job -> its public state as JSON
     for job_id in folded.jobs:
         job = board.jobs[job_id]
-        new_points = folded.points.get(job_id, [])
+        new_points = folded.points.get(job_id)
         handoff = folded.adopted.get(job_id)
         if handoff is not None:
             take_over(commit, keys, job_id, handoff)
         stored = handoff["points"] if handoff is not None else histories.get(job_id)
         if stored is not None:
-            points = history.extend(stored, new_points)
-            commit.replace[keys.metrics(job_id)] = [orjson.dumps(p) for p in points]
+            points = history.extend(stored, new_points or [])
+            commit.replace[keys.metrics(job_id)] = [dumps(p) for p in points]
             job.points = len(points)
         elif new_points:
-            commit.append[keys.metrics(job_id)] = [orjson.dumps(p) for p in new_points]
+            commit.append[keys.metrics(job_id)] = [dumps(p) for p in new_points]
             job.points += len(new_points)
-        public = job.public()
-        stored = orjson.dumps(public)
-        commit.jobs[job_id] = record(stored, orjson.dumps(job.private()))
-        publics[job_id] = (public, stored)
+        public = publics[job_id] = job.public_json()
+        commit.jobs[job_id] = record(public, dumps(job.private()))
         if added := job.seen.take_added():
             commit.seen_add.setdefault(keys.seen(job_id), []).extend(added)
         if job.finished:
@@ -360,22 +388,24 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
                     and alive_moved(folded.alive_as[job_id], job.alive_at)):
                 commit.alive[job_id] = alive_score(job.alive_at)
             if job.stop_requested is not None:
-                commit.stops[job_id] = orjson.dumps(job.stop_requested)
-        reorder(commit, keys, job_id, folded.stored_as[job_id], place_of(job))
+                commit.stops[job_id] = dumps(job.stop_requested)
+        before = folded.stored_as[job_id]
+        if before is None or not before.holds(job):
+            reorder(commit, keys, job_id, before, place_of(job))
     for job_id, config in folded.configs.items():
-        commit.configs[job_id] = orjson.dumps(config)
+        commit.configs[job_id] = dumps(config)
     rows = []
     for model in folded.models:
         group = board.groups.get(model)
         if group is None:
             commit.models_gone.append(model_field(model))
-            rows.append(orjson.dumps(Group(model).summary()))  # no jobs here any more: 0s
+            rows.append(dumps(Group(model).summary()))  # no jobs here any more: 0s
         else:
-            row = commit.models[model_field(model)] = orjson.dumps(group.summary())
+            row = commit.models[model_field(model)] = dumps(group.summary())
             rows.append(row)
     if folded.views or rows:
         views = [board_view(board, job_id, publics.get(job_id)) if job_id in board.jobs
-                 else orjson.dumps(board.view_stored((cold or {})[job_id]))
+                 else dumps(board.view_stored((cold or {})[job_id]))
                  for job_id in folded.views]
         commit.update = update_data(views, rows)
     for item in folded.dead:

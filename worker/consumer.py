@@ -44,8 +44,10 @@ from worker.batch import (
     Commit,
     Decoded,
     Folded,
+    after,
     build_commit,
     cold_views,
+    events_of,
     fold,
     poisoned,
     rewrites,
@@ -202,7 +204,7 @@ class Worker:
         If loading fails (a defect), the batch is returned as it was: folding it loads again
         and isolates the entry at fault, and the commit before is not redone."""
         try:
-            await self._load([item.event for item in batch.items if item.event is not None])
+            await self._load(events_of(batch.items))
         except BUG:
             log.exception("could not load what the next batch touches; trying again when "
                           "it is folded")
@@ -274,7 +276,7 @@ class Worker:
         """Apply the entries not yet committed and ``send`` their commit (after a rewind to
         the applied id, every entry read is one)."""
         done = parse_pos(self.pipeline.applied)
-        fresh = [item for item in batch.items if item.pos > done]
+        fresh = after(batch.items, done)
         if fresh:
             try:
                 commit, rest = await self._fold(fresh, loaded=batch.loaded)
@@ -375,7 +377,7 @@ class Worker:
         batch, whose states stay on the board for this one (worker.hot). Only a history
         about to be thinned is read back, so its points must have landed first."""
         if not loaded:
-            await self._load([item.event for item in items if item.event is not None])
+            await self._load(events_of(items))
         await self._know_stored_ids(items)
         if self.divert is not None:
             self.divert.routes = await self.store.routes(self.divert.route_lookups(items))

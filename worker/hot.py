@@ -15,7 +15,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 
+import orjson
+
 from monitor.decoded import Event
+from monitor.records import split
 from monitor.rules import Board, JobState
 
 
@@ -37,8 +40,12 @@ class HotJobs:
         """These jobs' states are on the board and used in this turn."""
         touched, turn = self._touched, self.turn
         for job_id in job_ids:
-            touched[job_id] = turn
-            touched.move_to_end(job_id)
+            last = touched.get(job_id)
+            if last is None:
+                touched[job_id] = turn  # new: it goes last
+            elif last != turn:  # (touched in this turn already: among the last, as needed)
+                touched[job_id] = turn
+                touched.move_to_end(job_id)
 
     def coldest(self) -> list[str]:
         """The jobs to take off the board now: the least recently touched beyond ``limit``,
@@ -88,6 +95,18 @@ def groups_touched(board: Board, staged: dict[str, JobState],
             if event.model_name is not None:
                 models.add(event.model_name)
     return models
+
+
+def restored(job_ids: list[str], values: list[bytes | None]) -> dict[str, JobState]:
+    """The states of the stored jobs among ``job_ids``, from their values in ``<prefix>jobs``
+    (None: not stored, left out)."""
+    out = {}
+    for job_id, raw in zip(job_ids, values):
+        if raw is not None:
+            public, fold = split(raw)
+            if fold is not None:  # (always, once worker.upgrade merged older states)
+                out[job_id] = JobState.restore(orjson.loads(public), orjson.loads(fold))
+    return out
 
 
 def warm(board: Board, hot: HotJobs, staged: dict[str, JobState]) -> None:

@@ -50,6 +50,12 @@ class Place:
     def __repr__(self) -> str:
         return f"Place({self.model_name!r}, {self.archived!r}, {self.created_at!r})"
 
+    def holds(self, job: JobState) -> bool:
+        """Is ``job`` at this place now? (The common case, a metric or a heartbeat, asked
+        without making the job's place to compare.)"""
+        return (self.model_name == job.model_name and self.archived == job.archived
+                and self.created_at == job.created_at)
+
 
 def place_of(job: JobState) -> Place:
     return Place(job.model_name, job.archived, job.created_at)

@@ -19,6 +19,9 @@ CRLF: Final = b"\r\n"
 TABLE: Final = 4096  # headers kept ready: "$0\r\n" to "$4095\r\n" (a job's state is ~1 KB)
 _SIZES: Final = [b"$%d\r\n" % n for n in range(TABLE)]
 _COUNTS: Final = [b"*%d\r\n" % n for n in range(TABLE)]
+# The same after an argument, with the CRLF that ends it: one piece fewer per argument.
+_NEXT_SIZES: Final = [CRLF + header for header in _SIZES]
+_NEXT_COUNTS: Final = [CRLF + header for header in _COUNTS]
 
 
 def pack(commands: Sequence[Command]) -> bytes:
@@ -26,17 +29,27 @@ def pack(commands: Sequence[Command]) -> bytes:
     (sent as UTF-8), int or float (sent as ``repr`` gives it); anything else is a
     TypeError: a bool, None or a bytearray, as with hiredis, and also a float subclass
     (numpy's) or a memoryview, which hiredis would take."""
-    sizes, counts = _SIZES, _COUNTS
     parts: list[bytes] = []
+    owed = False  # the last piece is an argument, whose CRLF goes with the next header
     for command in commands:
         count = len(command)
-        parts.append(counts[count] if count < TABLE else b"*%d\r\n" % count)
+        if count < TABLE:
+            parts.append((_NEXT_COUNTS if owed else _COUNTS)[count])
+        else:
+            parts.append(b"\r\n*%d\r\n" % count if owed else b"*%d\r\n" % count)
+        sizes = _SIZES  # the first argument follows the count's own CRLF
         for arg in command:
             data = _encoded(arg)
             size = len(data)
-            parts.append(sizes[size] if size < TABLE else b"$%d\r\n" % size)
+            if size < TABLE:
+                parts.append(sizes[size])
+            else:
+                parts.append(b"$%d\r\n" % size if sizes is _SIZES else b"\r\n$%d\r\n" % size)
             parts.append(data)
-            parts.append(CRLF)
+            sizes = _NEXT_SIZES
+        owed = count > 0  # (an empty command's count header paid what was owed)
+    if owed:
+        parts.append(CRLF)
     return b"".join(parts)
 
 

@@ -20,11 +20,12 @@ from redis.exceptions import ResponseError, WatchError
 
 from monitor.keys import GROUP, Keys
 from monitor.partitions import Partitioning, parse_route, route_value
-from monitor.records import public_state, split
+from monitor.records import public_state
 from monitor.redistools import node_client, text
 from monitor.rules import JobState, RankKey, stored_rank
-from worker.batch import Commit, Entry
+from worker.batch import Commit, Entry, entries_read
 from worker.fenced import fenced
+from worker.hot import restored
 from worker.lease import Lease
 from worker.resp import Command
 from worker.writes import writes
@@ -158,7 +159,7 @@ class Store:
         # {stream: entries} (RESP3) or [[stream, entries]] (RESP2), where each entry is
         # [id, [field, value, ...]], or [id, None] once deleted from the stream
         ((_, entries),) = reply.items() if isinstance(reply, dict) else reply
-        return [(entry_id.decode(), _fields(fields)) for entry_id, fields in entries]
+        return entries_read(entries)
 
     async def wait(self, after: str, block_ms: int) -> str | None:
         """Block until an entry newer than ``after`` exists; its id, or None on time-out."""
@@ -184,32 +185,25 @@ class Store:
         value = await self.redis.get(self.keys.applied)
         return text(value) if value is not None else "0-0"
 
-    async def _job_fields(self, hashes: tuple[str, ...], job_ids: list[str],
-                          per_trip: int = LOAD_CHUNK
-                          ) -> AsyncIterator[tuple[str, tuple[bytes | None, ...]]]:
-        """Each of ``job_ids`` with its field in each of ``hashes``, in order: at most
-        :data:`LOAD_CHUNK` fields per HMGET and ``per_trip`` jobs per round trip (the lease
-        renews between round trips)."""
+    async def _job_values(self, job_ids: list[str], per_trip: int = LOAD_CHUNK
+                          ) -> AsyncIterator[tuple[list[str], list[bytes | None]]]:
+        """``job_ids`` a chunk at a time, with their values in ``<prefix>jobs`` (None: not
+        stored): at most :data:`LOAD_CHUNK` fields per HMGET and ``per_trip`` jobs per round
+        trip (the lease renews between round trips)."""
         for start in range(0, len(job_ids), per_trip):
             trip = job_ids[start : start + per_trip]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for at in range(0, len(trip), LOAD_CHUNK):
-                    for key in hashes:
-                        pipe.hmget(key, trip[at : at + LOAD_CHUNK])
-                replies = iter(await pipe.execute())
-            for at in range(0, len(trip), LOAD_CHUNK):
-                chunk = trip[at : at + LOAD_CHUNK]
-                for item in zip(chunk, zip(*(next(replies) for _ in hashes))):
-                    yield item
+                    pipe.hmget(self.keys.jobs, trip[at : at + LOAD_CHUNK])
+                replies = await pipe.execute()
+            for at, values in zip(range(0, len(trip), LOAD_CHUNK), replies, strict=True):
+                yield trip[at : at + LOAD_CHUNK], values
 
     async def load_jobs(self, job_ids: list[str]) -> dict[str, JobState]:
         """The stored jobs among ``job_ids`` (missing ones are left out)."""
         out = {}
-        async for job_id, (raw,) in self._job_fields((self.keys.jobs,), job_ids):
-            if raw is not None:
-                public, fold = split(raw)
-                if fold is not None:  # (always, once worker.upgrade merged older states)
-                    out[job_id] = JobState.restore(orjson.loads(public), orjson.loads(fold))
+        async for chunk, values in self._job_values(job_ids):
+            out.update(restored(chunk, values))
         return out
 
     async def group_members(self, models: list[str | None]) -> dict[str | None, set[str]]:
@@ -230,16 +224,17 @@ class Store:
         members = await self.group_members(models)
         out: dict[str | None, list[tuple[str, bool, RankKey | None]]] = {m: [] for m in models}
         model_of = {job_id: model for model in models for job_id in members[model]}
-        async for job_id, (raw,) in self._job_fields((self.keys.jobs,), list(model_of),
-                                                     RANK_READ):
-            if raw is not None:
-                out[model_of[job_id]].append((job_id, *stored_rank(job_id, public_state(raw))))
+        async for chunk, values in self._job_values(list(model_of), RANK_READ):
+            for job_id, raw in zip(chunk, values, strict=True):
+                if raw is not None:
+                    out[model_of[job_id]].append((job_id,
+                                                  *stored_rank(job_id, public_state(raw))))
         return out
 
     async def publics(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The stored public states of these jobs (missing ones are left out)."""
-        return {job_id: public_state(raw) async for job_id, (raw,)
-                in self._job_fields((self.keys.jobs,), job_ids) if raw is not None}
+        return {job_id: public_state(raw) async for chunk, values in self._job_values(job_ids)
+                for job_id, raw in zip(chunk, values, strict=True) if raw is not None}
 
     async def stored_ids(self, lookups: dict[str, list[str]]) -> dict[str, set[str]]:
         """Which of these event ids each job's stored set holds."""
@@ -392,13 +387,3 @@ async def histories(redis: Redis, keys: Keys, job_ids: list[str]
             pipe.lrange(keys.metrics(job_id), 0, -1)
         replies = await pipe.execute()
     return {job_id: [orjson.loads(p) for p in points] for job_id, points in zip(job_ids, replies)}
-
-
-def _fields(flat: list[bytes] | None) -> dict[bytes, bytes] | None:
-    """An entry's ``[field, value, ...]`` as a dict (one field, ``data``, is the usual case:
-    a dict display costs a fifth of slicing and zipping, for every entry read)."""
-    if not flat:
-        return None
-    if len(flat) == 2:
-        return {flat[0]: flat[1]}
-    return dict(zip(flat[::2], flat[1::2]))
