@@ -33,8 +33,8 @@ from monitor.decoded import (
     Metrics,
     as_dict,
 )
+from monitor.jobjson import PUBLIC_FIELDS, FoldState, PublicState, ViewExtras, to_dict, to_json
 from monitor.limits import RUNNING
-from monitor.public import PUBLIC_FIELDS, PublicState, to_dict, to_json
 from monitor.seen import SeenIds
 
 UNKNOWN_MODEL = "Unknown Model"
@@ -210,7 +210,7 @@ class JobState:
         return to_json(self.public_struct())
 
     def public_struct(self) -> msgspec.Struct:
-        """:meth:`public` as a ``PublicState`` (monitor.public). A final loss is the one
+        """:meth:`public` as a ``PublicState`` (monitor.jobjson). A final loss is the one
         ``job_finished`` gave, else the job's latest; None while it runs."""
         finished = self.status != RUNNING
         given_loss, given_eval = self.given_final_loss, self.given_final_eval_loss
@@ -226,27 +226,28 @@ class JobState:
             self.autostop, self.stop_requested, self.stale, self.last_seen,
             model_display(self.model_name))
 
-    def view_extras(self, best: tuple[str, float] | None) -> dict[str, Any]:
-        """:func:`view_extras` of :meth:`public`, read from the job itself (no dict lookups:
-        this runs for every view a batch sends)."""
+    def extras(self, best: tuple[str, float] | None) -> msgspec.Struct:
+        """:func:`view_extras` of :meth:`public`, as a ``ViewExtras`` (monitor.jobjson), read
+        from the job itself (no dict lookups: this runs for every view a batch sends)."""
         hours = None if self.gpu_count is None else hours_used(
             self.gpu_count, self.created_at, self.updated_at, self.finished_at)
         return extras(self.id, self.archived, self.best_eval_loss, hours, best)
 
     def private(self) -> dict[str, Any]:
         """What the fold needs beyond :meth:`public` to go on after a restart."""
-        return {
-            "latest_key": self.latest_key,
-            "loss_key": self.loss_key,
-            "eval_key": self.eval_key,
-            "best_key": self.best_key,
-            "given_final_loss": self.given_final_loss,
-            "given_final_eval_loss": self.given_final_eval_loss,
-            "ckpts": [[c.step, c.epoch, c.path, c.eval_loss, c.key] for c in self.ckpts],
-            "seen": self.seen.to_json(),
-            "points": self.points,
-            "alive_at": self.alive_at,
-        }
+        return to_dict(self.private_struct())
+
+    def private_json(self) -> bytes:
+        """:meth:`private` as JSON, as stored (written from the struct: no dict is made)."""
+        return to_json(self.private_struct())
+
+    def private_struct(self) -> msgspec.Struct:
+        """:meth:`private` as a ``FoldState`` (monitor.jobjson)."""
+        return FoldState(
+            self.latest_key, self.loss_key, self.eval_key, self.best_key,
+            self.given_final_loss, self.given_final_eval_loss,
+            [[c.step, c.epoch, c.path, c.eval_loss, c.key] for c in self.ckpts],
+            self.seen.to_json(), self.points, self.alive_at)
 
     @classmethod
     def restore(cls, public: dict[str, Any], private: dict[str, Any]) -> JobState:
@@ -539,19 +540,20 @@ def job_view(public: dict[str, Any], best: tuple[str, float] | None, *,
 def view_extras(public: dict[str, Any], best: tuple[str, float] | None) -> dict[str, Any]:
     """What a view adds to the public state, in the view's order: ``is_best``, ``delta_pct``,
     ``tier``, ``gpu_hours`` (see :func:`job_view`)."""
-    return extras(public["id"], public["archived"], public["best_eval_loss"], gpu_hours(public),
-                  best)
+    return to_dict(extras(public["id"], public["archived"], public["best_eval_loss"],
+                          gpu_hours(public), best))
 
 
 def extras(job_id: str, archived: bool, best_eval_loss: float | None, hours: float | None,
-           best: tuple[str, float] | None) -> dict[str, Any]:
-    """:func:`view_extras` of a job with these fields, and ``gpu_hours`` ``hours``."""
+           best: tuple[str, float] | None) -> msgspec.Struct:
+    """:func:`view_extras` of a job with these fields, and ``gpu_hours`` ``hours``, as a
+    ``ViewExtras`` (monitor.jobjson)."""
     is_best = best is not None and best[0] == job_id
     delta = None
     if best is not None and not is_best and is_candidate(archived, best_eval_loss):
         assert best_eval_loss is not None
         delta = delta_pct(best_eval_loss, best[1])
-    return {"is_best": is_best, "delta_pct": delta, "tier": tier(delta), "gpu_hours": hours}
+    return ViewExtras(is_best, delta, tier(delta), hours)
 
 
 def view_is_public_and_extras(public: dict[str, Any]) -> bool:

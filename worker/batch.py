@@ -17,6 +17,7 @@ import orjson
 from monitor import history
 from monitor.decoded import Event, JobHeartbeat, parse_event
 from monitor.events import BadEvent
+from monitor.jobjson import to_json
 from monitor.keys import Keys, model_field
 from monitor.records import record
 from monitor.rules import (
@@ -346,8 +347,8 @@ def board_view(board: Board, job_id: str, stored: bytes | None) -> bytes:
         return dumps(board.view(job_id))
     if stored is None:
         stored = job.public_json()
-    extras = job.view_extras(board.best_of(job.model_name))
-    return stored[:-1] + b"," + dumps(extras)[1:]
+    extras = to_json(job.extras(board.best_of(job.model_name)))
+    return stored[:-1] + b"," + extras[1:]
 
 
 def cold_views(board: Board, folded: Folded) -> list[str]:
@@ -378,7 +379,7 @@ def build_commit(board: Board, folded: Folded, keys: Keys,
             commit.append[keys.metrics(job_id)] = [dumps(p) for p in new_points]
             job.points += len(new_points)
         public = publics[job_id] = job.public_json()
-        commit.jobs[job_id] = record(public, dumps(job.private()))
+        commit.jobs[job_id] = record(public, job.private_json())
         if added := job.seen.take_added():
             commit.seen_add.setdefault(keys.seen(job_id), []).extend(added)
         if job.finished:
