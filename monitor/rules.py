@@ -556,14 +556,10 @@ def extras(job_id: str, archived: bool, best_eval_loss: float | None, hours: flo
     return ViewExtras(is_best, delta, tier(delta), hours)
 
 
-def view_is_public_and_extras(public: dict[str, Any]) -> bool:
-    """Is the view of this :meth:`JobState.public` that state with :func:`view_extras` after
-    it, nothing changed (a running job's forecast shows; a finished one's is hidden)?"""
-    return shows_public_and_extras(public["status"], public["forecast"])
-
-
 def shows_public_and_extras(status: str, forecast: dict[str, Any] | None) -> bool:
-    """:func:`view_is_public_and_extras` of a job with this status and forecast."""
+    """Is the view of a job with this status and forecast its :meth:`JobState.public` state
+    with :func:`view_extras` after it, nothing changed (a running job's forecast shows; a
+    finished one's is hidden)?"""
     return status == RUNNING or forecast is None
 
 
